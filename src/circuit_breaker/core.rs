@@ -1,0 +1,670 @@
+//! The lock-free state machine behind a [`Breaker`](super::Breaker).
+//!
+//! One `u64` holds the state code (3 bits) and a generation (the rest); every
+//! transition bumps the generation. An admission is a [`Ticket`] carrying the
+//! state word it was admitted under: an outcome whose ticket no longer matches
+//! the current word was admitted in an earlier state and is dropped.
+//!
+//! Only transitions take the mutex, and they are rare; admission and recording
+//! on the closed path are atomics only. The half-open probe budget is a second
+//! word packing the generation's low 32 bits, the permits still available and
+//! the probe successes, so a late release from an earlier half-open period can
+//! never hand out an extra permit.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::window::{CountRing, TimeBuckets, WindowCounts};
+use super::{Cause, Counts, Rejected, State, Transition};
+use crate::classify::Outcome;
+use crate::clock::Clock;
+
+/// Keeps a value on its own cache lines (two, against adjacent-line prefetch).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+const FORCED_OPEN: u64 = 3;
+const DISABLED: u64 = 4;
+const CODE_BITS: u32 = 3;
+const CODE_MASK: u64 = (1 << CODE_BITS) - 1;
+
+#[inline]
+fn code(word: u64) -> u64 {
+    word & CODE_MASK
+}
+
+#[inline]
+fn generation(word: u64) -> u64 {
+    word >> CODE_BITS
+}
+
+fn state_of(word: u64) -> State {
+    match code(word) {
+        CLOSED => State::Closed,
+        OPEN => State::Open,
+        HALF_OPEN => State::HalfOpen,
+        FORCED_OPEN => State::ForcedOpen,
+        _ => State::Disabled,
+    }
+}
+
+fn code_of(state: State) -> u64 {
+    match state {
+        State::Closed => CLOSED,
+        State::Open => OPEN,
+        State::HalfOpen => HALF_OPEN,
+        State::ForcedOpen => FORCED_OPEN,
+        State::Disabled => DISABLED,
+    }
+}
+
+// half-open word: [generation low 32 | available permits 16 | successes 16]
+#[inline]
+fn ho_pack(word: u64, available: u64, successes: u64) -> u64 {
+    (generation(word) << 32) | (available << 16) | successes
+}
+#[inline]
+fn ho_matches(h: u64, word: u64) -> bool {
+    (h >> 32) == (generation(word) & 0xffff_ffff)
+}
+#[inline]
+fn ho_available(h: u64) -> u64 {
+    (h >> 16) & 0xffff
+}
+#[inline]
+fn ho_successes(h: u64) -> u64 {
+    h & 0xffff
+}
+
+/// How the breaker decides to trip while closed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum TripRule {
+    Consecutive(u32),
+    Rate {
+        minimum_calls: u64,
+        failure_ppm: u64,
+        slow_ppm: Option<u64>,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum WindowKind {
+    None,
+    Count(u32),
+    Time { width: u64, buckets: u32 },
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) rule: TripRule,
+    pub(crate) window: WindowKind,
+    pub(crate) slow_nanos: Option<u64>,
+    pub(crate) open_base: u64,
+    pub(crate) open_multiplier: f64,
+    pub(crate) open_max: u64,
+    pub(crate) healthy_period: u64,
+    pub(crate) permits: u16,
+    pub(crate) half_open_max_wait: Option<u64>,
+}
+
+#[derive(Debug)]
+enum Window {
+    None,
+    Count(CountRing),
+    Time(TimeBuckets),
+}
+
+/// An admission: the state word it was made under, and when the call started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    word: u64,
+    start: u64,
+}
+
+impl Ticket {
+    pub(crate) fn is_probe(&self) -> bool {
+        code(self.word) == HALF_OPEN
+    }
+}
+
+type Callback = Arc<dyn Fn(&Transition) + Send + Sync>;
+
+pub(crate) struct SubscriberShared {
+    pub(crate) queue: Mutex<VecDeque<Transition>>,
+    pub(crate) closed: std::sync::atomic::AtomicBool,
+    pub(crate) notify: Notify,
+}
+
+struct Slow {
+    level: u32,
+    closed_at: u64,
+    subscribers: Vec<Weak<SubscriberShared>>,
+    callbacks: Vec<Callback>,
+}
+
+pub(crate) struct Core {
+    state: Padded<AtomicU64>,
+    consecutive: Padded<AtomicU32>,
+    half_open: Padded<AtomicU64>,
+    failures: Padded<AtomicU64>,
+    rejected: Padded<AtomicU64>,
+    open_until: AtomicU64,
+    half_open_until: AtomicU64,
+    transitions: AtomicU64,
+    window: Window,
+    pub(crate) cfg: Config,
+    pub(crate) clock: Clock,
+    pub(crate) name: Arc<str>,
+    pub(crate) changed: Arc<Notify>,
+    slow: Mutex<Slow>,
+}
+
+impl fmt::Debug for Core {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Core")
+            .field("name", &self.name)
+            .field("state", &state_of(self.state.0.load(Ordering::Relaxed)))
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing user-supplied runs under our locks, so a poisoned lock only
+    // means a panic elsewhere in this thread; the data is still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Core {
+    pub(crate) fn new(name: Arc<str>, cfg: Config, clock: Clock) -> Self {
+        let window = match cfg.window {
+            WindowKind::None => Window::None,
+            WindowKind::Count(size) => Window::Count(CountRing::new(size)),
+            WindowKind::Time { width, buckets } => Window::Time(TimeBuckets::new(width, buckets)),
+        };
+        let now = clock.now_nanos();
+        Self {
+            state: Padded(AtomicU64::new(CLOSED)),
+            consecutive: Padded(AtomicU32::new(0)),
+            half_open: Padded(AtomicU64::new(0)),
+            failures: Padded(AtomicU64::new(0)),
+            rejected: Padded(AtomicU64::new(0)),
+            open_until: AtomicU64::new(0),
+            half_open_until: AtomicU64::new(u64::MAX),
+            transitions: AtomicU64::new(0),
+            window,
+            cfg,
+            clock,
+            name,
+            changed: Arc::new(Notify::new()),
+            slow: Mutex::new(Slow {
+                level: 0,
+                closed_at: now,
+                subscribers: Vec::new(),
+                callbacks: Vec::new(),
+            }),
+        }
+    }
+
+    // ===== admission =====
+
+    /// Decides whether a call may proceed. Closed: one load.
+    #[inline]
+    pub(crate) fn admit(&self) -> Result<Ticket, Rejected> {
+        self.admit_counted(true)
+    }
+
+    /// Admission; `count` says whether a rejection is counted (a
+    /// backpressured service asking again is not rejected again).
+    #[inline]
+    pub(crate) fn admit_counted(&self, count: bool) -> Result<Ticket, Rejected> {
+        let word = self.state.0.load(Ordering::Acquire);
+        if code(word) == CLOSED {
+            return Ok(Ticket { word, start: 0 });
+        }
+        self.admit_slow(word, count)
+    }
+
+    #[cold]
+    fn admit_slow(&self, mut word: u64, count: bool) -> Result<Ticket, Rejected> {
+        loop {
+            match code(word) {
+                CLOSED | DISABLED => return Ok(Ticket { word, start: 0 }),
+                FORCED_OPEN => return Err(self.reject(State::ForcedOpen, None, count)),
+                OPEN => {
+                    let now = self.clock.now_nanos();
+                    let until = self.open_until.load(Ordering::Acquire);
+                    if now < until {
+                        return Err(self.reject(State::Open, Some(until - now), count));
+                    }
+                    self.transition(word, State::HalfOpen, Cause::OpenWaitElapsed, now);
+                }
+                _ => {
+                    if self.cfg.half_open_max_wait.is_some() {
+                        let now = self.clock.now_nanos();
+                        if now >= self.half_open_until.load(Ordering::Acquire) {
+                            self.transition(word, State::Open, Cause::HalfOpenTimeout, now);
+                            word = self.state.0.load(Ordering::Acquire);
+                            continue;
+                        }
+                    }
+                    let mut h = self.half_open.0.load(Ordering::Acquire);
+                    while ho_matches(h, word) {
+                        if ho_available(h) == 0 {
+                            return Err(self.reject(State::HalfOpen, None, count));
+                        }
+                        match self.half_open.0.compare_exchange_weak(
+                            h,
+                            h - (1 << 16),
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        ) {
+                            Ok(_) => return Ok(Ticket { word, start: 0 }),
+                            Err(actual) => h = actual,
+                        }
+                    }
+                }
+            }
+            word = self.state.0.load(Ordering::Acquire);
+        }
+    }
+
+    fn reject(&self, state: State, retry_after: Option<u64>, count: bool) -> Rejected {
+        if count {
+            self.rejected.0.fetch_add(1, Ordering::Relaxed);
+        }
+        Rejected {
+            state,
+            retry_after: retry_after.map(Duration::from_nanos),
+        }
+    }
+
+    /// Stamps the start of the call when slow calls are measured.
+    #[inline]
+    pub(crate) fn start(&self, ticket: &mut Ticket) {
+        if self.cfg.slow_nanos.is_some() {
+            ticket.start = self.clock.now_nanos();
+        }
+    }
+
+    // ===== outcomes =====
+
+    /// Records a finished call.
+    #[inline]
+    pub(crate) fn complete(&self, ticket: Ticket, outcome: Outcome) {
+        match code(ticket.word) {
+            CLOSED => match outcome {
+                Outcome::Success => self.closed_success(ticket),
+                Outcome::Failure => self.closed_failure(ticket),
+                Outcome::Ignore => {}
+            },
+            HALF_OPEN => self.probe_done(ticket, outcome),
+            _ => {
+                if outcome == Outcome::Failure {
+                    self.failures.0.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// A call admitted with `ticket` was dropped before it finished.
+    pub(crate) fn release(&self, ticket: Ticket) {
+        if code(ticket.word) == HALF_OPEN {
+            self.give_back_permit(ticket.word);
+        }
+    }
+
+    #[inline]
+    fn closed_success(&self, ticket: Ticket) {
+        if let Window::None = self.window {
+            if self.cfg.slow_nanos.is_none() {
+                // The common case: two loads, and a store only after failures.
+                if self.state.0.load(Ordering::Acquire) == ticket.word
+                    && self.consecutive.0.load(Ordering::Relaxed) != 0
+                {
+                    self.consecutive.0.store(0, Ordering::Relaxed);
+                }
+                return;
+            }
+        }
+        self.closed_record(ticket, false);
+    }
+
+    #[inline]
+    fn closed_failure(&self, ticket: Ticket) {
+        self.failures.0.fetch_add(1, Ordering::Relaxed);
+        self.closed_record(ticket, true);
+    }
+
+    #[inline]
+    fn closed_record(&self, ticket: Ticket, failed: bool) {
+        if self.state.0.load(Ordering::Acquire) != ticket.word {
+            return;
+        }
+        let consecutive = if failed {
+            self.consecutive.0.fetch_add(1, Ordering::AcqRel) + 1
+        } else {
+            if self.consecutive.0.load(Ordering::Relaxed) != 0 {
+                self.consecutive.0.store(0, Ordering::Relaxed);
+            }
+            0
+        };
+        let (now, slow) = match self.cfg.slow_nanos {
+            Some(limit) => {
+                let now = self.clock.now_nanos();
+                (now, now.saturating_sub(ticket.start) >= limit)
+            }
+            None => (0, false),
+        };
+        let counts = match &self.window {
+            Window::None => WindowCounts::default(),
+            Window::Count(ring) => ring.record(failed, slow),
+            Window::Time(buckets) => {
+                let now = if self.cfg.slow_nanos.is_some() { now } else { self.clock.now_nanos() };
+                buckets.record(now, failed, slow)
+            }
+        };
+        let cause = match self.cfg.rule {
+            TripRule::Consecutive(limit) => (consecutive >= limit).then_some(Cause::ConsecutiveFailures),
+            TripRule::Rate {
+                minimum_calls,
+                failure_ppm,
+                slow_ppm,
+            } => {
+                if counts.calls < minimum_calls {
+                    None
+                } else if counts.failures * 1_000_000 >= failure_ppm * counts.calls {
+                    Some(Cause::FailureRate)
+                } else if slow_ppm.is_some_and(|ppm| counts.slow * 1_000_000 >= ppm * counts.calls) {
+                    Some(Cause::SlowCallRate)
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(cause) = cause {
+            let now = self.clock.now_nanos();
+            self.transition(ticket.word, State::Open, cause, now);
+        }
+    }
+
+    fn probe_done(&self, ticket: Ticket, outcome: Outcome) {
+        match outcome {
+            Outcome::Ignore => self.give_back_permit(ticket.word),
+            Outcome::Failure => {
+                self.failures.0.fetch_add(1, Ordering::Relaxed);
+                if self.state.0.load(Ordering::Acquire) == ticket.word {
+                    let now = self.clock.now_nanos();
+                    self.transition(ticket.word, State::Open, Cause::ProbeFailed, now);
+                }
+            }
+            Outcome::Success => {
+                let mut h = self.half_open.0.load(Ordering::Acquire);
+                while ho_matches(h, ticket.word) {
+                    match self
+                        .half_open
+                        .0
+                        .compare_exchange_weak(h, h + 1, Ordering::AcqRel, Ordering::Acquire)
+                    {
+                        Ok(_) => {
+                            if ho_successes(h) + 1 >= u64::from(self.cfg.permits) {
+                                let now = self.clock.now_nanos();
+                                self.transition(ticket.word, State::Closed, Cause::ProbesSucceeded, now);
+                            }
+                            return;
+                        }
+                        Err(actual) => h = actual,
+                    }
+                }
+            }
+        }
+    }
+
+    fn give_back_permit(&self, word: u64) {
+        let mut h = self.half_open.0.load(Ordering::Acquire);
+        while ho_matches(h, word) && ho_available(h) < u64::from(self.cfg.permits) {
+            match self.half_open.0.compare_exchange_weak(
+                h,
+                h + (1 << 16),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.changed.notify_waiters();
+                    return;
+                }
+                Err(actual) => h = actual,
+            }
+        }
+    }
+
+    // ===== observation =====
+
+    /// The current state, applying any timed transition that is due.
+    pub(crate) fn state(&self) -> State {
+        loop {
+            let word = self.state.0.load(Ordering::Acquire);
+            match code(word) {
+                OPEN => {
+                    let now = self.clock.now_nanos();
+                    if now < self.open_until.load(Ordering::Acquire) {
+                        return State::Open;
+                    }
+                    self.transition(word, State::HalfOpen, Cause::OpenWaitElapsed, now);
+                }
+                HALF_OPEN if self.cfg.half_open_max_wait.is_some() => {
+                    let now = self.clock.now_nanos();
+                    if now < self.half_open_until.load(Ordering::Acquire) {
+                        return State::HalfOpen;
+                    }
+                    self.transition(word, State::Open, Cause::HalfOpenTimeout, now);
+                }
+                _ => return state_of(word),
+            }
+        }
+    }
+
+    pub(crate) fn word(&self) -> u64 {
+        self.state.0.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        generation(self.state.0.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn window_counts(&self) -> WindowCounts {
+        match &self.window {
+            Window::None => WindowCounts::default(),
+            Window::Count(ring) => ring.counts(),
+            Window::Time(buckets) => buckets.counts(self.clock.now_nanos()),
+        }
+    }
+
+    pub(crate) fn counts(&self) -> Counts {
+        let w = self.window_counts();
+        Counts {
+            consecutive_failures: self.consecutive.0.load(Ordering::Acquire),
+            window_calls: w.calls,
+            window_failures: w.failures,
+            window_slow_calls: w.slow,
+        }
+    }
+
+    pub(crate) fn failures(&self) -> u64 {
+        self.failures.0.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn rejected(&self) -> u64 {
+        self.rejected.0.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn transitions(&self) -> u64 {
+        self.transitions.load(Ordering::Acquire)
+    }
+
+    /// Time until the next probe is admitted, when open.
+    pub(crate) fn next_probe_in(&self) -> Option<Duration> {
+        let word = self.state.0.load(Ordering::Acquire);
+        (code(word) == OPEN).then(|| {
+            let until = self.open_until.load(Ordering::Acquire);
+            Duration::from_nanos(until.saturating_sub(self.clock.now_nanos()))
+        })
+    }
+
+    /// Probe permits currently free, when half-open.
+    pub(crate) fn available_permits(&self) -> Option<u16> {
+        let word = self.state.0.load(Ordering::Acquire);
+        let h = self.half_open.0.load(Ordering::Acquire);
+        (code(word) == HALF_OPEN && ho_matches(h, word)).then_some(ho_available(h) as u16)
+    }
+
+    // ===== transitions =====
+
+    /// Moves from the state word `expected` to `to`, unless another transition
+    /// got there first. Returns whether this call made the transition.
+    pub(crate) fn transition(&self, expected: u64, to: State, cause: Cause, now: u64) -> bool {
+        let slow = lock(&self.slow);
+        if self.state.0.load(Ordering::Acquire) != expected {
+            return false;
+        }
+        self.apply(slow, expected, to, cause, now);
+        true
+    }
+
+    /// Moves to `to` from whatever the state is (manual actions).
+    pub(crate) fn force(&self, to: State, cause: Cause) {
+        let now = self.clock.now_nanos();
+        let mut slow = lock(&self.slow);
+        if cause == Cause::Reset {
+            slow.level = 0;
+        }
+        let word = self.state.0.load(Ordering::Acquire);
+        self.apply(slow, word, to, cause, now);
+    }
+
+    fn apply(&self, mut slow: MutexGuard<'_, Slow>, word: u64, to: State, cause: Cause, now: u64) {
+        let from = state_of(word);
+        let counts = self.counts();
+        let next = ((generation(word) + 1) << CODE_BITS) | code_of(to);
+        let mut open_for = None;
+        match to {
+            State::Open => {
+                if from == State::Closed && now.saturating_sub(slow.closed_at) >= self.cfg.healthy_period {
+                    slow.level = 0;
+                }
+                let grown = self.cfg.open_base as f64 * self.cfg.open_multiplier.powi(slow.level as i32);
+                let nanos = if grown >= self.cfg.open_max as f64 {
+                    self.cfg.open_max
+                } else {
+                    grown as u64
+                };
+                if self.cfg.open_multiplier > 1.0 && nanos < self.cfg.open_max {
+                    slow.level += 1;
+                }
+                self.open_until.store(now.saturating_add(nanos), Ordering::Release);
+                open_for = Some(Duration::from_nanos(nanos));
+            }
+            State::HalfOpen => {
+                self.half_open.0.store(
+                    ho_pack(next, u64::from(self.cfg.permits), 0),
+                    Ordering::Release,
+                );
+                let until = self.cfg.half_open_max_wait.map_or(u64::MAX, |w| now.saturating_add(w));
+                self.half_open_until.store(until, Ordering::Release);
+            }
+            State::Closed => {
+                self.consecutive.0.store(0, Ordering::Release);
+                match &self.window {
+                    Window::None => {}
+                    Window::Count(ring) => ring.clear(),
+                    Window::Time(buckets) => buckets.clear(),
+                }
+                slow.closed_at = now;
+            }
+            State::ForcedOpen | State::Disabled => {}
+        }
+        self.state.0.store(next, Ordering::Release);
+        self.transitions.fetch_add(1, Ordering::Relaxed);
+
+        let event = Transition {
+            name: self.name.clone(),
+            from,
+            to,
+            cause,
+            generation: generation(next),
+            counts,
+            open_for,
+        };
+        log_transition(&event);
+        slow.subscribers.retain(|weak| match weak.upgrade() {
+            Some(sub) => {
+                lock(&sub.queue).push_back(event.clone());
+                sub.notify.notify_one();
+                true
+            }
+            None => false,
+        });
+        let callbacks = slow.callbacks.clone();
+        drop(slow);
+        self.changed.notify_waiters();
+        for callback in callbacks.iter() {
+            callback(&event);
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> Arc<SubscriberShared> {
+        let sub = Arc::new(SubscriberShared {
+            queue: Mutex::new(VecDeque::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            notify: Notify::new(),
+        });
+        lock(&self.slow).subscribers.push(Arc::downgrade(&sub));
+        sub
+    }
+
+    pub(crate) fn on_transition(&self, callback: Callback) {
+        lock(&self.slow).callbacks.push(callback);
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        let slow = lock(&self.slow);
+        for sub in slow.subscribers.iter().filter_map(Weak::upgrade) {
+            sub.closed.store(true, Ordering::Release);
+            sub.notify.notify_one();
+        }
+    }
+}
+
+fn log_transition(event: &Transition) {
+    let name = &*event.name;
+    let to = event.to.as_upper();
+    match event.to {
+        State::Open | State::ForcedOpen => tracing::warn!(
+            breaker = name,
+            from = %event.from,
+            cause = %event.cause,
+            consecutive_failures = event.counts.consecutive_failures,
+            window_calls = event.counts.window_calls,
+            window_failures = event.counts.window_failures,
+            open_for_ms = event.open_for.map(|d| d.as_millis() as u64),
+            "Circuit breaker '{name}': Transitioning to {to}"
+        ),
+        _ => tracing::info!(
+            breaker = name,
+            from = %event.from,
+            cause = %event.cause,
+            "Circuit breaker '{name}': Transitioning to {to}"
+        ),
+    }
+}

@@ -1,0 +1,124 @@
+//! Response future of the [`CircuitBreaker`](super::CircuitBreaker) service.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+
+use super::core::Ticket;
+use super::reject::OnReject;
+use super::{Breaker, Rejected};
+use crate::classify::{Classify, Outcome};
+
+/// Records the outcome of an admitted call, or gives its admission back if
+/// the call is dropped unfinished.
+pub(crate) struct Guard {
+    breaker: Breaker,
+    ticket: Option<Ticket>,
+}
+
+impl Guard {
+    pub(crate) fn new(breaker: Breaker, ticket: Ticket) -> Self {
+        Self {
+            breaker,
+            ticket: Some(ticket),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn complete(&mut self, outcome: Outcome) {
+        if let Some(ticket) = self.ticket.take() {
+            self.breaker.core.complete(ticket, outcome);
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.breaker.core.release(ticket);
+        }
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, C> {
+        Called {
+            #[pin]
+            future: F,
+            guard: Guard,
+            classify: C,
+        },
+        Rejected {
+            rejected: Option<Rejected>,
+        },
+    }
+}
+
+pin_project! {
+    /// Response future of [`CircuitBreaker`](super::CircuitBreaker).
+    pub struct ResponseFuture<F, C, R> {
+        #[pin]
+        kind: Kind<F, C>,
+        reject: R,
+    }
+}
+
+impl<F, C, R> ResponseFuture<F, C, R> {
+    pub(crate) fn called(future: F, guard: Guard, classify: C, reject: R) -> Self {
+        Self {
+            kind: Kind::Called {
+                future,
+                guard,
+                classify,
+            },
+            reject,
+        }
+    }
+
+    pub(crate) fn rejected(rejected: Rejected, reject: R) -> Self {
+        Self {
+            kind: Kind::Rejected {
+                rejected: Some(rejected),
+            },
+            reject,
+        }
+    }
+}
+
+impl<F, C, R, T, E> Future for ResponseFuture<F, C, R>
+where
+    F: Future<Output = Result<T, E>>,
+    C: Classify<T, E>,
+    R: OnReject<T, E>,
+{
+    type Output = Result<T, R::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Called {
+                future,
+                guard,
+                classify,
+            } => {
+                let result = ready!(future.poll(cx));
+                guard.complete(classify.classify(&result));
+                Poll::Ready(result.map_err(|e| this.reject.convert(e)))
+            }
+            KindProj::Rejected { rejected } => {
+                let rejected = rejected.take().expect("ResponseFuture polled after completion");
+                Poll::Ready(this.reject.reject(rejected))
+            }
+        }
+    }
+}
+
+impl<F, C, R> fmt::Debug for ResponseFuture<F, C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,212 @@
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::sync::futures::OwnedNotified;
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use super::core::Ticket;
+use super::future::{Guard, ResponseFuture};
+use super::reject::OnReject;
+use super::{Breaker, Rejected};
+use crate::classify::Classify;
+
+/// Admission decided in `poll_ready`, honoured by the next `call`.
+#[derive(Debug)]
+enum Latch {
+    Empty,
+    Admitted(Ticket),
+    Rejected(Rejected),
+}
+
+pin_project! {
+    /// What a backpressured service waits on: a change of the breaker, or the
+    /// end of the open wait.
+    struct Wait {
+        #[pin]
+        changed: OwnedNotified,
+        #[pin]
+        open_wait: Option<Sleep>,
+    }
+}
+
+/// A service guarded by a [`Breaker`]. Made by
+/// [`CircuitBreakerLayer`](super::CircuitBreakerLayer).
+///
+/// `poll_ready` decides admission and latches it for the next `call`:
+/// admitted, it polls the inner service (holding a probe permit when the
+/// breaker is half-open); rejected, it returns `Ready(Ok(()))` without
+/// polling the inner service, and `call` returns the rejection without
+/// calling it. `poll_ready` never fails because the circuit is open.
+/// Cloning gives a service with no latch; dropping a service that holds an
+/// admission gives the admission back.
+pub struct CircuitBreaker<S, C, R> {
+    inner: S,
+    admission: Admission,
+    classify: C,
+    reject: R,
+    backpressure: bool,
+    wait: Option<Pin<Box<Wait>>>,
+}
+
+/// The breaker and this service's latched admission, given back on drop.
+struct Admission {
+    breaker: Breaker,
+    latch: Latch,
+}
+
+impl Admission {
+    fn release(&mut self) {
+        if let Latch::Admitted(ticket) = std::mem::replace(&mut self.latch, Latch::Empty) {
+            self.breaker.core.release(ticket);
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl<S, C, R> CircuitBreaker<S, C, R> {
+    pub(crate) fn from_parts(inner: S, breaker: Breaker, classify: C, reject: R, backpressure: bool) -> Self {
+        Self {
+            inner,
+            admission: Admission {
+                breaker,
+                latch: Latch::Empty,
+            },
+            classify,
+            reject,
+            backpressure,
+            wait: None,
+        }
+    }
+
+    /// The breaker this service reports to.
+    pub fn breaker(&self) -> &Breaker {
+        &self.admission.breaker
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the wrapper, returning the inner service (and giving back a
+    /// latched admission).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// Registers for the breaker's next change (and the end of the open
+    /// wait). `Ready` when it is worth asking for admission again.
+    fn poll_wait(&mut self, cx: &mut Context<'_>, rejected: &Rejected) -> Poll<()> {
+        let core = &self.admission.breaker.core;
+        let wait = self.wait.get_or_insert_with(|| {
+            Box::pin(Wait {
+                changed: core.changed.clone().notified_owned(),
+                open_wait: rejected.retry_after().map(tokio::time::sleep),
+            })
+        });
+        let mut this = wait.as_mut().project();
+        this.changed.as_mut().enable();
+        let fired = this.changed.poll(cx).is_ready()
+            || this.open_wait.as_pin_mut().is_some_and(|sleep| sleep.poll(cx).is_ready());
+        if fired {
+            self.wait = None;
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl<S: Clone, C: Clone, R: Clone> Clone for CircuitBreaker<S, C, R> {
+    fn clone(&self) -> Self {
+        Self::from_parts(
+            self.inner.clone(),
+            self.admission.breaker.clone(),
+            self.classify.clone(),
+            self.reject.clone(),
+            self.backpressure,
+        )
+    }
+}
+
+impl<S: fmt::Debug, C, R> fmt::Debug for CircuitBreaker<S, C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("inner", &self.inner)
+            .field("breaker", &self.admission.breaker.name())
+            .field("latch", &self.admission.latch)
+            .field("backpressure", &self.backpressure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C, R, Req> Service<Req> for CircuitBreaker<S, C, R>
+where
+    S: Service<Req>,
+    C: Classify<S::Response, S::Error> + Clone,
+    R: OnReject<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = R::Error;
+    type Future = ResponseFuture<S::Future, C, R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        loop {
+            match self.admission.latch {
+                Latch::Empty => match self.admission.breaker.core.admit_counted(!self.backpressure) {
+                    Ok(ticket) => {
+                        self.admission.latch = Latch::Admitted(ticket);
+                        self.wait = None;
+                    }
+                    Err(rejected) if !self.backpressure => self.admission.latch = Latch::Rejected(rejected),
+                    Err(rejected) => {
+                        // A fresh registration must be followed by one more
+                        // look, or a change just before it would be missed.
+                        let fresh = self.wait.is_none();
+                        if self.poll_wait(cx, &rejected).is_pending() && !fresh {
+                            return Poll::Pending;
+                        }
+                    }
+                },
+                Latch::Admitted(_) => {
+                    return match self.inner.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+                        Poll::Pending => Poll::Pending,
+                        Poll::Ready(Err(e)) => {
+                            self.admission.release();
+                            Poll::Ready(Err(self.reject.convert(e)))
+                        }
+                    };
+                }
+                Latch::Rejected(_) => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        match std::mem::replace(&mut self.admission.latch, Latch::Empty) {
+            Latch::Admitted(mut ticket) => {
+                let breaker = &self.admission.breaker;
+                breaker.core.start(&mut ticket);
+                let guard = Guard::new(breaker.clone(), ticket);
+                let future = self.inner.call(req);
+                ResponseFuture::called(future, guard, self.classify.clone(), self.reject.clone())
+            }
+            Latch::Rejected(rejected) => ResponseFuture::rejected(rejected, self.reject.clone()),
+            Latch::Empty => panic!("CircuitBreaker::call called before poll_ready returned Ready"),
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Time sources for the middleware.
+//!
+//! Every time-dependent decision in this crate (how long a circuit stays open,
+//! which bucket of a time window a call belongs to, whether a call was slow)
+//! reads a [`Clock`]. Three are offered:
+//!
+//! - [`Clock::tokio`], the default: [`tokio::time::Instant`]. It follows
+//!   paused and advanced time in `#[tokio::test(start_paused = true)]` tests,
+//!   so an application's own tests can drive a breaker with virtual time.
+//! - [`Clock::coarse`]: one atomic load per read, refreshed every millisecond
+//!   by a background thread that runs only while a coarse clock exists. Use it
+//!   for time windows and slow-call detection on very hot paths, where a
+//!   precise clock read (tens of nanoseconds) would dominate the cost of the
+//!   breaker. It follows real time only, not tokio's paused time.
+//! - [`ManualClock`]: time moves only when told to; for deterministic tests
+//!   and benchmarks.
+//!
+//! Readings are nanoseconds since the clock's own origin, as `u64`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_recovery::clock::{Clock, ManualClock};
+//!
+//! let manual = ManualClock::new();
+//! let clock = Clock::from(manual.clone());
+//! let t0 = clock.now_nanos();
+//! manual.advance(Duration::from_millis(1500));
+//! assert_eq!(clock.now_nanos() - t0, 1_500_000_000);
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// A source of monotonic time in nanoseconds. Cheap to clone.
+#[derive(Clone)]
+pub struct Clock {
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Tokio(tokio::time::Instant),
+    // Held for its `Drop`: keeps the ticker running while this clock lives.
+    Coarse(#[allow(dead_code)] Arc<CoarseUser>),
+    Manual(Arc<AtomicU64>),
+}
+
+impl Clock {
+    /// The default clock: [`tokio::time::Instant`], which honours paused time.
+    pub fn tokio() -> Self {
+        Self {
+            kind: Kind::Tokio(tokio::time::Instant::now()),
+        }
+    }
+
+    /// A cached clock read with one atomic load, refreshed every millisecond.
+    ///
+    /// A background thread keeps it fresh while at least one coarse clock is
+    /// alive and exits when the last one is dropped. Readings may lag real time
+    /// by about a millisecond and never run ahead of it.
+    pub fn coarse() -> Self {
+        Self {
+            kind: Kind::Coarse(coarse::acquire()),
+        }
+    }
+
+    /// Nanoseconds since this clock's origin.
+    #[inline]
+    pub fn now_nanos(&self) -> u64 {
+        match &self.kind {
+            Kind::Tokio(origin) => saturating_nanos(origin.elapsed()),
+            Kind::Coarse(_) => coarse::NOW.load(Ordering::Acquire),
+            Kind::Manual(now) => now.load(Ordering::Acquire),
+        }
+    }
+
+    /// Whether this is the coarse clock.
+    pub fn is_coarse(&self) -> bool {
+        matches!(self.kind, Kind::Coarse(_))
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::tokio()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self.kind {
+            Kind::Tokio(_) => "tokio",
+            Kind::Coarse(_) => "coarse",
+            Kind::Manual(_) => "manual",
+        };
+        f.debug_tuple("Clock").field(&name).finish()
+    }
+}
+
+impl From<ManualClock> for Clock {
+    fn from(manual: ManualClock) -> Self {
+        Self {
+            kind: Kind::Manual(manual.now),
+        }
+    }
+}
+
+pub(crate) fn saturating_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A clock that moves only when told to. Clones share the same time.
+#[derive(Clone, Debug, Default)]
+pub struct ManualClock {
+    now: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A manual clock at time zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Moves time forward.
+    pub fn advance(&self, by: Duration) {
+        self.now.fetch_add(saturating_nanos(by), Ordering::AcqRel);
+    }
+
+    /// Current reading in nanoseconds.
+    pub fn now_nanos(&self) -> u64 {
+        self.now.load(Ordering::Acquire)
+    }
+}
+
+mod coarse {
+    use super::*;
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    pub(super) static NOW: AtomicU64 = AtomicU64::new(0);
+    static USERS: AtomicUsize = AtomicUsize::new(0);
+    static RUNNING: AtomicBool = AtomicBool::new(false);
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+
+    pub(super) struct CoarseUser(());
+
+    impl Drop for CoarseUser {
+        fn drop(&mut self) {
+            USERS.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn refresh() {
+        let origin = *ORIGIN.get_or_init(Instant::now);
+        NOW.fetch_max(saturating_nanos(origin.elapsed()), Ordering::AcqRel);
+    }
+
+    pub(super) fn acquire() -> Arc<CoarseUser> {
+        USERS.fetch_add(1, Ordering::AcqRel);
+        refresh();
+        if !RUNNING.swap(true, Ordering::AcqRel) {
+            let spawned = std::thread::Builder::new()
+                .name("tower-recovery-clock".into())
+                .spawn(ticker);
+            if spawned.is_err() {
+                // No thread: readings refresh on every acquire only. Better
+                // than failing; the breaker still works, just coarser.
+                RUNNING.store(false, Ordering::Release);
+            }
+        }
+        Arc::new(CoarseUser(()))
+    }
+
+    fn ticker() {
+        loop {
+            while USERS.load(Ordering::Acquire) > 0 {
+                refresh();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            RUNNING.store(false, Ordering::Release);
+            // A user may have arrived between the last check and the store
+            // above and seen RUNNING still true: take the ticker back.
+            if USERS.load(Ordering::Acquire) == 0 || RUNNING.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
+    }
+}
+
+use coarse::CoarseUser;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coarse_clock_moves_and_never_goes_back() {
+        let clock = Clock::coarse();
+        let a = clock.now_nanos();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut b = clock.now_nanos();
+        while b == a && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+            b = clock.now_nanos();
+        }
+        assert!(b > a, "coarse clock did not move within 5 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokio_clock_follows_paused_time() {
+        let clock = Clock::tokio();
+        let a = clock.now_nanos();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(clock.now_nanos() - a, 30_000_000_000);
+    }
+}

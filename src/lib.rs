@@ -1,0 +1,54 @@
+//! Tower middleware that keeps a service up when its dependencies fail.
+//!
+//! `tower-recovery` gives a Rust service what Resilience4j and Polly give
+//! Java and .NET services, as composable [Tower] layers:
+//!
+//! - [`circuit_breaker`]: stop calling a failing dependency, probe it, and
+//!   close again when it works; shared handles, lock-free closed path.
+//! - [`classify`]: what counts as a failure (errors, `5xx`, `429`, your own).
+//! - [`clock`]: the time sources, including virtual time for tests.
+//!
+//! # Shape
+//!
+//! Three kinds of things. *Handles* own shared state and are cheap to clone
+//! ([`Breaker`](circuit_breaker::Breaker)). *Layers* are thin adapters made
+//! from a handle ([`Breaker::layer`](circuit_breaker::Breaker::layer)); applying
+//! one many times shares the handle's state. A request never passes through a
+//! registry.
+//!
+//! ```
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_recovery::circuit_breaker::Breaker;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_recovery::BoxError> {
+//! let breaker = Breaker::new("model_server");
+//! let client = ServiceBuilder::new()
+//!     .layer(breaker.layer())
+//!     .service(service_fn(|prompt: String| async move {
+//!         Ok::<_, std::io::Error>(format!("draft for {prompt}"))
+//!     }));
+//! let draft = client.oneshot("theft".to_string()).await?;
+//! assert_eq!(draft, "draft for theft");
+//! # Ok(()) }
+//! ```
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `circuit-breaker` | yes | [`circuit_breaker`] |
+//! | `tower-http` | no | [`classify::TowerHttpClassifier`] for `tower_http::classify` |
+//! | `full` | no | everything |
+//!
+//! [Tower]: https://docs.rs/tower
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "circuit-breaker")]
+pub mod circuit_breaker;
+pub mod classify;
+pub mod clock;
+
+/// The boxed error type of services that add a failure mode.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
