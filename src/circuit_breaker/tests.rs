@@ -1,0 +1,389 @@
+//! Unit tests of the state machine on paused tokio time, one per row of the
+//! semantics table and per policy.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::advance;
+
+use super::*;
+
+fn fail(b: &Breaker, n: usize) {
+    for _ in 0..n {
+        b.try_acquire().expect("admitted").failure();
+    }
+}
+
+fn succeed(b: &Breaker, n: usize) {
+    for _ in 0..n {
+        b.try_acquire().expect("admitted").success();
+    }
+}
+
+const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
+
+#[tokio::test(start_paused = true)]
+async fn trips_at_exactly_the_consecutive_threshold_and_success_resets() {
+    let b = Breaker::new("dep");
+    fail(&b, 4);
+    succeed(&b, 1);
+    assert_eq!(b.counts().consecutive_failures, 0);
+    fail(&b, 4);
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.counts().consecutive_failures, 4);
+    fail(&b, 1);
+    assert_eq!(b.state(), State::Open);
+    let err = b.try_acquire().unwrap_err();
+    assert_eq!(err.state(), State::Open);
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
+    assert_eq!(b.snapshot().rejected, 1);
+    assert_eq!(b.snapshot().failures, 9);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_equal_to_threshold_trips() {
+    let b = Breaker::builder("dep").count_window(10).minimum_calls(10).failure_rate(0.5).build();
+    succeed(&b, 5);
+    fail(&b, 4);
+    assert_eq!(b.state(), State::Closed, "9 calls: below the minimum");
+    fail(&b, 1);
+    assert_eq!(b.state(), State::Open, "5/10 = 0.5 trips");
+
+    let b = Breaker::builder("dep").count_window(10).minimum_calls(10).failure_rate(0.3).build();
+    succeed(&b, 7);
+    fail(&b, 2);
+    succeed(&b, 1);
+    assert_eq!(b.state(), State::Closed, "2/10 < 0.3");
+    fail(&b, 1); // evicts a success: 3/10 = 0.3, no float rounding
+    assert_eq!(b.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_is_evaluated_after_each_outcome_once_minimum_is_reached() {
+    let b = Breaker::builder("dep").count_window(10).minimum_calls(4).failure_rate(0.5).build();
+    fail(&b, 3);
+    assert_eq!(b.state(), State::Closed);
+    // A success makes the minimum: 3/4 >= 0.5, so it trips.
+    succeed(&b, 1);
+    assert_eq!(b.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn count_window_evicts_the_oldest_call() {
+    let b = Breaker::builder("dep").count_window(4).minimum_calls(4).failure_rate(0.75).build();
+    fail(&b, 2);
+    succeed(&b, 2);
+    assert_eq!(b.counts().window_failures, 2);
+    succeed(&b, 2); // the two failures leave the window
+    let c = b.counts();
+    assert_eq!((c.window_calls, c.window_failures), (4, 0));
+    fail(&b, 2);
+    assert_eq!(b.state(), State::Closed, "2/4 < 0.75");
+    fail(&b, 1);
+    assert_eq!(b.state(), State::Open, "3/4");
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_buckets_are_aligned_and_expire_a_full_window_after_their_end() {
+    // 10 s window of 1 s buckets; the clock's origin is the build time.
+    let b = Breaker::builder("dep")
+        .time_window(Duration::from_secs(10), 10)
+        .minimum_calls(100)
+        .build();
+    advance(500 * MS).await;
+    fail(&b, 1); // bucket [0 s, 1 s)
+    advance(600 * MS).await; // t = 1.1 s
+    succeed(&b, 1); // bucket [1 s, 2 s)
+    advance(Duration::from_millis(9_899)).await; // t = 10.999 s
+    assert_eq!(b.counts().window_calls, 2, "bucket [0,1) ends at 1 s: 9.999 s old");
+    advance(MS).await; // t = 11 s
+    let c = b.counts();
+    assert_eq!((c.window_calls, c.window_failures), (1, 0), "bucket [0,1) is a full window old");
+    advance(SEC).await; // t = 12 s
+    assert_eq!(b.counts().window_calls, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_window_trips_on_rate() {
+    let b = Breaker::builder("dep")
+        .time_window(Duration::from_secs(60), 6)
+        .minimum_calls(4)
+        .failure_rate(0.5)
+        .build();
+    fail(&b, 2);
+    advance(Duration::from_secs(70)).await; // both expire
+    succeed(&b, 2);
+    fail(&b, 1);
+    assert_eq!(b.state(), State::Closed, "1/3: below minimum");
+    fail(&b, 1);
+    assert_eq!(b.state(), State::Open, "2/4");
+}
+
+#[tokio::test(start_paused = true)]
+async fn outcome_admitted_in_an_earlier_state_is_dropped() {
+    let b = Breaker::builder("dep").consecutive_failures(2).build();
+    let old = b.try_acquire().unwrap();
+    fail(&b, 2);
+    assert_eq!(b.state(), State::Open);
+    b.reset();
+    old.failure();
+    assert_eq!(b.counts().consecutive_failures, 0, "stale failure not recorded");
+    assert_eq!(b.snapshot().failures, 3, "but still counted as observed");
+
+    // A stale success does not reset the new period's count either.
+    let old = b.try_acquire().unwrap();
+    fail(&b, 1);
+    b.force_open();
+    b.reset();
+    fail(&b, 1);
+    old.success();
+    assert_eq!(b.counts().consecutive_failures, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn open_wait_boundary_admits_a_probe_at_exactly_the_duration() {
+    let b = Breaker::builder("dep").consecutive_failures(1).open_duration(10 * SEC).build();
+    fail(&b, 1);
+    advance(Duration::from_millis(9_999)).await;
+    let err = b.try_acquire().unwrap_err();
+    assert_eq!(err.retry_after(), Some(MS));
+    advance(MS).await;
+    let probe = b.try_acquire().expect("admitted at exactly 10 s");
+    assert!(probe.is_probe());
+    assert_eq!(b.state(), State::HalfOpen);
+    probe.success();
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn state_reports_half_open_after_the_wait_without_a_call() {
+    let b = Breaker::builder("dep").consecutive_failures(1).build();
+    let mut events = b.subscribe();
+    fail(&b, 1);
+    assert_eq!(b.state(), State::Open);
+    assert_eq!(b.snapshot().next_probe_in, Some(Duration::from_secs(30)));
+    advance(Duration::from_secs(30)).await;
+    assert_eq!(b.state(), State::HalfOpen);
+    assert_eq!(b.snapshot().available_permits, Some(1));
+    let opened = events.recv().await.unwrap();
+    assert_eq!((opened.from, opened.to, opened.cause), (State::Closed, State::Open, Cause::ConsecutiveFailures));
+    let half = events.recv().await.unwrap();
+    assert_eq!((half.to, half.cause), (State::HalfOpen, Cause::OpenWaitElapsed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_states_are_left_only_by_reset() {
+    let b = Breaker::builder("dep").consecutive_failures(1).open_duration(SEC).build();
+    b.force_open();
+    assert_eq!(b.try_acquire().unwrap_err().state(), State::ForcedOpen);
+    advance(Duration::from_secs(3600)).await;
+    assert_eq!(b.state(), State::ForcedOpen);
+    assert!(!b.close(), "recovery never changes ForcedOpen");
+    assert_eq!(b.state(), State::ForcedOpen);
+
+    b.disable();
+    fail(&b, 100);
+    assert_eq!(b.state(), State::Disabled);
+    assert_eq!(b.counts().consecutive_failures, 0, "records nothing");
+    assert!(!b.close());
+    b.reset();
+    assert_eq!(b.state(), State::Closed);
+    fail(&b, 1);
+    assert_eq!(b.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reset_clears_window_growth_and_bumps_generation() {
+    let b = Breaker::builder("dep")
+        .count_window(10)
+        .minimum_calls(3)
+        .open_duration(10 * SEC)
+        .open_growth(2.0, 100 * SEC)
+        .build();
+    fail(&b, 3);
+    assert_eq!(b.state(), State::Open);
+    advance(10 * SEC).await;
+    b.try_acquire().unwrap().failure(); // re-open: 20 s
+    assert_eq!(b.snapshot().next_probe_in, Some(20 * SEC));
+    let generation = b.generation();
+    b.reset();
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.generation(), generation + 1);
+    assert_eq!(b.counts(), Counts::default());
+    fail(&b, 3);
+    assert_eq!(b.snapshot().next_probe_in, Some(10 * SEC), "growth back to base");
+}
+
+#[tokio::test(start_paused = true)]
+async fn open_duration_grows_to_its_cap_and_returns_after_a_healthy_period() {
+    let b = Breaker::builder("dep")
+        .consecutive_failures(1)
+        .open_duration(10 * SEC)
+        .open_growth(2.0, 35 * SEC)
+        .healthy_period(60 * SEC)
+        .build();
+    let mut expected = vec![10, 20, 35, 35];
+    expected.reverse();
+    fail(&b, 1);
+    while let Some(secs) = expected.pop() {
+        assert_eq!(b.snapshot().next_probe_in, Some(Duration::from_secs(secs)));
+        advance(Duration::from_secs(secs)).await;
+        b.try_acquire().unwrap().failure();
+    }
+    // Close, trip again soon: still grown.
+    advance(35 * SEC).await;
+    b.try_acquire().unwrap().success();
+    advance(59 * SEC).await;
+    fail(&b, 1);
+    assert_eq!(b.snapshot().next_probe_in, Some(35 * SEC));
+    // Close and stay closed for the healthy period: back to base.
+    advance(35 * SEC).await;
+    b.try_acquire().unwrap().success();
+    advance(60 * SEC).await;
+    fail(&b, 1);
+    assert_eq!(b.snapshot().next_probe_in, Some(10 * SEC));
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_admits_at_most_its_permits() {
+    let b = Breaker::builder("dep").consecutive_failures(1).half_open_permits(2).build();
+    fail(&b, 1);
+    advance(Duration::from_secs(30)).await;
+    let p1 = b.try_acquire().unwrap();
+    let p2 = b.try_acquire().unwrap();
+    assert_eq!(b.try_acquire().unwrap_err().state(), State::HalfOpen);
+    drop(p2); // dropped unfinished: permit back
+    let p2 = b.try_acquire().unwrap();
+    p1.record(Outcome::Ignore); // ignored: permit back
+    let p3 = b.try_acquire().unwrap();
+    p2.success();
+    assert_eq!(b.state(), State::HalfOpen, "one success of two");
+    p3.success();
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_failure_reopens() {
+    let b = Breaker::builder("dep").consecutive_failures(1).half_open_permits(3).build();
+    fail(&b, 1);
+    advance(Duration::from_secs(30)).await;
+    let p1 = b.try_acquire().unwrap();
+    let p2 = b.try_acquire().unwrap();
+    p1.success();
+    p2.failure();
+    assert_eq!(b.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_max_wait_reopens() {
+    let b = Breaker::builder("dep")
+        .consecutive_failures(1)
+        .half_open_max_wait(5 * SEC)
+        .build();
+    fail(&b, 1);
+    advance(Duration::from_secs(30)).await;
+    let hung = b.try_acquire().unwrap();
+    advance(Duration::from_millis(4_999)).await;
+    assert_eq!(b.state(), State::HalfOpen);
+    advance(MS).await;
+    assert_eq!(b.state(), State::Open);
+    hung.success();
+    assert_eq!(b.state(), State::Open, "late probe outcome is stale");
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_calls_trip_the_window() {
+    let b = Breaker::builder("dep")
+        .count_window(4)
+        .minimum_calls(4)
+        .slow_calls(2 * SEC, 0.5)
+        .build();
+    for slow in [true, false, false, true] {
+        let p = b.try_acquire().unwrap();
+        advance(if slow { 2 * SEC } else { 1999 * MS }).await;
+        p.success();
+    }
+    assert_eq!(b.state(), State::Open);
+    let t = b.subscribe();
+    drop(t);
+}
+
+#[tokio::test(start_paused = true)]
+async fn transitions_are_lossless_and_carry_counts() {
+    let b = Breaker::builder("dep").consecutive_failures(3).build();
+    let mut events = b.subscribe();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    b.on_transition(move |t| sink.lock().unwrap().push((t.to, t.generation)));
+    fail(&b, 3);
+    advance(Duration::from_secs(30)).await;
+    b.try_acquire().unwrap().success();
+    b.force_open();
+    b.disable();
+    b.reset();
+    let mut got = Vec::new();
+    while let Some(t) = events.try_recv() {
+        got.push(t);
+    }
+    let tos: Vec<_> = got.iter().map(|t| t.to).collect();
+    assert_eq!(
+        tos,
+        [State::Open, State::HalfOpen, State::Closed, State::ForcedOpen, State::Disabled, State::Closed]
+    );
+    assert_eq!(got[0].counts.consecutive_failures, 3);
+    assert_eq!(got[0].open_for, Some(Duration::from_secs(30)));
+    let gens: Vec<_> = got.iter().map(|t| t.generation).collect();
+    assert_eq!(gens, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(seen.lock().unwrap().len(), 6);
+    assert_eq!(b.snapshot().transitions, 6);
+    drop(b);
+    assert_eq!(events.recv().await, None, "stream ends when the breaker is gone");
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_is_what_a_recovery_uses() {
+    let b = Breaker::builder("dep").consecutive_failures(1).build();
+    assert!(!b.close(), "already closed");
+    fail(&b, 1);
+    assert!(b.close());
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn call_api_rejects_without_polling_and_classifies() {
+    let b = Breaker::builder("dep").consecutive_failures(1).build();
+    let r: Result<(), CallError<&str>> = b.call(async { Err("down") }).await;
+    assert_eq!(r, Err(CallError::Inner("down")));
+    let polled = std::sync::atomic::AtomicBool::new(false);
+    let r = b
+        .call(async {
+            polled.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, ()>(())
+        })
+        .await;
+    assert!(r.unwrap_err().is_rejected());
+    assert!(!polled.load(std::sync::atomic::Ordering::SeqCst));
+    // A custom classifier: 404 answers are fine.
+    b.reset();
+    let not_found = |r: &Result<u16, ()>| match r {
+        Ok(404) | Ok(200) => Outcome::Success,
+        _ => Outcome::Failure,
+    };
+    assert_eq!(b.call_with(&not_found, async { Ok(404) }).await, Ok(404));
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_call_future_gives_back_its_probe_permit() {
+    let b = Breaker::builder("dep").consecutive_failures(1).build();
+    fail(&b, 1);
+    advance(Duration::from_secs(30)).await;
+    {
+        let fut = b.call(std::future::pending::<Result<(), ()>>());
+        tokio::pin!(fut);
+        assert!(futures_util::poll!(fut.as_mut()).is_pending());
+        assert_eq!(b.snapshot().available_permits, Some(0));
+    }
+    assert_eq!(b.snapshot().available_permits, Some(1));
+}
