@@ -131,6 +131,10 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
+    pub(crate) fn generation(&self) -> u64 {
+        generation(self.word)
+    }
+
     pub(crate) fn is_probe(&self) -> bool {
         code(self.word) == HALF_OPEN
     }

@@ -504,6 +504,11 @@ impl Permit<'_> {
         self.record(Outcome::Failure);
     }
 
+    /// The generation of the state the call was admitted in.
+    pub fn generation(&self) -> u64 {
+        self.ticket.map_or(0, |t| t.generation())
+    }
+
     /// Whether this is a half-open probe.
     pub fn is_probe(&self) -> bool {
         self.ticket.is_some_and(|t| t.is_probe())
