@@ -160,7 +160,8 @@ impl<A> ServerErrorsAsFailures<A> {
     /// Whether a status code is a failure under this classifier.
     #[inline]
     pub fn is_failure(&self, status: StatusCode) -> bool {
-        status.is_server_error() || (self.too_many_requests && status == StatusCode::TOO_MANY_REQUESTS)
+        status.is_server_error()
+            || (self.too_many_requests && status == StatusCode::TOO_MANY_REQUESTS)
     }
 }
 
@@ -218,7 +219,8 @@ mod tower_http_adapter {
 
     impl<C> fmt::Debug for TowerHttpClassifier<C> {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.debug_struct("TowerHttpClassifier").finish_non_exhaustive()
+            f.debug_struct("TowerHttpClassifier")
+                .finish_non_exhaustive()
         }
     }
 
@@ -251,7 +253,10 @@ mod tests {
     #[test]
     fn errors_as_failures() {
         assert_eq!(ErrorsAsFailures.classify(&Ok::<_, ()>(1)), Outcome::Success);
-        assert_eq!(ErrorsAsFailures.classify(&Err::<(), _>(1)), Outcome::Failure);
+        assert_eq!(
+            ErrorsAsFailures.classify(&Err::<(), _>(1)),
+            Outcome::Failure
+        );
     }
 
     #[test]
@@ -268,7 +273,10 @@ mod tests {
         ] {
             assert_eq!(c.classify(&response(code)), expected, "status {code}");
         }
-        assert_eq!(c.classify(&Err::<http::Response<()>, _>(())), Outcome::Failure);
+        assert_eq!(
+            c.classify(&Err::<http::Response<()>, _>(())),
+            Outcome::Failure
+        );
         let c = c.with_too_many_requests();
         assert_eq!(c.classify(&response(429)), Outcome::Failure);
         assert_eq!(c.classify(&response(428)), Outcome::Success);
@@ -290,9 +298,11 @@ mod tests {
     fn tower_http_adapter() {
         use tower_http::classify::ServerErrorsAsFailures as Th;
         let c = TowerHttpClassifier::new(Th::new());
-        let ok: Result<http::Response<()>, std::io::Error> = response(204).map_err(|_| unreachable!());
+        let ok: Result<http::Response<()>, std::io::Error> =
+            response(204).map_err(|_| unreachable!());
         assert_eq!(c.classify(&ok), Outcome::Success);
-        let bad: Result<http::Response<()>, std::io::Error> = response(502).map_err(|_| unreachable!());
+        let bad: Result<http::Response<()>, std::io::Error> =
+            response(502).map_err(|_| unreachable!());
         assert_eq!(c.classify(&bad), Outcome::Failure);
         let err: Result<http::Response<()>, std::io::Error> = Err(std::io::Error::other("x"));
         assert_eq!(c.classify(&err), Outcome::Failure);

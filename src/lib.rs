@@ -44,6 +44,7 @@
 //! [Tower]: https://docs.rs/tower
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
 
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;

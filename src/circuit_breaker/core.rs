@@ -373,12 +373,18 @@ impl Core {
             Window::None => WindowCounts::default(),
             Window::Count(ring) => ring.record(failed, slow),
             Window::Time(buckets) => {
-                let now = if self.cfg.slow_nanos.is_some() { now } else { self.clock.now_nanos() };
+                let now = if self.cfg.slow_nanos.is_some() {
+                    now
+                } else {
+                    self.clock.now_nanos()
+                };
                 buckets.record(now, failed, slow)
             }
         };
         let cause = match self.cfg.rule {
-            TripRule::Consecutive(limit) => (consecutive >= limit).then_some(Cause::ConsecutiveFailures),
+            TripRule::Consecutive(limit) => {
+                (consecutive >= limit).then_some(Cause::ConsecutiveFailures)
+            }
             TripRule::Rate {
                 minimum_calls,
                 failure_ppm,
@@ -388,7 +394,8 @@ impl Core {
                     None
                 } else if counts.failures * 1_000_000 >= failure_ppm * counts.calls {
                     Some(Cause::FailureRate)
-                } else if slow_ppm.is_some_and(|ppm| counts.slow * 1_000_000 >= ppm * counts.calls) {
+                } else if slow_ppm.is_some_and(|ppm| counts.slow * 1_000_000 >= ppm * counts.calls)
+                {
                     Some(Cause::SlowCallRate)
                 } else {
                     None
@@ -414,15 +421,21 @@ impl Core {
             Outcome::Success => {
                 let mut h = self.half_open.0.load(Ordering::Acquire);
                 while ho_matches(h, ticket.word) {
-                    match self
-                        .half_open
-                        .0
-                        .compare_exchange_weak(h, h + 1, Ordering::AcqRel, Ordering::Acquire)
-                    {
+                    match self.half_open.0.compare_exchange_weak(
+                        h,
+                        h + 1,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
                         Ok(_) => {
                             if ho_successes(h) + 1 >= u64::from(self.cfg.permits) {
                                 let now = self.clock.now_nanos();
-                                self.transition(ticket.word, State::Closed, Cause::ProbesSucceeded, now);
+                                self.transition(
+                                    ticket.word,
+                                    State::Closed,
+                                    Cause::ProbesSucceeded,
+                                    now,
+                                );
                             }
                             return;
                         }
@@ -562,10 +575,13 @@ impl Core {
         let mut open_for = None;
         match to {
             State::Open => {
-                if from == State::Closed && now.saturating_sub(slow.closed_at) >= self.cfg.healthy_period {
+                if from == State::Closed
+                    && now.saturating_sub(slow.closed_at) >= self.cfg.healthy_period
+                {
                     slow.level = 0;
                 }
-                let grown = self.cfg.open_base as f64 * self.cfg.open_multiplier.powi(slow.level as i32);
+                let grown =
+                    self.cfg.open_base as f64 * self.cfg.open_multiplier.powi(slow.level as i32);
                 let nanos = if grown >= self.cfg.open_max as f64 {
                     self.cfg.open_max
                 } else {
@@ -574,7 +590,8 @@ impl Core {
                 if self.cfg.open_multiplier > 1.0 && nanos < self.cfg.open_max {
                     slow.level += 1;
                 }
-                self.open_until.store(now.saturating_add(nanos), Ordering::Release);
+                self.open_until
+                    .store(now.saturating_add(nanos), Ordering::Release);
                 open_for = Some(Duration::from_nanos(nanos));
             }
             State::HalfOpen => {
@@ -582,7 +599,10 @@ impl Core {
                     ho_pack(next, u64::from(self.cfg.permits), 0),
                     Ordering::Release,
                 );
-                let until = self.cfg.half_open_max_wait.map_or(u64::MAX, |w| now.saturating_add(w));
+                let until = self
+                    .cfg
+                    .half_open_max_wait
+                    .map_or(u64::MAX, |w| now.saturating_add(w));
                 self.half_open_until.store(until, Ordering::Release);
             }
             State::Closed => {

@@ -33,9 +33,15 @@ impl fmt::Display for Rejected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.state, self.retry_after) {
             (State::Open, Some(after)) => {
-                write!(f, "circuit breaker is open; next probe in {:.3}s", after.as_secs_f64())
+                write!(
+                    f,
+                    "circuit breaker is open; next probe in {:.3}s",
+                    after.as_secs_f64()
+                )
             }
-            (State::HalfOpen, _) => f.write_str("circuit breaker is half-open and all probe permits are in use"),
+            (State::HalfOpen, _) => {
+                f.write_str("circuit breaker is half-open and all probe permits are in use")
+            }
             (State::ForcedOpen, _) => f.write_str("circuit breaker is forced open"),
             _ => f.write_str("circuit breaker is open"),
         }

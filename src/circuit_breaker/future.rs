@@ -110,7 +110,9 @@ where
                 Poll::Ready(result.map_err(|e| this.reject.convert(e)))
             }
             KindProj::Rejected { rejected } => {
-                let rejected = rejected.take().expect("ResponseFuture polled after completion");
+                let rejected = rejected
+                    .take()
+                    .expect("ResponseFuture polled after completion");
                 Poll::Ready(this.reject.reject(rejected))
             }
         }

@@ -121,7 +121,9 @@ use std::time::Duration;
 
 pub use self::error::{CallError, Rejected};
 pub use self::layer::CircuitBreakerLayer;
-pub use self::reject::{DefaultRejectResponse, OnReject, RejectResponse, RejectWithError, RejectWithResponse};
+pub use self::reject::{
+    DefaultRejectResponse, OnReject, RejectResponse, RejectWithError, RejectWithResponse,
+};
 pub use self::service::CircuitBreaker;
 
 use self::core::{Config, Core, SubscriberShared, Ticket, TripRule, WindowKind};
@@ -389,7 +391,12 @@ impl Breaker {
                 return false;
             }
             let word = self.core.word();
-            if self.core.transition(word, State::Closed, Cause::Reset, self.core.clock.now_nanos()) {
+            if self.core.transition(
+                word,
+                State::Closed,
+                Cause::Reset,
+                self.core.clock.now_nanos(),
+            ) {
                 return true;
             }
         }
@@ -525,7 +532,9 @@ impl Drop for Permit<'_> {
 
 impl fmt::Debug for Permit<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Permit").field("probe", &self.is_probe()).finish()
+        f.debug_struct("Permit")
+            .field("probe", &self.is_probe())
+            .finish()
     }
 }
 
@@ -542,7 +551,11 @@ impl Transitions {
             if let Some(event) = self.try_recv() {
                 return Some(event);
             }
-            if self.shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+            if self
+                .shared
+                .closed
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
                 return self.try_recv();
             }
             self.shared.notify.notified().await;
@@ -623,7 +636,10 @@ impl Builder {
     /// # Panics
     /// If `size` is zero or above 2^24.
     pub fn count_window(mut self, size: u32) -> Self {
-        assert!((1..=1 << 24).contains(&size), "count_window size must be in 1..=16777216");
+        assert!(
+            (1..=1 << 24).contains(&size),
+            "count_window size must be in 1..=16777216"
+        );
         self.window = WindowKind::Count(size);
         self
     }
@@ -635,9 +651,15 @@ impl Builder {
     /// If `buckets` is zero or above 1024, or a bucket would be shorter than
     /// a microsecond.
     pub fn time_window(mut self, length: Duration, buckets: u32) -> Self {
-        assert!((1..=1024).contains(&buckets), "time_window buckets must be in 1..=1024");
+        assert!(
+            (1..=1024).contains(&buckets),
+            "time_window buckets must be in 1..=1024"
+        );
         let width = saturating_nanos(length) / u64::from(buckets);
-        assert!(width >= 1_000, "time_window buckets must be at least 1 µs wide");
+        assert!(
+            width >= 1_000,
+            "time_window buckets must be at least 1 µs wide"
+        );
         self.window = WindowKind::Time { width, buckets };
         self
     }
@@ -668,7 +690,10 @@ impl Builder {
     /// # Panics
     /// If `rate` is outside `(0, 1]`.
     pub fn slow_calls(mut self, threshold: Duration, rate: f64) -> Self {
-        assert!(rate > 0.0 && rate <= 1.0, "slow-call rate must be in (0, 1]");
+        assert!(
+            rate > 0.0 && rate <= 1.0,
+            "slow-call rate must be in (0, 1]"
+        );
         self.slow = Some((threshold, rate));
         self
     }
@@ -688,7 +713,10 @@ impl Builder {
     /// # Panics
     /// If `multiplier` is below 1.0 or not finite.
     pub fn open_growth(mut self, multiplier: f64, max: Duration) -> Self {
-        assert!(multiplier.is_finite() && multiplier >= 1.0, "open_growth multiplier must be >= 1.0");
+        assert!(
+            multiplier.is_finite() && multiplier >= 1.0,
+            "open_growth multiplier must be >= 1.0"
+        );
         self.multiplier = multiplier;
         self.open_max = max.max(self.open);
         self
@@ -731,7 +759,10 @@ impl Builder {
         let ppm = |rate: f64| ((rate * 1_000_000.0).round() as u64).max(1);
         let rule = match self.window {
             WindowKind::None => {
-                assert!(self.slow.is_none(), "slow_calls needs a count_window or a time_window");
+                assert!(
+                    self.slow.is_none(),
+                    "slow_calls needs a count_window or a time_window"
+                );
                 TripRule::Consecutive(self.consecutive)
             }
             _ => TripRule::Rate {

@@ -72,7 +72,13 @@ impl Drop for Admission {
 }
 
 impl<S, C, R> CircuitBreaker<S, C, R> {
-    pub(crate) fn from_parts(inner: S, breaker: Breaker, classify: C, reject: R, backpressure: bool) -> Self {
+    pub(crate) fn from_parts(
+        inner: S,
+        breaker: Breaker,
+        classify: C,
+        reject: R,
+        backpressure: bool,
+    ) -> Self {
         Self {
             inner,
             admission: Admission {
@@ -120,7 +126,10 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
         let mut this = wait.as_mut().project();
         this.changed.as_mut().enable();
         let fired = this.changed.poll(cx).is_ready()
-            || this.open_wait.as_pin_mut().is_some_and(|sleep| sleep.poll(cx).is_ready());
+            || this
+                .open_wait
+                .as_pin_mut()
+                .is_some_and(|sleep| sleep.poll(cx).is_ready());
         if fired {
             self.wait = None;
             Poll::Ready(())
@@ -166,12 +175,19 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         loop {
             match self.admission.latch {
-                Latch::Empty => match self.admission.breaker.core.admit_counted(!self.backpressure) {
+                Latch::Empty => match self
+                    .admission
+                    .breaker
+                    .core
+                    .admit_counted(!self.backpressure)
+                {
                     Ok(ticket) => {
                         self.admission.latch = Latch::Admitted(ticket);
                         self.wait = None;
                     }
-                    Err(rejected) if !self.backpressure => self.admission.latch = Latch::Rejected(rejected),
+                    Err(rejected) if !self.backpressure => {
+                        self.admission.latch = Latch::Rejected(rejected)
+                    }
                     Err(rejected) => {
                         // A fresh registration must be followed by one more
                         // look, or a change just before it would be missed.

@@ -43,14 +43,22 @@ async fn trips_at_exactly_the_consecutive_threshold_and_success_resets() {
 
 #[tokio::test(start_paused = true)]
 async fn rate_equal_to_threshold_trips() {
-    let b = Breaker::builder("dep").count_window(10).minimum_calls(10).failure_rate(0.5).build();
+    let b = Breaker::builder("dep")
+        .count_window(10)
+        .minimum_calls(10)
+        .failure_rate(0.5)
+        .build();
     succeed(&b, 5);
     fail(&b, 4);
     assert_eq!(b.state(), State::Closed, "9 calls: below the minimum");
     fail(&b, 1);
     assert_eq!(b.state(), State::Open, "5/10 = 0.5 trips");
 
-    let b = Breaker::builder("dep").count_window(10).minimum_calls(10).failure_rate(0.3).build();
+    let b = Breaker::builder("dep")
+        .count_window(10)
+        .minimum_calls(10)
+        .failure_rate(0.3)
+        .build();
     succeed(&b, 7);
     fail(&b, 2);
     succeed(&b, 1);
@@ -61,7 +69,11 @@ async fn rate_equal_to_threshold_trips() {
 
 #[tokio::test(start_paused = true)]
 async fn rate_is_evaluated_after_each_outcome_once_minimum_is_reached() {
-    let b = Breaker::builder("dep").count_window(10).minimum_calls(4).failure_rate(0.5).build();
+    let b = Breaker::builder("dep")
+        .count_window(10)
+        .minimum_calls(4)
+        .failure_rate(0.5)
+        .build();
     fail(&b, 3);
     assert_eq!(b.state(), State::Closed);
     // A success makes the minimum: 3/4 >= 0.5, so it trips.
@@ -71,7 +83,11 @@ async fn rate_is_evaluated_after_each_outcome_once_minimum_is_reached() {
 
 #[tokio::test(start_paused = true)]
 async fn count_window_evicts_the_oldest_call() {
-    let b = Breaker::builder("dep").count_window(4).minimum_calls(4).failure_rate(0.75).build();
+    let b = Breaker::builder("dep")
+        .count_window(4)
+        .minimum_calls(4)
+        .failure_rate(0.75)
+        .build();
     fail(&b, 2);
     succeed(&b, 2);
     assert_eq!(b.counts().window_failures, 2);
@@ -96,10 +112,18 @@ async fn time_buckets_are_aligned_and_expire_a_full_window_after_their_end() {
     advance(600 * MS).await; // t = 1.1 s
     succeed(&b, 1); // bucket [1 s, 2 s)
     advance(Duration::from_millis(9_899)).await; // t = 10.999 s
-    assert_eq!(b.counts().window_calls, 2, "bucket [0,1) ends at 1 s: 9.999 s old");
+    assert_eq!(
+        b.counts().window_calls,
+        2,
+        "bucket [0,1) ends at 1 s: 9.999 s old"
+    );
     advance(MS).await; // t = 11 s
     let c = b.counts();
-    assert_eq!((c.window_calls, c.window_failures), (1, 0), "bucket [0,1) is a full window old");
+    assert_eq!(
+        (c.window_calls, c.window_failures),
+        (1, 0),
+        "bucket [0,1) is a full window old"
+    );
     advance(SEC).await; // t = 12 s
     assert_eq!(b.counts().window_calls, 0);
 }
@@ -128,7 +152,11 @@ async fn outcome_admitted_in_an_earlier_state_is_dropped() {
     assert_eq!(b.state(), State::Open);
     b.reset();
     old.failure();
-    assert_eq!(b.counts().consecutive_failures, 0, "stale failure not recorded");
+    assert_eq!(
+        b.counts().consecutive_failures,
+        0,
+        "stale failure not recorded"
+    );
     assert_eq!(b.snapshot().failures, 3, "but still counted as observed");
 
     // A stale success does not reset the new period's count either.
@@ -143,7 +171,10 @@ async fn outcome_admitted_in_an_earlier_state_is_dropped() {
 
 #[tokio::test(start_paused = true)]
 async fn open_wait_boundary_admits_a_probe_at_exactly_the_duration() {
-    let b = Breaker::builder("dep").consecutive_failures(1).open_duration(10 * SEC).build();
+    let b = Breaker::builder("dep")
+        .consecutive_failures(1)
+        .open_duration(10 * SEC)
+        .build();
     fail(&b, 1);
     advance(Duration::from_millis(9_999)).await;
     let err = b.try_acquire().unwrap_err();
@@ -167,14 +198,23 @@ async fn state_reports_half_open_after_the_wait_without_a_call() {
     assert_eq!(b.state(), State::HalfOpen);
     assert_eq!(b.snapshot().available_permits, Some(1));
     let opened = events.recv().await.unwrap();
-    assert_eq!((opened.from, opened.to, opened.cause), (State::Closed, State::Open, Cause::ConsecutiveFailures));
+    assert_eq!(
+        (opened.from, opened.to, opened.cause),
+        (State::Closed, State::Open, Cause::ConsecutiveFailures)
+    );
     let half = events.recv().await.unwrap();
-    assert_eq!((half.to, half.cause), (State::HalfOpen, Cause::OpenWaitElapsed));
+    assert_eq!(
+        (half.to, half.cause),
+        (State::HalfOpen, Cause::OpenWaitElapsed)
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn manual_states_are_left_only_by_reset() {
-    let b = Breaker::builder("dep").consecutive_failures(1).open_duration(SEC).build();
+    let b = Breaker::builder("dep")
+        .consecutive_failures(1)
+        .open_duration(SEC)
+        .build();
     b.force_open();
     assert_eq!(b.try_acquire().unwrap_err().state(), State::ForcedOpen);
     advance(Duration::from_secs(3600)).await;
@@ -212,7 +252,11 @@ async fn reset_clears_window_growth_and_bumps_generation() {
     assert_eq!(b.generation(), generation + 1);
     assert_eq!(b.counts(), Counts::default());
     fail(&b, 3);
-    assert_eq!(b.snapshot().next_probe_in, Some(10 * SEC), "growth back to base");
+    assert_eq!(
+        b.snapshot().next_probe_in,
+        Some(10 * SEC),
+        "growth back to base"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -247,7 +291,10 @@ async fn open_duration_grows_to_its_cap_and_returns_after_a_healthy_period() {
 
 #[tokio::test(start_paused = true)]
 async fn half_open_admits_at_most_its_permits() {
-    let b = Breaker::builder("dep").consecutive_failures(1).half_open_permits(2).build();
+    let b = Breaker::builder("dep")
+        .consecutive_failures(1)
+        .half_open_permits(2)
+        .build();
     fail(&b, 1);
     advance(Duration::from_secs(30)).await;
     let p1 = b.try_acquire().unwrap();
@@ -265,7 +312,10 @@ async fn half_open_admits_at_most_its_permits() {
 
 #[tokio::test(start_paused = true)]
 async fn a_probe_failure_reopens() {
-    let b = Breaker::builder("dep").consecutive_failures(1).half_open_permits(3).build();
+    let b = Breaker::builder("dep")
+        .consecutive_failures(1)
+        .half_open_permits(3)
+        .build();
     fail(&b, 1);
     advance(Duration::from_secs(30)).await;
     let p1 = b.try_acquire().unwrap();
@@ -329,7 +379,14 @@ async fn transitions_are_lossless_and_carry_counts() {
     let tos: Vec<_> = got.iter().map(|t| t.to).collect();
     assert_eq!(
         tos,
-        [State::Open, State::HalfOpen, State::Closed, State::ForcedOpen, State::Disabled, State::Closed]
+        [
+            State::Open,
+            State::HalfOpen,
+            State::Closed,
+            State::ForcedOpen,
+            State::Disabled,
+            State::Closed
+        ]
     );
     assert_eq!(got[0].counts.consecutive_failures, 3);
     assert_eq!(got[0].open_for, Some(Duration::from_secs(30)));
@@ -338,7 +395,11 @@ async fn transitions_are_lossless_and_carry_counts() {
     assert_eq!(seen.lock().unwrap().len(), 6);
     assert_eq!(b.snapshot().transitions, 6);
     drop(b);
-    assert_eq!(events.recv().await, None, "stream ends when the breaker is gone");
+    assert_eq!(
+        events.recv().await,
+        None,
+        "stream ends when the breaker is gone"
+    );
 }
 
 #[tokio::test(start_paused = true)]

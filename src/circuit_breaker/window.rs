@@ -70,7 +70,11 @@ impl CountRing {
         let i = self.head.0.fetch_add(1, Ordering::Relaxed) % self.slots.len() as u64;
         let old = self.slots[i as usize].swap(code, Ordering::AcqRel);
         let delta = packed(code).wrapping_sub(packed(old)) as u64;
-        let total = self.totals.0.fetch_add(delta, Ordering::AcqRel).wrapping_add(delta);
+        let total = self
+            .totals
+            .0
+            .fetch_add(delta, Ordering::AcqRel)
+            .wrapping_add(delta);
         let slow_delta = i64::from((code & SLOW) >> 2) - i64::from((old & SLOW) >> 2);
         let slow_total = if slow_delta != 0 {
             self.slow.0.fetch_add(slow_delta, Ordering::AcqRel) + slow_delta
@@ -81,14 +85,19 @@ impl CountRing {
     }
 
     pub(crate) fn counts(&self) -> WindowCounts {
-        decode(self.totals.0.load(Ordering::Acquire), self.slow.0.load(Ordering::Acquire))
+        decode(
+            self.totals.0.load(Ordering::Acquire),
+            self.slow.0.load(Ordering::Acquire),
+        )
     }
 
     pub(crate) fn clear(&self) {
         for slot in self.slots.iter() {
             let old = slot.swap(0, Ordering::AcqRel);
             if old != 0 {
-                self.totals.0.fetch_sub(packed(old) as u64, Ordering::AcqRel);
+                self.totals
+                    .0
+                    .fetch_sub(packed(old) as u64, Ordering::AcqRel);
                 if old & SLOW != 0 {
                     self.slow.0.fetch_sub(1, Ordering::AcqRel);
                 }
@@ -139,7 +148,11 @@ impl TimeBuckets {
         let bucket = &self.buckets[(tick % self.buckets.len() as u64) as usize];
         let delta = 1 + if failed { FAILURE } else { 0 };
         bucket.counts.fetch_add(delta, Ordering::AcqRel);
-        let total = self.totals.0.fetch_add(delta, Ordering::AcqRel).wrapping_add(delta);
+        let total = self
+            .totals
+            .0
+            .fetch_add(delta, Ordering::AcqRel)
+            .wrapping_add(delta);
         let slow_total = if slow {
             bucket.slow.fetch_add(1, Ordering::AcqRel);
             self.slow.0.fetch_add(1, Ordering::AcqRel) + 1
@@ -155,7 +168,10 @@ impl TimeBuckets {
         if tick > self.head.0.load(Ordering::Acquire) {
             self.advance(tick);
         }
-        decode(self.totals.0.load(Ordering::Acquire), self.slow.0.load(Ordering::Acquire))
+        decode(
+            self.totals.0.load(Ordering::Acquire),
+            self.slow.0.load(Ordering::Acquire),
+        )
     }
 
     /// Expires every bucket whose slot the ticks up to `tick` reuse.
@@ -204,9 +220,23 @@ mod tests {
     #[test]
     fn signed_digits_survive_transient_negatives() {
         let total = 0u64.wrapping_sub(FAILURE).wrapping_add(3);
-        assert_eq!(decode(total, 0), WindowCounts { calls: 3, failures: 0, slow: 0 });
+        assert_eq!(
+            decode(total, 0),
+            WindowCounts {
+                calls: 3,
+                failures: 0,
+                slow: 0
+            }
+        );
         let total = 5u64.wrapping_add(2 * FAILURE).wrapping_sub(1);
-        assert_eq!(decode(total, 0), WindowCounts { calls: 4, failures: 2, slow: 0 });
+        assert_eq!(
+            decode(total, 0),
+            WindowCounts {
+                calls: 4,
+                failures: 2,
+                slow: 0
+            }
+        );
     }
 
     #[test]
@@ -215,11 +245,32 @@ mod tests {
         ring.record(true, false);
         ring.record(true, true);
         let c = ring.record(false, false);
-        assert_eq!(c, WindowCounts { calls: 3, failures: 2, slow: 1 });
+        assert_eq!(
+            c,
+            WindowCounts {
+                calls: 3,
+                failures: 2,
+                slow: 1
+            }
+        );
         let c = ring.record(false, false);
-        assert_eq!(c, WindowCounts { calls: 3, failures: 1, slow: 1 });
+        assert_eq!(
+            c,
+            WindowCounts {
+                calls: 3,
+                failures: 1,
+                slow: 1
+            }
+        );
         let c = ring.record(false, false);
-        assert_eq!(c, WindowCounts { calls: 3, failures: 0, slow: 0 });
+        assert_eq!(
+            c,
+            WindowCounts {
+                calls: 3,
+                failures: 0,
+                slow: 0
+            }
+        );
         ring.clear();
         assert_eq!(ring.counts(), WindowCounts::default());
     }
@@ -234,8 +285,22 @@ mod tests {
         let w = TimeBuckets::new(10, 4);
         w.record(9, true, false);
         w.record(10, false, false);
-        assert_eq!(w.counts(49), WindowCounts { calls: 2, failures: 1, slow: 0 });
-        assert_eq!(w.counts(50), WindowCounts { calls: 1, failures: 0, slow: 0 });
+        assert_eq!(
+            w.counts(49),
+            WindowCounts {
+                calls: 2,
+                failures: 1,
+                slow: 0
+            }
+        );
+        assert_eq!(
+            w.counts(50),
+            WindowCounts {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            }
+        );
         assert_eq!(w.counts(1_000_000), WindowCounts::default());
     }
 }

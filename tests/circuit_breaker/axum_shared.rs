@@ -26,7 +26,12 @@ async fn router_layer_shares_one_breaker_across_oneshot_calls() {
                 async move { StatusCode::from_u16(code).unwrap() }
             }),
         )
-        .layer(breaker.layer().classify(ServerErrorsAsFailures::new()).reject_with_response());
+        .layer(
+            breaker
+                .layer()
+                .classify(ServerErrorsAsFailures::new())
+                .reject_with_response(),
+        );
 
     let get = |uri: &str| Request::builder().uri(uri).body(Body::empty()).unwrap();
 
@@ -48,7 +53,11 @@ async fn router_layer_shares_one_breaker_across_oneshot_calls() {
     for _ in 0..20 {
         let res = app.clone().oneshot(get("/status/200")).await.unwrap();
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let retry: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        let retry: u64 = res.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((1..=30).contains(&retry), "retry-after {retry}");
     }
     assert_eq!(handled.load(Ordering::SeqCst), 15);

@@ -28,12 +28,19 @@ async fn probe_permit_is_reserved_by_poll_ready_without_calling() {
     handle.allow(1);
 
     assert_ready_ok!(a.poll_ready());
-    assert_eq!(b.snapshot().available_permits, Some(0), "reserved, not called");
+    assert_eq!(
+        b.snapshot().available_permits,
+        Some(0),
+        "reserved, not called"
+    );
     // The other service is rejected: ready, and `call` fails without
     // reaching the inner service.
     assert_ready_ok!(other.poll_ready());
     let err = other.call("second").await.unwrap_err();
-    assert_eq!(err.downcast_ref::<Rejected>().unwrap().state(), State::HalfOpen);
+    assert_eq!(
+        err.downcast_ref::<Rejected>().unwrap().state(),
+        State::HalfOpen
+    );
 
     let response = a.call("probe");
     assert_request_eq!(handle, "probe").send_response("ok");
@@ -113,7 +120,8 @@ async fn ignored_errors_are_not_counted() {
         Err(_) => Outcome::Failure,
         Ok(_) => Outcome::Success,
     };
-    let (mut svc, mut handle) = mock::spawn_layer::<&str, &str, _>(b.layer().classify(ignore_cancel));
+    let (mut svc, mut handle) =
+        mock::spawn_layer::<&str, &str, _>(b.layer().classify(ignore_cancel));
     for _ in 0..3 {
         handle.allow(1);
         assert_ready_ok!(svc.poll_ready());

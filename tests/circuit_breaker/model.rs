@@ -98,7 +98,11 @@ impl Model {
                 let mult: f64 = if self.cfg.growth { 2.0 } else { 1.0 };
                 let max = if self.cfg.growth { OPEN_MAX } else { OPEN };
                 let grown = OPEN as f64 * mult.powi(self.level as i32);
-                let d = if grown >= max as f64 { max } else { grown as u64 };
+                let d = if grown >= max as f64 {
+                    max
+                } else {
+                    grown as u64
+                };
                 if self.cfg.growth && d < max {
                     self.level += 1;
                 }
@@ -143,7 +147,10 @@ impl Model {
                 self.available -= 1;
                 return Ok(ticket);
             }
-            State::Open => (State::Open, Some(Duration::from_nanos(self.open_until - self.now))),
+            State::Open => (
+                State::Open,
+                Some(Duration::from_nanos(self.open_until - self.now)),
+            ),
             s => (s, None),
         };
         self.rejected += 1;
@@ -159,8 +166,15 @@ impl Model {
             ),
             Policy::Time { .. } => {
                 let tick = self.now / BUCKET;
-                let live: Vec<_> = self.time.iter().filter(|(t, _)| *t + BUCKETS >= tick).collect();
-                (live.len() as u64, live.iter().filter(|(_, f)| *f).count() as u64)
+                let live: Vec<_> = self
+                    .time
+                    .iter()
+                    .filter(|(t, _)| *t + BUCKETS >= tick)
+                    .collect();
+                (
+                    live.len() as u64,
+                    live.iter().filter(|(_, f)| *f).count() as u64,
+                )
             }
         }
     }
@@ -210,7 +224,10 @@ impl Model {
     }
 
     fn release(&mut self, t: Ticket) {
-        if t.state == State::HalfOpen && t.generation == self.generation && self.available < self.cfg.permits {
+        if t.state == State::HalfOpen
+            && t.generation == self.generation
+            && self.available < self.cfg.permits
+        {
             self.available += 1;
         }
     }
@@ -230,15 +247,21 @@ fn cfg() -> impl Strategy<Value = Cfg> {
     let rate = prop_oneof![Just(250_000u64), Just(500_000), Just(1_000_000)];
     let policy = prop_oneof![
         (1u32..5).prop_map(Policy::Consecutive),
-        (1usize..8, 1u64..8, rate.clone()).prop_map(|(size, min, ppm)| Policy::Count { size, min, ppm }),
+        (1usize..8, 1u64..8, rate.clone()).prop_map(|(size, min, ppm)| Policy::Count {
+            size,
+            min,
+            ppm
+        }),
         (1u64..8, rate).prop_map(|(min, ppm)| Policy::Time { min, ppm }),
     ];
-    (policy, 1u16..4, any::<bool>(), prop::option::of(1u64..4)).prop_map(|(policy, permits, growth, wait)| Cfg {
-        policy,
-        permits,
-        growth,
-        max_wait: wait.map(|w| w * SEC),
-    })
+    (policy, 1u16..4, any::<bool>(), prop::option::of(1u64..4)).prop_map(
+        |(policy, permits, growth, wait)| Cfg {
+            policy,
+            permits,
+            growth,
+            max_wait: wait.map(|w| w * SEC),
+        },
+    )
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -275,7 +298,10 @@ fn build(cfg: &Cfg, clock: &ManualClock) -> Breaker {
     let rate = |ppm: u64| ppm as f64 / 1e6;
     match cfg.policy {
         Policy::Consecutive(k) => b.consecutive_failures(k),
-        Policy::Count { size, min, ppm } => b.count_window(size as u32).minimum_calls(min).failure_rate(rate(ppm)),
+        Policy::Count { size, min, ppm } => b
+            .count_window(size as u32)
+            .minimum_calls(min)
+            .failure_rate(rate(ppm)),
         Policy::Time { min, ppm } => b
             .time_window(Duration::from_nanos(BUCKET * BUCKETS), BUCKETS as u32)
             .minimum_calls(min)

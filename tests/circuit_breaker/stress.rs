@@ -15,20 +15,33 @@ fn run(breaker: Breaker, clock: ManualClock, permits: u16) {
     let healthy = Arc::new(AtomicBool::new(true));
     let done = Arc::new(AtomicBool::new(false));
     let probes: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
-    let (failures, rejected, successes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (failures, rejected, successes) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
     let start = Arc::new(Barrier::new(THREADS + 1));
 
     let workers: Vec<_> = (0..THREADS)
         .map(|t| {
             let (breaker, healthy, probes) = (breaker.clone(), healthy.clone(), probes.clone());
-            let (failures, rejected, successes, start) = (failures.clone(), rejected.clone(), successes.clone(), start.clone());
+            let (failures, rejected, successes, start) = (
+                failures.clone(),
+                rejected.clone(),
+                successes.clone(),
+                start.clone(),
+            );
             std::thread::spawn(move || {
                 start.wait();
                 for i in 0..CALLS {
                     match breaker.try_acquire() {
                         Ok(permit) => {
                             if permit.is_probe() {
-                                *probes.lock().unwrap().entry(permit.generation()).or_default() += 1;
+                                *probes
+                                    .lock()
+                                    .unwrap()
+                                    .entry(permit.generation())
+                                    .or_default() += 1;
                             }
                             if (i + t) % 7 == 0 {
                                 std::thread::yield_now();
@@ -52,7 +65,8 @@ fn run(breaker: Breaker, clock: ManualClock, permits: u16) {
 
     // The driver: flips health and moves time so the breaker trips and heals.
     let driver = {
-        let (clock, healthy, done, start) = (clock.clone(), healthy.clone(), done.clone(), start.clone());
+        let (clock, healthy, done, start) =
+            (clock.clone(), healthy.clone(), done.clone(), start.clone());
         std::thread::spawn(move || {
             start.wait();
             let mut round = 0u64;
@@ -73,14 +87,25 @@ fn run(breaker: Breaker, clock: ManualClock, permits: u16) {
 
     let snap = breaker.snapshot();
     let total = (THREADS * CALLS) as u64;
-    let (f, r, s) = (failures.load(Ordering::Relaxed), rejected.load(Ordering::Relaxed), successes.load(Ordering::Relaxed));
-    assert_eq!(f + r + s, total, "every call is a success, a failure or a rejection");
+    let (f, r, s) = (
+        failures.load(Ordering::Relaxed),
+        rejected.load(Ordering::Relaxed),
+        successes.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        f + r + s,
+        total,
+        "every call is a success, a failure or a rejection"
+    );
     assert_eq!(snap.failures, f, "breaker failures add up");
     assert_eq!(snap.rejected, r, "breaker rejections add up");
 
     let probes = probes.lock().unwrap();
     for (generation, admitted) in probes.iter() {
-        assert!(*admitted <= u32::from(permits), "half-open generation {generation} admitted {admitted} > {permits}");
+        assert!(
+            *admitted <= u32::from(permits),
+            "half-open generation {generation} admitted {admitted} > {permits}"
+        );
     }
 
     // Lossless: every transition was delivered, in order, chained.
@@ -95,7 +120,10 @@ fn run(breaker: Breaker, clock: ManualClock, permits: u16) {
     }
     let opened = seen.iter().filter(|t| t.to == State::Open).count();
     let closed = seen.iter().filter(|t| t.to == State::Closed).count();
-    assert!(opened >= 2 && closed >= 2, "tripped {opened} and healed {closed} times over {rounds} rounds");
+    assert!(
+        opened >= 2 && closed >= 2,
+        "tripped {opened} and healed {closed} times over {rounds} rounds"
+    );
 }
 
 #[test]
