@@ -131,6 +131,28 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
+    /// The state word the call was admitted under.
+    #[inline]
+    pub(crate) fn word(&self) -> u64 {
+        self.word
+    }
+
+    #[inline]
+    pub(crate) fn start(&self) -> u64 {
+        self.start
+    }
+
+    #[inline]
+    pub(crate) fn new(word: u64, start: u64) -> Self {
+        Self { word, start }
+    }
+
+    /// A ticket for an admission latched as its state word.
+    #[inline]
+    pub(crate) fn from_word(word: u64) -> Self {
+        Self { word, start: 0 }
+    }
+
     pub(crate) fn generation(&self) -> u64 {
         generation(self.word)
     }
@@ -165,6 +187,9 @@ pub(crate) struct Core {
     half_open_until: AtomicU64,
     transitions: AtomicU64,
     window: Window,
+    /// No window and no slow-call detection: a success only resets the
+    /// consecutive count.
+    simple: bool,
     pub(crate) cfg: Config,
     pub(crate) clock: Clock,
     pub(crate) name: Arc<str>,
@@ -196,7 +221,9 @@ impl Core {
             WindowKind::Time { width, buckets } => Window::Time(TimeBuckets::new(width, buckets)),
         };
         let now = clock.now_nanos();
+        let simple = matches!(window, Window::None) && cfg.slow_nanos.is_none();
         Self {
+            simple,
             state: Padded(AtomicU64::new(CLOSED)),
             consecutive: Padded(AtomicU32::new(0)),
             half_open: Padded(AtomicU64::new(0)),
@@ -321,6 +348,7 @@ impl Core {
     }
 
     /// A call admitted with `ticket` was dropped before it finished.
+    #[inline]
     pub(crate) fn release(&self, ticket: Ticket) {
         if code(ticket.word) == HALF_OPEN {
             self.give_back_permit(ticket.word);
@@ -329,16 +357,14 @@ impl Core {
 
     #[inline]
     fn closed_success(&self, ticket: Ticket) {
-        if let Window::None = self.window {
-            if self.cfg.slow_nanos.is_none() {
-                // The common case: two loads, and a store only after failures.
-                if self.state.0.load(Ordering::Acquire) == ticket.word
-                    && self.consecutive.0.load(Ordering::Relaxed) != 0
-                {
-                    self.consecutive.0.store(0, Ordering::Relaxed);
-                }
-                return;
+        if self.simple {
+            // The common case: two loads, and a store only after failures.
+            if self.state.0.load(Ordering::Acquire) == ticket.word
+                && self.consecutive.0.load(Ordering::Relaxed) != 0
+            {
+                self.consecutive.0.store(0, Ordering::Relaxed);
             }
+            return;
         }
         self.closed_record(ticket, false);
     }

@@ -14,31 +14,45 @@ use crate::classify::{Classify, Outcome};
 
 /// Records the outcome of an admitted call, or gives its admission back if
 /// the call is dropped unfinished.
+///
+/// The ticket is kept as two plain words (`DONE` marks it used) rather than
+/// an `Option<Ticket>`: the option's tag, written apart from the ticket and
+/// read back together with it, cost a store-forwarding stall per call.
 pub(crate) struct Guard {
     breaker: Breaker,
-    ticket: Option<Ticket>,
+    word: u64,
+    start: u64,
 }
 
+const DONE: u64 = u64::MAX;
+
 impl Guard {
+    #[inline]
     pub(crate) fn new(breaker: Breaker, ticket: Ticket) -> Self {
         Self {
             breaker,
-            ticket: Some(ticket),
+            word: ticket.word(),
+            start: ticket.start(),
         }
     }
 
     #[inline]
     pub(crate) fn complete(&mut self, outcome: Outcome) {
-        if let Some(ticket) = self.ticket.take() {
-            self.breaker.core.complete(ticket, outcome);
+        let word = std::mem::replace(&mut self.word, DONE);
+        if word != DONE {
+            self.breaker
+                .core
+                .complete(Ticket::new(word, self.start), outcome);
         }
     }
 }
 
 impl Drop for Guard {
+    #[inline]
     fn drop(&mut self) {
-        if let Some(ticket) = self.ticket.take() {
-            self.breaker.core.release(ticket);
+        let word = std::mem::replace(&mut self.word, DONE);
+        if word != DONE {
+            self.breaker.core.release(Ticket::new(word, self.start));
         }
     }
 }
@@ -97,6 +111,7 @@ where
 {
     type Output = Result<T, R::Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.kind.project() {

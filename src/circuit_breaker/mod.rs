@@ -299,7 +299,37 @@ pub struct Snapshot {
 /// See the [module docs](self) for the semantics.
 #[derive(Clone)]
 pub struct Breaker {
-    core: Arc<Core>,
+    core: CoreRef,
+}
+
+/// How a handle reaches the shared state: counted, or leaked for the rest of
+/// the process so that clones (one per call, in the layer's futures) cost no
+/// atomic reference count.
+#[derive(Clone)]
+enum CoreRef {
+    Shared(Arc<Core>),
+    Static(&'static Arc<Core>),
+}
+
+impl CoreRef {
+    fn arc(&self) -> &Arc<Core> {
+        match self {
+            CoreRef::Shared(arc) => arc,
+            CoreRef::Static(arc) => arc,
+        }
+    }
+}
+
+impl std::ops::Deref for CoreRef {
+    type Target = Core;
+
+    #[inline]
+    fn deref(&self) -> &Core {
+        match self {
+            CoreRef::Shared(arc) => arc,
+            CoreRef::Static(arc) => arc,
+        }
+    }
 }
 
 impl fmt::Debug for Breaker {
@@ -419,16 +449,37 @@ impl Breaker {
         self.core.on_transition(Arc::new(callback));
     }
 
+    /// A handle to the same breaker that keeps it alive for the rest of the
+    /// process, and whose clones cost no atomic reference count.
+    ///
+    /// The layer clones its handle into every response future. With a
+    /// counted handle that is two atomic read-modify-writes per call on one
+    /// shared cache line, the largest part of the closed-path cost, and the
+    /// one that does not scale across threads. Breakers usually live as long
+    /// as the process (one per dependency); for those, layer the leaked
+    /// handle: `breaker.leak().layer()`. Do not leak breakers created per
+    /// tenant or per request: their memory is never freed, and their
+    /// [`Transitions`] streams never end.
+    pub fn leak(&self) -> Breaker {
+        match &self.core {
+            CoreRef::Static(_) => self.clone(),
+            CoreRef::Shared(arc) => Breaker {
+                core: CoreRef::Static(Box::leak(Box::new(arc.clone()))),
+            },
+        }
+    }
+
     /// A handle that does not keep the breaker alive.
     pub fn downgrade(&self) -> WeakBreaker {
         WeakBreaker {
-            core: Arc::downgrade(&self.core),
+            core: Arc::downgrade(self.core.arc()),
         }
     }
 
     /// Asks for admission. The permit records the call's outcome; dropping it
     /// unrecorded counts as a call that never finished (a half-open permit is
     /// given back).
+    #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
         let mut ticket = self.core.admit()?;
         self.core.start(&mut ticket);
@@ -482,7 +533,9 @@ pub struct WeakBreaker {
 impl WeakBreaker {
     /// The breaker, if a handle is still alive.
     pub fn upgrade(&self) -> Option<Breaker> {
-        self.core.upgrade().map(|core| Breaker { core })
+        self.core.upgrade().map(|core| Breaker {
+            core: CoreRef::Shared(core),
+        })
     }
 }
 
@@ -495,6 +548,7 @@ pub struct Permit<'a> {
 
 impl Permit<'_> {
     /// Records the call's outcome.
+    #[inline]
     pub fn record(mut self, outcome: Outcome) {
         if let Some(ticket) = self.ticket.take() {
             self.core.complete(ticket, outcome);
@@ -502,11 +556,13 @@ impl Permit<'_> {
     }
 
     /// Records a success.
+    #[inline]
     pub fn success(self) {
         self.record(Outcome::Success);
     }
 
     /// Records a failure.
+    #[inline]
     pub fn failure(self) {
         self.record(Outcome::Failure);
     }
@@ -783,7 +839,11 @@ impl Builder {
             half_open_max_wait: self.half_open_max_wait.map(saturating_nanos),
         };
         Breaker {
-            core: Arc::new(Core::new(self.name, cfg, self.clock.unwrap_or_default())),
+            core: CoreRef::Shared(Arc::new(Core::new(
+                self.name,
+                cfg,
+                self.clock.unwrap_or_default(),
+            ))),
         }
     }
 }
