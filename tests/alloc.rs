@@ -103,7 +103,8 @@ fn allocations_per_call() {
                 .build(),
         ),
     ];
-    for (name, breaker) in &breakers {
+    let leaked = [("consecutive, leaked handle", Breaker::new("e").leak())];
+    for (name, breaker) in breakers.iter().chain(leaked.iter()) {
         // Successes, and failures below the threshold: zero allocations.
         assert_eq!(
             layer_calls(breaker, 10_000, 0),

@@ -448,3 +448,18 @@ async fn dropped_call_future_gives_back_its_probe_permit() {
     }
     assert_eq!(b.snapshot().available_permits, Some(1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn leaked_handle_shares_state_with_the_original() {
+    let b = Breaker::builder("dep").consecutive_failures(2).build();
+    let leaked = b.leak();
+    fail(&leaked, 1);
+    fail(&b, 1);
+    assert_eq!(leaked.state(), State::Open);
+    assert_eq!(b.state(), State::Open);
+    leaked.reset();
+    assert_eq!(b.state(), State::Closed);
+    assert!(leaked.downgrade().upgrade().is_some());
+    drop(b);
+    assert!(leaked.downgrade().upgrade().is_some(), "leaked: lives on");
+}
