@@ -51,5 +51,9 @@ pub mod circuit_breaker;
 pub mod classify;
 pub mod clock;
 
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// The boxed error type of services that add a failure mode.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -57,7 +57,7 @@
 //!   per call whatever the volume.
 //! - A slow-call rate over the same window ([`Builder::slow_calls`]).
 //!
-//! What counts as a failure is decided by a [`Classify`](crate::classify::Classify)
+//! What counts as a failure is decided by a [`Classify`]
 //! implementation, separately from the policy.
 //!
 //! # Semantics
