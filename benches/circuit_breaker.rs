@@ -75,13 +75,26 @@ fn breakers() -> Vec<(String, Breaker)> {
         .collect()
 }
 
+/// `iters` calls in a plain loop (as `peer-bench` does), timed as a whole.
+fn one_thread<S: Service<bool>>(svc: &mut S, iters: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        let _ = black_box(drive(svc).is_ok());
+    }
+    start.elapsed()
+}
+
 fn closed_one_thread(c: &mut Criterion) {
     let mut g = c.benchmark_group("closed_1_thread");
     let mut bare = inner();
-    g.bench_function("bare", |b| b.iter(|| drive(&mut bare)));
+    g.bench_function("bare", |b| {
+        b.iter_custom(|iters| one_thread(&mut bare, iters))
+    });
     for (name, breaker) in breakers() {
         let mut svc = breaker.layer().layer(inner());
-        g.bench_function(&name, |b| b.iter(|| drive(&mut svc)));
+        g.bench_function(&name, |b| {
+            b.iter_custom(|iters| one_thread(&mut svc, iters))
+        });
     }
     let breaker = Breaker::new("bench");
     g.bench_function("consecutive_call_api", |b| {
@@ -142,7 +155,9 @@ fn open(c: &mut Criterion) {
         .build();
     breaker.try_acquire().unwrap().failure();
     let mut svc = breaker.layer().layer(inner());
-    g.bench_function("layer_typed_error", |b| b.iter(|| drive(&mut svc).is_err()));
+    g.bench_function("layer_typed_error", |b| {
+        b.iter_custom(|iters| one_thread(&mut svc, iters))
+    });
     g.bench_function("call_api", |b| {
         b.iter(|| now(breaker.call(async { Ok::<_, ()>(black_box(1u8)) })).is_err())
     });

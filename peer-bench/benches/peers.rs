@@ -131,6 +131,10 @@ where
 fn contenders(rt: &tokio::runtime::Runtime) -> Vec<(&'static str, Box<dyn FnMut() -> Box<dyn ContenderDyn>>)> {
     let ours = tower_recovery::circuit_breaker::Breaker::new("bench");
     let ours_leaked = ours.leak();
+    let coarse = tower_recovery::circuit_breaker::Breaker::builder("bench")
+        .clock(tower_recovery::clock::Clock::coarse())
+        .build()
+        .leak();
     let recloser = std::sync::Arc::new(recloser::Recloser::custom().closed_len(5).error_rate(1.0).build());
     let failsafe = failsafe::Config::new()
         .failure_policy(failsafe::failure_policy::consecutive_failures(
@@ -160,6 +164,8 @@ fn contenders(rt: &tokio::runtime::Runtime) -> Vec<(&'static str, Box<dyn FnMut(
     let ours_layer = Tower(ours.layer().layer(inner()));
     let ours_leaked_layer = Tower(ours_leaked.layer().layer(inner()));
     let ours_acquire = OursAcquire(ours_leaked);
+    let coarse_layer = Tower(coarse.layer().layer(inner()));
+    let coarse_acquire = OursAcquire(coarse);
     let recloser = Recloser(recloser);
     let failsafe = Failsafe(std::sync::Arc::new(failsafe));
     let tr = Tower(tr_svc);
@@ -169,6 +175,8 @@ fn contenders(rt: &tokio::runtime::Runtime) -> Vec<(&'static str, Box<dyn FnMut(
         ("tower-recovery layer", boxed(ours_layer)),
         ("tower-recovery layer, leaked handle", boxed(ours_leaked_layer)),
         ("tower-recovery try_acquire", boxed(ours_acquire)),
+        ("tower-recovery layer, leaked handle, coarse clock", boxed(coarse_layer)),
+        ("tower-recovery try_acquire, coarse clock", boxed(coarse_acquire)),
         ("recloser 1.4", boxed(recloser)),
         ("failsafe 1.3", boxed(failsafe)),
         ("seatbelt 0.11", boxed(seatbelt)),

@@ -259,8 +259,17 @@ impl Core {
     #[inline]
     pub(crate) fn admit_counted(&self, count: bool) -> Result<Ticket, Rejected> {
         let word = self.state.0.load(Ordering::Acquire);
-        if code(word) == CLOSED {
-            return Ok(Ticket { word, start: 0 });
+        match code(word) {
+            CLOSED => return Ok(Ticket { word, start: 0 }),
+            OPEN => {
+                // While open, rejecting is the hot path: keep it inline.
+                let now = self.clock.now_nanos();
+                let until = self.open_until.load(Ordering::Acquire);
+                if now < until {
+                    return Err(self.reject(State::Open, Some(until - now), count));
+                }
+            }
+            _ => {}
         }
         self.admit_slow(word, count)
     }
@@ -309,6 +318,7 @@ impl Core {
         }
     }
 
+    #[inline]
     fn reject(&self, state: State, retry_after: Option<u64>, count: bool) -> Rejected {
         if count {
             self.rejected.0.fetch_add(1, Ordering::Relaxed);

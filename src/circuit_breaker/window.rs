@@ -68,7 +68,16 @@ impl CountRing {
     pub(crate) fn record(&self, failed: bool, slow: bool) -> WindowCounts {
         let code = RECORDED | (u8::from(failed) << 1) | (u8::from(slow) << 2);
         let i = self.head.0.fetch_add(1, Ordering::Relaxed) % self.slots.len() as u64;
-        let old = self.slots[i as usize].swap(code, Ordering::AcqRel);
+        let slot = &self.slots[i as usize];
+        if slot.load(Ordering::Acquire) == code {
+            // The steady state: the evicted call had the same outcome, so
+            // neither the slot nor the totals change. Loads only.
+            return decode(
+                self.totals.0.load(Ordering::Acquire),
+                self.slow.0.load(Ordering::Relaxed),
+            );
+        }
+        let old = slot.swap(code, Ordering::AcqRel);
         let delta = packed(code).wrapping_sub(packed(old)) as u64;
         let total = self
             .totals
