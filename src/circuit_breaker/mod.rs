@@ -199,8 +199,11 @@ pub enum Cause {
     ProbesSucceeded,
     /// Half-open lasted longer than its maximum wait.
     HalfOpenTimeout,
-    /// [`Breaker::reset`] (or a recovery closing the breaker).
+    /// [`Breaker::reset`].
     Reset,
+    /// [`Breaker::close`]: the dependency is known to work again (a recovery
+    /// succeeded, or a health check passed).
+    Recovered,
     /// [`Breaker::force_open`].
     ForcedOpen,
     /// [`Breaker::disable`].
@@ -218,6 +221,7 @@ impl fmt::Display for Cause {
             Cause::ProbesSucceeded => "probes succeeded",
             Cause::HalfOpenTimeout => "half-open wait elapsed",
             Cause::Reset => "reset",
+            Cause::Recovered => "recovered",
             Cause::ForcedOpen => "forced open",
             Cause::Disabled => "disabled",
         })
@@ -424,7 +428,7 @@ impl Breaker {
             if self.core.transition(
                 word,
                 State::Closed,
-                Cause::Reset,
+                Cause::Recovered,
                 self.core.clock.now_nanos(),
             ) {
                 return true;

@@ -407,8 +407,11 @@ async fn close_is_what_a_recovery_uses() {
     let b = Breaker::builder("dep").consecutive_failures(1).build();
     assert!(!b.close(), "already closed");
     fail(&b, 1);
+    let mut events = b.subscribe();
     assert!(b.close());
     assert_eq!(b.state(), State::Closed);
+    let closed = events.try_recv().unwrap();
+    assert_eq!((closed.from, closed.to, closed.cause), (State::Open, State::Closed, Cause::Recovered));
 }
 
 #[tokio::test(start_paused = true)]
