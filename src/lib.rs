@@ -5,6 +5,9 @@
 //!
 //! - [`circuit_breaker`]: stop calling a failing dependency, probe it, and
 //!   close again when it works; shared handles, lock-free closed path.
+//! - [`recovery`]: run the action that brings a failed dependency back,
+//!   triggered by its breaker opening, a failing health check, consecutive
+//!   client failures or by hand; backoff, cooldown, exhaustion, MTTR.
 //! - [`classify`]: what counts as a failure (errors, `5xx`, `429`, your own).
 //! - [`clock`]: the time sources, including virtual time for tests.
 //!
@@ -38,6 +41,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `circuit-breaker` | yes | [`circuit_breaker`] |
+//! | `recovery` | yes | [`recovery`] (needs `circuit-breaker`) |
 //! | `tower-http` | no | [`classify::TowerHttpClassifier`] for `tower_http::classify` |
 //! | `full` | no | everything |
 //!
@@ -50,6 +54,8 @@
 pub mod circuit_breaker;
 pub mod classify;
 pub mod clock;
+#[cfg(feature = "recovery")]
+pub mod recovery;
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

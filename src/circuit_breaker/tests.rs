@@ -411,7 +411,10 @@ async fn close_is_what_a_recovery_uses() {
     assert!(b.close());
     assert_eq!(b.state(), State::Closed);
     let closed = events.try_recv().unwrap();
-    assert_eq!((closed.from, closed.to, closed.cause), (State::Open, State::Closed, Cause::Recovered));
+    assert_eq!(
+        (closed.from, closed.to, closed.cause),
+        (State::Open, State::Closed, Cause::Recovered)
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,0 +1,174 @@
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::Recovery;
+use crate::BoxError;
+use crate::circuit_breaker::{CallError, Rejected};
+use crate::classify::{Classify, ErrorsAsFailures, Outcome};
+
+/// Whether an error is a breaker's rejection, which the breaker reports
+/// itself and which says nothing new about the dependency.
+pub(crate) fn is_rejection<E: 'static>(error: &E) -> bool {
+    let any = error as &dyn Any;
+    any.is::<Rejected>()
+        || any
+            .downcast_ref::<BoxError>()
+            .is_some_and(|e| e.is::<Rejected>())
+        || any
+            .downcast_ref::<CallError<BoxError>>()
+            .is_some_and(CallError::is_rejected)
+}
+
+/// Triggers a [`Recovery`] after consecutive failures of the service it
+/// wraps, for clients without a breaker (the seed's database). Made by
+/// [`Recovery::layer`]; every service it makes shares the recovery's count.
+///
+/// Outcomes are classified with [`Classify`] (default: `Err` is a failure).
+/// A breaker's [`Rejected`] error is ignored: the breaker already reports its
+/// own opening. Put this layer outside a breaker, if there is one.
+#[derive(Clone)]
+pub struct RecoveryLayer<C = ErrorsAsFailures> {
+    recovery: Recovery,
+    classify: C,
+}
+
+impl RecoveryLayer {
+    pub(crate) fn new(recovery: Recovery) -> Self {
+        Self {
+            recovery,
+            classify: ErrorsAsFailures,
+        }
+    }
+}
+
+impl<C> RecoveryLayer<C> {
+    /// Classifies outcomes with `classify`.
+    pub fn classify<C2>(self, classify: C2) -> RecoveryLayer<C2> {
+        RecoveryLayer {
+            recovery: self.recovery,
+            classify,
+        }
+    }
+}
+
+impl<C> fmt::Debug for RecoveryLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecoveryLayer")
+            .field("recovery", &self.recovery.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C: Clone> Layer<S> for RecoveryLayer<C> {
+    type Service = RecoveryService<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RecoveryService {
+            inner,
+            recovery: self.recovery.clone(),
+            classify: self.classify.clone(),
+        }
+    }
+}
+
+/// The service of [`RecoveryLayer`].
+#[derive(Clone)]
+pub struct RecoveryService<S, C> {
+    inner: S,
+    recovery: Recovery,
+    classify: C,
+}
+
+impl<S, C> RecoveryService<S, C> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the wrapper, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for RecoveryService<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecoveryService")
+            .field("inner", &self.inner)
+            .field("recovery", &self.recovery.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C, Req> Service<Req> for RecoveryService<S, C>
+where
+    S: Service<Req>,
+    S::Error: 'static,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        ResponseFuture {
+            future: self.inner.call(req),
+            recovery: Some(self.recovery.clone()),
+            classify: self.classify.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`RecoveryService`].
+    pub struct ResponseFuture<F, C> {
+        #[pin]
+        future: F,
+        recovery: Option<Recovery>,
+        classify: C,
+    }
+}
+
+impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, C, T, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: 'static,
+    C: Classify<T, E>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.future.poll(cx));
+        if let Some(recovery) = this.recovery.take() {
+            let outcome = match &result {
+                Err(e) if is_rejection(e) => Outcome::Ignore,
+                _ => this.classify.classify(&result),
+            };
+            recovery.record(outcome);
+        }
+        Poll::Ready(result)
+    }
+}

@@ -1,0 +1,4 @@
+//! Recovery rules on paused tokio time, one test per rule.
+
+mod http_e2e;
+mod rules;

@@ -1,0 +1,471 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_recovery::circuit_breaker::{Breaker, State};
+use tower_recovery::recovery::{Backoff, Recovery, RecoveryState, TriggerOutcome};
+
+/// An action whose attempts succeed or fail as `healthy` says, recording when
+/// each attempt started.
+#[derive(Clone, Default)]
+struct Script {
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+    hang: Arc<std::sync::atomic::AtomicBool>,
+    starts: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Script {
+    fn action(
+        &self,
+    ) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+    + Send
+    + Sync
+    + 'static {
+        let me = self.clone();
+        move || {
+            let me = me.clone();
+            Box::pin(async move {
+                me.starts.lock().unwrap().push(Instant::now());
+                if me.hang.load(Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
+                if me.healthy.load(Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err("Connection refused".to_string())
+                }
+            })
+        }
+    }
+    fn set_healthy(&self, up: bool) {
+        self.healthy.store(up, Ordering::SeqCst);
+    }
+    fn offsets(&self, t0: Instant) -> Vec<Duration> {
+        self.starts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| *t - t0)
+            .collect()
+    }
+    fn attempts(&self) -> usize {
+        self.starts.lock().unwrap().len()
+    }
+}
+
+fn breaker() -> Breaker {
+    Breaker::builder("model_server")
+        .consecutive_failures(1)
+        .open_duration(Duration::from_secs(30))
+        .build()
+}
+
+fn trip(b: &Breaker) {
+    b.try_acquire().unwrap().failure();
+}
+
+const S: Duration = Duration::from_secs(1);
+
+#[tokio::test(start_paused = true)]
+async fn triggers_coalesce_and_say_what_became_of_them() {
+    let script = Script::default();
+    let recovery = Recovery::builder("db", script.action()).spawn();
+    assert_eq!(recovery.trigger(), TriggerOutcome::Started);
+    assert_eq!(recovery.trigger(), TriggerOutcome::AlreadyRunning);
+    assert_eq!(
+        recovery.trigger_automatic("test"),
+        TriggerOutcome::AlreadyRunning
+    );
+    recovery.wait_idle_or_cooling().await;
+    assert_eq!(recovery.status().state, RecoveryState::Exhausted);
+    assert_eq!(script.attempts(), 3, "one cycle for three triggers");
+    assert_eq!(recovery.trigger_automatic("test"), TriggerOutcome::Ignored);
+    script.set_healthy(true);
+    assert_eq!(
+        recovery.trigger(),
+        TriggerOutcome::Started,
+        "manual leaves exhausted"
+    );
+    recovery.wait_idle_or_cooling().await;
+    assert_eq!(recovery.status().state, RecoveryState::CoolingDown);
+    assert_eq!(recovery.trigger_automatic("test"), TriggerOutcome::Deferred);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_delays_are_zero_two_and_four_seconds() {
+    let script = Script::default();
+    let recovery = Recovery::builder("model_server", script.action()).spawn();
+    let t0 = Instant::now();
+    recovery.trigger();
+    recovery.wait_idle_or_cooling().await;
+    assert_eq!(script.offsets(t0), [Duration::ZERO, 2 * S, 6 * S]);
+    let status = recovery.status();
+    assert_eq!(
+        (status.state, status.attempt, status.max_attempts),
+        (RecoveryState::Exhausted, 3, 3)
+    );
+    assert_eq!(status.failures, 3);
+    assert_eq!(status.last_error.as_deref(), Some("Connection refused"));
+
+    // Custom backoff and attempts.
+    let script = Script::default();
+    let recovery = Recovery::builder("x", script.action())
+        .max_attempts(4)
+        .backoff(Backoff::new(Duration::from_millis(100), 3.0))
+        .spawn();
+    let t0 = Instant::now();
+    recovery.trigger();
+    recovery.wait_idle_or_cooling().await;
+    let ms = |n| Duration::from_millis(n);
+    assert_eq!(script.offsets(t0), [ms(0), ms(300), ms(1200), ms(3900)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_attempt_fails_at_the_attempt_timeout() {
+    let script = Script::default();
+    script.hang.store(true, Ordering::SeqCst);
+    let recovery = Recovery::builder("db", script.action()).spawn();
+    let t0 = Instant::now();
+    recovery.trigger();
+    recovery.wait_for(|_| true).await;
+    tokio::time::sleep(Duration::from_millis(10_001)).await;
+    let status = recovery.status();
+    assert_eq!(status.attempt, 1);
+    assert!(status.last_error.unwrap().contains("timed out after 10s"));
+    // Attempt 2 starts 2 s after the timeout of attempt 1.
+    recovery.wait_idle_or_cooling().await;
+    assert_eq!(script.offsets(t0), [Duration::ZERO, 12 * S, 26 * S]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_closes_the_breaker_and_starts_the_cooldown() {
+    let b = breaker();
+    let script = Script::default();
+    let recovery = Recovery::builder("model_server", script.action())
+        .watch(&b)
+        .spawn();
+    trip(&b);
+    assert_eq!(
+        recovery.status().state,
+        RecoveryState::Recovering,
+        "triggered synchronously by the breaker"
+    );
+    recovery.wait_for(|_| true).await;
+    // Attempt 1 fails; the dependency comes back before attempt 2.
+    tokio::time::sleep(S).await;
+    assert_eq!(b.state(), State::Open, "left open on failure");
+    script.set_healthy(true);
+    recovery.wait_idle_or_cooling().await;
+    assert_eq!(b.state(), State::Closed);
+    let status = recovery.status();
+    assert_eq!(status.state, RecoveryState::CoolingDown);
+    assert_eq!(status.successes, 1);
+    assert_eq!(status.cooldown_remaining, Some(Duration::from_secs(60)));
+    assert_eq!(
+        status.mttr,
+        Some(2 * S),
+        "open at 0, recovered by attempt 2 at 2 s"
+    );
+    tokio::time::sleep(Duration::from_millis(59_999)).await;
+    assert_eq!(recovery.status().state, RecoveryState::CoolingDown);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        recovery.status().state,
+        RecoveryState::Idle,
+        "at exactly the end"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn forced_open_is_never_changed_by_recovery() {
+    let b = breaker();
+    let script = Script::default();
+    script.set_healthy(true);
+    let recovery = Recovery::builder("model_server", script.action())
+        .watch(&b)
+        .spawn();
+    b.force_open();
+    assert_eq!(recovery.trigger(), TriggerOutcome::Started);
+    recovery.wait_idle_or_cooling().await;
+    assert_eq!(recovery.status().successes, 1);
+    assert_eq!(b.state(), State::ForcedOpen);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deferred_trigger_is_honoured_only_if_still_down() {
+    // Still down at the end of the cooldown: a new cycle.
+    let b = breaker();
+    let script = Script::default();
+    script.set_healthy(true);
+    let recovery = Recovery::builder("model_server", script.action())
+        .watch(&b)
+        .spawn();
+    trip(&b);
+    recovery.wait_idle_or_cooling().await;
+    assert_eq!(b.state(), State::Closed);
+    trip(&b); // opens again during the cooldown
+    assert_eq!(
+        recovery.status().state,
+        RecoveryState::CoolingDown,
+        "deferred"
+    );
+    assert_eq!(script.attempts(), 1);
+    tokio::time::sleep(Duration::from_millis(59_999)).await;
+    assert_eq!(
+        script.attempts(),
+        1,
+        "nothing before the end of the cooldown"
+    );
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    assert_eq!(script.attempts(), 2, "honoured at the end of the cooldown");
+    assert_eq!(recovery.status().state, RecoveryState::CoolingDown);
+    assert_eq!(b.state(), State::Closed);
+
+    // Back up by itself before the end: the deferred trigger is dropped.
+    let b = breaker();
+    let script = Script::default();
+    script.set_healthy(true);
+    let recovery = Recovery::builder("model_server", script.action())
+        .watch(&b)
+        .spawn();
+    trip(&b);
+    recovery.wait_idle_or_cooling().await;
+    trip(&b);
+    b.reset();
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(recovery.status().state, RecoveryState::Idle);
+    assert_eq!(script.attempts(), 1, "dropped");
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhaustion_alerts_once_and_ignores_automatic_triggers() {
+    let b = breaker();
+    let script = Script::default();
+    let alerts = Arc::new(AtomicUsize::new(0));
+    let counter = alerts.clone();
+    let recovery = Recovery::builder("model_server", script.action())
+        .watch(&b)
+        .on_exhausted(move |status| {
+            assert_eq!(status.state, RecoveryState::Exhausted);
+            counter.fetch_add(1, Ordering::SeqCst);
+        })
+        .spawn();
+    trip(&b);
+    recovery.wait_idle_or_cooling().await;
+    assert_eq!(recovery.status().state, RecoveryState::Exhausted);
+    assert_eq!(alerts.load(Ordering::SeqCst), 1);
+    // The breaker's own probe fails: it re-opens; recovery ignores it.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    b.try_acquire().unwrap().failure();
+    assert_eq!(b.state(), State::Open);
+    assert_eq!(recovery.trigger_automatic("again"), TriggerOutcome::Ignored);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(script.attempts(), 3);
+    assert_eq!(alerts.load(Ordering::SeqCst), 1, "fires once");
+    assert_eq!(recovery.status().exhaustions, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_healing_by_itself_ends_exhaustion_and_is_recorded() {
+    let b = breaker();
+    let script = Script::default();
+    let recovery = Recovery::builder("model_server", script.action())
+        .watch(&b)
+        .spawn();
+    let t0 = Instant::now();
+    trip(&b);
+    recovery.wait_idle_or_cooling().await;
+    assert_eq!(recovery.status().state, RecoveryState::Exhausted);
+    // At 30 s the breaker admits a probe, which succeeds: closed by itself.
+    tokio::time::sleep_until(t0 + 30 * S).await;
+    b.try_acquire().unwrap().success();
+    assert_eq!(b.state(), State::Closed);
+    let status = recovery.status();
+    assert_eq!(status.state, RecoveryState::Idle);
+    assert_eq!(status.successes, 1);
+    assert_eq!(status.mttr, Some(30 * S));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_passing_health_check_cancels_a_running_cycle() {
+    let script = Script::default();
+    let recovery = Recovery::builder("db", script.action()).spawn();
+    assert_eq!(recovery.report_check(false), Some(TriggerOutcome::Started));
+    recovery.wait_for(|_| true).await;
+    tokio::time::sleep(S).await; // attempt 1 failed, waiting 2 s
+    assert_eq!(recovery.report_check(true), None);
+    assert_eq!(recovery.status().state, RecoveryState::Idle);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(script.attempts(), 1, "cancelled before attempt 2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_trigger_after_exhaustion_starts_at_attempt_one() {
+    let script = Script::default();
+    let recovery = Recovery::builder("db", script.action()).spawn();
+    recovery.trigger();
+    recovery.wait_idle_or_cooling().await;
+    let t1 = Instant::now();
+    assert_eq!(recovery.trigger(), TriggerOutcome::Started);
+    recovery.wait_idle_or_cooling().await;
+    assert_eq!(script.offsets(t1)[3..], [Duration::ZERO, 2 * S, 6 * S]);
+    recovery.reset();
+    assert_eq!(recovery.status().state, RecoveryState::Idle);
+    assert_eq!(
+        recovery.trigger_automatic("after reset"),
+        TriggerOutcome::Started
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn mttr_is_the_mean_of_recent_recoveries() {
+    let b = breaker();
+    let script = Script::default();
+    let recovery = Recovery::builder("model_server", script.action())
+        .watch(&b)
+        .cooldown(S)
+        .spawn();
+    // Episode 1: recovered at attempt 2 (2 s).
+    trip(&b);
+    tokio::time::sleep(S).await;
+    script.set_healthy(true);
+    recovery.wait_idle_or_cooling().await;
+    assert_eq!(recovery.status().mttr, Some(2 * S));
+    tokio::time::sleep(2 * S).await;
+    // Episode 2: recovered at attempt 3 (6 s).
+    script.set_healthy(false);
+    trip(&b);
+    tokio::time::sleep(3 * S).await;
+    script.set_healthy(true);
+    recovery.wait_idle_or_cooling().await;
+    assert_eq!(recovery.status().mttr, Some(4 * S), "mean of 2 s and 6 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn recovery_layer_triggers_after_consecutive_failures() {
+    let script = Script::default();
+    let recovery = Recovery::builder("db", script.action()).spawn();
+    let mut db = ServiceBuilder::new()
+        .layer(recovery.layer())
+        .service(service_fn(|fail: bool| async move {
+            if fail { Err("lost connection") } else { Ok(()) }
+        }));
+    for fail in [true, true, false, true, true] {
+        let _ = db.ready().await.unwrap().call(fail).await;
+    }
+    assert_eq!(
+        recovery.status().state,
+        RecoveryState::Idle,
+        "a success reset the count"
+    );
+    let _ = db.ready().await.unwrap().call(true).await;
+    assert_eq!(
+        recovery.status().state,
+        RecoveryState::Recovering,
+        "third consecutive failure"
+    );
+
+    // Breaker rejections behind it are not counted.
+    let breaker = breaker();
+    trip(&breaker);
+    let recovery = Recovery::builder("db2", Script::default().action()).spawn();
+    let mut guarded = ServiceBuilder::new()
+        .layer(recovery.layer())
+        .layer(breaker.layer())
+        .service(service_fn(|()| async { Ok::<_, std::io::Error>(()) }));
+    for _ in 0..10 {
+        assert!(guarded.ready().await.unwrap().call(()).await.is_err());
+    }
+    assert_eq!(recovery.status().state, RecoveryState::Idle);
+    // The call API counts the same way.
+    for _ in 0..3 {
+        let _ = recovery
+            .call(async { Err::<(), _>(std::io::Error::other("down")) })
+            .await;
+    }
+    assert_eq!(recovery.status().state, RecoveryState::Recovering);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_every_handle_stops_the_task() {
+    let script = Script::default();
+    let recovery = Recovery::builder("db", script.action()).spawn();
+    let clone = recovery.clone();
+    recovery.trigger();
+    recovery.wait_for(|_| true).await;
+    tokio::task::yield_now().await;
+    assert_eq!(script.attempts(), 1);
+    drop(recovery);
+    drop(clone);
+    // The task holds the action; once it is gone, only our handle remains.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Arc::strong_count(&script.starts) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        Arc::strong_count(&script.starts),
+        1,
+        "task and action released"
+    );
+    assert_eq!(script.attempts(), 1, "no attempt after the drop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn logs_reproduce_the_seed_lines() {
+    use tracing_subscriber::fmt::MakeWriter;
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl<'a> MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+    let buf = Buf::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(buf.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let b = breaker();
+    let script = Script::default();
+    let recovery = Recovery::builder("model_server", script.action())
+        .watch(&b)
+        .spawn();
+    trip(&b);
+    recovery.wait_for(|_| true).await;
+    tokio::time::sleep(S).await;
+    script.set_healthy(true);
+    recovery.wait_idle_or_cooling().await;
+
+    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let expected = [
+        "Circuit breaker 'model_server': Transitioning to OPEN",
+        "Circuit breaker 'model_server' opened, triggering auto-recovery",
+        "Triggering recovery for: model_server (attempt 1/3)",
+        "Recovery attempt 1/3 failed for: model_server: Connection refused",
+        "Applying backoff delay: 2.0s",
+        "Triggering recovery for: model_server (attempt 2/3)",
+        "Recovery successful for: model_server",
+        "Circuit breaker 'model_server': Transitioning to CLOSED",
+    ];
+    let mut at = 0;
+    for line in expected {
+        let found = log[at..]
+            .find(line)
+            .unwrap_or_else(|| panic!("missing or out of order: {line}\n{log}"));
+        at += found + line.len();
+    }
+}
