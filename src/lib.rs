@@ -8,6 +8,8 @@
 //! - [`recovery`]: run the action that brings a failed dependency back,
 //!   triggered by its breaker opening, a failing health check, consecutive
 //!   client failures or by hand; backoff, cooldown, exhaustion, MTTR.
+//! - [`health`]: health checks, the dependency set, the startup gate, and a
+//!   monitor with history, uptime and availability.
 //! - [`classify`]: what counts as a failure (errors, `5xx`, `429`, your own).
 //! - [`clock`]: the time sources, including virtual time for tests.
 //!
@@ -42,6 +44,7 @@
 //! |---|---|---|
 //! | `circuit-breaker` | yes | [`circuit_breaker`] |
 //! | `recovery` | yes | [`recovery`] (needs `circuit-breaker`) |
+//! | `health` | yes | [`health`] |
 //! | `tower-http` | no | [`classify::TowerHttpClassifier`] for `tower_http::classify` |
 //! | `full` | no | everything |
 //!
@@ -54,6 +57,8 @@
 pub mod circuit_breaker;
 pub mod classify;
 pub mod clock;
+#[cfg(feature = "health")]
+pub mod health;
 #[cfg(feature = "recovery")]
 pub mod recovery;
 

@@ -10,7 +10,8 @@ use tower_recovery::clock::ManualClock;
 
 fn run(breaker: Breaker, clock: ManualClock, permits: u16) {
     const THREADS: usize = 4;
-    const CALLS: usize = 40_000;
+    /// Phases the driver runs; each waits for the workers to make 2,000 calls.
+    const ROUNDS: u64 = 45;
     let mut events = breaker.subscribe();
     let healthy = Arc::new(AtomicBool::new(true));
     let done = Arc::new(AtomicBool::new(false));
@@ -20,11 +21,18 @@ fn run(breaker: Breaker, clock: ManualClock, permits: u16) {
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
     );
+    let calls = Arc::new(AtomicU64::new(0));
     let start = Arc::new(Barrier::new(THREADS + 1));
 
     let workers: Vec<_> = (0..THREADS)
         .map(|t| {
-            let (breaker, healthy, probes) = (breaker.clone(), healthy.clone(), probes.clone());
+            let (breaker, healthy, probes, calls, done) = (
+                breaker.clone(),
+                healthy.clone(),
+                probes.clone(),
+                calls.clone(),
+                done.clone(),
+            );
             let (failures, rejected, successes, start) = (
                 failures.clone(),
                 rejected.clone(),
@@ -33,7 +41,10 @@ fn run(breaker: Breaker, clock: ManualClock, permits: u16) {
             );
             std::thread::spawn(move || {
                 start.wait();
-                for i in 0..CALLS {
+                let mut i = 0usize;
+                while !done.load(Ordering::Acquire) {
+                    i += 1;
+                    calls.fetch_add(1, Ordering::Relaxed);
                     match breaker.try_acquire() {
                         Ok(permit) => {
                             if permit.is_probe() {
@@ -65,28 +76,42 @@ fn run(breaker: Breaker, clock: ManualClock, permits: u16) {
 
     // The driver: flips health and moves time so the breaker trips and heals.
     let driver = {
-        let (clock, healthy, done, start) =
-            (clock.clone(), healthy.clone(), done.clone(), start.clone());
+        let (clock, healthy, done, start, calls) = (
+            clock.clone(),
+            healthy.clone(),
+            done.clone(),
+            start.clone(),
+            calls.clone(),
+        );
         std::thread::spawn(move || {
             start.wait();
-            let mut round = 0u64;
-            while !done.load(Ordering::Acquire) {
-                round += 1;
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            for round in 1..=ROUNDS {
                 healthy.store(round % 3 != 0, Ordering::Relaxed);
                 clock.advance(Duration::from_millis(3));
-                std::thread::sleep(Duration::from_micros(200));
+                // Each phase lasts until the workers made 2,000 more calls.
+                let from = calls.load(Ordering::Relaxed);
+                while calls.load(Ordering::Relaxed) < from + 2_000
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::yield_now();
+                }
             }
-            round
+            done.store(true, Ordering::Release);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "workers made no progress in 60 s"
+            );
+            ROUNDS
         })
     };
+    let rounds = driver.join().unwrap();
     for w in workers {
         w.join().unwrap();
     }
-    done.store(true, Ordering::Release);
-    let rounds = driver.join().unwrap();
 
     let snap = breaker.snapshot();
-    let total = (THREADS * CALLS) as u64;
+    let total = calls.load(Ordering::Relaxed);
     let (f, r, s) = (
         failures.load(Ordering::Relaxed),
         rejected.load(Ordering::Relaxed),

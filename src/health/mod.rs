@@ -1,0 +1,511 @@
+//! Health: checks, the set of dependencies, the startup gate, and a monitor
+//! with history.
+//!
+//! # Why
+//!
+//! A service that starts while its database is still booting fails its first
+//! requests and, under an orchestrator, is restarted in a loop. A service
+//! that only knows "up right now" cannot tell an operator that the model
+//! server has flapped all night. This module lets a service refuse to start
+//! half-broken and keeps, per dependency, how it has behaved over time.
+//!
+//! # Shape
+//!
+//! - A [`HealthCheck`] is an async probe giving pass / warn / fail, an
+//!   observed value (latency in ms by default) and output text. It always runs
+//!   under a timeout: a hang is a failure.
+//! - A [`Reliability`] is the one explicit set of named dependencies, each a
+//!   check, required or optional, and optionally its breaker and recovery.
+//!   Duplicate names are an error when it is built. The startup gate, the
+//!   monitor and the admin router all read it; a request never passes through
+//!   it.
+//! - [`Reliability::wait_for_dependencies`] is the startup gate.
+//! - [`Monitor`] checks every dependency on an interval, keeps a bounded
+//!   history, and feeds the recoveries.
+//! - [`Reliability::report`] is the data the admin router serves.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_recovery::health::{Dependency, HealthCheck, HealthStatus, Monitor, Reliability};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let reliability = Reliability::builder()
+//!     .dependency(Dependency::new("database", HealthCheck::new(|| async { Ok::<_, String>(()) })))
+//!     .dependency(
+//!         Dependency::new("asr_ocr_server", HealthCheck::new(|| async { Err::<(), _>("refused") }))
+//!             .optional(),
+//!     )
+//!     .build()
+//!     .unwrap();
+//!
+//! // Startup: wait for the required dependencies (the optional one is down).
+//! reliability
+//!     .wait_for_dependencies(Duration::from_secs(5), Duration::from_secs(300))
+//!     .await
+//!     .unwrap();
+//! assert!(reliability.is_started());
+//!
+//! let monitor = Monitor::start(&reliability, Duration::from_secs(30));
+//! tokio::time::sleep(Duration::from_secs(61)).await;
+//! let report = reliability.report();
+//! assert_eq!(report.status, HealthStatus::Warn, "an optional dependency fails");
+//! assert_eq!(report.dependencies[0].checks, 3);
+//! monitor.stop().await;
+//! # }
+//! ```
+//!
+//! # Aggregation
+//!
+//! Any required dependency failing -> `fail`; any optional one failing, or
+//! any breaker not closed -> `warn`; else `pass`. A dependency not checked yet
+//! counts as `warn`.
+
+mod check;
+mod monitor;
+mod startup;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+pub use self::check::{CheckResult, HealthCheck, HealthStatus, MAX_OUTPUT_LEN};
+pub use self::monitor::Monitor;
+pub use self::startup::{StartupError, StartupReport};
+
+#[cfg(feature = "circuit-breaker")]
+use crate::circuit_breaker::{Breaker, Snapshot, State};
+#[cfg(feature = "recovery")]
+use crate::recovery::{Recovery, Status};
+
+/// One named dependency: its check, whether it is required, and what
+/// belongs to it.
+#[derive(Clone, Debug)]
+pub struct Dependency {
+    name: Arc<str>,
+    check: HealthCheck,
+    required: bool,
+    timeout: Duration,
+    #[cfg(feature = "circuit-breaker")]
+    breaker: Option<Breaker>,
+    #[cfg(feature = "recovery")]
+    recovery: Option<Recovery>,
+}
+
+impl Dependency {
+    /// A required dependency checked by `check` (timeout 5 s).
+    pub fn new(name: impl Into<Arc<str>>, check: HealthCheck) -> Self {
+        Self {
+            name: name.into(),
+            check,
+            required: true,
+            timeout: Duration::from_secs(5),
+            #[cfg(feature = "circuit-breaker")]
+            breaker: None,
+            #[cfg(feature = "recovery")]
+            recovery: None,
+        }
+    }
+
+    /// Optional: never blocks startup; failing makes the aggregate `warn`.
+    pub fn optional(mut self) -> Self {
+        self.required = false;
+        self
+    }
+
+    /// Required (the default): blocks startup; failing makes it `fail`.
+    pub fn required(mut self) -> Self {
+        self.required = true;
+        self
+    }
+
+    /// How long a check may take before it counts as failed (default 5 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The breaker guarding this dependency (reported, and reset by the
+    /// admin router).
+    #[cfg(feature = "circuit-breaker")]
+    pub fn breaker(mut self, breaker: &Breaker) -> Self {
+        self.breaker = Some(breaker.clone());
+        self
+    }
+
+    /// The recovery of this dependency: a failing monitor check triggers it,
+    /// a passing one ends its cycle or exhaustion.
+    #[cfg(feature = "recovery")]
+    pub fn recovery(mut self, recovery: &Recovery) -> Self {
+        self.recovery = Some(recovery.clone());
+        self
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether it blocks startup.
+    pub fn is_required(&self) -> bool {
+        self.required
+    }
+}
+
+/// The error of [`ReliabilityBuilder::build`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Two dependencies share a name.
+    DuplicateName(String),
+    /// A history of zero results keeps nothing.
+    ZeroHistory,
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::DuplicateName(name) => write!(f, "dependency name {name:?} is used twice"),
+            BuildError::ZeroHistory => f.write_str("history size must be at least 1"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// Builds a [`Reliability`].
+#[derive(Debug, Default)]
+pub struct ReliabilityBuilder {
+    deps: Vec<Dependency>,
+    history: Option<usize>,
+}
+
+impl ReliabilityBuilder {
+    /// Adds a dependency.
+    pub fn dependency(mut self, dependency: Dependency) -> Self {
+        self.deps.push(dependency);
+        self
+    }
+
+    /// Results kept per dependency (default 100).
+    pub fn history_size(mut self, size: usize) -> Self {
+        self.history = Some(size);
+        self
+    }
+
+    /// Builds the set; fails on a duplicate name or a zero history.
+    pub fn build(self) -> Result<Reliability, BuildError> {
+        let history = self.history.unwrap_or(100);
+        if history == 0 {
+            return Err(BuildError::ZeroHistory);
+        }
+        let mut names = std::collections::HashSet::new();
+        for dep in &self.deps {
+            if !names.insert(dep.name.clone()) {
+                return Err(BuildError::DuplicateName(dep.name.to_string()));
+            }
+        }
+        Ok(Reliability {
+            inner: Arc::new(Inner {
+                entries: self
+                    .deps
+                    .into_iter()
+                    .map(|dep| Entry {
+                        dep,
+                        state: Mutex::new(DepState::new(history)),
+                    })
+                    .collect(),
+                history,
+                started: AtomicBool::new(false),
+                started_notify: Notify::new(),
+                monitor: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+/// One recorded result, as small as the history needs.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    up: bool,
+}
+
+#[derive(Debug)]
+struct DepState {
+    history: VecDeque<Sample>,
+    last: Option<CheckResult>,
+    checks: u64,
+    consecutive_failures: u32,
+    first_at: Option<Instant>,
+    last_at: Option<Instant>,
+    last_up: bool,
+    up: Duration,
+}
+
+impl DepState {
+    fn new(history: usize) -> Self {
+        Self {
+            history: VecDeque::with_capacity(history),
+            last: None,
+            checks: 0,
+            consecutive_failures: 0,
+            first_at: None,
+            last_at: None,
+            last_up: false,
+            up: Duration::ZERO,
+        }
+    }
+
+    fn availability(&self, now: Instant) -> Option<f64> {
+        let first = self.first_at?;
+        let last = self.last_at?;
+        let up = self.up
+            + if self.last_up {
+                now.saturating_duration_since(last)
+            } else {
+                Duration::ZERO
+            };
+        let total = now.saturating_duration_since(first);
+        Some(if total.is_zero() {
+            if self.last_up { 100.0 } else { 0.0 }
+        } else {
+            up.as_secs_f64() / total.as_secs_f64() * 100.0
+        })
+    }
+
+    fn uptime(&self) -> Option<f64> {
+        (!self.history.is_empty()).then(|| {
+            self.history.iter().filter(|s| s.up).count() as f64 / self.history.len() as f64 * 100.0
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    dep: Dependency,
+    state: Mutex<DepState>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct MonitorInfo {
+    interval: Duration,
+    running: bool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    entries: Vec<Entry>,
+    history: usize,
+    started: AtomicBool,
+    started_notify: Notify,
+    monitor: Mutex<Option<MonitorInfo>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The application's set of named dependencies. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Reliability {
+    inner: Arc<Inner>,
+}
+
+impl Reliability {
+    /// Starts a set.
+    pub fn builder() -> ReliabilityBuilder {
+        ReliabilityBuilder::default()
+    }
+
+    /// The dependencies, in the order they were added.
+    pub fn dependencies(&self) -> impl Iterator<Item = &Dependency> {
+        self.inner.entries.iter().map(|e| &e.dep)
+    }
+
+    /// The dependency called `name`.
+    pub fn get(&self, name: &str) -> Option<&Dependency> {
+        self.dependencies().find(|d| &*d.name == name)
+    }
+
+    /// Results kept per dependency.
+    pub fn history_size(&self) -> usize {
+        self.inner.history
+    }
+
+    /// Whether the startup gate has passed (readiness, before draining).
+    pub fn is_started(&self) -> bool {
+        self.inner.started.load(Ordering::Acquire)
+    }
+
+    /// Marks startup done (the gate does it; for applications without one).
+    pub fn mark_started(&self) {
+        self.inner.started.store(true, Ordering::Release);
+        self.inner.started_notify.notify_waiters();
+    }
+
+    /// Waits until startup is done.
+    pub async fn wait_started(&self) {
+        loop {
+            let notified = self.inner.started_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_started() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Runs every check once, concurrently, recording the results as the
+    /// last known status (not in the history). What the gate does per round.
+    pub async fn check_all(&self) -> Vec<CheckResult> {
+        let results = futures_util::future::join_all(
+            self.inner
+                .entries
+                .iter()
+                .map(|e| e.dep.check.run(e.dep.timeout)),
+        )
+        .await;
+        for (entry, result) in self.inner.entries.iter().zip(&results) {
+            lock(&entry.state).last = Some(result.clone());
+        }
+        results
+    }
+
+    /// Records a monitor result for the dependency at `index`.
+    fn record(&self, index: usize, result: CheckResult) {
+        let entry = &self.inner.entries[index];
+        let now = Instant::now();
+        let up = result.status.is_up();
+        let mut state = lock(&entry.state);
+        if state.history.len() == self.inner.history {
+            state.history.pop_front();
+        }
+        state.history.push_back(Sample { up });
+        if let Some(last_at) = state.last_at {
+            if state.last_up {
+                let since = now.saturating_duration_since(last_at);
+                state.up += since;
+            }
+        } else {
+            state.first_at = Some(now);
+        }
+        state.last_at = Some(now);
+        state.last_up = up;
+        state.checks += 1;
+        state.consecutive_failures = if up {
+            0
+        } else {
+            state.consecutive_failures + 1
+        };
+        state.last = Some(result);
+    }
+
+    fn set_monitor(&self, info: Option<MonitorInfo>) {
+        *lock(&self.inner.monitor) = info;
+    }
+
+    /// The aggregate status: any required fail -> fail; any optional fail or
+    /// breaker not closed -> warn; else pass.
+    pub fn status(&self) -> HealthStatus {
+        self.report().status
+    }
+
+    /// Everything known about the dependencies, for reports.
+    pub fn report(&self) -> HealthReport {
+        let now = Instant::now();
+        let mut status = HealthStatus::Pass;
+        let dependencies: Vec<_> = self
+            .inner
+            .entries
+            .iter()
+            .map(|entry| {
+                let state = lock(&entry.state);
+                let dep = &entry.dep;
+                let last_status = state.last.as_ref().map(|r| r.status);
+                let effective = match (last_status, dep.required) {
+                    (Some(HealthStatus::Fail), true) => HealthStatus::Fail,
+                    (Some(HealthStatus::Fail), false)
+                    | (None, _)
+                    | (Some(HealthStatus::Warn), _) => HealthStatus::Warn,
+                    (Some(HealthStatus::Pass), _) => HealthStatus::Pass,
+                };
+                #[cfg(feature = "circuit-breaker")]
+                let breaker = dep.breaker.as_ref().map(Breaker::snapshot);
+                #[cfg(feature = "circuit-breaker")]
+                let effective = match &breaker {
+                    Some(b) if b.state != State::Closed => effective.max(HealthStatus::Warn),
+                    _ => effective,
+                };
+                status = status.max(effective);
+                DependencyReport {
+                    name: dep.name.clone(),
+                    required: dep.required,
+                    last: state.last.clone(),
+                    checks: state.checks,
+                    consecutive_failures: state.consecutive_failures,
+                    uptime_percent: state.uptime(),
+                    availability_percent: state.availability(now),
+                    #[cfg(feature = "circuit-breaker")]
+                    breaker,
+                    #[cfg(feature = "recovery")]
+                    recovery: dep.recovery.as_ref().map(Recovery::status),
+                }
+            })
+            .collect();
+        let monitor = *lock(&self.inner.monitor);
+        HealthReport {
+            status,
+            started: self.is_started(),
+            monitor_running: monitor.is_some_and(|m| m.running),
+            monitor_interval: monitor.map(|m| m.interval),
+            dependencies,
+        }
+    }
+}
+
+/// What [`Reliability::report`] knows about one dependency.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DependencyReport {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Whether it blocks startup.
+    pub required: bool,
+    /// The last check result (gate or monitor).
+    pub last: Option<CheckResult>,
+    /// Monitor checks run.
+    pub checks: u64,
+    /// Monitor checks failed in a row.
+    pub consecutive_failures: u32,
+    /// Share of `pass`/`warn` results in the history, in percent.
+    pub uptime_percent: Option<f64>,
+    /// Time-weighted share of time up since the first monitor check, in
+    /// percent (each result stands until the next).
+    pub availability_percent: Option<f64>,
+    /// The breaker's snapshot, if one belongs to it.
+    #[cfg(feature = "circuit-breaker")]
+    pub breaker: Option<Snapshot>,
+    /// The recovery's status, if one belongs to it.
+    #[cfg(feature = "recovery")]
+    pub recovery: Option<Status>,
+}
+
+/// The data model of `/health` and `/reliability`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthReport {
+    /// The aggregate.
+    pub status: HealthStatus,
+    /// Whether the startup gate has passed.
+    pub started: bool,
+    /// Whether a monitor is running.
+    pub monitor_running: bool,
+    /// The monitor's interval, if one was started.
+    pub monitor_interval: Option<Duration>,
+    /// Per dependency, in the order they were added.
+    pub dependencies: Vec<DependencyReport>,
+}

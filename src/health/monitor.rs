@@ -1,0 +1,132 @@
+//! The background health monitor.
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+use super::{MonitorInfo, Reliability};
+
+/// Checks every dependency on an interval, in one task per dependency so a
+/// slow check never delays the others; records each result in the history;
+/// a failing check triggers the dependency's recovery, a passing one lets it
+/// return to idle. Stop it with [`Monitor::stop`] (the drain does, at its
+/// end); dropping it stops it too, without waiting.
+pub struct Monitor {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    reliability: Reliability,
+    interval: Duration,
+}
+
+impl fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Monitor")
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Monitor {
+    /// Starts checking every dependency of `reliability` every `interval`
+    /// (seed default `HEALTH_CHECK_INTERVAL`: 30 s), the first time at once.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn start(reliability: &Reliability, interval: Duration) -> Self {
+        let interval = interval.max(Duration::from_millis(1));
+        let (stop, stopped) = watch::channel(false);
+        let tasks = (0..reliability.inner.entries.len())
+            .map(|index| {
+                tokio::spawn(watch_one(
+                    reliability.clone(),
+                    index,
+                    interval,
+                    stopped.clone(),
+                ))
+            })
+            .collect();
+        reliability.set_monitor(Some(MonitorInfo {
+            interval,
+            running: true,
+        }));
+        tracing::info!(
+            interval_s = interval.as_secs_f64(),
+            "Health monitor started"
+        );
+        Self {
+            stop,
+            tasks,
+            reliability: reliability.clone(),
+            interval,
+        }
+    }
+
+    /// The interval.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Stops every check task and waits for them to end. A check in flight is
+    /// abandoned.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        self.reliability.set_monitor(Some(MonitorInfo {
+            interval: self.interval,
+            running: false,
+        }));
+        tracing::info!("Health monitor stopped");
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        if !self.tasks.is_empty() {
+            let _ = self.stop.send(true);
+            self.reliability.set_monitor(Some(MonitorInfo {
+                interval: self.interval,
+                running: false,
+            }));
+        }
+    }
+}
+
+async fn watch_one(
+    reliability: Reliability,
+    index: usize,
+    interval: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let dep = reliability.inner.entries[index].dep.clone();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        let result = tokio::select! {
+            result = dep.check.run(dep.timeout) => result,
+            _ = stopped.changed() => return,
+        };
+        let up = result.status.is_up();
+        if !up {
+            tracing::warn!(
+                dependency = &*dep.name,
+                output = result.output.as_deref().unwrap_or(""),
+                "Health check failed for: {}",
+                dep.name
+            );
+        }
+        reliability.record(index, result);
+        #[cfg(feature = "recovery")]
+        if let Some(recovery) = &dep.recovery {
+            recovery.report_check(up);
+        }
+    }
+}

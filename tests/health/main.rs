@@ -1,0 +1,372 @@
+//! Health checks, the startup gate and the monitor, on paused tokio time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower_recovery::circuit_breaker::Breaker;
+use tower_recovery::health::{
+    BuildError, CheckResult, Dependency, HealthCheck, HealthStatus, Monitor, Reliability,
+};
+use tower_recovery::recovery::{Recovery, RecoveryState};
+
+const S: Duration = Duration::from_secs(1);
+
+/// A check that passes once `t0 + after` is reached.
+fn up_after(t0: Instant, after: Duration) -> HealthCheck {
+    HealthCheck::new(move || async move {
+        if Instant::now() >= t0 + after {
+            Ok(())
+        } else {
+            Err("connection refused")
+        }
+    })
+}
+
+/// A check whose health is switched from the test, counting its runs.
+#[derive(Clone, Default)]
+struct Switch {
+    up: Arc<AtomicBool>,
+    runs: Arc<AtomicU64>,
+}
+
+impl Switch {
+    fn up() -> Self {
+        let s = Self::default();
+        s.up.store(true, Ordering::SeqCst);
+        s
+    }
+    fn check(&self) -> HealthCheck {
+        let me = self.clone();
+        HealthCheck::new(move || {
+            let me = me.clone();
+            async move {
+                me.runs.fetch_add(1, Ordering::SeqCst);
+                if me.up.load(Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err("down")
+                }
+            }
+        })
+    }
+    fn set(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+    }
+    fn runs(&self) -> u64 {
+        self.runs.load(Ordering::SeqCst)
+    }
+}
+
+fn hanging(for_: Duration) -> HealthCheck {
+    HealthCheck::new(move || async move {
+        tokio::time::sleep(for_).await;
+        Ok::<_, String>(())
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn gate_passes_when_dependencies_come_up_at_different_times() {
+    let t0 = Instant::now();
+    let set = Reliability::builder()
+        .dependency(Dependency::new("model_server", up_after(t0, 7 * S)))
+        .dependency(Dependency::new("database", up_after(t0, 12 * S)))
+        .build()
+        .unwrap();
+    let gate = tokio::spawn({
+        let set = set.clone();
+        async move { set.wait_for_dependencies(5 * S, 300 * S).await }
+    });
+    tokio::time::sleep(11 * S).await;
+    assert!(!set.is_started(), "not ready while the database is down");
+    let report = gate.await.unwrap().unwrap();
+    assert_eq!(report.elapsed, 15 * S, "rounds at 0, 5, 10, 15 s");
+    assert_eq!(report.rounds, 4);
+    assert!(set.is_started());
+}
+
+#[tokio::test(start_paused = true)]
+async fn gate_times_out_naming_each_required_dependency_still_failing() {
+    let t0 = Instant::now();
+    let set = Reliability::builder()
+        .dependency(Dependency::new(
+            "model_server",
+            up_after(t0, Duration::MAX / 4),
+        ))
+        .dependency(Dependency::new("database", up_after(t0, S)))
+        .dependency(Dependency::new(
+            "asr_ocr_server",
+            up_after(t0, Duration::MAX / 4),
+        ))
+        .dependency(Dependency::new("cache", up_after(t0, Duration::MAX / 4)).optional())
+        .build()
+        .unwrap();
+    let err = set.wait_for_dependencies(5 * S, 20 * S).await.unwrap_err();
+    assert_eq!(err.waited, 20 * S);
+    let names: Vec<_> = err
+        .failing
+        .iter()
+        .map(|(n, o)| (n.to_string(), o.clone()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("model_server".to_string(), "connection refused".to_string()),
+            (
+                "asr_ocr_server".to_string(),
+                "connection refused".to_string()
+            )
+        ]
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("model_server (connection refused)") && !text.contains("cache"),
+        "{text}"
+    );
+    assert!(!set.is_started());
+}
+
+#[tokio::test(start_paused = true)]
+async fn optional_dependencies_never_block() {
+    let t0 = Instant::now();
+    let set = Reliability::builder()
+        .dependency(Dependency::new("database", up_after(t0, Duration::ZERO)))
+        .dependency(Dependency::new("asr_ocr_server", up_after(t0, Duration::MAX / 4)).optional())
+        .build()
+        .unwrap();
+    let report = set.wait_for_dependencies(5 * S, 300 * S).await.unwrap();
+    assert_eq!((report.rounds, report.elapsed), (1, Duration::ZERO));
+    assert_eq!(report.optional_failing, [Arc::from("asr_ocr_server")]);
+    assert_eq!(set.status(), HealthStatus::Warn);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_check_fails_at_its_timeout() {
+    let set = Reliability::builder()
+        .dependency(Dependency::new("database", hanging(Duration::from_secs(3600))).timeout(2 * S))
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let err = set.wait_for_dependencies(5 * S, 10 * S).await.unwrap_err();
+    assert_eq!(err.failing[0].1, "check timed out after 2s");
+    // Rounds at 0, 5, 10 s; each waits 2 s for the hung check.
+    assert_eq!(t0.elapsed(), 12 * S);
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_flips_when_the_gate_passes() {
+    let t0 = Instant::now();
+    let set = Reliability::builder()
+        .dependency(Dependency::new("database", up_after(t0, 6 * S)))
+        .build()
+        .unwrap();
+    let ready = tokio::spawn({
+        let set = set.clone();
+        async move {
+            set.wait_started().await;
+            t0.elapsed()
+        }
+    });
+    set.wait_for_dependencies(5 * S, 300 * S).await.unwrap();
+    assert_eq!(ready.await.unwrap(), 10 * S);
+}
+
+#[tokio::test(start_paused = true)]
+async fn history_is_bounded_at_its_size() {
+    let dep = Switch::up();
+    let set = Reliability::builder()
+        .history_size(5)
+        .dependency(Dependency::new("db", dep.check()))
+        .build()
+        .unwrap();
+    let monitor = Monitor::start(&set, 10 * S);
+    tokio::time::sleep(Duration::from_millis(60_500)).await; // checks at 0..=60: 7 up
+    dep.set(false);
+    tokio::time::sleep(50 * S).await; // checks at 70..=110: 5 down
+    let report = set.report();
+    let db = &report.dependencies[0];
+    assert_eq!(db.checks, 12);
+    assert_eq!(
+        db.uptime_percent,
+        Some(0.0),
+        "only the last 5 are kept, all down"
+    );
+    assert_eq!(db.consecutive_failures, 5);
+    assert_eq!(report.status, HealthStatus::Fail);
+    monitor.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn uptime_and_availability_are_exact() {
+    let dep = Switch::up();
+    let set = Reliability::builder()
+        .dependency(Dependency::new("db", dep.check()))
+        .build()
+        .unwrap();
+    let monitor = Monitor::start(&set, 10 * S);
+    // Results at 0, 10, 20 up; 30 down; 40, 50 up.
+    tokio::time::sleep(Duration::from_millis(25_000)).await;
+    dep.set(false);
+    tokio::time::sleep(10 * S).await; // t = 35
+    dep.set(true);
+    tokio::time::sleep(Duration::from_millis(15_000)).await; // t = 50
+    // The monitor's tick at 50 s fired with our wake-up: let it record.
+    while dep.runs() < 6 {
+        tokio::task::yield_now().await;
+    }
+    tokio::task::yield_now().await;
+    let db = &set.report().dependencies[0];
+    assert_eq!(db.checks, 6);
+    assert_eq!(db.uptime_percent, Some(5.0 / 6.0 * 100.0));
+    // Up [0, 30) and [40, 50): 40 s of 50.
+    assert_eq!(db.availability_percent, Some(80.0));
+    let last = db.last.as_ref().unwrap();
+    assert_eq!(last.status, HealthStatus::Pass);
+    assert_eq!(last.observed_unit, "ms");
+    assert_eq!(last.observed_value, Some(0.0), "latency on paused time");
+    monitor.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_check_triggers_recovery_and_a_passing_one_ends_exhaustion() {
+    let dep = Switch::up();
+    let attempts = Arc::new(AtomicU64::new(0));
+    let counter = attempts.clone();
+    let recovery = Recovery::builder("db", move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Err::<(), _>("still down") }
+    })
+    .spawn();
+    let set = Reliability::builder()
+        .dependency(Dependency::new("db", dep.check()).recovery(&recovery))
+        .build()
+        .unwrap();
+    let monitor = Monitor::start(&set, 30 * S);
+    tokio::time::sleep(S).await;
+    assert_eq!(recovery.status().state, RecoveryState::Idle);
+    dep.set(false);
+    tokio::time::sleep(30 * S).await; // the check at 30 s fails
+    assert_ne!(
+        recovery.status().state,
+        RecoveryState::Idle,
+        "triggered by the monitor"
+    );
+    recovery.wait_idle_or_cooling().await;
+    assert_eq!(recovery.status().state, RecoveryState::Exhausted);
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    dep.set(true);
+    tokio::time::sleep(30 * S).await; // the check at 60 s passes
+    assert_eq!(
+        recovery.status().state,
+        RecoveryState::Idle,
+        "healed by the passing check"
+    );
+    assert_eq!(recovery.status().successes, 1);
+    monitor.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_check_does_not_delay_the_others() {
+    let fast = Switch::up();
+    let set = Reliability::builder()
+        .dependency(Dependency::new("slow", hanging(25 * S)).timeout(60 * S))
+        .dependency(Dependency::new("fast", fast.check()))
+        .build()
+        .unwrap();
+    let monitor = Monitor::start(&set, 10 * S);
+    tokio::time::sleep(Duration::from_millis(30_500)).await;
+    let report = set.report();
+    assert_eq!(
+        report.dependencies[0].checks, 1,
+        "slow: finished once, at 25 s"
+    );
+    assert_eq!(report.dependencies[1].checks, 4, "fast: 0, 10, 20, 30 s");
+    assert_eq!(fast.runs(), 4);
+    monitor.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_is_clean() {
+    let dep = Switch::up();
+    let set = Reliability::builder()
+        .dependency(Dependency::new("db", dep.check()))
+        .build()
+        .unwrap();
+    let monitor = Monitor::start(&set, 10 * S);
+    assert!(set.report().monitor_running);
+    tokio::time::sleep(Duration::from_millis(20_500)).await;
+    assert_eq!(dep.runs(), 3);
+    monitor.stop().await;
+    let report = set.report();
+    assert!(!report.monitor_running);
+    assert_eq!(report.monitor_interval, Some(10 * S));
+    tokio::time::sleep(100 * S).await;
+    assert_eq!(dep.runs(), 3, "no check after stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn set_is_validated_when_built() {
+    let check = || HealthCheck::new(|| async { Ok::<_, String>(()) });
+    let err = Reliability::builder()
+        .dependency(Dependency::new("db", check()))
+        .dependency(Dependency::new("db", check()))
+        .build()
+        .unwrap_err();
+    assert_eq!(err, BuildError::DuplicateName("db".into()));
+    assert_eq!(err.to_string(), "dependency name \"db\" is used twice");
+    let err = Reliability::builder().history_size(0).build().unwrap_err();
+    assert_eq!(err, BuildError::ZeroHistory);
+}
+
+#[tokio::test(start_paused = true)]
+async fn aggregation_rules() {
+    let required = Switch::up();
+    let optional = Switch::up();
+    let breaker = Breaker::builder("model_server")
+        .consecutive_failures(1)
+        .build();
+    let set = Reliability::builder()
+        .dependency(Dependency::new("db", required.check()))
+        .dependency(Dependency::new("model_server", Switch::up().check()).breaker(&breaker))
+        .dependency(Dependency::new("cache", optional.check()).optional())
+        .build()
+        .unwrap();
+    assert_eq!(set.status(), HealthStatus::Warn, "nothing checked yet");
+    set.check_all().await;
+    assert_eq!(set.status(), HealthStatus::Pass);
+    optional.set(false);
+    set.check_all().await;
+    assert_eq!(set.status(), HealthStatus::Warn, "optional failing");
+    optional.set(true);
+    breaker.try_acquire().unwrap().failure();
+    set.check_all().await;
+    assert_eq!(set.status(), HealthStatus::Warn, "breaker open");
+    breaker.reset();
+    required.set(false);
+    set.check_all().await;
+    assert_eq!(set.status(), HealthStatus::Fail, "required failing");
+}
+
+#[tokio::test(start_paused = true)]
+async fn checks_report_values_outputs_and_service_probes() {
+    let warn =
+        HealthCheck::from_result(|| async { CheckResult::warn("replica lag").observed(12.0, "s") });
+    let r = warn.run(S).await;
+    assert_eq!(
+        (r.status, r.observed_value, &*r.observed_unit),
+        (HealthStatus::Warn, Some(12.0), "s")
+    );
+    let long = HealthCheck::new(|| async { Err::<(), _>("é".repeat(300)) });
+    let r = long.run(S).await;
+    assert!(r.output.as_ref().unwrap().len() <= 256, "output capped");
+    // A tower service as the probe.
+    let svc = tower::service_fn(|up: bool| async move { if up { Ok(()) } else { Err("refused") } });
+    let ok = HealthCheck::from_service_errors(svc, || true).run(S).await;
+    assert_eq!(ok.status, HealthStatus::Pass);
+    let bad = HealthCheck::from_service_errors(svc, || false).run(S).await;
+    assert_eq!(
+        (bad.status, bad.output.as_deref()),
+        (HealthStatus::Fail, Some("refused"))
+    );
+}
