@@ -8,6 +8,9 @@
 //! - [`recovery`]: run the action that brings a failed dependency back,
 //!   triggered by its breaker opening, a failing health check, consecutive
 //!   client failures or by hand; backoff, cooldown, exhaustion, MTTR.
+//! - [`drain`]: graceful shutdown at the request level: readiness fails,
+//!   new requests get 503, in-flight ones (bodies included) finish within a
+//!   grace period, then the monitor stops and clients close.
 //! - [`health`]: health checks, the dependency set, the startup gate, and a
 //!   monitor with history, uptime and availability.
 //! - [`classify`]: what counts as a failure (errors, `5xx`, `429`, your own).
@@ -45,6 +48,7 @@
 //! | `circuit-breaker` | yes | [`circuit_breaker`] |
 //! | `recovery` | yes | [`recovery`] (needs `circuit-breaker`) |
 //! | `health` | yes | [`health`] |
+//! | `drain` | yes | [`drain`] |
 //! | `tower-http` | no | [`classify::TowerHttpClassifier`] for `tower_http::classify` |
 //! | `full` | no | everything |
 //!
@@ -57,10 +61,14 @@
 pub mod circuit_breaker;
 pub mod classify;
 pub mod clock;
+#[cfg(feature = "drain")]
+pub mod drain;
 #[cfg(feature = "health")]
 pub mod health;
 #[cfg(feature = "recovery")]
 pub mod recovery;
+#[cfg(any(feature = "circuit-breaker", feature = "drain"))]
+mod util;
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

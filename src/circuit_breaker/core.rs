@@ -24,10 +24,7 @@ use super::{Cause, Counts, Rejected, State, Transition};
 use crate::classify::Outcome;
 use crate::clock::Clock;
 
-/// Keeps a value on its own cache lines (two, against adjacent-line prefetch).
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub(crate) struct Padded<T>(pub(crate) T);
+pub(crate) use crate::util::Padded;
 
 const CLOSED: u64 = 0;
 const OPEN: u64 = 1;

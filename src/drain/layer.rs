@@ -1,0 +1,371 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{ClientClosed, Drain, Draining, Guard, REJECTING};
+use crate::BoxError;
+
+// ===== HTTP =====
+
+/// Counts HTTP requests until their response body ends; answers `503` with
+/// `Connection: close` and `Retry-After` while draining. Made by
+/// [`Drain::layer`]; every service it makes shares the drain.
+#[derive(Clone, Debug)]
+pub struct DrainLayer {
+    drain: Drain,
+}
+
+impl DrainLayer {
+    pub(crate) fn new(drain: Drain) -> Self {
+        Self { drain }
+    }
+}
+
+impl<S> Layer<S> for DrainLayer {
+    type Service = DrainService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DrainService {
+            inner,
+            drain: self.drain.clone(),
+        }
+    }
+}
+
+/// The service of [`DrainLayer`].
+#[derive(Clone, Debug)]
+pub struct DrainService<S> {
+    inner: S,
+    drain: Drain,
+}
+
+impl<S> DrainService<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Consumes the wrapper, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for DrainService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<DrainBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Never refuse readiness while draining: the refusal is a response.
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        match self.drain.shared.enter() {
+            Some(guard) => ResponseFuture {
+                kind: Kind::Admitted {
+                    future: self.inner.call(req),
+                    guard: Some(guard),
+                },
+            },
+            None => ResponseFuture {
+                kind: Kind::Refused {
+                    retry_after: self.drain.shared.retry_after,
+                },
+            },
+        }
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Admitted { #[pin] future: F, guard: Option<Guard> },
+        Refused { retry_after: u64 },
+    }
+}
+
+pin_project! {
+    /// Response future of [`DrainService`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<DrainBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Admitted { future, guard } => {
+                let response = ready!(future.poll(cx))?;
+                let guard = guard.take();
+                let closing = guard.as_ref().is_some_and(|g| {
+                    g.shared.phase.load(std::sync::atomic::Ordering::Acquire) >= REJECTING
+                });
+                let (mut parts, body) = response.into_parts();
+                if closing {
+                    // Draining: let the client reconnect elsewhere.
+                    parts
+                        .headers
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                let body = DrainBody {
+                    kind: BodyKind::Tracked { inner: body, guard },
+                };
+                Poll::Ready(Ok(Response::from_parts(parts, body)))
+            }
+            KindProj::Refused { retry_after } => {
+                let mut response = Response::new(DrainBody {
+                    kind: BodyKind::Empty,
+                });
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                let headers = response.headers_mut();
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                Poll::Ready(Ok(response))
+            }
+        }
+    }
+}
+
+pin_project! {
+    #[project = BodyProj]
+    enum BodyKind<B> {
+        Tracked { #[pin] inner: B, guard: Option<Guard> },
+        Empty,
+    }
+}
+
+pin_project! {
+    /// A response body that holds its request's in-flight count until it
+    /// ends or is dropped.
+    pub struct DrainBody<B> {
+        #[pin]
+        kind: BodyKind<B>,
+    }
+}
+
+impl<B> fmt::Debug for DrainBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DrainBody").finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> Body for DrainBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        match self.project().kind.project() {
+            BodyProj::Tracked { mut inner, guard } => {
+                let frame = ready!(inner.as_mut().poll_frame(cx));
+                if frame.is_none() || inner.is_end_stream() {
+                    // The response is finished: release the count now.
+                    guard.take();
+                }
+                Poll::Ready(frame)
+            }
+            BodyProj::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            BodyKind::Tracked { inner, .. } => inner.is_end_stream(),
+            BodyKind::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            BodyKind::Tracked { inner, .. } => inner.size_hint(),
+            BodyKind::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+// ===== any service =====
+
+/// Counts calls until their future completes; fails new calls with
+/// [`Draining`] while draining. Made by [`Drain::rpc_layer`].
+#[derive(Clone, Debug)]
+pub struct DrainRpcLayer {
+    drain: Drain,
+}
+
+impl DrainRpcLayer {
+    pub(crate) fn new(drain: Drain) -> Self {
+        Self { drain }
+    }
+}
+
+impl<S> Layer<S> for DrainRpcLayer {
+    type Service = DrainRpc<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DrainRpc {
+            inner,
+            drain: self.drain.clone(),
+        }
+    }
+}
+
+/// The service of [`DrainRpcLayer`].
+#[derive(Clone, Debug)]
+pub struct DrainRpc<S> {
+    inner: S,
+    drain: Drain,
+}
+
+impl<S, Req> Service<Req> for DrainRpc<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = RpcResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self.drain.shared.enter() {
+            Some(guard) => RpcResponseFuture {
+                future: Some(self.inner.call(req)),
+                guard: Some(guard),
+                closed: false,
+            },
+            None => RpcResponseFuture {
+                future: None,
+                guard: None,
+                closed: false,
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`DrainRpc`].
+    pub struct RpcResponseFuture<F> {
+        #[pin]
+        future: Option<F>,
+        guard: Option<Guard>,
+        closed: bool,
+    }
+}
+
+impl<F> fmt::Debug for RpcResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RpcResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, T, E> Future for RpcResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.future.as_pin_mut() {
+            Some(future) => {
+                let out = ready!(future.poll(cx));
+                this.guard.take();
+                Poll::Ready(out.map_err(Into::into))
+            }
+            None if *this.closed => Poll::Ready(Err(Box::new(ClientClosed::default()))),
+            None => Poll::Ready(Err(Box::new(Draining::default()))),
+        }
+    }
+}
+
+// ===== outbound clients =====
+
+/// Refuses outbound calls with [`ClientClosed`] once the drain is over.
+/// Made by [`Drain::client_layer`].
+#[derive(Clone, Debug)]
+pub struct DrainClientLayer {
+    drain: Drain,
+}
+
+impl DrainClientLayer {
+    pub(crate) fn new(drain: Drain) -> Self {
+        Self { drain }
+    }
+}
+
+impl<S> Layer<S> for DrainClientLayer {
+    type Service = DrainClient<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DrainClient {
+            inner,
+            drain: self.drain.clone(),
+        }
+    }
+}
+
+/// The service of [`DrainClientLayer`].
+#[derive(Clone, Debug)]
+pub struct DrainClient<S> {
+    inner: S,
+    drain: Drain,
+}
+
+impl<S, Req> Service<Req> for DrainClient<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = RpcResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        if self.drain.is_closed() {
+            return RpcResponseFuture {
+                future: None,
+                guard: None,
+                closed: true,
+            };
+        }
+        RpcResponseFuture {
+            future: Some(self.inner.call(req)),
+            guard: None,
+            closed: false,
+        }
+    }
+}
