@@ -13,6 +13,9 @@
 //!   grace period, then the monitor stops and clients close.
 //! - [`health`]: health checks, the dependency set, the startup gate, and a
 //!   monitor with history, uptime and availability.
+//! - [`admin`]: the axum router with `/health`, `/livez`, `/readyz`,
+//!   `/reliability` and the admin POSTs, secure by default.
+//! - [`config`]: the settings from environment variables, validated.
 //! - [`classify`]: what counts as a failure (errors, `5xx`, `429`, your own).
 //! - [`clock`]: the time sources, including virtual time for tests.
 //!
@@ -49,6 +52,7 @@
 //! | `recovery` | yes | [`recovery`] (needs `circuit-breaker`) |
 //! | `health` | yes | [`health`] |
 //! | `drain` | yes | [`drain`] |
+//! | `axum` | yes | [`admin`] (needs the others) |
 //! | `tower-http` | no | [`classify::TowerHttpClassifier`] for `tower_http::classify` |
 //! | `full` | no | everything |
 //!
@@ -57,10 +61,13 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "axum")]
+pub mod admin;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
 pub mod classify;
 pub mod clock;
+pub mod config;
 #[cfg(feature = "drain")]
 pub mod drain;
 #[cfg(feature = "health")]

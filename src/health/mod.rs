@@ -146,6 +146,18 @@ impl Dependency {
         self
     }
 
+    /// The breaker that belongs to it.
+    #[cfg(feature = "circuit-breaker")]
+    pub fn breaker_handle(&self) -> Option<&Breaker> {
+        self.breaker.as_ref()
+    }
+
+    /// The recovery that belongs to it.
+    #[cfg(feature = "recovery")]
+    pub fn recovery_handle(&self) -> Option<&Recovery> {
+        self.recovery.as_ref()
+    }
+
     /// The name.
     pub fn name(&self) -> &str {
         &self.name

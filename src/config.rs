@@ -1,0 +1,263 @@
+//! Settings from environment variables, validated.
+//!
+//! The defaults are the seed's. Each may come from the environment; a bad
+//! value is an error naming the variable, the value and what is expected,
+//! never a silent default. An optional prefix lets two services in one
+//! process be configured apart (`MODEL_HEALTH_CHECK_INTERVAL`, ...).
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `RECOVERY_INTERVAL` | 60 | cooldown between recovery cycles, seconds |
+//! | `MAX_RECOVERY_ATTEMPTS` | 3 | attempts per cycle before manual intervention |
+//! | `RECOVERY_BACKOFF` | 2.0 | backoff multiplier between attempts (>= 1.0) |
+//! | `RECOVERY_ATTEMPT_TIMEOUT` | 10 | time allowed for one attempt, seconds |
+//! | `STARTUP_TIMEOUT` | 300 | max wait for required dependencies, seconds |
+//! | `DEPENDENCY_CHECK_INTERVAL` | 5 | startup check interval, seconds |
+//! | `HEALTH_CHECK_INTERVAL` | 30 | monitor interval, seconds |
+//! | `HEALTH_HISTORY_SIZE` | 100 | results kept per dependency |
+//! | `SHUTDOWN_GRACE_PERIOD` | 30 | longest wait for in-flight requests, seconds |
+//! | `PRE_DRAIN_DELAY` | 0 | serving after readiness fails, seconds |
+//! | `ADMIN_TOKEN` | unset | bearer token of the admin POST routes |
+//!
+//! Durations accept decimals (`0.5`), so tests can run the whole sequence in
+//! seconds.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_recovery::config::Settings;
+//!
+//! let env = [("FIR_HEALTH_CHECK_INTERVAL", "10"), ("FIR_RECOVERY_BACKOFF", "1.5")];
+//! let settings = Settings::from_lookup("FIR_", |k| {
+//!     env.iter().find(|(name, _)| *name == k).map(|(_, v)| v.to_string())
+//! })
+//! .unwrap();
+//! assert_eq!(settings.health_check_interval, Duration::from_secs(10));
+//! assert_eq!(settings.recovery_backoff, 1.5);
+//! assert_eq!(settings.max_recovery_attempts, 3);
+//!
+//! let err = Settings::from_lookup("", |k| (k == "RECOVERY_BACKOFF").then(|| "0.5".into())).unwrap_err();
+//! assert_eq!(
+//!     err.to_string(),
+//!     "invalid RECOVERY_BACKOFF=\"0.5\": expected a number >= 1.0"
+//! );
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+/// The settings, with the seed's defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// `RECOVERY_INTERVAL`: cooldown after a successful recovery.
+    pub recovery_interval: Duration,
+    /// `MAX_RECOVERY_ATTEMPTS`.
+    pub max_recovery_attempts: u32,
+    /// `RECOVERY_BACKOFF`: multiplier between attempts.
+    pub recovery_backoff: f64,
+    /// `RECOVERY_ATTEMPT_TIMEOUT`.
+    pub recovery_attempt_timeout: Duration,
+    /// `STARTUP_TIMEOUT`.
+    pub startup_timeout: Duration,
+    /// `DEPENDENCY_CHECK_INTERVAL`.
+    pub dependency_check_interval: Duration,
+    /// `HEALTH_CHECK_INTERVAL`.
+    pub health_check_interval: Duration,
+    /// `HEALTH_HISTORY_SIZE`.
+    pub health_history_size: usize,
+    /// `SHUTDOWN_GRACE_PERIOD`.
+    pub shutdown_grace_period: Duration,
+    /// `PRE_DRAIN_DELAY`.
+    pub pre_drain_delay: Duration,
+    /// `ADMIN_TOKEN`.
+    pub admin_token: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            recovery_interval: Duration::from_secs(60),
+            max_recovery_attempts: 3,
+            recovery_backoff: 2.0,
+            recovery_attempt_timeout: Duration::from_secs(10),
+            startup_timeout: Duration::from_secs(300),
+            dependency_check_interval: Duration::from_secs(5),
+            health_check_interval: Duration::from_secs(30),
+            health_history_size: 100,
+            shutdown_grace_period: Duration::from_secs(30),
+            pre_drain_delay: Duration::ZERO,
+            admin_token: None,
+        }
+    }
+}
+
+/// A bad setting: the variable, its value, and what was expected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The variable, with its prefix.
+    pub variable: String,
+    /// The value found (not shown for secrets).
+    pub value: String,
+    /// What would have been accepted.
+    pub expected: &'static str,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid {}={:?}: expected {}",
+            self.variable, self.value, self.expected
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(variable: String, value: &str, expected: &'static str) -> ConfigError {
+    ConfigError {
+        variable,
+        value: value.to_string(),
+        expected,
+    }
+}
+
+struct Reader<'a, F> {
+    prefix: &'a str,
+    lookup: F,
+}
+
+impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
+    fn raw(&self, name: &str) -> (String, Option<String>) {
+        let variable = format!("{}{name}", self.prefix);
+        let value = (self.lookup)(&variable);
+        (variable, value)
+    }
+
+    fn seconds(
+        &self,
+        name: &str,
+        default: Duration,
+        allow_zero: bool,
+    ) -> Result<Duration, ConfigError> {
+        let (variable, value) = self.raw(name);
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        let expected = if allow_zero {
+            "a number of seconds >= 0"
+        } else {
+            "a number of seconds > 0"
+        };
+        let secs: f64 = value
+            .trim()
+            .parse()
+            .map_err(|_| invalid(variable.clone(), &value, expected))?;
+        if !secs.is_finite() || secs < 0.0 || (!allow_zero && secs == 0.0) || secs > 1e9 {
+            return Err(invalid(variable, &value, expected));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+
+    fn count(&self, name: &str, default: u64, max: u64) -> Result<u64, ConfigError> {
+        let (variable, value) = self.raw(name);
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        let n: u64 = value
+            .trim()
+            .parse()
+            .map_err(|_| invalid(variable.clone(), &value, "a whole number >= 1"))?;
+        if n == 0 || n > max {
+            return Err(invalid(variable, &value, "a whole number >= 1"));
+        }
+        Ok(n)
+    }
+}
+
+impl Settings {
+    /// Reads the process environment, without a prefix.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_env_prefixed("")
+    }
+
+    /// Reads the process environment, each variable name preceded by
+    /// `prefix`.
+    pub fn from_env_prefixed(prefix: &str) -> Result<Self, ConfigError> {
+        Self::from_lookup(prefix, |name| std::env::var(name).ok())
+    }
+
+    /// Reads variables through `lookup` (for tests, or another source).
+    pub fn from_lookup(
+        prefix: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let r = Reader { prefix, lookup };
+        let d = Self::default();
+        let backoff = {
+            let (variable, value) = r.raw("RECOVERY_BACKOFF");
+            match value {
+                None => d.recovery_backoff,
+                Some(value) => {
+                    let expected = "a number >= 1.0";
+                    let m: f64 = value
+                        .trim()
+                        .parse()
+                        .map_err(|_| invalid(variable.clone(), &value, expected))?;
+                    if !m.is_finite() || m < 1.0 {
+                        return Err(invalid(variable, &value, expected));
+                    }
+                    m
+                }
+            }
+        };
+        let admin_token = {
+            let (variable, value) = r.raw("ADMIN_TOKEN");
+            match value {
+                Some(v) if v.trim().is_empty() => {
+                    return Err(ConfigError {
+                        variable,
+                        value: v,
+                        expected: "a non-empty token (unset the variable to disable admin POST routes)",
+                    });
+                }
+                other => other,
+            }
+        };
+        Ok(Self {
+            recovery_interval: r.seconds("RECOVERY_INTERVAL", d.recovery_interval, true)?,
+            max_recovery_attempts: r.count("MAX_RECOVERY_ATTEMPTS", 3, u64::from(u32::MAX))? as u32,
+            recovery_backoff: backoff,
+            recovery_attempt_timeout: r.seconds(
+                "RECOVERY_ATTEMPT_TIMEOUT",
+                d.recovery_attempt_timeout,
+                false,
+            )?,
+            startup_timeout: r.seconds("STARTUP_TIMEOUT", d.startup_timeout, false)?,
+            dependency_check_interval: r.seconds(
+                "DEPENDENCY_CHECK_INTERVAL",
+                d.dependency_check_interval,
+                false,
+            )?,
+            health_check_interval: r.seconds(
+                "HEALTH_CHECK_INTERVAL",
+                d.health_check_interval,
+                false,
+            )?,
+            health_history_size: r.count("HEALTH_HISTORY_SIZE", 100, 1_000_000)? as usize,
+            shutdown_grace_period: r.seconds(
+                "SHUTDOWN_GRACE_PERIOD",
+                d.shutdown_grace_period,
+                false,
+            )?,
+            pre_drain_delay: r.seconds("PRE_DRAIN_DELAY", d.pre_drain_delay, true)?,
+            admin_token,
+        })
+    }
+
+    /// The recovery backoff these settings describe: 1 s base, growing by
+    /// `RECOVERY_BACKOFF` (2 s, then 4 s by default).
+    #[cfg(feature = "recovery")]
+    pub fn backoff(&self) -> crate::recovery::Backoff {
+        crate::recovery::Backoff::new(Duration::from_secs(1), self.recovery_backoff)
+    }
+}

@@ -1,0 +1,336 @@
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tower_recovery::circuit_breaker::State;
+use tower_recovery::health::Monitor;
+use tower_recovery::recovery::RecoveryState;
+
+use crate::support::*;
+
+#[tokio::test(start_paused = true)]
+async fn health_document_and_status_codes() {
+    let f = Fixture::new();
+    let router = f.admin().router::<()>();
+    f.reliability.check_all().await;
+    let (res, body) = call(&router, "GET", "/health", None).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/health+json");
+    assert_eq!(res.headers()["cache-control"], "max-age=2");
+    let doc: HealthDoc = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc.status, "pass");
+    assert_eq!(doc.checks.len(), 3);
+    let db = &doc.checks["database:connectivity"][0];
+    assert_eq!(
+        (db.status.as_str(), db.component_type.as_str(), db.required),
+        ("pass", "component", true)
+    );
+    assert_eq!(db.observed_unit.as_deref(), Some("ms"));
+    assert!(db.observed_value.is_some());
+    let time = db.time.as_deref().unwrap();
+    assert!(
+        time.len() == 20 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+        "RFC 3339: {time}"
+    );
+    assert_eq!(doc.circuit_breakers["model_server"], "closed");
+    assert_eq!(doc.recovery["database"], "idle");
+    assert!(!doc.draining);
+
+    // Optional failing: warn, still 200.
+    f.cache_up.store(false, Ordering::SeqCst);
+    f.reliability.check_all().await;
+    let (res, body) = call(&router, "GET", "/health", None).await;
+    assert_eq!(res.status(), 200);
+    let doc: HealthDoc = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc.status, "warn");
+    assert_eq!(
+        doc.checks["cache:connectivity"][0].output.as_deref(),
+        Some("cache: connection refused (secret-host:5432)")
+    );
+
+    // Required failing: fail, 503.
+    f.db_up.store(false, Ordering::SeqCst);
+    f.reliability.check_all().await;
+    let (res, body) = call(&router, "GET", "/health", None).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(
+        serde_json::from_str::<HealthDoc>(&body).unwrap().status,
+        "fail"
+    );
+
+    // Draining: 503 even when healthy.
+    f.db_up.store(true, Ordering::SeqCst);
+    f.cache_up.store(true, Ordering::SeqCst);
+    f.reliability.check_all().await;
+    f.drain.begin();
+    tokio::task::yield_now().await;
+    let (res, body) = call(&router, "GET", "/health", None).await;
+    assert_eq!(res.status(), 503);
+    let doc: HealthDoc = serde_json::from_str(&body).unwrap();
+    assert!(doc.draining);
+    assert_eq!(doc.status, "pass");
+}
+
+#[tokio::test(start_paused = true)]
+async fn liveness_and_readiness() {
+    let f = Fixture::new();
+    let router = f.admin().router::<()>();
+    let (res, _) = call(&router, "GET", "/livez", None).await;
+    assert_eq!(res.status(), 200);
+    let (res, body) = call(&router, "GET", "/readyz", None).await;
+    assert_eq!(res.status(), 503, "startup gate not passed");
+    assert!(body.contains("waiting for required dependencies"));
+    f.reliability
+        .wait_for_dependencies(Duration::from_secs(5), Duration::from_secs(300))
+        .await
+        .unwrap();
+    let (res, _) = call(&router, "GET", "/readyz", None).await;
+    assert_eq!(res.status(), 200);
+    // After startup, readiness depends only on draining, not dependencies.
+    f.db_up.store(false, Ordering::SeqCst);
+    f.reliability.check_all().await;
+    let (res, _) = call(&router, "GET", "/readyz", None).await;
+    assert_eq!(
+        res.status(),
+        200,
+        "a database blip must not unready every replica"
+    );
+    f.drain.begin();
+    tokio::task::yield_now().await;
+    let (res, body) = call(&router, "GET", "/readyz", None).await;
+    assert_eq!(res.status(), 503);
+    assert!(body.contains("draining"));
+    let (res, _) = call(&router, "GET", "/livez", None).await;
+    assert_eq!(res.status(), 200, "alive while draining");
+}
+
+#[tokio::test(start_paused = true)]
+async fn reliability_document_field_by_field() {
+    let f = Fixture::new();
+    let router = f.admin().router::<()>();
+    let monitor = Monitor::start(&f.reliability, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    f.model_up.store(false, Ordering::SeqCst);
+    f.breaker.try_acquire().unwrap().failure(); // opens; recovery starts and fails
+    f.recovery.wait_idle_or_cooling().await;
+    let (res, body) = call(&router, "GET", "/reliability", None).await;
+    assert_eq!(res.status(), 200);
+    let doc: ReliabilityDoc = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc.uptime_target, 99.9);
+    assert!(!doc.started);
+    let b = &doc.circuit_breakers["model_server"];
+    assert_eq!(
+        (b.state.as_str(), b.failure_count, b.consecutive_failures),
+        ("open", 1, 1)
+    );
+    assert_eq!((b.rejected, b.transitions), (0, 1));
+    assert_eq!(b.failure_rate, None, "no window");
+    assert!(b.next_probe_in_seconds.unwrap() > 0.0);
+    assert_eq!(
+        doc.circuit_breakers.len(),
+        1,
+        "only dependencies with a breaker"
+    );
+    let r = &doc.recovery["model_server"];
+    assert_eq!(
+        (r.state.as_str(), r.attempts, r.max_attempts),
+        ("exhausted", 3, 3)
+    );
+    assert_eq!((r.successes, r.failures, r.exhaustions), (0, 3, 1));
+    assert_eq!(
+        r.last_error.as_deref(),
+        Some("model server refused (secret-host:8001)"),
+        "no token: shown"
+    );
+    assert_eq!(r.mttr_seconds, None);
+    assert_eq!(doc.recovery.len(), 2);
+    assert!(doc.health_monitor.running);
+    assert_eq!(doc.health_monitor.interval_seconds, Some(30.0));
+    let m = &doc.health_monitor.dependencies["database"];
+    assert_eq!((m.checks, m.consecutive_failures), (2, 0));
+    assert_eq!(
+        (m.uptime_percent, m.availability_percent),
+        (Some(100.0), Some(100.0))
+    );
+    assert_eq!(m.last_status.as_deref(), Some("pass"));
+    assert_eq!(doc.graceful_shutdown.grace_period_seconds, 30.0);
+    assert_eq!(
+        (
+            doc.graceful_shutdown.draining,
+            doc.graceful_shutdown.in_flight
+        ),
+        (false, 0)
+    );
+    assert_eq!(doc.status, "warn", "breaker open");
+    monitor.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn admin_posts_auth_matrix() {
+    let f = Fixture::new();
+    let trigger = "/reliability/auto-recovery/database/trigger";
+    // None configured: refused, saying how to enable.
+    let closed = f.admin().router::<()>();
+    let (res, body) = call(&closed, "POST", trigger, None).await;
+    assert_eq!(res.status(), 403);
+    let err: ErrorDoc = serde_json::from_str(&body).unwrap();
+    assert!(err.error.contains("ADMIN_TOKEN"), "{}", err.error);
+    let (res, _) = call(&closed, "POST", trigger, Some("anything")).await;
+    assert_eq!(res.status(), 403);
+
+    // Configured: missing and wrong tokens get 401, the right one works.
+    let guarded = f.admin().token("s3cret-token").router::<()>();
+    let (res, body) = call(&guarded, "POST", trigger, None).await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers()["www-authenticate"], "Bearer");
+    serde_json::from_str::<ErrorDoc>(&body).unwrap();
+    for wrong in ["s3cret-toke", "s3cret-token2", "S3CRET-TOKEN", ""] {
+        let (res, _) = call(&guarded, "POST", trigger, Some(wrong)).await;
+        assert_eq!(res.status(), 401, "token {wrong:?}");
+    }
+    let (res, body) = call(&guarded, "POST", trigger, Some("s3cret-token")).await;
+    assert_eq!(res.status(), 202);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["outcome"], "started");
+    assert_eq!(v["name"], "database");
+
+    // Explicitly open.
+    let open = f.admin().open().router::<()>();
+    f.db_recovery.wait_idle_or_cooling().await;
+    let (res, body) = call(&open, "POST", trigger, None).await;
+    assert_eq!(res.status(), 202);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["outcome"], "started", "manual bypasses the cooldown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn reset_unknown_names_and_wrong_methods() {
+    let f = Fixture::new();
+    let router = f.admin().open().router::<()>();
+    f.model_up.store(false, Ordering::SeqCst);
+    f.breaker.try_acquire().unwrap().failure();
+    f.recovery.wait_idle_or_cooling().await;
+    assert_eq!(f.recovery.status().state, RecoveryState::Exhausted);
+    let (res, body) = call(
+        &router,
+        "POST",
+        "/reliability/circuit-breaker/model_server/reset",
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), 200, "{body}");
+    assert_eq!(f.breaker.state(), State::Closed);
+    assert_eq!(f.recovery.status().state, RecoveryState::Idle);
+
+    let (res, body) = call(
+        &router,
+        "POST",
+        "/reliability/circuit-breaker/database/reset",
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), 404);
+    let err: ErrorDoc = serde_json::from_str(&body).unwrap();
+    assert!(
+        err.error.contains("has no circuit breaker"),
+        "{}",
+        err.error
+    );
+    let (res, body) = call(
+        &router,
+        "POST",
+        "/reliability/auto-recovery/cache/trigger",
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), 404);
+    assert!(
+        serde_json::from_str::<ErrorDoc>(&body)
+            .unwrap()
+            .error
+            .contains("no auto-recovery")
+    );
+    for uri in [
+        "/reliability/auto-recovery/nope/trigger",
+        "/reliability/circuit-breaker/nope/reset",
+    ] {
+        let (res, body) = call(&router, "POST", uri, None).await;
+        assert_eq!(res.status(), 404);
+        assert!(
+            serde_json::from_str::<ErrorDoc>(&body)
+                .unwrap()
+                .error
+                .contains("no dependency named \"nope\"")
+        );
+    }
+    for (method, uri) in [
+        ("GET", "/reliability/auto-recovery/database/trigger"),
+        ("DELETE", "/reliability/circuit-breaker/model_server/reset"),
+        ("POST", "/health"),
+        ("PUT", "/livez"),
+        ("POST", "/reliability"),
+    ] {
+        let (res, _) = call(&router, method, uri, None).await;
+        assert_eq!(res.status(), 405, "{method} {uri}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn error_texts_are_redacted_without_the_token() {
+    let f = Fixture::new();
+    let router = f.admin().token("t0ken").router::<()>();
+    f.db_up.store(false, Ordering::SeqCst);
+    f.model_up.store(false, Ordering::SeqCst);
+    f.reliability.check_all().await;
+    f.breaker.try_acquire().unwrap().failure();
+    f.recovery.wait_idle_or_cooling().await;
+
+    let (_, body) = call(&router, "GET", "/health", None).await;
+    assert!(!body.contains("secret-host"), "{body}");
+    let doc: HealthDoc = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc.checks["database:connectivity"][0].output, None);
+    let (_, body) = call(&router, "GET", "/reliability", None).await;
+    assert!(!body.contains("secret-host"), "{body}");
+    let doc: ReliabilityDoc = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc.recovery["model_server"].last_error, None);
+
+    let (_, body) = call(&router, "GET", "/health", Some("t0ken")).await;
+    let doc: HealthDoc = serde_json::from_str(&body).unwrap();
+    assert!(
+        doc.checks["database:connectivity"][0]
+            .output
+            .as_deref()
+            .unwrap()
+            .contains("secret-host")
+    );
+    let (_, body) = call(&router, "GET", "/reliability", Some("t0ken")).await;
+    let doc: ReliabilityDoc = serde_json::from_str(&body).unwrap();
+    assert!(
+        doc.recovery["model_server"]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("secret-host")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn nests_and_merges_with_application_state() {
+    #[derive(Clone)]
+    struct AppState;
+    let f = Fixture::new();
+    let app: axum::Router = axum::Router::new()
+        .route(
+            "/fir",
+            axum::routing::get(
+                |axum::extract::State(_): axum::extract::State<AppState>| async { "draft" },
+            ),
+        )
+        .nest("/ops", f.admin().router::<AppState>())
+        .with_state(AppState);
+    let (res, _) = call(&app, "GET", "/ops/livez", None).await;
+    assert_eq!(res.status(), 200);
+    let (res, body) = call(&app, "GET", "/fir", None).await;
+    assert_eq!((res.status().as_u16(), body.as_str()), (200, "draft"));
+    let (res, _) = call(&app, "GET", "/nothing-here", None).await;
+    assert_eq!(res.status(), 404, "no fallback of its own");
+}
