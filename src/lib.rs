@@ -53,6 +53,7 @@
 //! | `health` | yes | [`health`] |
 //! | `drain` | yes | [`drain`] |
 //! | `axum` | yes | [`admin`] (needs the others) |
+//! | `metrics` | no | counters and gauges through the `metrics` facade: see [`metrics`] |
 //! | `tower-http` | no | [`classify::TowerHttpClassifier`] for `tower_http::classify` |
 //! | `full` | no | everything |
 //!
@@ -72,6 +73,8 @@ pub mod config;
 pub mod drain;
 #[cfg(feature = "health")]
 pub mod health;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "recovery")]
 pub mod recovery;
 #[cfg(any(feature = "circuit-breaker", feature = "drain"))]

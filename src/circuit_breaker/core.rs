@@ -174,7 +174,18 @@ struct Slow {
     callbacks: Vec<Callback>,
 }
 
+/// Metric handles, registered once when the breaker is built.
+#[cfg(feature = "metrics")]
+struct Metrics {
+    calls: metrics::Counter,
+    failures: metrics::Counter,
+    rejections: metrics::Counter,
+    state: metrics::Gauge,
+}
+
 pub(crate) struct Core {
+    #[cfg(feature = "metrics")]
+    metrics: Metrics,
     state: Padded<AtomicU64>,
     consecutive: Padded<AtomicU32>,
     half_open: Padded<AtomicU64>,
@@ -219,7 +230,21 @@ impl Core {
         };
         let now = clock.now_nanos();
         let simple = matches!(window, Window::None) && cfg.slow_nanos.is_none();
+        #[cfg(feature = "metrics")]
+        let metrics = {
+            let label = [("breaker", name.to_string())];
+            let m = Metrics {
+                calls: metrics::counter!(crate::metrics::BREAKER_CALLS, &label),
+                failures: metrics::counter!(crate::metrics::BREAKER_FAILURES, &label),
+                rejections: metrics::counter!(crate::metrics::BREAKER_REJECTIONS, &label),
+                state: metrics::gauge!(crate::metrics::BREAKER_STATE, &label),
+            };
+            m.state.set(0.0);
+            m
+        };
         Self {
+            #[cfg(feature = "metrics")]
+            metrics,
             simple,
             state: Padded(AtomicU64::new(CLOSED)),
             consecutive: Padded(AtomicU32::new(0)),
@@ -319,6 +344,8 @@ impl Core {
     fn reject(&self, state: State, retry_after: Option<u64>, count: bool) -> Rejected {
         if count {
             self.rejected.0.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
+            self.metrics.rejections.increment(1);
         }
         Rejected {
             state,
@@ -339,6 +366,13 @@ impl Core {
     /// Records a finished call.
     #[inline]
     pub(crate) fn complete(&self, ticket: Ticket, outcome: Outcome) {
+        #[cfg(feature = "metrics")]
+        if outcome != Outcome::Ignore {
+            self.metrics.calls.increment(1);
+            if outcome == Outcome::Failure {
+                self.metrics.failures.increment(1);
+            }
+        }
         match code(ticket.word) {
             CLOSED => match outcome {
                 Outcome::Success => self.closed_success(ticket),
@@ -651,6 +685,17 @@ impl Core {
         }
         self.state.0.store(next, Ordering::Release);
         self.transitions.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        {
+            self.metrics.state.set(code(next) as f64);
+            metrics::counter!(
+                crate::metrics::BREAKER_TRANSITIONS,
+                "breaker" => self.name.to_string(),
+                "from" => from.as_str(),
+                "to" => to.as_str()
+            )
+            .increment(1);
+        }
 
         let event = Transition {
             name: self.name.clone(),

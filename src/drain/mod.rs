@@ -124,6 +124,8 @@ pub struct DrainReport {
 type Hook = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 struct Shared {
+    #[cfg(feature = "metrics")]
+    in_flight_gauge: metrics::Gauge,
     in_flight: crate::util::Padded<AtomicUsize>,
     phase: AtomicU8,
     finished: AtomicU64,
@@ -143,6 +145,8 @@ impl Shared {
     #[inline]
     fn enter(self: &Arc<Self>) -> Option<Guard> {
         self.in_flight.0.fetch_add(1, Ordering::SeqCst);
+        #[cfg(feature = "metrics")]
+        self.in_flight_gauge.increment(1.0);
         if self.phase.load(Ordering::SeqCst) >= REJECTING {
             self.leave(false);
             return None;
@@ -155,6 +159,8 @@ impl Shared {
     #[inline]
     fn leave(&self, finished: bool) {
         let before = self.in_flight.0.fetch_sub(1, Ordering::SeqCst);
+        #[cfg(feature = "metrics")]
+        self.in_flight_gauge.decrement(1.0);
         if self.phase.load(Ordering::Acquire) != SERVING {
             if finished {
                 self.finished.fetch_add(1, Ordering::Relaxed);
@@ -396,6 +402,8 @@ async fn sequence(shared: Arc<Shared>) {
         forced: shared.forced.load(Ordering::Acquire),
     };
     *shared.report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+    #[cfg(feature = "metrics")]
+    metrics::counter!(crate::metrics::DRAIN_COMPLETED).increment(1);
     shared.set_phase(CLOSED);
     tracing::info!(
         finished = report.finished,
@@ -454,6 +462,8 @@ impl Builder {
     pub fn build(self) -> Drain {
         Drain {
             shared: Arc::new(Shared {
+                #[cfg(feature = "metrics")]
+                in_flight_gauge: metrics::gauge!(crate::metrics::DRAIN_IN_FLIGHT),
                 in_flight: crate::util::Padded(AtomicUsize::new(0)),
                 phase: AtomicU8::new(SERVING),
                 finished: AtomicU64::new(0),

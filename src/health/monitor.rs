@@ -115,6 +115,14 @@ async fn watch_one(
             _ = stopped.changed() => return,
         };
         let up = result.status.is_up();
+        #[cfg(feature = "metrics")]
+        {
+            let name = dep.name().to_string();
+            metrics::histogram!(crate::metrics::CHECK_DURATION, "dependency" => name.clone())
+                .record(result.duration.as_secs_f64());
+            metrics::counter!(crate::metrics::CHECKS, "dependency" => name, "status" => result.status.as_str())
+                .increment(1);
+        }
         if !up {
             tracing::warn!(
                 dependency = &*dep.name,

@@ -495,6 +495,7 @@ impl Shared {
                 push_mttr(&mut inner.mttr, mttr);
             }
             drop(inner);
+            self.count(crate_metrics::Event::Healed);
             tracing::info!(
                 dependency = &*self.name,
                 was = %was,
@@ -591,6 +592,7 @@ impl Shared {
                 inner.last_attempt_at = Some(SystemTime::now());
             }
             self.changed.notify_waiters();
+            self.count(crate_metrics::Event::Attempt);
             tracing::info!(
                 dependency = name,
                 attempt,
@@ -614,6 +616,8 @@ impl Shared {
             }
             inner.failures += 1;
             inner.last_error = Some(cap(error));
+            drop(inner);
+            self.count(crate_metrics::Event::Failure);
         }
         let mut inner = lock(&self.inner);
         if inner.cycle != cycle {
@@ -622,6 +626,7 @@ impl Shared {
         inner.state = RecoveryState::Exhausted;
         inner.exhaustions += 1;
         drop(inner);
+        self.count(crate_metrics::Event::Exhausted);
         tracing::error!(dependency = name, "Recovery failed for: {name}");
         tracing::error!(
             dependency = name,
@@ -648,6 +653,7 @@ impl Shared {
         }
         drop(inner);
         let name = &*self.name;
+        self.count(crate_metrics::Event::Success);
         tracing::info!(dependency = name, "Recovery successful for: {name}");
         if let Some(breaker) = self.breaker.as_ref().and_then(WeakBreaker::upgrade) {
             breaker.close();
@@ -675,6 +681,52 @@ impl Shared {
                 dependency = &*self.name,
                 "Deferred recovery dropped: dependency is up"
             );
+        }
+    }
+}
+
+impl Shared {
+    #[inline]
+    fn count(&self, _event: crate_metrics::Event) {
+        #[cfg(feature = "metrics")]
+        {
+            let name = self.name.to_string();
+            match _event {
+                crate_metrics::Event::Attempt => {
+                    metrics::counter!(crate::metrics::RECOVERY_ATTEMPTS, "dependency" => name)
+                        .increment(1)
+                }
+                event => metrics::counter!(
+                    crate::metrics::RECOVERY_OUTCOMES,
+                    "dependency" => name,
+                    "outcome" => event.as_str()
+                )
+                .increment(1),
+            }
+        }
+    }
+}
+
+mod crate_metrics {
+    #[derive(Clone, Copy, Debug)]
+    pub(super) enum Event {
+        Attempt,
+        Success,
+        Failure,
+        Exhausted,
+        Healed,
+    }
+
+    impl Event {
+        #[allow(dead_code)]
+        pub(super) fn as_str(self) -> &'static str {
+            match self {
+                Event::Attempt => "attempt",
+                Event::Success => "success",
+                Event::Failure => "failure",
+                Event::Exhausted => "exhausted",
+                Event::Healed => "healed",
+            }
         }
     }
 }

@@ -1,0 +1,41 @@
+//! Metric names recorded through the [`metrics`](https://docs.rs/metrics)
+//! facade (feature `metrics`), so any exporter (Prometheus, StatsD, ...)
+//! works. Every metric is labelled by dependency name. Nothing is recorded,
+//! and nothing costs, when the feature is off.
+//!
+//! | name | kind | labels | what |
+//! |---|---|---|---|
+//! | `tower_recovery_breaker_calls_total` | counter | `breaker` | calls that finished with a recorded outcome |
+//! | `tower_recovery_breaker_failures_total` | counter | `breaker` | failures observed |
+//! | `tower_recovery_breaker_rejections_total` | counter | `breaker` | calls rejected |
+//! | `tower_recovery_breaker_transitions_total` | counter | `breaker`, `from`, `to` | state transitions |
+//! | `tower_recovery_breaker_state` | gauge | `breaker` | 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled |
+//! | `tower_recovery_recovery_attempts_total` | counter | `dependency` | recovery attempts started |
+//! | `tower_recovery_recovery_outcomes_total` | counter | `dependency`, `outcome` | `success`, `failure` (attempt), `exhausted`, `healed` |
+//! | `tower_recovery_drain_in_flight` | gauge | | requests in flight through drain layers |
+//! | `tower_recovery_drain_completed_total` | counter | | drains completed |
+//! | `tower_recovery_health_check_duration_seconds` | histogram | `dependency` | check latency |
+//! | `tower_recovery_health_checks_total` | counter | `dependency`, `status` | checks run by the monitor |
+
+/// Breaker calls that finished with a recorded outcome.
+pub const BREAKER_CALLS: &str = "tower_recovery_breaker_calls_total";
+/// Breaker failures observed.
+pub const BREAKER_FAILURES: &str = "tower_recovery_breaker_failures_total";
+/// Breaker rejections.
+pub const BREAKER_REJECTIONS: &str = "tower_recovery_breaker_rejections_total";
+/// Breaker transitions.
+pub const BREAKER_TRANSITIONS: &str = "tower_recovery_breaker_transitions_total";
+/// Breaker state gauge.
+pub const BREAKER_STATE: &str = "tower_recovery_breaker_state";
+/// Recovery attempts.
+pub const RECOVERY_ATTEMPTS: &str = "tower_recovery_recovery_attempts_total";
+/// Recovery outcomes.
+pub const RECOVERY_OUTCOMES: &str = "tower_recovery_recovery_outcomes_total";
+/// Requests in flight through drain layers.
+pub const DRAIN_IN_FLIGHT: &str = "tower_recovery_drain_in_flight";
+/// Drains completed.
+pub const DRAIN_COMPLETED: &str = "tower_recovery_drain_completed_total";
+/// Health check latency.
+pub const CHECK_DURATION: &str = "tower_recovery_health_check_duration_seconds";
+/// Health checks run by the monitor.
+pub const CHECKS: &str = "tower_recovery_health_checks_total";
