@@ -150,6 +150,24 @@ impl Admin {
         self.token.is_none() || self.authorized(headers)
     }
 
+    /// The dependency a POST names, once the request is allowed to change
+    /// it; else the refusal (401, 403 or 404).
+    fn authorized_dependency(
+        &self,
+        headers: &HeaderMap,
+        name: &str,
+    ) -> Result<&crate::health::Dependency, Response> {
+        if let Some(refusal) = self.guard_post(headers) {
+            return Err(refusal);
+        }
+        self.reliability.get(name).ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                &format!("no dependency named {name:?}"),
+            )
+        })
+    }
+
     /// `None` when a POST may proceed, else the refusal.
     fn guard_post(&self, headers: &HeaderMap) -> Option<Response> {
         if self.token.is_some() {
@@ -377,14 +395,9 @@ async fn trigger(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refusal) = admin.guard_post(&headers) {
-        return refusal;
-    }
-    let Some(dep) = admin.reliability.get(&name) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            &format!("no dependency named {name:?}"),
-        );
+    let dep = match admin.authorized_dependency(&headers, &name) {
+        Ok(dep) => dep,
+        Err(refusal) => return refusal,
     };
     let Some(recovery) = dep.recovery_handle() else {
         return error(
@@ -402,14 +415,9 @@ async fn trigger(
 }
 
 async fn reset(State(admin): AdminState, Path(name): Path<String>, headers: HeaderMap) -> Response {
-    if let Some(refusal) = admin.guard_post(&headers) {
-        return refusal;
-    }
-    let Some(dep) = admin.reliability.get(&name) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            &format!("no dependency named {name:?}"),
-        );
+    let dep = match admin.authorized_dependency(&headers, &name) {
+        Ok(dep) => dep,
+        Err(refusal) => return refusal,
     };
     let Some(breaker) = dep.breaker_handle() else {
         return error(

@@ -42,17 +42,40 @@ fn auth() -> impl Strategy<Value = Option<String>> {
     ]
 }
 
+fn extra_headers() -> impl Strategy<Value = Vec<(&'static str, String)>> {
+    let name = prop::sample::select(vec![
+        "content-type",
+        "accept",
+        "x-forwarded-for",
+        "cookie",
+        "authorization",
+        "host",
+    ]);
+    prop::collection::vec((name, "[ -~]{0,30}"), 0..4)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
     #[test]
-    fn never_panics_and_never_admits_unauthorised_posts(path in path(), method in method(), auth in auth(), configured in any::<bool>()) {
+    fn never_panics_and_never_admits_unauthorised_posts(
+        path in path(),
+        method in method(),
+        auth in auth(),
+        extra in extra_headers(),
+        configured in any::<bool>(),
+    ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
         rt.block_on(async {
             let f = Fixture::new();
             let admin = f.admin();
             let router = if configured { admin.token("right-token").router::<()>() } else { admin.router::<()>() };
             let mut request = http::Request::builder().method(method).uri(&path);
+            for (name, value) in &extra {
+                if *name != "authorization" {
+                    request = request.header(*name, value.as_str());
+                }
+            }
             if let Some(auth) = &auth {
                 request = request.header("authorization", auth.as_str());
             }
