@@ -397,7 +397,7 @@ async fn trigger(
 ) -> Response {
     let dep = match admin.authorized_dependency(&headers, &name) {
         Ok(dep) => dep,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let Some(recovery) = dep.recovery_handle() else {
         return error(
@@ -417,7 +417,7 @@ async fn trigger(
 async fn reset(State(admin): AdminState, Path(name): Path<String>, headers: HeaderMap) -> Response {
     let dep = match admin.authorized_dependency(&headers, &name) {
         Ok(dep) => dep,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let Some(breaker) = dep.breaker_handle() else {
         return error(
