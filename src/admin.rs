@@ -156,16 +156,17 @@ impl Admin {
         &self,
         headers: &HeaderMap,
         name: &str,
-    ) -> Result<&crate::health::Dependency, Response> {
+    ) -> Result<&crate::health::Dependency, Box<Response>> {
         if let Some(refusal) = self.guard_post(headers) {
-            return Err(refusal);
+            return Err(Box::new(refusal));
         }
-        self.reliability.get(name).ok_or_else(|| {
-            error(
+        let missing = || {
+            Box::new(error(
                 StatusCode::NOT_FOUND,
                 &format!("no dependency named {name:?}"),
-            )
-        })
+            ))
+        };
+        self.reliability.get(name).ok_or_else(missing)
     }
 
     /// `None` when a POST may proceed, else the refusal.
