@@ -53,7 +53,7 @@
 //! | `health` | yes | [`health`] |
 //! | `drain` | yes | [`drain`] |
 //! | `axum` | yes | [`admin`] (needs the others) |
-//! | `metrics` | no | counters and gauges through the `metrics` facade: see [`metrics`] |
+//! | `metrics` | yes | counters and gauges through the `metrics` facade: see [`metrics`] |
 //! | `tower-http` | no | [`classify::TowerHttpClassifier`] for `tower_http::classify` |
 //! | `full` | no | everything |
 //!

@@ -1,0 +1,625 @@
+//! The FIR pipeline: the seed system, running on tower-recovery.
+//!
+//! `cargo run --example fir_pipeline` starts, with embedded defaults:
+//!
+//! - a stand-in LLM model server and a stand-in ASR/OCR server: real HTTP
+//!   servers on loopback (`MODEL_SERVER_URL`, `ASR_OCR_SERVER_URL` point at
+//!   real ones instead);
+//! - a SQLite database file (`DATABASE_URL` may name SQLite or
+//!   MySQL/MariaDB instead);
+//! - the API on `PORT` (default 8000): `POST /fir` with `{"complaint": "..."}`
+//!   asks the model server for a draft, stores it and answers 201 with its
+//!   `id`; `GET /fir/{id}` reads it back; `POST /fir/audio` sends the body
+//!   through the ASR/OCR server first;
+//! - the admin routes (`/health`, `/livez`, `/readyz`, `/reliability`, the
+//!   admin POSTs) and `/metrics` in Prometheus text.
+//!
+//! The model-server and ASR/OCR clients are reqwest clients behind breaker
+//! layers watched by recoveries; the database goes through `Recovery::call`
+//! and a recovery that takes a fresh connection and runs `SELECT 1`. The
+//! health monitor triggers recoveries too. SIGTERM (or ctrl-c) drains:
+//! readiness fails, new requests get 503, in-flight ones finish, the monitor
+//! stops, clients close, the process exits 0.
+//!
+//! `--chaos` (or `FIR_CHAOS=1`) stops the embedded model server for 20 s
+//! every 45 s: watch the breaker open, recovery back off, and recover, in the
+//! log and in `GET /reliability`. Every setting of the crate's `config`
+//! module is read from the environment.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower_recovery::admin::Admin;
+use tower_recovery::circuit_breaker::{Breaker, Rejected};
+use tower_recovery::classify::ServerErrorsAsFailures;
+use tower_recovery::config::Settings;
+use tower_recovery::drain::{ClientClosed, Drain};
+use tower_recovery::health::{Dependency, HealthCheck, Monitor, Reliability};
+use tower_recovery::recovery::Recovery;
+
+const MODEL: &str = "fir-draft-7b";
+
+// ===== embedded stand-ins =====
+
+/// A stand-in HTTP server that can be stopped and started again on the same
+/// port (what `docker stop` / `docker start` did in the seed).
+#[derive(Clone)]
+struct StandIn {
+    addr: SocketAddr,
+    app: Router,
+    running: watch::Sender<bool>,
+}
+
+impl StandIn {
+    async fn start(app: Router) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (running, _) = watch::channel(true);
+        let me = Self { addr, app, running };
+        me.serve(listener);
+        Ok(me)
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let mut stop = self.running.subscribe();
+        let app = self.app.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|running| !running).await;
+            };
+            let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+        });
+    }
+
+    fn stop(&self) {
+        self.running.send_replace(false);
+    }
+
+    async fn restart(&self) -> std::io::Result<()> {
+        let listener = TcpListener::bind(self.addr).await?;
+        self.running.send_replace(true);
+        self.serve(listener);
+        Ok(())
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+fn model_stand_in() -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/v1/models", get(|| async { axum::Json(json!({ "data": [{ "id": MODEL }] })) }))
+        .route(
+            "/v1/completions",
+            post(|axum::Json(req): axum::Json<serde_json::Value>| async move {
+                let complaint = req["prompt"].as_str().unwrap_or_default();
+                let draft = format!(
+                    "FIRST INFORMATION REPORT\nNature of complaint: {}\nStatement: {complaint}\nSections: to be determined by the officer in charge.",
+                    complaint.split_whitespace().take(6).collect::<Vec<_>>().join(" ")
+                );
+                axum::Json(json!({ "model": MODEL, "text": draft }))
+            }),
+        )
+}
+
+fn asr_ocr_stand_in() -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/v1/models",
+            get(|| async { axum::Json(json!({ "data": [{ "id": "whisper" }, { "id": "dots_ocr" }] })) }),
+        )
+        .route(
+            "/v1/transcribe",
+            post(|body: Bytes| async move {
+                axum::Json(json!({ "text": String::from_utf8_lossy(&body).trim().to_string() }))
+            }),
+        )
+}
+
+// ===== clients =====
+
+type Client = BoxCloneSyncService<reqwest::Request, reqwest::Response, BoxError>;
+
+/// A reqwest client behind a breaker (5xx and connection errors are
+/// failures), a timeout, and the drain's client layer.
+fn guarded_client(http: &reqwest::Client, breaker: &Breaker, drain: &Drain) -> Client {
+    let http = http.clone();
+    let svc = ServiceBuilder::new()
+        .layer(drain.client_layer())
+        .layer(
+            breaker
+                .layer()
+                .classify(ServerErrorsAsFailures::new().with_status(|r: &reqwest::Response| r.status())),
+        )
+        .timeout(Duration::from_secs(30))
+        .service_fn(move |req: reqwest::Request| {
+            let http = http.clone();
+            async move { http.execute(req).await.map_err(BoxError::from) }
+        });
+    BoxCloneSyncService::new(svc)
+}
+
+/// An error with its sources, for logs and recovery status.
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The seed's recovery handlers for HTTP servers: health endpoint, then
+/// every model listed.
+async fn probe(http: reqwest::Client, base: String, models: &'static [&'static str], what: &'static str) -> Result<(), String> {
+    tracing::info!("Attempting to recover {what} connection...");
+    let result = async {
+        let health = http.get(format!("{base}/health")).send().await.map_err(|e| describe(&e))?;
+        if !health.status().is_success() {
+            return Err(format!("health endpoint answered {}", health.status()));
+        }
+        let listed = http
+            .get(format!("{base}/v1/models"))
+            .send()
+            .await
+            .map_err(|e| describe(&e))?
+            .text()
+            .await
+            .map_err(|e| describe(&e))?;
+        match models.iter().find(|m| !listed.contains(**m)) {
+            Some(missing) => Err(format!("model {missing} is not loaded")),
+            None => Ok(()),
+        }
+    }
+    .await;
+    match &result {
+        Ok(()) => tracing::info!("{what} connection recovered"),
+        Err(e) => tracing::error!("{what} recovery failed: {e}"),
+    }
+    result
+}
+
+// ===== the database =====
+
+async fn connect_database(url: &str) -> Result<AnyPool, BoxError> {
+    sqlx::any::install_default_drivers();
+    let pool = AnyPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(3))
+        .test_before_acquire(true)
+        .connect_lazy(url)?;
+    Ok(pool)
+}
+
+async fn ensure_schema(pool: &AnyPool) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS firs (
+            id VARCHAR(40) PRIMARY KEY,
+            complaint TEXT NOT NULL,
+            draft TEXT NOT NULL,
+            created_at VARCHAR(40) NOT NULL
+        )",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+async fn select_one(pool: AnyPool) -> Result<(), String> {
+    tracing::info!("Attempting to recover database connection...");
+    let result = async {
+        let mut conn = pool.acquire().await.map_err(|e| describe(&e))?;
+        sqlx::query("SELECT 1").execute(&mut *conn).await.map_err(|e| describe(&e))?;
+        Ok(())
+    }
+    .await;
+    match &result {
+        Ok(()) => tracing::info!("Database connection recovered"),
+        Err(e) => tracing::error!("Database recovery failed: {e}"),
+    }
+    result
+}
+
+// ===== the API =====
+
+#[derive(Clone)]
+struct App {
+    model: Client,
+    asr_ocr: Client,
+    model_url: String,
+    asr_ocr_url: String,
+    db: AnyPool,
+    db_recovery: Recovery,
+    ids: Arc<AtomicU64>,
+}
+
+#[derive(Deserialize)]
+struct NewFir {
+    complaint: String,
+}
+
+#[derive(Serialize)]
+struct Fir {
+    id: String,
+    complaint: String,
+    draft: String,
+    created_at: String,
+}
+
+fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Maps a client error to an answer: open circuit or shutdown -> 503 with a
+/// retry hint, anything else from the dependency -> 502.
+fn dependency_error(what: &str, error: BoxError) -> Response {
+    if let Some(rejected) = error.downcast_ref::<Rejected>() {
+        let mut response = api_error(StatusCode::SERVICE_UNAVAILABLE, format!("{what} unavailable: {rejected}"));
+        let after = rejected.retry_after().map_or(5, |d| d.as_secs().max(1));
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(after));
+        return response;
+    }
+    if error.is::<ClientClosed>() {
+        return api_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    api_error(StatusCode::BAD_GATEWAY, format!("{what} failed: {}", describe(&*error)))
+}
+
+impl App {
+    fn next_id(&self) -> String {
+        let n = self.ids.fetch_add(1, Ordering::Relaxed);
+        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        format!("fir-{:x}-{:04x}-{n}", t.as_secs(), std::process::id() & 0xffff)
+    }
+
+    async fn draft(&self, complaint: &str) -> Result<String, Response> {
+        let request = reqwest::Client::new()
+            .post(format!("{}/v1/completions", self.model_url))
+            .json(&json!({ "model": MODEL, "prompt": complaint, "max_tokens": 512 }))
+            .build()
+            .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let response = self.model.clone().oneshot(request).await.map_err(|e| dependency_error("model server", e))?;
+        if !response.status().is_success() {
+            return Err(api_error(StatusCode::BAD_GATEWAY, format!("model server answered {}", response.status())));
+        }
+        let body: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| api_error(StatusCode::BAD_GATEWAY, format!("model server answer: {e}")))?;
+        body["text"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| api_error(StatusCode::BAD_GATEWAY, "model server answer has no text"))
+    }
+
+    async fn store(&self, complaint: String, draft: String) -> Result<Fir, Response> {
+        let fir = Fir {
+            id: self.next_id(),
+            complaint,
+            draft,
+            created_at: httpdate::fmt_http_date(SystemTime::now()),
+        };
+        let insert = sqlx::query("INSERT INTO firs (id, complaint, draft, created_at) VALUES (?, ?, ?, ?)")
+            .bind(&fir.id)
+            .bind(&fir.complaint)
+            .bind(&fir.draft)
+            .bind(&fir.created_at)
+            .execute(&self.db);
+        self.db_recovery
+            .call(insert)
+            .await
+            .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, format!("database unavailable: {}", describe(&e))))?;
+        Ok(fir)
+    }
+}
+
+async fn create_fir(State(app): State<App>, body: Bytes) -> Response {
+    let new: NewFir = match serde_json::from_slice(&body) {
+        Ok(new) => new,
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, format!("expected {{\"complaint\": \"...\"}}: {e}")),
+    };
+    if new.complaint.trim().is_empty() {
+        return api_error(StatusCode::BAD_REQUEST, "complaint must not be empty");
+    }
+    let draft = match app.draft(&new.complaint).await {
+        Ok(draft) => draft,
+        Err(response) => return response,
+    };
+    match app.store(new.complaint, draft).await {
+        Ok(fir) => (StatusCode::CREATED, axum::Json(fir)).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn create_fir_from_audio(State(app): State<App>, body: Bytes) -> Response {
+    if body.is_empty() {
+        return api_error(StatusCode::BAD_REQUEST, "expected an audio or image body");
+    }
+    let request = match reqwest::Client::new()
+        .post(format!("{}/v1/transcribe", app.asr_ocr_url))
+        .body(body.to_vec())
+        .build()
+    {
+        Ok(request) => request,
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let text = match app.asr_ocr.clone().oneshot(request).await {
+        Ok(response) if response.status().is_success() => match response.json::<serde_json::Value>().await {
+            Ok(v) => v["text"].as_str().unwrap_or_default().to_string(),
+            Err(e) => return api_error(StatusCode::BAD_GATEWAY, format!("ASR/OCR answer: {e}")),
+        },
+        Ok(response) => return api_error(StatusCode::BAD_GATEWAY, format!("ASR/OCR server answered {}", response.status())),
+        Err(e) => return dependency_error("ASR/OCR server", e),
+    };
+    let draft = match app.draft(&text).await {
+        Ok(draft) => draft,
+        Err(response) => return response,
+    };
+    match app.store(text, draft).await {
+        Ok(fir) => (StatusCode::CREATED, axum::Json(fir)).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn get_fir(State(app): State<App>, Path(id): Path<String>) -> Response {
+    let query = sqlx::query_as::<_, (String, String, String, String)>(
+        "SELECT id, complaint, draft, created_at FROM firs WHERE id = ?",
+    )
+    .bind(&id)
+    .fetch_optional(&app.db);
+    match app.db_recovery.call(query).await {
+        Ok(Some((id, complaint, draft, created_at))) => axum::Json(Fir {
+            id,
+            complaint,
+            draft,
+            created_at,
+        })
+        .into_response(),
+        Ok(None) => api_error(StatusCode::NOT_FOUND, format!("no FIR with id {id:?}")),
+        Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, format!("database unavailable: {}", describe(&e))),
+    }
+}
+
+// ===== main =====
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
+}
+
+fn random_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::new();
+    for i in 0..4u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(i);
+        h.write_u128(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos());
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    tracing_subscriber::fmt().with_target(false).init();
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let port: u16 = match std::env::var("PORT") {
+        Ok(p) => p.trim().parse().map_err(|_| format!("invalid PORT={p:?}: expected a port number 0-65535"))?,
+        Err(_) => 8000,
+    };
+    let chaos = std::env::args().any(|a| a == "--chaos") || env_flag("FIR_CHAOS");
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+
+    // 1. Connect clients (starting the embedded stand-ins where no URL is set).
+    let (model_url, model_stand_in) = match std::env::var("MODEL_SERVER_URL") {
+        Ok(url) => (url.trim_end_matches('/').to_string(), None),
+        Err(_) => {
+            let s = StandIn::start(model_stand_in()).await?;
+            tracing::info!("embedded model server on {}", s.url());
+            (s.url(), Some(s))
+        }
+    };
+    // The stand-ins live as long as `main`: dropping one stops its server.
+    let (asr_ocr_url, _asr_ocr_stand_in) = match std::env::var("ASR_OCR_SERVER_URL") {
+        Ok(url) => (url.trim_end_matches('/').to_string(), None),
+        Err(_) => {
+            let s = StandIn::start(asr_ocr_stand_in()).await?;
+            tracing::info!("embedded ASR/OCR server on {}", s.url());
+            (s.url(), Some(s))
+        }
+    };
+    let database_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| {
+        let path = std::env::temp_dir().join("fir_pipeline.db");
+        format!("sqlite://{}?mode=rwc", path.display())
+    });
+    let db = connect_database(&database_url).await?;
+    let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build()?;
+    let drain = Drain::builder()
+        .grace_period(settings.shutdown_grace_period)
+        .pre_drain_delay(settings.pre_drain_delay)
+        .build();
+
+    let model_breaker = Breaker::new("model_server");
+    let asr_breaker = Breaker::new("asr_ocr_server");
+    let (attempts, backoff, attempt_timeout, cooldown) = (
+        settings.max_recovery_attempts,
+        settings.backoff(),
+        settings.recovery_attempt_timeout,
+        settings.recovery_interval,
+    );
+    let model_recovery = Recovery::builder("model_server", {
+        let (http, base) = (http.clone(), model_url.clone());
+        move || probe(http.clone(), base.clone(), &[MODEL], "model server")
+    })
+    .watch(&model_breaker)
+    .max_attempts(attempts)
+    .backoff(backoff)
+    .attempt_timeout(attempt_timeout)
+    .cooldown(cooldown)
+    .on_exhausted(|s| tracing::error!("ALERT: recovery of {} exhausted: {:?}", s.name, s.last_error))
+    .spawn();
+    let asr_recovery = Recovery::builder("asr_ocr_server", {
+        let (http, base) = (http.clone(), asr_ocr_url.clone());
+        move || probe(http.clone(), base.clone(), &["whisper", "dots_ocr"], "ASR/OCR server")
+    })
+    .watch(&asr_breaker)
+    .max_attempts(attempts)
+    .backoff(backoff)
+    .attempt_timeout(attempt_timeout)
+    .cooldown(cooldown)
+    .spawn();
+    let db_recovery = Recovery::builder("database", {
+        let db = db.clone();
+        move || select_one(db.clone())
+    })
+    .max_attempts(attempts)
+    .backoff(backoff)
+    .attempt_timeout(attempt_timeout)
+    .cooldown(cooldown)
+    .spawn();
+
+    // 2. Register dependencies.
+    let http_check = |base: String| {
+        let http = http.clone();
+        HealthCheck::new(move || {
+            let request = http.get(format!("{base}/health"));
+            async move {
+                let response = request.send().await.map_err(|e| describe(&e))?;
+                if response.status().is_success() { Ok(()) } else { Err(format!("health answered {}", response.status())) }
+            }
+        })
+    };
+    let db_check = {
+        let db = db.clone();
+        HealthCheck::new(move || {
+            let db = db.clone();
+            async move { sqlx::query("SELECT 1").execute(&db).await.map(|_| ()).map_err(|e| describe(&e)) }
+        })
+    };
+    let reliability = Reliability::builder()
+        .history_size(settings.health_history_size)
+        .dependency(
+            Dependency::new("model_server", http_check(model_url.clone()))
+                .breaker(&model_breaker)
+                .recovery(&model_recovery),
+        )
+        .dependency(
+            Dependency::new("asr_ocr_server", http_check(asr_ocr_url.clone()))
+                .optional()
+                .breaker(&asr_breaker)
+                .recovery(&asr_recovery),
+        )
+        .dependency(Dependency::new("database", db_check).recovery(&db_recovery))
+        .build()?;
+
+    // The admin routes answer from now on, during the startup gate too.
+    let token = settings.admin_token.clone().unwrap_or_else(|| {
+        let token = random_token();
+        tracing::warn!("ADMIN_TOKEN is not set: generated one for this run");
+        token
+    });
+    let app = App {
+        model: guarded_client(&http, &model_breaker, &drain),
+        asr_ocr: guarded_client(&http, &asr_breaker, &drain),
+        model_url: model_url.clone(),
+        asr_ocr_url,
+        db: db.clone(),
+        db_recovery: db_recovery.clone(),
+        ids: Arc::new(AtomicU64::new(0)),
+    };
+    let router = Router::new()
+        .route("/fir", post(create_fir))
+        .route("/fir/audio", post(create_fir_from_audio))
+        .route("/fir/{id}", get(get_fir))
+        .with_state(app)
+        .layer(drain.layer())
+        .merge(Admin::new(&reliability, &drain).token(&token).router())
+        .route("/metrics", get(move || std::future::ready(prometheus.render())));
+    let listener = TcpListener::bind(("0.0.0.0", port)).await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn({
+        let stop = drain.accepting_stopped();
+        async move { axum::serve(listener, router).with_graceful_shutdown(stop).await }
+    });
+    drain.listen_for_signals();
+    tracing::info!("listening on http://{addr} (admin routes up; /readyz waits for dependencies)");
+
+    // 3. Wait for the required dependencies.
+    let started = tokio::time::Instant::now();
+    reliability
+        .wait_for_dependencies(settings.dependency_check_interval, settings.startup_timeout)
+        .await?;
+    ensure_schema(&db).await?;
+    // 4. Continuous monitoring (recoveries were registered above).
+    let monitor = Monitor::start(&reliability, settings.health_check_interval);
+    drain.stop_monitor(monitor);
+    tracing::info!(
+        startup_gate_ms = started.elapsed().as_millis() as u64,
+        "Ready to serve on http://{addr}"
+    );
+    println!("\n  FIR pipeline ready on http://{addr}\n");
+    println!("  curl -s -XPOST http://{addr}/fir -H 'content-type: application/json' -d '{{\"complaint\":\"My bicycle was stolen from the market\"}}'");
+    println!("  curl -s http://{addr}/reliability -H 'authorization: Bearer {token}'");
+    println!("  curl -s -XPOST http://{addr}/reliability/auto-recovery/model_server/trigger -H 'authorization: Bearer {token}'");
+    println!("  curl -s -XPOST http://{addr}/reliability/circuit-breaker/model_server/reset -H 'authorization: Bearer {token}'");
+    println!("  curl -s http://{addr}/metrics\n");
+
+    if chaos {
+        match model_stand_in.clone() {
+            Some(stand_in) => {
+                tracing::warn!("chaos: the embedded model server stops for 20 s every 45 s");
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(25)).await;
+                        tracing::warn!("chaos: stopping the model server");
+                        stand_in.stop();
+                        tokio::time::sleep(Duration::from_secs(20)).await;
+                        tracing::warn!("chaos: starting the model server again");
+                        if let Err(e) = stand_in.restart().await {
+                            tracing::error!("chaos: restart failed: {e}");
+                        }
+                    }
+                });
+            }
+            None => tracing::warn!("--chaos needs the embedded model server (MODEL_SERVER_URL is set)"),
+        }
+    }
+
+    // 5. Serve until drained; bound axum's own shutdown by the drain.
+    let report = drain.completed().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    db.close().await;
+    tracing::info!(
+        finished = report.finished,
+        cut_off = report.cut_off,
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "Service exits cleanly"
+    );
+    Ok(())
+}
