@@ -83,7 +83,9 @@ impl StandIn {
             let shutdown = async move {
                 let _ = stop.wait_for(|running| !running).await;
             };
-            let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await;
         });
     }
 
@@ -125,7 +127,9 @@ fn asr_ocr_stand_in() -> Router {
         .route("/health", get(|| async { "ok" }))
         .route(
             "/v1/models",
-            get(|| async { axum::Json(json!({ "data": [{ "id": "whisper" }, { "id": "dots_ocr" }] })) }),
+            get(|| async {
+                axum::Json(json!({ "data": [{ "id": "whisper" }, { "id": "dots_ocr" }] }))
+            }),
         )
         .route(
             "/v1/transcribe",
@@ -145,11 +149,9 @@ fn guarded_client(http: &reqwest::Client, breaker: &Breaker, drain: &Drain) -> C
     let http = http.clone();
     let svc = ServiceBuilder::new()
         .layer(drain.client_layer())
-        .layer(
-            breaker
-                .layer()
-                .classify(ServerErrorsAsFailures::new().with_status(|r: &reqwest::Response| r.status())),
-        )
+        .layer(breaker.layer().classify(
+            ServerErrorsAsFailures::new().with_status(|r: &reqwest::Response| r.status()),
+        ))
         .timeout(Duration::from_secs(30))
         .service_fn(move |req: reqwest::Request| {
             let http = http.clone();
@@ -172,10 +174,19 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// The seed's recovery handlers for HTTP servers: health endpoint, then
 /// every model listed.
-async fn probe(http: reqwest::Client, base: String, models: &'static [&'static str], what: &'static str) -> Result<(), String> {
+async fn probe(
+    http: reqwest::Client,
+    base: String,
+    models: &'static [&'static str],
+    what: &'static str,
+) -> Result<(), String> {
     tracing::info!("Attempting to recover {what} connection...");
     let result = async {
-        let health = http.get(format!("{base}/health")).send().await.map_err(|e| describe(&e))?;
+        let health = http
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .map_err(|e| describe(&e))?;
         if !health.status().is_success() {
             return Err(format!("health endpoint answered {}", health.status()));
         }
@@ -230,7 +241,10 @@ async fn select_one(pool: AnyPool) -> Result<(), String> {
     tracing::info!("Attempting to recover database connection...");
     let result = async {
         let mut conn = pool.acquire().await.map_err(|e| describe(&e))?;
-        sqlx::query("SELECT 1").execute(&mut *conn).await.map_err(|e| describe(&e))?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| describe(&e))?;
         Ok(())
     }
     .await;
@@ -275,22 +289,36 @@ fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
 /// retry hint, anything else from the dependency -> 502.
 fn dependency_error(what: &str, error: BoxError) -> Response {
     if let Some(rejected) = error.downcast_ref::<Rejected>() {
-        let mut response = api_error(StatusCode::SERVICE_UNAVAILABLE, format!("{what} unavailable: {rejected}"));
+        let mut response = api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{what} unavailable: {rejected}"),
+        );
         let after = rejected.retry_after().map_or(5, |d| d.as_secs().max(1));
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(after));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(after));
         return response;
     }
     if error.is::<ClientClosed>() {
         return api_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
-    api_error(StatusCode::BAD_GATEWAY, format!("{what} failed: {}", describe(&*error)))
+    api_error(
+        StatusCode::BAD_GATEWAY,
+        format!("{what} failed: {}", describe(&*error)),
+    )
 }
 
 impl App {
     fn next_id(&self) -> String {
         let n = self.ids.fetch_add(1, Ordering::Relaxed);
-        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        format!("fir-{:x}-{:04x}-{n}", t.as_secs(), std::process::id() & 0xffff)
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        format!(
+            "fir-{:x}-{:04x}-{n}",
+            t.as_secs(),
+            std::process::id() & 0xffff
+        )
     }
 
     async fn draft(&self, complaint: &str) -> Result<String, Response> {
@@ -299,9 +327,17 @@ impl App {
             .json(&json!({ "model": MODEL, "prompt": complaint, "max_tokens": 512 }))
             .build()
             .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let response = self.model.clone().oneshot(request).await.map_err(|e| dependency_error("model server", e))?;
+        let response = self
+            .model
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(|e| dependency_error("model server", e))?;
         if !response.status().is_success() {
-            return Err(api_error(StatusCode::BAD_GATEWAY, format!("model server answered {}", response.status())));
+            return Err(api_error(
+                StatusCode::BAD_GATEWAY,
+                format!("model server answered {}", response.status()),
+            ));
         }
         let body: serde_json::Value = response
             .json()
@@ -320,16 +356,19 @@ impl App {
             draft,
             created_at: httpdate::fmt_http_date(SystemTime::now()),
         };
-        let insert = sqlx::query("INSERT INTO firs (id, complaint, draft, created_at) VALUES (?, ?, ?, ?)")
-            .bind(&fir.id)
-            .bind(&fir.complaint)
-            .bind(&fir.draft)
-            .bind(&fir.created_at)
-            .execute(&self.db);
-        self.db_recovery
-            .call(insert)
-            .await
-            .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, format!("database unavailable: {}", describe(&e))))?;
+        let insert =
+            sqlx::query("INSERT INTO firs (id, complaint, draft, created_at) VALUES (?, ?, ?, ?)")
+                .bind(&fir.id)
+                .bind(&fir.complaint)
+                .bind(&fir.draft)
+                .bind(&fir.created_at)
+                .execute(&self.db);
+        self.db_recovery.call(insert).await.map_err(|e| {
+            api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("database unavailable: {}", describe(&e)),
+            )
+        })?;
         Ok(fir)
     }
 }
@@ -337,7 +376,12 @@ impl App {
 async fn create_fir(State(app): State<App>, body: Bytes) -> Response {
     let new: NewFir = match serde_json::from_slice(&body) {
         Ok(new) => new,
-        Err(e) => return api_error(StatusCode::BAD_REQUEST, format!("expected {{\"complaint\": \"...\"}}: {e}")),
+        Err(e) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"complaint\": \"...\"}}: {e}"),
+            );
+        }
     };
     if new.complaint.trim().is_empty() {
         return api_error(StatusCode::BAD_REQUEST, "complaint must not be empty");
@@ -365,11 +409,19 @@ async fn create_fir_from_audio(State(app): State<App>, body: Bytes) -> Response 
         Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let text = match app.asr_ocr.clone().oneshot(request).await {
-        Ok(response) if response.status().is_success() => match response.json::<serde_json::Value>().await {
+        Ok(response) if response.status().is_success() => match response
+            .json::<serde_json::Value>()
+            .await
+        {
             Ok(v) => v["text"].as_str().unwrap_or_default().to_string(),
             Err(e) => return api_error(StatusCode::BAD_GATEWAY, format!("ASR/OCR answer: {e}")),
         },
-        Ok(response) => return api_error(StatusCode::BAD_GATEWAY, format!("ASR/OCR server answered {}", response.status())),
+        Ok(response) => {
+            return api_error(
+                StatusCode::BAD_GATEWAY,
+                format!("ASR/OCR server answered {}", response.status()),
+            );
+        }
         Err(e) => return dependency_error("ASR/OCR server", e),
     };
     let draft = match app.draft(&text).await {
@@ -382,22 +434,44 @@ async fn create_fir_from_audio(State(app): State<App>, body: Bytes) -> Response 
     }
 }
 
+/// A text column: MySQL reports TEXT to sqlx's Any driver as BLOB, so fall
+/// back to bytes.
+fn text(row: &sqlx::any::AnyRow, index: usize) -> Result<String, sqlx::Error> {
+    use sqlx::Row;
+    row.try_get::<String, _>(index).or_else(|_| {
+        row.try_get::<Vec<u8>, _>(index)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    })
+}
+
 async fn get_fir(State(app): State<App>, Path(id): Path<String>) -> Response {
-    let query = sqlx::query_as::<_, (String, String, String, String)>(
-        "SELECT id, complaint, draft, created_at FROM firs WHERE id = ?",
-    )
-    .bind(&id)
-    .fetch_optional(&app.db);
-    match app.db_recovery.call(query).await {
-        Ok(Some((id, complaint, draft, created_at))) => axum::Json(Fir {
-            id,
-            complaint,
-            draft,
-            created_at,
+    let query = sqlx::query("SELECT id, complaint, draft, created_at FROM firs WHERE id = ?")
+        .bind(&id)
+        .fetch_optional(&app.db);
+    let row = match app.db_recovery.call(query).await {
+        Ok(Some(row)) => row,
+        Ok(None) => return api_error(StatusCode::NOT_FOUND, format!("no FIR with id {id:?}")),
+        Err(e) => {
+            return api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("database unavailable: {}", describe(&e)),
+            );
+        }
+    };
+    let fir = (|| {
+        Ok::<_, sqlx::Error>(Fir {
+            id: text(&row, 0)?,
+            complaint: text(&row, 1)?,
+            draft: text(&row, 2)?,
+            created_at: text(&row, 3)?,
         })
-        .into_response(),
-        Ok(None) => api_error(StatusCode::NOT_FOUND, format!("no FIR with id {id:?}")),
-        Err(e) => api_error(StatusCode::SERVICE_UNAVAILABLE, format!("database unavailable: {}", describe(&e))),
+    })();
+    match fir {
+        Ok(fir) => axum::Json(fir).into_response(),
+        Err(e) => api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("stored FIR unreadable: {e}"),
+        ),
     }
 }
 
@@ -413,7 +487,12 @@ fn random_token() -> String {
     for i in 0..4u64 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(i);
-        h.write_u128(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos());
+        h.write_u128(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
         out.push_str(&format!("{:016x}", h.finish()));
     }
     out
@@ -430,7 +509,10 @@ async fn main() -> Result<(), BoxError> {
         }
     };
     let port: u16 = match std::env::var("PORT") {
-        Ok(p) => p.trim().parse().map_err(|_| format!("invalid PORT={p:?}: expected a port number 0-65535"))?,
+        Ok(p) => p
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid PORT={p:?}: expected a port number 0-65535"))?,
         Err(_) => 8000,
     };
     let chaos = std::env::args().any(|a| a == "--chaos") || env_flag("FIR_CHAOS");
@@ -459,7 +541,9 @@ async fn main() -> Result<(), BoxError> {
         format!("sqlite://{}?mode=rwc", path.display())
     });
     let db = connect_database(&database_url).await?;
-    let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build()?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .build()?;
     let drain = Drain::builder()
         .grace_period(settings.shutdown_grace_period)
         .pre_drain_delay(settings.pre_drain_delay)
@@ -482,11 +566,24 @@ async fn main() -> Result<(), BoxError> {
     .backoff(backoff)
     .attempt_timeout(attempt_timeout)
     .cooldown(cooldown)
-    .on_exhausted(|s| tracing::error!("ALERT: recovery of {} exhausted: {:?}", s.name, s.last_error))
+    .on_exhausted(|s| {
+        tracing::error!(
+            "ALERT: recovery of {} exhausted: {:?}",
+            s.name,
+            s.last_error
+        )
+    })
     .spawn();
     let asr_recovery = Recovery::builder("asr_ocr_server", {
         let (http, base) = (http.clone(), asr_ocr_url.clone());
-        move || probe(http.clone(), base.clone(), &["whisper", "dots_ocr"], "ASR/OCR server")
+        move || {
+            probe(
+                http.clone(),
+                base.clone(),
+                &["whisper", "dots_ocr"],
+                "ASR/OCR server",
+            )
+        }
     })
     .watch(&asr_breaker)
     .max_attempts(attempts)
@@ -511,7 +608,11 @@ async fn main() -> Result<(), BoxError> {
             let request = http.get(format!("{base}/health"));
             async move {
                 let response = request.send().await.map_err(|e| describe(&e))?;
-                if response.status().is_success() { Ok(()) } else { Err(format!("health answered {}", response.status())) }
+                if response.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("health answered {}", response.status()))
+                }
             }
         })
     };
@@ -519,7 +620,13 @@ async fn main() -> Result<(), BoxError> {
         let db = db.clone();
         HealthCheck::new(move || {
             let db = db.clone();
-            async move { sqlx::query("SELECT 1").execute(&db).await.map(|_| ()).map_err(|e| describe(&e)) }
+            async move {
+                sqlx::query("SELECT 1")
+                    .execute(&db)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| describe(&e))
+            }
         })
     };
     let reliability = Reliability::builder()
@@ -560,12 +667,19 @@ async fn main() -> Result<(), BoxError> {
         .with_state(app)
         .layer(drain.layer())
         .merge(Admin::new(&reliability, &drain).token(&token).router())
-        .route("/metrics", get(move || std::future::ready(prometheus.render())));
+        .route(
+            "/metrics",
+            get(move || std::future::ready(prometheus.render())),
+        );
     let listener = TcpListener::bind(("0.0.0.0", port)).await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn({
         let stop = drain.accepting_stopped();
-        async move { axum::serve(listener, router).with_graceful_shutdown(stop).await }
+        async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+        }
     });
     drain.listen_for_signals();
     tracing::info!("listening on http://{addr} (admin routes up; /readyz waits for dependencies)");
@@ -584,10 +698,16 @@ async fn main() -> Result<(), BoxError> {
         "Ready to serve on http://{addr}"
     );
     println!("\n  FIR pipeline ready on http://{addr}\n");
-    println!("  curl -s -XPOST http://{addr}/fir -H 'content-type: application/json' -d '{{\"complaint\":\"My bicycle was stolen from the market\"}}'");
+    println!(
+        "  curl -s -XPOST http://{addr}/fir -H 'content-type: application/json' -d '{{\"complaint\":\"My bicycle was stolen from the market\"}}'"
+    );
     println!("  curl -s http://{addr}/reliability -H 'authorization: Bearer {token}'");
-    println!("  curl -s -XPOST http://{addr}/reliability/auto-recovery/model_server/trigger -H 'authorization: Bearer {token}'");
-    println!("  curl -s -XPOST http://{addr}/reliability/circuit-breaker/model_server/reset -H 'authorization: Bearer {token}'");
+    println!(
+        "  curl -s -XPOST http://{addr}/reliability/auto-recovery/model_server/trigger -H 'authorization: Bearer {token}'"
+    );
+    println!(
+        "  curl -s -XPOST http://{addr}/reliability/circuit-breaker/model_server/reset -H 'authorization: Bearer {token}'"
+    );
     println!("  curl -s http://{addr}/metrics\n");
 
     if chaos {
@@ -607,7 +727,9 @@ async fn main() -> Result<(), BoxError> {
                     }
                 });
             }
-            None => tracing::warn!("--chaos needs the embedded model server (MODEL_SERVER_URL is set)"),
+            None => {
+                tracing::warn!("--chaos needs the embedded model server (MODEL_SERVER_URL is set)")
+            }
         }
     }
 

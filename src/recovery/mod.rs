@@ -337,12 +337,27 @@ impl Recovery {
 
     /// The health monitor's entry point: a failing check triggers recovery
     /// (automatically); a passing one ends a cycle or an exhaustion, the
-    /// dependency being back.
+    /// dependency being back, and, if the watched breaker is still open,
+    /// triggers a cycle whose success closes it.
     pub fn report_check(&self, passed: bool) -> Option<TriggerOutcome> {
         let shared = self.shared();
         if passed {
             shared.healed("health check passed");
-            None
+            // The dependency answers its check but its breaker is still
+            // open (a cycle ended exhausted, or none ran): run the action
+            // now, whose success closes the breaker, instead of leaving
+            // traffic to wait for the breaker's own probe.
+            let breaker_open = shared
+                .breaker
+                .as_ref()
+                .and_then(WeakBreaker::upgrade)
+                .is_some_and(|b| matches!(b.state(), State::Open | State::HalfOpen));
+            breaker_open.then(|| {
+                shared.trigger(
+                    Kind::Automatic,
+                    "health check passed while the breaker is open",
+                )
+            })
         } else {
             lock(&shared.inner).last_check_failed = true;
             Some(shared.trigger(Kind::Automatic, "health check failed"))

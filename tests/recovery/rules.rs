@@ -469,3 +469,25 @@ async fn logs_reproduce_the_seed_lines() {
         at += found + line.len();
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_passing_check_while_the_breaker_is_open_runs_the_action_to_close_it() {
+    let b = breaker();
+    let script = Script::default();
+    let recovery = Recovery::builder("model_server", script.action())
+        .watch(&b)
+        .spawn();
+    trip(&b);
+    recovery.wait_idle_or_cooling().await;
+    assert_eq!(recovery.status().state, RecoveryState::Exhausted);
+    assert_eq!(b.state(), State::Open);
+    script.set_healthy(true);
+    // The dependency's health check passes: out of exhaustion, and a cycle
+    // runs whose success closes the breaker, long before its 30 s probe.
+    assert_eq!(recovery.report_check(true), Some(TriggerOutcome::Started));
+    recovery.wait_idle_or_cooling().await;
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(recovery.status().state, RecoveryState::CoolingDown);
+    // With the breaker closed, a passing check triggers nothing.
+    assert_eq!(recovery.report_check(true), None);
+}

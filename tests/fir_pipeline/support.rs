@@ -1,0 +1,286 @@
+//! Processes and servers for the scenarios.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::routing::{get, post};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub(crate) const TOKEN: &str = "scenario-token";
+
+/// The demo binary, built once (cargo test builds examples too; this makes
+/// sure, with the same profile and features).
+pub(crate) fn demo_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let bin = dir.join("examples").join("fir_pipeline");
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--all-features", "--example", "fir_pipeline"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("cargo build --example fir_pipeline");
+            assert!(status.success());
+        }
+        bin
+    })
+}
+
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The demo as a child process; killed if the test ends early.
+pub(crate) struct Demo {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+    pub(crate) log: PathBuf,
+}
+
+impl Demo {
+    pub(crate) fn spawn(port: u16, log: PathBuf, env: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(demo_binary());
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PORT", port.to_string())
+            .env("ADMIN_TOKEN", TOKEN)
+            .env("DEPENDENCY_CHECK_INTERVAL", "0.2")
+            .env("HEALTH_CHECK_INTERVAL", "1")
+            .env("RECOVERY_INTERVAL", "5")
+            .env("MAX_RECOVERY_ATTEMPTS", "6")
+            .env("RECOVERY_ATTEMPT_TIMEOUT", "2")
+            .env("STARTUP_TIMEOUT", "60")
+            .env("SHUTDOWN_GRACE_PERIOD", "10")
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = std::fs::File::create(&log).unwrap();
+        cmd.stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out));
+        let child = cmd.spawn().expect("spawn the demo");
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub(crate) async fn ready(&self, within: Duration) -> Duration {
+        let start = Instant::now();
+        let http = reqwest::Client::new();
+        loop {
+            if let Ok(r) = http.get(self.url("/readyz")).send().await {
+                if r.status() == 200 {
+                    return start.elapsed();
+                }
+            }
+            assert!(
+                start.elapsed() < within,
+                "demo not ready within {within:?}; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub(crate) fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, returning its status and the time.
+    pub(crate) async fn wait_exit(
+        &mut self,
+        within: Duration,
+    ) -> (std::process::ExitStatus, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < within,
+                "demo did not exit within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP upstream on a fixed loopback port that can be stopped and
+/// started again (`docker stop` / `docker start`).
+pub(crate) struct Upstream {
+    pub(crate) addr: SocketAddr,
+    app: Router,
+    running: watch::Sender<bool>,
+}
+
+impl Upstream {
+    pub(crate) async fn start(app: Router) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (running, _) = watch::channel(true);
+        let me = Self { addr, app, running };
+        me.serve(listener);
+        me
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let mut stop = self.running.subscribe();
+        let app = self.app.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|r| !r).await;
+            };
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await;
+        });
+    }
+
+    pub(crate) fn stop(&self) {
+        self.running.send_replace(false);
+    }
+
+    pub(crate) async fn restart(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "rebind {}: {e}", self.addr);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        self.running.send_replace(true);
+        self.serve(listener);
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// The model server: health, models, completions (taking `delay` each).
+pub(crate) fn model_server(delay: Duration) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/v1/models", get(|| async { axum::Json(json!({ "data": [{ "id": "fir-draft-7b" }] })) }))
+        .route(
+            "/v1/completions",
+            post(move |axum::Json(req): axum::Json<serde_json::Value>| async move {
+                tokio::time::sleep(delay).await;
+                axum::Json(json!({ "text": format!("FIR draft for: {}", req["prompt"].as_str().unwrap_or("")) }))
+            }),
+        )
+}
+
+/// The ASR/OCR server: health, models, transcription.
+pub(crate) fn asr_ocr_server() -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/v1/models",
+            get(|| async {
+                axum::Json(json!({ "data": [{ "id": "whisper" }, { "id": "dots_ocr" }] }))
+            }),
+        )
+        .route(
+            "/v1/transcribe",
+            post(|body: Bytes| async move {
+                axum::Json(json!({ "text": String::from_utf8_lossy(&body).to_string() }))
+            }),
+        )
+}
+
+pub(crate) fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tower-recovery-{name}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub(crate) async fn post_fir(
+    http: &reqwest::Client,
+    demo: &Demo,
+    complaint: &str,
+) -> Result<(u16, serde_json::Value), reqwest::Error> {
+    let r = http
+        .post(demo.url("/fir"))
+        .json(&json!({ "complaint": complaint }))
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let body = r.json().await.unwrap_or(serde_json::Value::Null);
+    Ok((status, body))
+}
+
+pub(crate) async fn reliability(http: &reqwest::Client, demo: &Demo) -> serde_json::Value {
+    http.get(demo.url("/reliability"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Polls `f` until it returns `Some`, or panics after `within`.
+pub(crate) async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
