@@ -127,6 +127,13 @@ async fn service_restart_under_load_loses_nothing() {
             .unwrap();
         assert_eq!(r.status(), 200, "acknowledged FIR {id} lost");
     }
+    let count = |what: &str| outcomes.iter().filter(|o| o.as_str() == what).count();
+    println!(
+        "scenario 3 (restart): outcomes under load: {} x 201, {} x 503, {} refused connections, 0 cut mid-flight",
+        count("201"),
+        count("503"),
+        count("refused")
+    );
     println!(
         "scenario 3 (restart): {} FIRs acknowledged, all readable after the restart; exit {:.2} s after SIGTERM \
          (grace 10 s); restart to ready {:.2} s (seed expected 30-60 s with model loading); \
