@@ -26,7 +26,6 @@
 //! log and in `GET /reliability`. Every setting of the crate's `config`
 //! module is read from the environment.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -42,7 +41,6 @@ use serde_json::json;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_recovery::admin::Admin;
@@ -53,91 +51,12 @@ use tower_recovery::drain::{ClientClosed, Drain};
 use tower_recovery::health::{Dependency, HealthCheck, Monitor, Reliability};
 use tower_recovery::recovery::Recovery;
 
-const MODEL: &str = "fir-draft-7b";
-
 // ===== embedded stand-ins =====
 
-/// A stand-in HTTP server that can be stopped and started again on the same
-/// port (what `docker stop` / `docker start` did in the seed).
-#[derive(Clone)]
-struct StandIn {
-    addr: SocketAddr,
-    app: Router,
-    running: watch::Sender<bool>,
-}
+#[path = "support/stand_in.rs"]
+mod stand_in;
 
-impl StandIn {
-    async fn start(app: Router) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (running, _) = watch::channel(true);
-        let me = Self { addr, app, running };
-        me.serve(listener);
-        Ok(me)
-    }
-
-    fn serve(&self, listener: TcpListener) {
-        let mut stop = self.running.subscribe();
-        let app = self.app.clone();
-        tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop.wait_for(|running| !running).await;
-            };
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await;
-        });
-    }
-
-    fn stop(&self) {
-        self.running.send_replace(false);
-    }
-
-    async fn restart(&self) -> std::io::Result<()> {
-        let listener = TcpListener::bind(self.addr).await?;
-        self.running.send_replace(true);
-        self.serve(listener);
-        Ok(())
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-fn model_stand_in() -> Router {
-    Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route("/v1/models", get(|| async { axum::Json(json!({ "data": [{ "id": MODEL }] })) }))
-        .route(
-            "/v1/completions",
-            post(|axum::Json(req): axum::Json<serde_json::Value>| async move {
-                let complaint = req["prompt"].as_str().unwrap_or_default();
-                let draft = format!(
-                    "FIRST INFORMATION REPORT\nNature of complaint: {}\nStatement: {complaint}\nSections: to be determined by the officer in charge.",
-                    complaint.split_whitespace().take(6).collect::<Vec<_>>().join(" ")
-                );
-                axum::Json(json!({ "model": MODEL, "text": draft }))
-            }),
-        )
-}
-
-fn asr_ocr_stand_in() -> Router {
-    Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route(
-            "/v1/models",
-            get(|| async {
-                axum::Json(json!({ "data": [{ "id": "whisper" }, { "id": "dots_ocr" }] }))
-            }),
-        )
-        .route(
-            "/v1/transcribe",
-            post(|body: Bytes| async move {
-                axum::Json(json!({ "text": String::from_utf8_lossy(&body).trim().to_string() }))
-            }),
-        )
-}
+use stand_in::{MODEL, StandIn, asr_ocr_server, model_server};
 
 // ===== clients =====
 
@@ -522,7 +441,7 @@ async fn main() -> Result<(), BoxError> {
     let (model_url, model_stand_in) = match std::env::var("MODEL_SERVER_URL") {
         Ok(url) => (url.trim_end_matches('/').to_string(), None),
         Err(_) => {
-            let s = StandIn::start(model_stand_in()).await?;
+            let s = StandIn::start(model_server(Duration::ZERO)).await?;
             tracing::info!("embedded model server on {}", s.url());
             (s.url(), Some(s))
         }
@@ -531,7 +450,7 @@ async fn main() -> Result<(), BoxError> {
     let (asr_ocr_url, _asr_ocr_stand_in) = match std::env::var("ASR_OCR_SERVER_URL") {
         Ok(url) => (url.trim_end_matches('/').to_string(), None),
         Err(_) => {
-            let s = StandIn::start(asr_ocr_stand_in()).await?;
+            let s = StandIn::start(asr_ocr_server()).await?;
             tracing::info!("embedded ASR/OCR server on {}", s.url());
             (s.url(), Some(s))
         }

@@ -130,8 +130,8 @@ async fn database_connection_loss() {
     };
     db.start();
     db.sql("CREATE DATABASE fir");
-    let model = Upstream::start(model_server(Duration::ZERO)).await;
-    let asr = Upstream::start(asr_ocr_server()).await;
+    let model = Upstream::start(model_server(Duration::ZERO)).await.unwrap();
+    let asr = Upstream::start(asr_ocr_server()).await.unwrap();
     let demo = Demo::spawn(
         free_port(),
         dir.join("demo.log"),

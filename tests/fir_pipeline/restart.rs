@@ -14,8 +14,10 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_restart_under_load_loses_nothing() {
     // Each draft takes 300 ms, so requests are in flight at the signal.
-    let model = Upstream::start(model_server(Duration::from_millis(300))).await;
-    let asr = Upstream::start(asr_ocr_server()).await;
+    let model = Upstream::start(model_server(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    let asr = Upstream::start(asr_ocr_server()).await.unwrap();
     let dir = temp_dir("restart");
     let port = free_port();
     let env = [

@@ -1,17 +1,11 @@
 //! Processes and servers for the scenarios.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::routing::{get, post};
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 pub(crate) const TOKEN: &str = "scenario-token";
 
@@ -146,92 +140,11 @@ impl Drop for Demo {
     }
 }
 
-/// An HTTP upstream on a fixed loopback port that can be stopped and
-/// started again (`docker stop` / `docker start`).
-pub(crate) struct Upstream {
-    pub(crate) addr: SocketAddr,
-    app: Router,
-    running: watch::Sender<bool>,
-}
+#[path = "../../examples/support/stand_in.rs"]
+#[allow(dead_code)]
+mod stand_in;
 
-impl Upstream {
-    pub(crate) async fn start(app: Router) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (running, _) = watch::channel(true);
-        let me = Self { addr, app, running };
-        me.serve(listener);
-        me
-    }
-
-    fn serve(&self, listener: TcpListener) {
-        let mut stop = self.running.subscribe();
-        let app = self.app.clone();
-        tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop.wait_for(|r| !r).await;
-            };
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await;
-        });
-    }
-
-    pub(crate) fn stop(&self) {
-        self.running.send_replace(false);
-    }
-
-    pub(crate) async fn restart(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let listener = loop {
-            match TcpListener::bind(self.addr).await {
-                Ok(l) => break l,
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "rebind {}: {e}", self.addr);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        };
-        self.running.send_replace(true);
-        self.serve(listener);
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-/// The model server: health, models, completions (taking `delay` each).
-pub(crate) fn model_server(delay: Duration) -> Router {
-    Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route("/v1/models", get(|| async { axum::Json(json!({ "data": [{ "id": "fir-draft-7b" }] })) }))
-        .route(
-            "/v1/completions",
-            post(move |axum::Json(req): axum::Json<serde_json::Value>| async move {
-                tokio::time::sleep(delay).await;
-                axum::Json(json!({ "text": format!("FIR draft for: {}", req["prompt"].as_str().unwrap_or("")) }))
-            }),
-        )
-}
-
-/// The ASR/OCR server: health, models, transcription.
-pub(crate) fn asr_ocr_server() -> Router {
-    Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route(
-            "/v1/models",
-            get(|| async {
-                axum::Json(json!({ "data": [{ "id": "whisper" }, { "id": "dots_ocr" }] }))
-            }),
-        )
-        .route(
-            "/v1/transcribe",
-            post(|body: Bytes| async move {
-                axum::Json(json!({ "text": String::from_utf8_lossy(&body).to_string() }))
-            }),
-        )
-}
+pub(crate) use stand_in::{StandIn as Upstream, asr_ocr_server, model_server};
 
 pub(crate) fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(

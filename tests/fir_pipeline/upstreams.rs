@@ -37,8 +37,8 @@ impl Target {
 }
 
 async fn temporary_failure(target: Target) {
-    let model = Upstream::start(model_server(Duration::ZERO)).await;
-    let asr = Upstream::start(asr_ocr_server()).await;
+    let model = Upstream::start(model_server(Duration::ZERO)).await.unwrap();
+    let asr = Upstream::start(asr_ocr_server()).await.unwrap();
     let dir = temp_dir(target.name());
     let port = free_port();
     let demo = Demo::spawn(
@@ -81,7 +81,7 @@ async fn temporary_failure(target: Target) {
         (r["recovery"][target.name()]["failures"].as_u64() >= Some(1)).then_some(())
     })
     .await;
-    upstream.restart().await;
+    upstream.restart().await.unwrap();
     let back = Instant::now();
     eventually(Duration::from_secs(30), "a successful request", || async {
         (target.request(&http, &demo).await.ok() == Some(201)).then_some(())
