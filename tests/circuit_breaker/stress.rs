@@ -87,8 +87,10 @@ fn run(breaker: Breaker, clock: ManualClock, permits: u16) {
             start.wait();
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
             for round in 1..=ROUNDS {
-                healthy.store(round % 3 != 0, Ordering::Relaxed);
-                clock.advance(Duration::from_millis(3));
+                // Two healthy phases, then two failing ones: long enough for a
+                // time window (about three phases wide) to reach the rate.
+                healthy.store(round % 4 < 2, Ordering::Relaxed);
+                clock.advance(Duration::from_millis(5));
                 // Each phase lasts until the workers made 2,000 more calls.
                 let from = calls.load(Ordering::Relaxed);
                 while calls.load(Ordering::Relaxed) < from + 2_000
@@ -145,6 +147,9 @@ fn run(breaker: Breaker, clock: ManualClock, permits: u16) {
     }
     let opened = seen.iter().filter(|t| t.to == State::Open).count();
     let closed = seen.iter().filter(|t| t.to == State::Closed).count();
+    println!(
+        "stress: {total} calls, tripped {opened} and healed {closed} times over {rounds} phases"
+    );
     assert!(
         opened >= 2 && closed >= 2,
         "tripped {opened} and healed {closed} times over {rounds} rounds"
