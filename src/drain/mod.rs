@@ -291,7 +291,11 @@ impl Drain {
             self.shared.changed.notify_waiters();
             return;
         }
-        tokio::spawn(sequence(self.shared.clone()));
+        // Readiness fails at once, and requests finishing from now on count
+        // as finished during the drain, before the sequence task runs.
+        let start = Instant::now();
+        self.shared.set_phase(PRE_DRAIN);
+        tokio::spawn(sequence(self.shared.clone(), start));
     }
 
     /// Listens for SIGTERM and ctrl-c: the first begins the drain, the
@@ -365,15 +369,13 @@ pub async fn shutdown_signal() {
     }
 }
 
-async fn sequence(shared: Arc<Shared>) {
-    let start = Instant::now();
+async fn sequence(shared: Arc<Shared>, start: Instant) {
     let deadline = start + shared.grace;
     tracing::info!(
         in_flight = shared.in_flight.0.load(Ordering::Acquire),
         grace_s = shared.grace.as_secs_f64(),
         "Graceful shutdown initiated"
     );
-    shared.set_phase(PRE_DRAIN);
     if !shared.pre_drain.is_zero() {
         wait_until(&shared, (start + shared.pre_drain).min(deadline), || false).await;
     }
