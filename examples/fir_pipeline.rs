@@ -178,6 +178,8 @@ async fn select_one(pool: AnyPool) -> Result<(), String> {
 
 #[derive(Clone)]
 struct App {
+    /// Builds requests; they are sent through the guarded clients.
+    http: reqwest::Client,
     model: Client,
     asr_ocr: Client,
     model_url: String,
@@ -241,7 +243,8 @@ impl App {
     }
 
     async fn draft(&self, complaint: &str) -> Result<String, Response> {
-        let request = reqwest::Client::new()
+        let request = self
+            .http
             .post(format!("{}/v1/completions", self.model_url))
             .json(&json!({ "model": MODEL, "prompt": complaint, "max_tokens": 512 }))
             .build()
@@ -319,7 +322,8 @@ async fn create_fir_from_audio(State(app): State<App>, body: Bytes) -> Response 
     if body.is_empty() {
         return api_error(StatusCode::BAD_REQUEST, "expected an audio or image body");
     }
-    let request = match reqwest::Client::new()
+    let request = match app
+        .http
         .post(format!("{}/v1/transcribe", app.asr_ocr_url))
         .body(body.to_vec())
         .build()
@@ -571,6 +575,7 @@ async fn main() -> Result<(), BoxError> {
         token
     });
     let app = App {
+        http: http.clone(),
         model: guarded_client(&http, &model_breaker, &drain),
         asr_ocr: guarded_client(&http, &asr_breaker, &drain),
         model_url: model_url.clone(),
