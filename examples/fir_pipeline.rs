@@ -79,17 +79,10 @@ fn guarded_client(http: &reqwest::Client, breaker: &Breaker, drain: &Drain) -> C
     BoxCloneSyncService::new(svc)
 }
 
-/// An error with its sources, for logs and recovery status.
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+#[path = "support/describe.rs"]
+mod describe;
+
+use describe::describe;
 
 /// The seed's recovery handlers for HTTP servers: health endpoint, then
 /// every model listed.

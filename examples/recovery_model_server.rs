@@ -21,17 +21,10 @@ use tower_recovery::recovery::{Backoff, Recovery};
 
 const MODEL: &str = "fir-draft-7b";
 
-/// An error with its sources ("error sending request: ... Connection refused").
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+#[path = "support/describe.rs"]
+mod describe;
+
+use describe::describe;
 
 /// The recovery action: health endpoint answers 200 and the model is loaded.
 async fn probe_model_server(http: reqwest::Client, base: String) -> Result<(), BoxError> {

@@ -77,7 +77,12 @@ pub mod health;
 pub mod metrics;
 #[cfg(feature = "recovery")]
 pub mod recovery;
-#[cfg(any(feature = "circuit-breaker", feature = "drain"))]
+#[cfg(any(
+    feature = "circuit-breaker",
+    feature = "drain",
+    feature = "recovery",
+    feature = "health"
+))]
 mod util;
 
 #[doc = include_str!("../README.md")]

@@ -101,15 +101,8 @@ impl CheckResult {
     }
 }
 
-pub(crate) fn cap(mut text: String) -> String {
-    if text.len() > MAX_OUTPUT_LEN {
-        let mut end = MAX_OUTPUT_LEN;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
+fn cap(text: String) -> String {
+    crate::util::truncate_utf8(text, MAX_OUTPUT_LEN)
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = CheckResult> + Send>>;

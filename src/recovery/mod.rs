@@ -754,15 +754,8 @@ fn push_mttr(samples: &mut VecDeque<Duration>, sample: Duration) {
 }
 
 /// Caps an error text at [`MAX_ERROR_LEN`] bytes on a character boundary.
-pub(crate) fn cap(mut text: String) -> String {
-    if text.len() > MAX_ERROR_LEN {
-        let mut end = MAX_ERROR_LEN;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
+fn cap(text: String) -> String {
+    crate::util::truncate_utf8(text, MAX_ERROR_LEN)
 }
 
 async fn run(shared: Arc<Shared>) {
