@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{BoxError, ServiceBuilder, ServiceExt, service_fn};
-use tower_recovery::circuit_breaker::{Breaker, Rejected, State};
+use tower_recovery::circuit_breaker::{RecvError, Breaker, Rejected, State};
 
 async fn get(addr: SocketAddr) -> Result<String, BoxError> {
     let mut stream = TcpStream::connect(addr).await?;
@@ -48,11 +48,15 @@ async fn main() -> Result<(), BoxError> {
         .build();
     let mut events = breaker.subscribe();
     tokio::spawn(async move {
-        while let Some(t) = events.recv().await {
-            println!(
-                "transition: {} -> {} ({}), counts {:?}",
-                t.from, t.to, t.cause, t.counts
-            );
+        loop {
+            match events.recv().await {
+                Ok(t) => println!(
+                    "transition: {} -> {} ({}), counts {:?}",
+                    t.from, t.to, t.cause, t.counts
+                ),
+                Err(RecvError::Lagged(n)) => println!("({n} transitions missed)"),
+                Err(RecvError::Closed) => break,
+            }
         }
     });
 

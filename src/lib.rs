@@ -84,6 +84,14 @@ pub mod recovery;
     feature = "health"
 ))]
 mod util;
+#[cfg(any(
+    feature = "circuit-breaker",
+    feature = "drain",
+    feature = "recovery",
+    feature = "health"
+))]
+#[allow(dead_code)]
+mod sync;
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -70,13 +70,16 @@ impl TestRecorder {
 
 #[tokio::test(start_paused = true)]
 async fn a_trip_a_recovery_checks_and_a_drain_are_recorded() {
+    // Built before the recorder is installed, as a `static` or an early
+    // constructor would be: it must still report (handles bound at build
+    // used to record nothing, silently).
+    let breaker = Breaker::builder("model_server")
+        .consecutive_failures(5)
+        .build();
     let s = TestRecorder(Arc::new(Registry::atomic()));
     metrics::set_global_recorder(s.clone()).unwrap();
 
     // A trip: 5 failures, then 2 rejections.
-    let breaker = Breaker::builder("model_server")
-        .consecutive_failures(5)
-        .build();
     let up = Arc::new(AtomicBool::new(false));
     let flag = up.clone();
     let recovery = Recovery::builder("model_server", move || {
@@ -110,8 +113,13 @@ async fn a_trip_a_recovery_checks_and_a_drain_are_recorded() {
     assert_eq!(s.gauge(names::BREAKER_STATE, &b), 1.0);
 
     // A recovery: attempt 1 fails, attempt 2 succeeds and closes the breaker.
-    recovery.wait_for(|_| true).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..1_000 {
+        if recovery.status().failures == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(recovery.status().failures, 1, "attempt 1 failed");
     up.store(true, Ordering::SeqCst);
     recovery.wait_idle_or_cooling().await;
     let d = [("dependency", "model_server")];

@@ -6,23 +6,31 @@
 //! the current word was admitted in an earlier state and is dropped.
 //!
 //! Only transitions take the mutex, and they are rare; admission and recording
-//! on the closed path are atomics only. The half-open probe budget is a second
+//! on the closed path are atomics only. Nothing outside this file runs under
+//! the mutex: a transition publishes its event to a bounded broadcast channel
+//! (observers) and a watch value of counters (a recovery), and wakes
+//! backpressured callers; whoever reacts does so on its own task. Reading
+//! (`state`, `snapshot`, counts) never performs a transition: an overdue
+//! timed transition is projected for the reader and performed by the next
+//! admission. The half-open probe budget is a second
 //! word packing the generation's low 32 bits, the permits still available and
 //! the probe successes, so a late release from an earlier half-open period can
 //! never hand out an extra permit.
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+#[cfg(feature = "metrics")]
+use std::sync::OnceLock;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast, watch};
 
 use super::window::{CountRing, TimeBuckets, WindowCounts};
 use super::{Cause, Counts, Rejected, State, Transition};
 use crate::classify::Outcome;
 use crate::clock::Clock;
+use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{Mutex, MutexGuard, lock};
 
 pub(crate) use crate::util::Padded;
 
@@ -159,19 +167,36 @@ impl Ticket {
     }
 }
 
-type Callback = Arc<dyn Fn(&Transition) + Send + Sync>;
+/// Transitions an observer may fall behind by before it is told how many it
+/// missed.
+pub(crate) const EVENT_CAPACITY: usize = 64;
 
-pub(crate) struct SubscriberShared {
-    pub(crate) queue: Mutex<VecDeque<Transition>>,
-    pub(crate) closed: std::sync::atomic::AtomicBool,
-    pub(crate) notify: Notify,
+/// What a recovery watches: the state word and monotonic counts of the
+/// transitions it must act on. Values coalesce (a watch keeps the latest),
+/// but the counts never lose that something happened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Signal {
+    /// The state word after the latest transition.
+    pub(crate) word: u64,
+    /// Transitions into `Open` from `Closed` or `HalfOpen`.
+    pub(crate) opens: u64,
+    /// Transitions into `Closed` by another cause than
+    /// [`Cause::Recovered`]: the dependency healed without the recovery.
+    pub(crate) heals: u64,
 }
 
-struct Slow {
+impl Signal {
+    pub(crate) fn state(&self) -> State {
+        state_of(self.word)
+    }
+}
+
+/// The part of the breaker only transitions touch, under the mutex.
+struct Locked {
+    /// Re-opens without a healthy period in between (open-duration growth).
     level: u32,
     closed_at: u64,
-    subscribers: Vec<Weak<SubscriberShared>>,
-    callbacks: Vec<Callback>,
+    signal: Signal,
 }
 
 /// Metric handles, registered once when the breaker is built.
@@ -184,8 +209,10 @@ struct Metrics {
 }
 
 pub(crate) struct Core {
+    /// Resolved at the first recorded event, not at build: a breaker built
+    /// before the application installs its recorder still reports.
     #[cfg(feature = "metrics")]
-    metrics: Metrics,
+    metrics: OnceLock<Metrics>,
     state: Padded<AtomicU64>,
     consecutive: Padded<AtomicU32>,
     half_open: Padded<AtomicU64>,
@@ -193,6 +220,8 @@ pub(crate) struct Core {
     rejected: Padded<AtomicU64>,
     open_until: AtomicU64,
     half_open_until: AtomicU64,
+    /// The open duration the next opening from half-open would use.
+    next_open: AtomicU64,
     transitions: AtomicU64,
     window: Window,
     /// No window and no slow-call detection: a success only resets the
@@ -202,7 +231,9 @@ pub(crate) struct Core {
     pub(crate) clock: Clock,
     pub(crate) name: Arc<str>,
     pub(crate) changed: Arc<Notify>,
-    slow: Mutex<Slow>,
+    events: broadcast::Sender<Transition>,
+    signal: watch::Sender<Signal>,
+    locked: Mutex<Locked>,
 }
 
 impl fmt::Debug for Core {
@@ -215,10 +246,17 @@ impl fmt::Debug for Core {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing user-supplied runs under our locks, so a poisoned lock only
-    // means a panic elsewhere in this thread; the data is still consistent.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+#[cfg(feature = "metrics")]
+impl Metrics {
+    fn new(name: &str) -> Self {
+        let label = [("breaker", name.to_string())];
+        Self {
+            calls: metrics::counter!(crate::metrics::BREAKER_CALLS, &label),
+            failures: metrics::counter!(crate::metrics::BREAKER_FAILURES, &label),
+            rejections: metrics::counter!(crate::metrics::BREAKER_REJECTIONS, &label),
+            state: metrics::gauge!(crate::metrics::BREAKER_STATE, &label),
+        }
+    }
 }
 
 impl Core {
@@ -230,21 +268,9 @@ impl Core {
         };
         let now = clock.now_nanos();
         let simple = matches!(window, Window::None) && cfg.slow_nanos.is_none();
-        #[cfg(feature = "metrics")]
-        let metrics = {
-            let label = [("breaker", name.to_string())];
-            let m = Metrics {
-                calls: metrics::counter!(crate::metrics::BREAKER_CALLS, &label),
-                failures: metrics::counter!(crate::metrics::BREAKER_FAILURES, &label),
-                rejections: metrics::counter!(crate::metrics::BREAKER_REJECTIONS, &label),
-                state: metrics::gauge!(crate::metrics::BREAKER_STATE, &label),
-            };
-            m.state.set(0.0);
-            m
-        };
         Self {
             #[cfg(feature = "metrics")]
-            metrics,
+            metrics: OnceLock::new(),
             simple,
             state: Padded(AtomicU64::new(CLOSED)),
             consecutive: Padded(AtomicU32::new(0)),
@@ -253,19 +279,33 @@ impl Core {
             rejected: Padded(AtomicU64::new(0)),
             open_until: AtomicU64::new(0),
             half_open_until: AtomicU64::new(u64::MAX),
+            next_open: AtomicU64::new(cfg.open_base.min(cfg.open_max)),
             transitions: AtomicU64::new(0),
             window,
             cfg,
             clock,
             name,
             changed: Arc::new(Notify::new()),
-            slow: Mutex::new(Slow {
+            events: broadcast::channel(EVENT_CAPACITY).0,
+            signal: watch::channel(Signal::default()).0,
+            locked: Mutex::new(Locked {
                 level: 0,
                 closed_at: now,
-                subscribers: Vec::new(),
-                callbacks: Vec::new(),
+                signal: Signal::default(),
             }),
         }
+    }
+
+    /// The metric handles, registered with whatever recorder is installed
+    /// at the first recorded event.
+    #[cfg(feature = "metrics")]
+    #[inline]
+    fn metrics(&self) -> &Metrics {
+        self.metrics.get_or_init(|| {
+            let m = Metrics::new(&self.name);
+            m.state.set(code(self.word()) as f64);
+            m
+        })
     }
 
     // ===== admission =====
@@ -322,7 +362,8 @@ impl Core {
                     let mut h = self.half_open.0.load(Ordering::Acquire);
                     while ho_matches(h, word) {
                         if ho_available(h) == 0 {
-                            return Err(self.reject(State::HalfOpen, None, count));
+                            let after = self.half_open_busy_retry_after();
+                            return Err(self.reject(State::HalfOpen, Some(after), count));
                         }
                         match self.half_open.0.compare_exchange_weak(
                             h,
@@ -340,12 +381,26 @@ impl Core {
         }
     }
 
+    /// What a half-open rejection (every permit in use) says about when to
+    /// retry: when the half-open wait ends, if one is set (the breaker then
+    /// decides again by itself); otherwise the base open duration, the least
+    /// a failing probe would keep the circuit open.
+    fn half_open_busy_retry_after(&self) -> u64 {
+        match self.cfg.half_open_max_wait {
+            Some(_) => self
+                .half_open_until
+                .load(Ordering::Acquire)
+                .saturating_sub(self.clock.now_nanos()),
+            None => self.cfg.open_base,
+        }
+    }
+
     #[inline]
     fn reject(&self, state: State, retry_after: Option<u64>, count: bool) -> Rejected {
         if count {
             self.rejected.0.fetch_add(1, Ordering::Relaxed);
             #[cfg(feature = "metrics")]
-            self.metrics.rejections.increment(1);
+            self.metrics().rejections.increment(1);
         }
         Rejected {
             state,
@@ -368,9 +423,10 @@ impl Core {
     pub(crate) fn complete(&self, ticket: Ticket, outcome: Outcome) {
         #[cfg(feature = "metrics")]
         if outcome != Outcome::Ignore {
-            self.metrics.calls.increment(1);
+            let metrics = self.metrics();
+            metrics.calls.increment(1);
             if outcome == Outcome::Failure {
-                self.metrics.failures.increment(1);
+                metrics.failures.increment(1);
             }
         }
         match code(ticket.word) {
@@ -476,6 +532,18 @@ impl Core {
     }
 
     fn probe_done(&self, ticket: Ticket, outcome: Outcome) {
+        if self.cfg.half_open_max_wait.is_some() {
+            let now = self.clock.now_nanos();
+            if now >= self.half_open_until.load(Ordering::Acquire) {
+                // The half-open wait ran out before this probe finished: the
+                // overdue re-open happens now, and the outcome is stale.
+                self.transition(ticket.word, State::Open, Cause::HalfOpenTimeout, now);
+                if outcome == Outcome::Failure {
+                    self.failures.0.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+        }
         match outcome {
             Outcome::Ignore => self.give_back_permit(ticket.word),
             Outcome::Failure => {
@@ -533,27 +601,40 @@ impl Core {
 
     // ===== observation =====
 
-    /// The current state, applying any timed transition that is due.
+    /// The current state as callers will find it: a timed transition that is
+    /// due (the open wait elapsed, the half-open wait elapsed) is projected,
+    /// not performed. Reading never changes the breaker.
     pub(crate) fn state(&self) -> State {
-        loop {
-            let word = self.state.0.load(Ordering::Acquire);
-            match code(word) {
-                OPEN => {
-                    let now = self.clock.now_nanos();
-                    if now < self.open_until.load(Ordering::Acquire) {
-                        return State::Open;
-                    }
-                    self.transition(word, State::HalfOpen, Cause::OpenWaitElapsed, now);
+        self.project(self.clock.now_nanos()).0
+    }
+
+    /// The state at `now` with due timed transitions projected, and the time
+    /// until the next probe when that state is `Open`.
+    fn project(&self, now: u64) -> (State, Option<u64>) {
+        let word = self.state.0.load(Ordering::Acquire);
+        match code(word) {
+            OPEN => {
+                let until = self.open_until.load(Ordering::Acquire);
+                if now < until {
+                    (State::Open, Some(until - now))
+                } else {
+                    (State::HalfOpen, None)
                 }
-                HALF_OPEN if self.cfg.half_open_max_wait.is_some() => {
-                    let now = self.clock.now_nanos();
-                    if now < self.half_open_until.load(Ordering::Acquire) {
-                        return State::HalfOpen;
-                    }
-                    self.transition(word, State::Open, Cause::HalfOpenTimeout, now);
-                }
-                _ => return state_of(word),
             }
+            HALF_OPEN if self.cfg.half_open_max_wait.is_some() => {
+                let timeout = self.half_open_until.load(Ordering::Acquire);
+                if now < timeout {
+                    return (State::HalfOpen, None);
+                }
+                // Re-opened at the timeout, for the next open duration.
+                let until = timeout.saturating_add(self.next_open.load(Ordering::Acquire));
+                if now < until {
+                    (State::Open, Some(until - now))
+                } else {
+                    (State::HalfOpen, None)
+                }
+            }
+            _ => (state_of(word), None),
         }
     }
 
@@ -565,16 +646,16 @@ impl Core {
         generation(self.state.0.load(Ordering::Acquire))
     }
 
-    pub(crate) fn window_counts(&self) -> WindowCounts {
-        match &self.window {
-            Window::None => WindowCounts::default(),
-            Window::Count(ring) => ring.counts(),
-            Window::Time(buckets) => buckets.counts(self.clock.now_nanos()),
-        }
+    pub(crate) fn counts(&self) -> Counts {
+        self.counts_at(self.clock.now_nanos())
     }
 
-    pub(crate) fn counts(&self) -> Counts {
-        let w = self.window_counts();
+    fn counts_at(&self, now: u64) -> Counts {
+        let w = match &self.window {
+            Window::None => WindowCounts::default(),
+            Window::Count(ring) => ring.counts(),
+            Window::Time(buckets) => buckets.counts(now),
+        };
         Counts {
             consecutive_failures: self.consecutive.0.load(Ordering::Acquire),
             window_calls: w.calls,
@@ -595,20 +676,22 @@ impl Core {
         self.transitions.load(Ordering::Acquire)
     }
 
-    /// Time until the next probe is admitted, when open.
-    pub(crate) fn next_probe_in(&self) -> Option<Duration> {
-        let word = self.state.0.load(Ordering::Acquire);
-        (code(word) == OPEN).then(|| {
-            let until = self.open_until.load(Ordering::Acquire);
-            Duration::from_nanos(until.saturating_sub(self.clock.now_nanos()))
-        })
-    }
-
-    /// Probe permits currently free, when half-open.
-    pub(crate) fn available_permits(&self) -> Option<u16> {
+    /// The projected state, the time until the next probe when open, and
+    /// the free probe permits when half-open: one consistent reading.
+    pub(crate) fn observe(&self) -> (State, Option<Duration>, Option<u16>) {
         let word = self.state.0.load(Ordering::Acquire);
         let h = self.half_open.0.load(Ordering::Acquire);
-        (code(word) == HALF_OPEN && ho_matches(h, word)).then_some(ho_available(h) as u16)
+        let (state, next_probe) = self.project(self.clock.now_nanos());
+        let permits = match state {
+            // Performed: the permits of this half-open period.
+            State::HalfOpen if code(word) == HALF_OPEN && ho_matches(h, word) => {
+                Some(ho_available(h) as u16)
+            }
+            // Projected: a new half-open period starts with every permit.
+            State::HalfOpen => Some(self.cfg.permits),
+            _ => None,
+        };
+        (state, next_probe.map(Duration::from_nanos), permits)
     }
 
     // ===== transitions =====
@@ -616,47 +699,68 @@ impl Core {
     /// Moves from the state word `expected` to `to`, unless another transition
     /// got there first. Returns whether this call made the transition.
     pub(crate) fn transition(&self, expected: u64, to: State, cause: Cause, now: u64) -> bool {
-        let slow = lock(&self.slow);
+        let locked = lock(&self.locked);
         if self.state.0.load(Ordering::Acquire) != expected {
             return false;
         }
-        self.apply(slow, expected, to, cause, now);
+        self.apply(locked, expected, to, cause, now);
         true
     }
 
     /// Moves to `to` from whatever the state is (manual actions).
     pub(crate) fn force(&self, to: State, cause: Cause) {
         let now = self.clock.now_nanos();
-        let mut slow = lock(&self.slow);
+        let mut locked = lock(&self.locked);
         if cause == Cause::Reset {
-            slow.level = 0;
+            locked.level = 0;
         }
         let word = self.state.0.load(Ordering::Acquire);
-        self.apply(slow, word, to, cause, now);
+        self.apply(locked, word, to, cause, now);
     }
 
-    fn apply(&self, mut slow: MutexGuard<'_, Slow>, word: u64, to: State, cause: Cause, now: u64) {
+    /// Closes an `Open` or `HalfOpen` breaker because its dependency works
+    /// again. The check and the transition are one step under the lock, so a
+    /// concurrent `force_open` is never overwritten and a probe that closed
+    /// the breaker first is not followed by a second close.
+    pub(crate) fn close_if_down(&self) -> bool {
+        let now = self.clock.now_nanos();
+        let locked = lock(&self.locked);
+        let word = self.state.0.load(Ordering::Acquire);
+        if !matches!(code(word), OPEN | HALF_OPEN) {
+            return false;
+        }
+        self.apply(locked, word, State::Closed, Cause::Recovered, now);
+        true
+    }
+
+    /// The open duration at growth `level`.
+    fn open_nanos(&self, level: u32) -> u64 {
+        let grown = self.cfg.open_base as f64 * self.cfg.open_multiplier.powi(level as i32);
+        if grown >= self.cfg.open_max as f64 {
+            self.cfg.open_max
+        } else {
+            grown as u64
+        }
+    }
+
+    fn apply(&self, mut locked: MutexGuard<'_, Locked>, word: u64, to: State, cause: Cause, now: u64) {
         let from = state_of(word);
-        let counts = self.counts();
+        let counts = self.counts_at(now);
         let next = ((generation(word) + 1) << CODE_BITS) | code_of(to);
         let mut open_for = None;
         match to {
             State::Open => {
                 if from == State::Closed
-                    && now.saturating_sub(slow.closed_at) >= self.cfg.healthy_period
+                    && now.saturating_sub(locked.closed_at) >= self.cfg.healthy_period
                 {
-                    slow.level = 0;
+                    locked.level = 0;
                 }
-                let grown =
-                    self.cfg.open_base as f64 * self.cfg.open_multiplier.powi(slow.level as i32);
-                let nanos = if grown >= self.cfg.open_max as f64 {
-                    self.cfg.open_max
-                } else {
-                    grown as u64
-                };
+                let nanos = self.open_nanos(locked.level);
                 if self.cfg.open_multiplier > 1.0 && nanos < self.cfg.open_max {
-                    slow.level += 1;
+                    locked.level += 1;
                 }
+                self.next_open
+                    .store(self.open_nanos(locked.level), Ordering::Release);
                 self.open_until
                     .store(now.saturating_add(nanos), Ordering::Release);
                 open_for = Some(Duration::from_nanos(nanos));
@@ -679,24 +783,25 @@ impl Core {
                     Window::Count(ring) => ring.clear(),
                     Window::Time(buckets) => buckets.clear(),
                 }
-                slow.closed_at = now;
+                locked.closed_at = now;
+                if cause == Cause::Reset {
+                    self.next_open.store(self.open_nanos(0), Ordering::Release);
+                }
             }
             State::ForcedOpen | State::Disabled => {}
         }
         self.state.0.store(next, Ordering::Release);
         self.transitions.fetch_add(1, Ordering::Relaxed);
-        #[cfg(feature = "metrics")]
-        {
-            self.metrics.state.set(code(next) as f64);
-            metrics::counter!(
-                crate::metrics::BREAKER_TRANSITIONS,
-                "breaker" => self.name.to_string(),
-                "from" => from.as_str(),
-                "to" => to.as_str()
-            )
-            .increment(1);
-        }
 
+        let mut signal = locked.signal;
+        signal.word = next;
+        if to == State::Open && matches!(from, State::Closed | State::HalfOpen) {
+            signal.opens += 1;
+        }
+        if to == State::Closed && cause != Cause::Recovered {
+            signal.heals += 1;
+        }
+        locked.signal = signal;
         let event = Transition {
             name: self.name.clone(),
             from,
@@ -706,45 +811,34 @@ impl Core {
             counts,
             open_for,
         };
+        // Published under the lock so that every observer sees transitions
+        // in generation order. Neither call runs code of ours or a user's:
+        // they queue the value and wake the receivers' tasks.
+        let _ = self.events.send(event.clone());
+        self.signal.send_replace(signal);
+        drop(locked);
+
+        #[cfg(feature = "metrics")]
+        {
+            self.metrics().state.set(code(self.word()) as f64);
+            metrics::counter!(
+                crate::metrics::BREAKER_TRANSITIONS,
+                "breaker" => self.name.to_string(),
+                "from" => from.as_str(),
+                "to" => to.as_str()
+            )
+            .increment(1);
+        }
         log_transition(&event);
-        slow.subscribers.retain(|weak| match weak.upgrade() {
-            Some(sub) => {
-                lock(&sub.queue).push_back(event.clone());
-                sub.notify.notify_one();
-                true
-            }
-            None => false,
-        });
-        let callbacks = slow.callbacks.clone();
-        drop(slow);
         self.changed.notify_waiters();
-        for callback in callbacks.iter() {
-            callback(&event);
-        }
     }
 
-    pub(crate) fn subscribe(&self) -> Arc<SubscriberShared> {
-        let sub = Arc::new(SubscriberShared {
-            queue: Mutex::new(VecDeque::new()),
-            closed: std::sync::atomic::AtomicBool::new(false),
-            notify: Notify::new(),
-        });
-        lock(&self.slow).subscribers.push(Arc::downgrade(&sub));
-        sub
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Transition> {
+        self.events.subscribe()
     }
 
-    pub(crate) fn on_transition(&self, callback: Callback) {
-        lock(&self.slow).callbacks.push(callback);
-    }
-}
-
-impl Drop for Core {
-    fn drop(&mut self) {
-        let slow = lock(&self.slow);
-        for sub in slow.subscribers.iter().filter_map(Weak::upgrade) {
-            sub.closed.store(true, Ordering::Release);
-            sub.notify.notify_one();
-        }
+    pub(crate) fn watch(&self) -> watch::Receiver<Signal> {
+        self.signal.subscribe()
     }
 }
 

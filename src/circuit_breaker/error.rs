@@ -23,7 +23,12 @@ impl Rejected {
         self.state
     }
 
-    /// How long until the next probe is admitted, when known (`Open`).
+    /// When to retry. `Open`: exactly when the next probe is admitted.
+    /// `HalfOpen` with every probe permit in use: when the half-open wait
+    /// ends if one is set (the breaker decides again by itself then),
+    /// otherwise the base open duration, the least a failing probe would
+    /// keep the circuit open; a probe that succeeds sooner closes it sooner.
+    /// `ForcedOpen`: `None`, only a person ends it.
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
@@ -39,7 +44,12 @@ impl fmt::Display for Rejected {
                     after.as_secs_f64()
                 )
             }
-            (State::HalfOpen, _) => {
+            (State::HalfOpen, Some(after)) => write!(
+                f,
+                "circuit breaker is half-open and all probe permits are in use; retry in {:.3}s",
+                after.as_secs_f64()
+            ),
+            (State::HalfOpen, None) => {
                 f.write_str("circuit breaker is half-open and all probe permits are in use")
             }
             (State::ForcedOpen, _) => f.write_str("circuit breaker is forced open"),
@@ -90,5 +100,52 @@ impl<E: std::error::Error + 'static> std::error::Error for CallError<E> {
             Self::Rejected(r) => Some(r),
             Self::Inner(e) => Some(e),
         }
+    }
+}
+
+/// The `CallError<E>` types that were ever returned as a rejection, so that
+/// [`is_refusal`](crate::recovery::is_refusal) can recognise a rejection
+/// around an error type it cannot name.
+pub(crate) mod registry {
+    use std::any::{Any, TypeId};
+    use std::collections::HashMap;
+    use std::sync::RwLock;
+
+    use super::CallError;
+
+    type Check = fn(&dyn Any) -> bool;
+
+    static TYPES: RwLock<Option<HashMap<TypeId, Check>>> = RwLock::new(None);
+
+    fn check<E: 'static>(any: &dyn Any) -> bool {
+        any.downcast_ref::<CallError<E>>()
+            .is_some_and(CallError::is_rejected)
+    }
+
+    /// Remembers `CallError<E>`; called on the rejection path only.
+    pub(crate) fn register<E: 'static>() {
+        let id = TypeId::of::<CallError<E>>();
+        let known = TYPES
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|m| m.contains_key(&id));
+        if !known {
+            TYPES
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(HashMap::new)
+                .insert(id, check::<E>);
+        }
+    }
+
+    /// Whether `any` is a registered `CallError<_>` holding a rejection.
+    pub(crate) fn is_rejected_call_error(any: &dyn Any) -> bool {
+        let found = TYPES
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|m| m.get(&any.type_id()).copied());
+        found.is_some_and(|check| check(any))
     }
 }

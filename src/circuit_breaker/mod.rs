@@ -95,10 +95,24 @@
 //!
 //! # Observing transitions
 //!
-//! [`Breaker::subscribe`] gives a lossless, ordered stream of [`Transition`]s,
-//! each with the counts that caused it; [`Breaker::on_transition`] runs a
-//! callback synchronously. Transitions are also logged with `tracing`
+//! [`Breaker::subscribe`] gives an ordered stream of [`Transition`]s, each
+//! with the counts that caused it, to read on a task of your own. The stream
+//! is bounded (64 transitions): a subscriber that falls further behind is
+//! told how many it missed ([`RecvError::Lagged`]) and goes on from the
+//! oldest one kept. Transitions are also logged with `tracing`
 //! (`Circuit breaker 'name': Transitioning to OPEN`).
+//!
+//! # Events flow one way
+//!
+//! No code of yours, and no other component, runs inside the breaker: a
+//! transition publishes its event and wakes whoever waits (subscribers, a
+//! [`Recovery`](crate::recovery::Recovery) watching the breaker, callers in
+//! backpressure mode), and they react on their own tasks. A recovery does
+//! not read the bounded stream: it watches counts of openings and heals that
+//! never lose an event. Reading ([`Breaker::state`], [`Breaker::snapshot`],
+//! `Debug`) never changes the breaker: when the open wait has elapsed,
+//! `state()` reports `HalfOpen`, and the transition itself is made by the
+//! next call that asks for admission.
 //!
 //! # Cost
 //!
@@ -106,7 +120,7 @@
 //! the default mode a success is two atomic loads. Windows add two or three
 //! atomic adds. See the crate README for measured numbers.
 
-mod core;
+pub(crate) mod core;
 pub mod error;
 pub mod future;
 mod layer;
@@ -126,7 +140,7 @@ pub use self::reject::{
 };
 pub use self::service::CircuitBreaker;
 
-use self::core::{Config, Core, SubscriberShared, Ticket, TripRule, WindowKind};
+use self::core::{Config, Core, Ticket, TripRule, WindowKind};
 use crate::classify::{Classify, ErrorsAsFailures, Outcome};
 use crate::clock::{Clock, saturating_nanos};
 
@@ -367,8 +381,9 @@ impl Breaker {
         CircuitBreakerLayer::new(self.clone())
     }
 
-    /// The current state. Applies a timed transition that is due: after the
-    /// open wait it reports (and is) `HalfOpen`.
+    /// The current state, as the next caller will find it: after the open
+    /// wait it reports `HalfOpen` (and after a half-open wait, `Open`). A
+    /// read only: the transition is made by the next admission.
     pub fn state(&self) -> State {
         self.core.state()
     }
@@ -385,7 +400,7 @@ impl Breaker {
 
     /// A consistent-enough view for reports.
     pub fn snapshot(&self) -> Snapshot {
-        let state = self.core.state();
+        let (state, next_probe_in, available_permits) = self.core.observe();
         Snapshot {
             name: self.core.name.clone(),
             state,
@@ -394,8 +409,8 @@ impl Breaker {
             failures: self.core.failures(),
             rejected: self.core.rejected(),
             transitions: self.core.transitions(),
-            next_probe_in: self.core.next_probe_in(),
-            available_permits: self.core.available_permits(),
+            next_probe_in,
+            available_permits,
         }
     }
 
@@ -418,39 +433,26 @@ impl Breaker {
     /// Closes the breaker because its dependency is known to work again,
     /// unless it is `ForcedOpen` or `Disabled` or already closed. Returns
     /// whether it closed it. This is what a recovery calls.
+    ///
+    /// The check and the transition are one atomic step: a concurrent
+    /// [`force_open`](Self::force_open) is never overwritten, and a probe
+    /// that closed the breaker first is not followed by a second close.
     pub fn close(&self) -> bool {
-        loop {
-            let state = self.core.state();
-            if matches!(state, State::Closed | State::ForcedOpen | State::Disabled) {
-                return false;
-            }
-            let word = self.core.word();
-            if self.core.transition(
-                word,
-                State::Closed,
-                Cause::Recovered,
-                self.core.clock.now_nanos(),
-            ) {
-                return true;
-            }
-        }
+        self.core.close_if_down()
     }
 
-    /// A lossless, ordered stream of this breaker's transitions from now on.
+    /// An ordered stream of this breaker's transitions from now on, bounded
+    /// at 64: see [`Transitions::recv`].
     pub fn subscribe(&self) -> Transitions {
         Transitions {
-            shared: self.core.subscribe(),
+            rx: self.core.subscribe(),
         }
     }
 
-    /// Runs `callback` synchronously after every transition, outside the
-    /// breaker's lock. Transitions racing on different threads may run their
-    /// callbacks concurrently: order them by [`Transition::generation`].
-    pub fn on_transition<F>(&self, callback: F)
-    where
-        F: Fn(&Transition) + Send + Sync + 'static,
-    {
-        self.core.on_transition(Arc::new(callback));
+    /// What a recovery watches: lossless counts of openings and heals.
+    #[cfg(feature = "recovery")]
+    pub(crate) fn watch(&self) -> tokio::sync::watch::Receiver<self::core::Signal> {
+        self.core.watch()
     }
 
     /// A handle to the same breaker that keeps it alive for the rest of the
@@ -506,17 +508,28 @@ impl Breaker {
     pub async fn call<F, T, E>(&self, future: F) -> Result<T, CallError<E>>
     where
         F: IntoFuture<Output = Result<T, E>>,
+        E: 'static,
     {
         self.call_with(&ErrorsAsFailures, future).await
     }
 
     /// Runs `future` if the breaker admits it, classifying with `classify`.
+    ///
+    /// A rejection is [`CallError::Rejected`]; a recovery recognises it
+    /// around any `E` ([`is_refusal`](crate::recovery::is_refusal)).
     pub async fn call_with<C, F, T, E>(&self, classify: &C, future: F) -> Result<T, CallError<E>>
     where
         C: Classify<T, E>,
         F: IntoFuture<Output = Result<T, E>>,
+        E: 'static,
     {
-        let permit = self.try_acquire().map_err(CallError::Rejected)?;
+        let permit = match self.try_acquire() {
+            Ok(permit) => permit,
+            Err(rejected) => {
+                self::error::registry::register::<E>();
+                return Err(CallError::Rejected(rejected));
+            }
+        };
         let result = future.into_future().await;
         permit.record(classify.classify(&result));
         result.map_err(CallError::Inner)
@@ -599,36 +612,55 @@ impl fmt::Debug for Permit<'_> {
 }
 
 /// The stream of [`Breaker::subscribe`].
+///
+/// Bounded: the breaker keeps the last 64 transitions for each subscriber. A
+/// subscriber that falls further behind gets [`RecvError::Lagged`] with the
+/// number it missed, then the oldest transition still kept.
 pub struct Transitions {
-    shared: Arc<SubscriberShared>,
+    rx: tokio::sync::broadcast::Receiver<Transition>,
 }
 
-impl Transitions {
-    /// The next transition, waiting for it; `None` once every handle of the
-    /// breaker is dropped and no event is left.
-    pub async fn recv(&mut self) -> Option<Transition> {
-        loop {
-            if let Some(event) = self.try_recv() {
-                return Some(event);
-            }
-            if self
-                .shared
-                .closed
-                .load(std::sync::atomic::Ordering::Acquire)
-            {
-                return self.try_recv();
-            }
-            self.shared.notify.notified().await;
+/// Why [`Transitions::recv`] returned no transition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvError {
+    /// This many transitions were dropped because the subscriber fell more
+    /// than 64 behind; the next `recv` returns the oldest one kept.
+    Lagged(u64),
+    /// Every handle of the breaker is dropped and no transition is left.
+    Closed,
+}
+
+impl fmt::Display for RecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecvError::Lagged(n) => write!(f, "subscriber fell behind; missed {n} transitions"),
+            RecvError::Closed => f.write_str("breaker dropped"),
         }
     }
+}
 
-    /// The next transition if one is queued.
+impl std::error::Error for RecvError {}
+
+impl Transitions {
+    /// The next transition, waiting for it.
+    pub async fn recv(&mut self) -> Result<Transition, RecvError> {
+        use tokio::sync::broadcast::error::RecvError as E;
+        self.rx.recv().await.map_err(|e| match e {
+            E::Lagged(n) => RecvError::Lagged(n),
+            E::Closed => RecvError::Closed,
+        })
+    }
+
+    /// The next transition if one is queued (`None` also after a lag is
+    /// reported or the breaker is gone; [`recv`](Self::recv) tells which).
     pub fn try_recv(&mut self) -> Option<Transition> {
-        self.shared
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front()
+        loop {
+            match self.rx.try_recv() {
+                Ok(t) => return Some(t),
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
     }
 }
 
@@ -735,6 +767,9 @@ impl Builder {
     }
 
     /// Calls a window must hold before its rates are evaluated (default 10).
+    /// A count window smaller than this evaluates once it is full instead
+    /// (the minimum is capped at the window's size, as in Resilience4j), so
+    /// a breaker can always open.
     ///
     /// # Panics
     /// If `n` is zero.
@@ -825,7 +860,12 @@ impl Builder {
                 );
                 TripRule::Consecutive(self.consecutive)
             }
-            _ => TripRule::Rate {
+            WindowKind::Count(size) => TripRule::Rate {
+                minimum_calls: self.minimum_calls.min(u64::from(size)),
+                failure_ppm: ppm(self.failure_rate),
+                slow_ppm: self.slow.map(|(_, rate)| ppm(rate)),
+            },
+            WindowKind::Time { .. } => TripRule::Rate {
                 minimum_calls: self.minimum_calls,
                 failure_ppm: ppm(self.failure_rate),
                 slow_ppm: self.slow.map(|(_, rate)| ppm(rate)),

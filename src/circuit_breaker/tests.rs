@@ -1,7 +1,6 @@
 //! Unit tests of the state machine on paused tokio time, one per row of the
 //! semantics table and per policy.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::advance;
@@ -188,25 +187,140 @@ async fn open_wait_boundary_admits_a_probe_at_exactly_the_duration() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn state_reports_half_open_after_the_wait_without_a_call() {
+async fn reads_report_a_due_timed_transition_without_making_it() {
+    // Item 12: `state()`, `snapshot()` and `Debug` used to perform the
+    // overdue transition (and run callbacks) from inside an observer.
     let b = Breaker::builder("dep").consecutive_failures(1).build();
     let mut events = b.subscribe();
     fail(&b, 1);
     assert_eq!(b.state(), State::Open);
     assert_eq!(b.snapshot().next_probe_in, Some(Duration::from_secs(30)));
     advance(Duration::from_secs(30)).await;
-    assert_eq!(b.state(), State::HalfOpen);
-    assert_eq!(b.snapshot().available_permits, Some(1));
+    let generation = b.generation();
+    assert_eq!(b.state(), State::HalfOpen, "observers see the truth");
+    let snap = b.snapshot();
+    assert_eq!(
+        (snap.state, snap.available_permits, snap.next_probe_in),
+        (State::HalfOpen, Some(1), None)
+    );
+    assert!(format!("{b:?}").contains("HalfOpen"));
+    assert_eq!(b.generation(), generation, "reading made no transition");
+    assert_eq!(b.snapshot().transitions, 1);
     let opened = events.recv().await.unwrap();
     assert_eq!(
         (opened.from, opened.to, opened.cause),
         (State::Closed, State::Open, Cause::ConsecutiveFailures)
     );
+    assert!(events.try_recv().is_none(), "no event from a read");
+    // The next admission makes it.
+    let probe = b.try_acquire().unwrap();
+    assert!(probe.is_probe());
     let half = events.recv().await.unwrap();
     assert_eq!(
         (half.to, half.cause),
         (State::HalfOpen, Cause::OpenWaitElapsed)
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn reads_project_a_half_open_timeout_and_the_reopen_after_it() {
+    let b = Breaker::builder("dep")
+        .consecutive_failures(1)
+        .open_duration(10 * SEC)
+        .half_open_max_wait(5 * SEC)
+        .build();
+    fail(&b, 1);
+    advance(10 * SEC).await;
+    let _hung = b.try_acquire().unwrap();
+    advance(6 * SEC).await;
+    let snap = b.snapshot();
+    assert_eq!(snap.state, State::Open);
+    assert_eq!(snap.next_probe_in, Some(9 * SEC), "re-opened at 5 s for 10 s");
+    advance(9 * SEC).await;
+    assert_eq!(b.state(), State::HalfOpen);
+    assert_eq!(b.snapshot().transitions, 2, "only the performed ones");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_count_window_smaller_than_the_minimum_still_trips() {
+    // Item 2: count_window(5) with the default minimum of 10 never tripped.
+    let b = Breaker::builder("dep").count_window(5).build();
+    fail(&b, 4);
+    assert_eq!(b.state(), State::Closed);
+    fail(&b, 1);
+    assert_eq!(b.state(), State::Open, "the minimum is capped at the window");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_half_open_rejection_says_when_to_retry() {
+    // Item 13: every permit in use used to give `retry_after() == None`.
+    let b = Breaker::builder("dep")
+        .consecutive_failures(1)
+        .open_duration(10 * SEC)
+        .half_open_max_wait(5 * SEC)
+        .build();
+    fail(&b, 1);
+    advance(10 * SEC).await;
+    let _probe = b.try_acquire().unwrap();
+    advance(2 * SEC).await;
+    let err = b.try_acquire().unwrap_err();
+    assert_eq!(err.state(), State::HalfOpen);
+    assert_eq!(err.retry_after(), Some(3 * SEC), "when the half-open wait ends");
+    assert!(err.to_string().contains("retry in 3.000s"), "{err}");
+
+    let b = Breaker::builder("dep")
+        .consecutive_failures(1)
+        .open_duration(10 * SEC)
+        .build();
+    fail(&b, 1);
+    advance(10 * SEC).await;
+    let _probe = b.try_acquire().unwrap();
+    let err = b.try_acquire().unwrap_err();
+    assert_eq!(
+        err.retry_after(),
+        Some(10 * SEC),
+        "no half-open wait: the least a failing probe keeps it open"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_never_overrides_a_manual_state_or_closes_twice() {
+    // Item 6: `close` read the state, then acted on a second read.
+    let b = Breaker::builder("dep").consecutive_failures(1).build();
+    let mut events = b.subscribe();
+    fail(&b, 1);
+    b.force_open();
+    assert!(!b.close());
+    assert_eq!(b.state(), State::ForcedOpen);
+    b.reset();
+    fail(&b, 1);
+    advance(Duration::from_secs(30)).await;
+    b.try_acquire().unwrap().success(); // the probe closes it first
+    assert!(!b.close(), "already closed: no second Closed transition");
+    let mut closes = 0;
+    while let Some(t) = events.try_recv() {
+        closes += usize::from(t.to == State::Closed && t.cause != Cause::Reset);
+    }
+    assert_eq!(closes, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_subscriber_is_told_what_it_missed() {
+    // Item 8: an unread stream grew without bound.
+    let b = Breaker::builder("dep").consecutive_failures(1).build();
+    let mut events = b.subscribe();
+    for _ in 0..50 {
+        b.force_open();
+        b.reset();
+    }
+    assert_eq!(events.recv().await, Err(RecvError::Lagged(36)));
+    let oldest = events.recv().await.unwrap();
+    assert_eq!(oldest.generation, 37, "goes on from the oldest kept");
+    let mut rest = 1;
+    while events.try_recv().is_some() {
+        rest += 1;
+    }
+    assert_eq!(rest, 64, "at most 64 kept");
 }
 
 #[tokio::test(start_paused = true)]
@@ -360,12 +474,9 @@ async fn slow_calls_trip_the_window() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn transitions_are_lossless_and_carry_counts() {
+async fn transitions_are_ordered_and_carry_counts() {
     let b = Breaker::builder("dep").consecutive_failures(3).build();
     let mut events = b.subscribe();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    b.on_transition(move |t| sink.lock().unwrap().push((t.to, t.generation)));
     fail(&b, 3);
     advance(Duration::from_secs(30)).await;
     b.try_acquire().unwrap().success();
@@ -392,12 +503,11 @@ async fn transitions_are_lossless_and_carry_counts() {
     assert_eq!(got[0].open_for, Some(Duration::from_secs(30)));
     let gens: Vec<_> = got.iter().map(|t| t.generation).collect();
     assert_eq!(gens, [1, 2, 3, 4, 5, 6]);
-    assert_eq!(seen.lock().unwrap().len(), 6);
     assert_eq!(b.snapshot().transitions, 6);
     drop(b);
     assert_eq!(
         events.recv().await,
-        None,
+        Err(RecvError::Closed),
         "stream ends when the breaker is gone"
     );
 }

@@ -5,12 +5,13 @@
 //! out with one atomic `swap`, so the total always equals the sum of the slots
 //! once in-flight recorders finish, whatever the interleaving.
 //!
-//! Calls and failures share one `u64` as two signed 32-bit digits
+//! In the count window, calls and failures share one `u64` as two signed
+//! 32-bit digits (the window holds at most 2^24 calls, so they never wrap)
 //! (`calls + failures << 32`). A recorder and an evictor can race so that a
 //! subtraction lands before the matching addition; decoding the digits as
 //! signed keeps such a transient `-1` from borrowing into the other field.
 
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 
 use super::core::Padded;
 
@@ -22,6 +23,7 @@ pub(crate) struct WindowCounts {
     pub(crate) slow: u64,
 }
 
+#[cfg(test)]
 const FAILURE: u64 = 1 << 32;
 
 #[inline]
@@ -115,12 +117,76 @@ impl CountRing {
     }
 }
 
+/// One counter of a time bucket: the bucket's tick (low [`TAG_BITS`] bits)
+/// and its count, in one word. Recording and rotating the bucket to a newer
+/// tick are both compare-and-swaps of that word, so an outcome lands in
+/// exactly one version of the bucket, and a rotation evicts exactly the
+/// counts of the version it replaced: nothing recorded in the gap between
+/// "new tick" and "old counts taken" can vanish, because there is no gap.
+const TAG_BITS: u32 = 24;
+const COUNT_BITS: u32 = 64 - TAG_BITS;
+const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
+/// A bucket counts at most this many outcomes of one kind; more saturate.
+pub(crate) const BUCKET_MAX: u64 = (1 << COUNT_BITS) - 1;
+
+#[inline]
+fn tag(tick: u64) -> u64 {
+    tick & TAG_MASK
+}
+
+/// Ticks from the cell's tag forward to `tick`'s (serial-number arithmetic:
+/// valid while the two are less than 2^23 ticks apart).
+#[inline]
+fn ahead(tick: u64, cell: u64) -> u64 {
+    tag(tick).wrapping_sub(cell >> COUNT_BITS) & TAG_MASK
+}
+
+/// Adds `delta` to `cell` for `tick`, first rotating the cell to `tick` if
+/// it holds an older one. Returns the change to the window's total: the
+/// outcomes added minus the ones evicted.
+#[inline]
+fn add(cell: &AtomicU64, tick: u64, delta: u64) -> i64 {
+    let mut cur = cell.load(Ordering::Acquire);
+    loop {
+        let count = cur & BUCKET_MAX;
+        let fwd = ahead(tick, cur);
+        let (next, change) = if fwd != 0 && fwd < 1 << (TAG_BITS - 1) {
+            // Older tick in the cell: evict it, start this tick's count.
+            let added = delta.min(BUCKET_MAX);
+            ((tag(tick) << COUNT_BITS) | added, added as i64 - count as i64)
+        } else {
+            // Same tick, or a straggler whose tick the cell has passed: its
+            // outcome is counted in the newer bucket (kept longer, not lost).
+            let added = delta.min(BUCKET_MAX - count);
+            (cur + added, added as i64)
+        };
+        if next == cur {
+            return 0;
+        }
+        match cell.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return change,
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
+/// The count `cell` holds for a bucket still live at `tick` (at most
+/// `live - 1` ticks old), else zero.
+#[inline]
+fn live_count(cell: u64, tick: u64, live: u64) -> u64 {
+    if ahead(tick, cell) < live {
+        cell & BUCKET_MAX
+    } else {
+        0
+    }
+}
+
 #[derive(Debug, Default)]
 #[repr(align(64))]
 struct Bucket {
-    epoch: AtomicU64,
-    counts: AtomicU64,
-    slow: AtomicI64,
+    calls: AtomicU64,
+    failures: AtomicU64,
+    slow: AtomicU64,
 }
 
 /// Fixed time buckets aligned to multiples of the bucket width.
@@ -128,10 +194,15 @@ struct Bucket {
 /// A bucket `[k*w, (k+1)*w)` is live while its end is less than a full window
 /// old, so at tick `t` the live buckets are `t - n ..= t` (`n` = buckets per
 /// window): the ring holds `n + 1` slots.
+///
+/// Bounds: a bucket counts at most 2^40 - 1 calls (and as many failures and
+/// slow calls); beyond that it saturates, it never wraps. The window's totals
+/// are 64-bit.
 #[derive(Debug)]
 pub(crate) struct TimeBuckets {
     head: Padded<AtomicU64>,
-    totals: Padded<AtomicU64>,
+    calls: Padded<AtomicI64>,
+    failures: Padded<AtomicI64>,
     slow: Padded<AtomicI64>,
     width: u64,
     buckets: Box<[Bucket]>,
@@ -141,7 +212,8 @@ impl TimeBuckets {
     pub(crate) fn new(width_nanos: u64, per_window: u32) -> Self {
         Self {
             head: Padded(AtomicU64::new(0)),
-            totals: Padded(AtomicU64::new(0)),
+            calls: Padded(AtomicI64::new(0)),
+            failures: Padded(AtomicI64::new(0)),
             slow: Padded(AtomicI64::new(0)),
             width: width_nanos.max(1),
             buckets: (0..=per_window).map(|_| Bucket::default()).collect(),
@@ -155,35 +227,49 @@ impl TimeBuckets {
             self.advance(tick);
         }
         let bucket = &self.buckets[(tick % self.buckets.len() as u64) as usize];
-        let delta = 1 + if failed { FAILURE } else { 0 };
-        bucket.counts.fetch_add(delta, Ordering::AcqRel);
-        let total = self
-            .totals
-            .0
-            .fetch_add(delta, Ordering::AcqRel)
-            .wrapping_add(delta);
+        let calls = Self::apply(&self.calls.0, add(&bucket.calls, tick, 1));
+        let failures = if failed {
+            Self::apply(&self.failures.0, add(&bucket.failures, tick, 1))
+        } else {
+            self.failures.0.load(Ordering::Acquire)
+        };
         let slow_total = if slow {
-            bucket.slow.fetch_add(1, Ordering::AcqRel);
-            self.slow.0.fetch_add(1, Ordering::AcqRel) + 1
+            Self::apply(&self.slow.0, add(&bucket.slow, tick, 1))
         } else {
             self.slow.0.load(Ordering::Relaxed)
         };
-        decode(total, slow_total)
+        WindowCounts {
+            calls: calls.max(0) as u64,
+            failures: failures.max(0) as u64,
+            slow: slow_total.max(0) as u64,
+        }
     }
 
-    /// Counts of the buckets still live at `now`.
+    #[inline]
+    fn apply(total: &AtomicI64, change: i64) -> i64 {
+        if change == 0 {
+            total.load(Ordering::Acquire)
+        } else {
+            total.fetch_add(change, Ordering::AcqRel) + change
+        }
+    }
+
+    /// Counts of the buckets still live at `now`. Reads only: it sums the
+    /// live buckets (O(buckets)), it never rotates one.
     pub(crate) fn counts(&self, now: u64) -> WindowCounts {
         let tick = now / self.width;
-        if tick > self.head.0.load(Ordering::Acquire) {
-            self.advance(tick);
+        let live = self.buckets.len() as u64;
+        let mut counts = WindowCounts::default();
+        for bucket in self.buckets.iter() {
+            counts.calls += live_count(bucket.calls.load(Ordering::Acquire), tick, live);
+            counts.failures += live_count(bucket.failures.load(Ordering::Acquire), tick, live);
+            counts.slow += live_count(bucket.slow.load(Ordering::Acquire), tick, live);
         }
-        decode(
-            self.totals.0.load(Ordering::Acquire),
-            self.slow.0.load(Ordering::Acquire),
-        )
+        counts
     }
 
-    /// Expires every bucket whose slot the ticks up to `tick` reuse.
+    /// Rotates every slot that the ticks up to `tick` reuse, evicting what
+    /// it held.
     #[cold]
     fn advance(&self, tick: u64) {
         let n = self.buckets.len() as u64;
@@ -191,33 +277,40 @@ impl TimeBuckets {
         let first = (head + 1).max(tick.saturating_sub(n - 1));
         for x in first..=tick {
             let bucket = &self.buckets[(x % n) as usize];
-            let epoch = bucket.epoch.load(Ordering::Acquire);
-            if epoch < x
-                && bucket
-                    .epoch
-                    .compare_exchange(epoch, x, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            {
-                self.evict(bucket);
-            }
+            Self::apply(&self.calls.0, add(&bucket.calls, x, 0));
+            Self::apply(&self.failures.0, add(&bucket.failures, x, 0));
+            Self::apply(&self.slow.0, add(&bucket.slow, x, 0));
         }
         self.head.0.fetch_max(tick, Ordering::AcqRel);
     }
 
-    fn evict(&self, bucket: &Bucket) {
-        let counts = bucket.counts.swap(0, Ordering::AcqRel);
-        if counts != 0 {
-            self.totals.0.fetch_sub(counts, Ordering::AcqRel);
-        }
-        let slow = bucket.slow.swap(0, Ordering::AcqRel);
-        if slow != 0 {
-            self.slow.0.fetch_sub(slow, Ordering::AcqRel);
-        }
-    }
-
+    /// Empties every bucket (the breaker closed or was reset).
     pub(crate) fn clear(&self) {
+        let take = |cell: &AtomicU64, total: &AtomicI64| {
+            let mut cur = cell.load(Ordering::Acquire);
+            loop {
+                let count = cur & BUCKET_MAX;
+                if count == 0 {
+                    return;
+                }
+                match cell.compare_exchange_weak(
+                    cur,
+                    cur - count,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => {
+                        total.fetch_sub(count as i64, Ordering::AcqRel);
+                        return;
+                    }
+                    Err(actual) => cur = actual,
+                }
+            }
+        };
         for bucket in self.buckets.iter() {
-            self.evict(bucket);
+            take(&bucket.calls, &self.calls.0);
+            take(&bucket.failures, &self.failures.0);
+            take(&bucket.slow, &self.slow.0);
         }
     }
 }
@@ -282,6 +375,36 @@ mod tests {
         );
         ring.clear();
         assert_eq!(ring.counts(), WindowCounts::default());
+    }
+
+    #[test]
+    fn time_buckets_totals_are_64_bit_and_buckets_saturate() {
+        // More than 2^32 calls in one window: the old packed 32-bit totals
+        // wrapped here and the rate was garbage.
+        let w = TimeBuckets::new(10, 4);
+        let cell = &w.buckets[0].calls;
+        cell.store(BUCKET_MAX - 1, Ordering::Relaxed);
+        w.calls.0.store((BUCKET_MAX - 1) as i64, Ordering::Relaxed);
+        let c = w.record(5, true, false);
+        assert_eq!(c.calls, BUCKET_MAX, "2^40 - 1 calls counted");
+        let c = w.record(5, true, false);
+        assert_eq!(c.calls, BUCKET_MAX, "saturated, not wrapped");
+        assert_eq!(c.failures, 2);
+        assert_eq!(w.counts(9).calls, BUCKET_MAX);
+        // Rotation evicts exactly what the bucket held.
+        assert_eq!(w.counts(1_000).calls, 0);
+        w.record(1_000, false, false);
+        assert_eq!(w.counts(1_000).calls, 1);
+    }
+
+    #[test]
+    fn time_bucket_reads_do_not_rotate() {
+        let w = TimeBuckets::new(10, 4);
+        w.record(5, true, false);
+        assert_eq!(w.counts(1_000).calls, 0);
+        // The read changed nothing: a reader earlier in time still sees it.
+        assert_eq!(w.counts(9).calls, 1);
+        assert_eq!(w.head.0.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -10,20 +10,59 @@ use tower_service::Service;
 
 use super::Recovery;
 use crate::BoxError;
-use crate::circuit_breaker::{CallError, Rejected};
+use crate::circuit_breaker::Rejected;
+#[cfg(doc)]
+use crate::circuit_breaker::CallError;
 use crate::classify::{Classify, ErrorsAsFailures, Outcome};
 
-/// Whether an error is a breaker's rejection, which the breaker reports
-/// itself and which says nothing new about the dependency.
-pub(crate) fn is_rejection<E: 'static>(error: &E) -> bool {
+/// Whether `error` is a refusal made by this crate rather than a failure of
+/// the dependency: a breaker's [`Rejected`] (bare, boxed, anywhere in a
+/// `BoxError`'s source chain, or as [`CallError::Rejected`] around any
+/// error type), or a drain's `Draining` / `ClientClosed`. A recovery never
+/// counts these: the breaker reports its own opening, and a drain is not an
+/// outage.
+///
+/// `CallError<E>` is generic over the caller's error type, which no code
+/// here can name; [`Breaker::call`](crate::circuit_breaker::Breaker::call)
+/// registers each `CallError<E>` type the first time it rejects, and this
+/// looks the type up. Nothing else is registered, and an error that is not a
+/// refusal costs one hash-map lookup under a read lock only when it is a
+/// `CallError` type that was ever rejected.
+pub fn is_refusal<E: 'static>(error: &E) -> bool {
     let any = error as &dyn Any;
-    any.is::<Rejected>()
-        || any
-            .downcast_ref::<BoxError>()
-            .is_some_and(|e| e.is::<Rejected>())
-        || any
-            .downcast_ref::<CallError<BoxError>>()
-            .is_some_and(CallError::is_rejected)
+    if is_own_refusal(any) {
+        return true;
+    }
+    if let Some(boxed) = any.downcast_ref::<BoxError>() {
+        return chain_has_refusal(&**boxed);
+    }
+    crate::circuit_breaker::error::registry::is_rejected_call_error(any)
+}
+
+fn is_own_refusal(any: &dyn Any) -> bool {
+    if any.is::<Rejected>() {
+        return true;
+    }
+    #[cfg(feature = "drain")]
+    if any.is::<crate::drain::Draining>() || any.is::<crate::drain::ClientClosed>() {
+        return true;
+    }
+    false
+}
+
+fn chain_has_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<Rejected>() {
+            return true;
+        }
+        #[cfg(feature = "drain")]
+        if e.is::<crate::drain::Draining>() || e.is::<crate::drain::ClientClosed>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Triggers a [`Recovery`] after consecutive failures of the service it
@@ -31,8 +70,9 @@ pub(crate) fn is_rejection<E: 'static>(error: &E) -> bool {
 /// [`Recovery::layer`]; every service it makes shares the recovery's count.
 ///
 /// Outcomes are classified with [`Classify`] (default: `Err` is a failure).
-/// A breaker's [`Rejected`] error is ignored: the breaker already reports its
-/// own opening. Put this layer outside a breaker, if there is one.
+/// A refusal made by this crate ([`is_refusal`]: a breaker's rejection,
+/// around any error type, or a drain's) is ignored: the breaker already
+/// reports its own opening. Put this layer outside a breaker, if there is one.
 #[derive(Clone)]
 pub struct RecoveryLayer<C = ErrorsAsFailures> {
     recovery: Recovery,
@@ -164,7 +204,7 @@ where
         let result = ready!(this.future.poll(cx));
         if let Some(recovery) = this.recovery.take() {
             let outcome = match &result {
-                Err(e) if is_rejection(e) => Outcome::Ignore,
+                Err(e) if is_refusal(e) => Outcome::Ignore,
                 _ => this.classify.classify(&result),
             };
             recovery.record(outcome);

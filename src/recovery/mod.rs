@@ -16,7 +16,8 @@
 //! that runs a user-supplied [`RecoveryAction`]. It is triggered by:
 //!
 //! - the breaker it [watches](Builder::watch) opening (Closed -> Open or
-//!   HalfOpen -> Open), delivered synchronously by the breaker, never polled;
+//!   HalfOpen -> Open), seen through counts the breaker publishes, which
+//!   never lose an opening;
 //! - a failing health check ([`Recovery::report_check`], what the health
 //!   monitor calls);
 //! - a [`RecoveryLayer`] on a client that has no breaker, after
@@ -72,7 +73,24 @@
 //!   `exhausted` returns to `idle` and the recovery is recorded. A manual
 //!   trigger or [`Recovery::reset`] starts again at attempt 1.
 //!
+//! One outage is one recovery: the outage starts at the first sign the
+//! dependency is down and ends at the first sign it is back (our cycle
+//! succeeded, the breaker closed by another path, a check passed while the
+//! breaker is not open); only its end records a success and an MTTR sample.
+//!
 //! Dropping every handle stops the background task.
+//!
+//! # Design: one-way events, a pure machine
+//!
+//! The rules live in a pure state machine (events in: triggers, check
+//! results, breaker openings and heals, attempt outcomes, time; effects out:
+//! run an attempt, cancel it, close the breaker, alert, log). Handles feed it
+//! events under a short lock and return; the background task carries out
+//! the effects with no lock held. The breaker never calls into a recovery:
+//! it publishes, and the recovery's task reacts. Reading ([`Recovery::status`],
+//! `Debug`) changes nothing: a cooldown whose time is up, or a breaker
+//! opening the task has not handled yet, is projected for the reader on a
+//! copy of the machine.
 //!
 //! # Logs
 //!
@@ -83,28 +101,31 @@
 
 mod backoff;
 mod layer;
+mod machine;
+mod task;
+#[cfg(test)]
+mod tests;
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 pub use self::backoff::Backoff;
 pub use self::layer::{RecoveryLayer, RecoveryService, ResponseFuture};
 
-use crate::circuit_breaker::{Breaker, Cause, State, Transition, WeakBreaker};
+use self::machine::{Effect, Event, Kind, Machine, Rules};
+use crate::circuit_breaker::core::Signal;
+use crate::circuit_breaker::{Breaker, WeakBreaker};
+use crate::sync::{Mutex, lock};
 
 /// Longest `last_error` kept, in bytes.
 pub const MAX_ERROR_LEN: usize = 256;
-
-/// How many recent recoveries the MTTR is averaged over.
-const MTTR_SAMPLES: usize = 20;
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
@@ -214,22 +235,18 @@ pub struct Status {
     pub last_attempt_at: Option<SystemTime>,
     /// Why the last failed attempt failed, capped at [`MAX_ERROR_LEN`] bytes.
     pub last_error: Option<String>,
-    /// Recoveries: cycles that succeeded plus self-healing observed.
+    /// Recoveries: outages that ended (by our cycle or by themselves), plus
+    /// cycles that succeeded with no outage known (a manual trigger).
     pub successes: u64,
     /// Failed attempts.
     pub failures: u64,
     /// Cycles that ended exhausted.
     pub exhaustions: u64,
-    /// Mean time to recover (dependency down to back) over recent recoveries.
+    /// Mean time to recover (dependency down to back) over the last 20
+    /// recoveries.
     pub mttr: Option<Duration>,
     /// When cooling down: time left.
     pub cooldown_remaining: Option<Duration>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Manual,
-    Automatic,
 }
 
 type Alert = Box<dyn Fn(&Status) + Send + Sync>;
@@ -238,45 +255,77 @@ struct Config {
     max_attempts: u32,
     backoff: Backoff,
     attempt_timeout: Duration,
-    cooldown: Duration,
     trigger_after: u32,
 }
 
-struct Inner {
-    state: RecoveryState,
-    /// Bumped to cancel the running cycle.
-    cycle: u64,
-    attempt: u32,
-    deferred: bool,
-    cooldown_until: Option<Instant>,
-    last_attempt_at: Option<SystemTime>,
-    last_error: Option<String>,
-    successes: u64,
-    failures: u64,
-    exhaustions: u64,
-    mttr: VecDeque<Duration>,
-    down_since: Option<Instant>,
-    last_check_failed: bool,
+/// The breaker signal counts the machine has been told about.
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen {
+    generation: u64,
+    opens: u64,
+    heals: u64,
+}
+
+/// The machine, the signals it has seen, and the effects the task has yet
+/// to carry out: one lock, held only to feed an event or take a copy.
+struct State {
+    machine: Machine,
+    seen: Seen,
+    effects: Vec<Effect>,
+}
+
+impl State {
+    /// Feeds the breaker's openings, heals and state since the last look.
+    /// `signal` was read before the lock was taken; older readings than
+    /// what was seen change nothing.
+    fn sync(&mut self, signal: Option<Signal>, now: Instant) {
+        let Some(signal) = signal else { return };
+        let generation = signal.word >> 3;
+        if generation <= self.seen.generation && signal.opens <= self.seen.opens {
+            return;
+        }
+        let opened = signal.opens > self.seen.opens;
+        let healed = signal.heals > self.seen.heals;
+        let closed = signal.state().is_closed();
+        // Both since the last look: the current state says which came last.
+        let order: &[Event] = match (opened, healed, closed) {
+            (true, true, true) => &[Event::BreakerOpened, Event::BreakerHealed],
+            (true, true, false) => &[Event::BreakerHealed, Event::BreakerOpened],
+            (true, false, _) => &[Event::BreakerOpened],
+            (false, true, _) => &[Event::BreakerHealed],
+            (false, false, _) => &[],
+        };
+        for event in order {
+            let reply = self.machine.on(event.clone(), now);
+            self.effects.extend(reply.effects);
+        }
+        if generation > self.seen.generation {
+            let down = matches!(
+                signal.state(),
+                crate::circuit_breaker::State::Open | crate::circuit_breaker::State::HalfOpen
+            );
+            self.machine.on(Event::BreakerState { down }, now);
+            self.seen.generation = generation;
+        }
+        self.seen.opens = self.seen.opens.max(signal.opens);
+        self.seen.heals = self.seen.heals.max(signal.heals);
+    }
 }
 
 struct Shared {
     name: Arc<str>,
     cfg: Config,
     action: Box<dyn Fn() -> BoxFuture + Send + Sync>,
-    breaker: Option<WeakBreaker>,
+    breaker: Option<(WeakBreaker, watch::Receiver<Signal>)>,
     alert: Option<Alert>,
-    inner: Mutex<Inner>,
-    /// Wakes the task: a trigger, a cancellation, or the stop.
+    state: Mutex<State>,
+    /// Wakes the task: effects to carry out, or the stop.
     wake: Notify,
     /// Wakes waiters on the state (`wait_*`).
     changed: Notify,
     stopped: AtomicBool,
     /// Consecutive failures seen by `RecoveryLayer`s and `call`.
-    pub(crate) layer_failures: AtomicU32,
-}
-
-fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    layer_failures: AtomicU32,
 }
 
 /// Keeps the background task alive; dropped with the last handle.
@@ -303,7 +352,7 @@ impl fmt::Debug for Recovery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Recovery")
             .field("name", &self.shared().name)
-            .field("state", &lock(&self.shared().inner).state)
+            .field("state", &self.shared().status().state)
             .finish()
     }
 }
@@ -326,61 +375,49 @@ impl Recovery {
     /// A manual trigger: starts a cycle unless one is running, bypassing the
     /// cooldown and leaving `exhausted` (from attempt 1).
     pub fn trigger(&self) -> TriggerOutcome {
-        self.shared().trigger(Kind::Manual, "manual trigger")
+        self.shared().trigger(Kind::Manual)
     }
 
     /// An automatic trigger (what the breaker, the monitor and the layer
     /// use): deferred while cooling down, ignored when exhausted.
     pub fn trigger_automatic(&self, reason: &str) -> TriggerOutcome {
-        self.shared().trigger(Kind::Automatic, reason)
+        let outcome = self.shared().trigger(Kind::Automatic);
+        tracing::debug!(dependency = self.name(), %outcome, reason, "recovery trigger");
+        outcome
     }
 
-    /// The health monitor's entry point: a failing check triggers recovery
-    /// (automatically); a passing one ends a cycle or an exhaustion, the
-    /// dependency being back, and, if the watched breaker is still open,
-    /// triggers a cycle whose success closes it.
+    /// The health monitor's entry point. A failing check is an automatic
+    /// trigger. A passing one ends the outage (a running cycle is cancelled,
+    /// `exhausted` returns to `idle`) unless the watched breaker is still
+    /// open: then it starts a cycle, whose success closes the breaker,
+    /// instead of leaving traffic to wait for the breaker's own probe.
+    /// Returns the trigger outcome when it was one.
     pub fn report_check(&self, passed: bool) -> Option<TriggerOutcome> {
         let shared = self.shared();
-        if passed {
-            shared.healed("health check passed");
-            // The dependency answers its check but its breaker is still
-            // open (a cycle ended exhausted, or none ran): run the action
-            // now, whose success closes the breaker, instead of leaving
-            // traffic to wait for the breaker's own probe.
-            let breaker_open = shared
-                .breaker
-                .as_ref()
-                .and_then(WeakBreaker::upgrade)
-                .is_some_and(|b| matches!(b.state(), State::Open | State::HalfOpen));
-            breaker_open.then(|| {
-                shared.trigger(
-                    Kind::Automatic,
-                    "health check passed while the breaker is open",
+        let breaker_down = shared
+            .breaker
+            .as_ref()
+            .and_then(|(weak, _)| weak.upgrade())
+            .map(|b| {
+                matches!(
+                    b.state(),
+                    crate::circuit_breaker::State::Open | crate::circuit_breaker::State::HalfOpen
                 )
-            })
-        } else {
-            lock(&shared.inner).last_check_failed = true;
-            Some(shared.trigger(Kind::Automatic, "health check failed"))
-        }
+            });
+        shared.feed(Event::Check {
+            passed,
+            breaker_down,
+        })
     }
 
     /// Back to `idle`: cancels a running cycle, clears the cooldown and the
     /// deferral. Counters and MTTR history are kept.
     pub fn reset(&self) {
-        let shared = self.shared();
-        let mut inner = lock(&shared.inner);
-        inner.cycle += 1;
-        inner.state = RecoveryState::Idle;
-        inner.attempt = 0;
-        inner.deferred = false;
-        inner.cooldown_until = None;
-        drop(inner);
-        shared.layer_failures.store(0, Ordering::Relaxed);
-        shared.wake.notify_one();
-        shared.changed.notify_waiters();
+        self.shared().layer_failures.store(0, Ordering::Relaxed);
+        self.shared().feed(Event::Reset);
     }
 
-    /// A point-in-time view.
+    /// A point-in-time view. Reading changes nothing.
     pub fn status(&self) -> Status {
         self.shared().status()
     }
@@ -392,8 +429,9 @@ impl Recovery {
     }
 
     /// Runs `future`, counting its failure (`Err`) towards the layer's
-    /// consecutive-failure trigger, like a [`RecoveryLayer`] would. A breaker
-    /// rejection is not counted.
+    /// consecutive-failure trigger, like a [`RecoveryLayer`] would. A refusal
+    /// made by this crate (a breaker's rejection, around any error type, or
+    /// a drain's) is not counted: see [`is_refusal`].
     pub async fn call<F, T, E>(&self, future: F) -> Result<T, E>
     where
         F: std::future::IntoFuture<Output = Result<T, E>>,
@@ -401,7 +439,7 @@ impl Recovery {
     {
         let result = future.into_future().await;
         let outcome = match &result {
-            Err(e) if layer::is_rejection(e) => crate::classify::Outcome::Ignore,
+            Err(e) if is_refusal(e) => crate::classify::Outcome::Ignore,
             Err(_) => crate::classify::Outcome::Failure,
             Ok(_) => crate::classify::Outcome::Success,
         };
@@ -421,15 +459,14 @@ impl Recovery {
                 let n = shared.layer_failures.fetch_add(1, Ordering::AcqRel) + 1;
                 if n >= shared.cfg.trigger_after {
                     shared.layer_failures.store(0, Ordering::Relaxed);
-                    shared.trigger(Kind::Automatic, "consecutive call failures");
+                    shared.trigger(Kind::Automatic);
                 }
             }
             crate::classify::Outcome::Ignore => {}
         }
     }
 
-    /// Waits until the state is neither `recovering` nor a pending start:
-    /// the current cycle (if any) has ended.
+    /// Waits until no cycle is running: the current cycle (if any) has ended.
     pub async fn wait_idle_or_cooling(&self) {
         self.wait_for(|s| s != RecoveryState::Recovering).await;
     }
@@ -441,316 +478,87 @@ impl Recovery {
             let notified = shared.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if pred(lock(&shared.inner).state) || shared.stopped.load(Ordering::Acquire) {
+            if pred(shared.status().state) || shared.stopped.load(Ordering::Acquire) {
                 return;
             }
-            notified.await;
+            // A cooldown ends by time alone: wake for it too.
+            match shared.status().cooldown_remaining {
+                Some(left) => {
+                    tokio::select! {
+                        () = &mut notified => {}
+                        () = tokio::time::sleep(left) => {}
+                    }
+                }
+                None => notified.await,
+            }
         }
     }
 }
 
+pub use self::layer::is_refusal;
+
 impl Shared {
-    /// Ends a cooldown whose time is up (observers see the truth even
-    /// before the task wakes).
-    fn refresh(self: &Arc<Self>) {
-        let due = {
-            let inner = lock(&self.inner);
-            inner.state == RecoveryState::CoolingDown
-                && inner.cooldown_until.is_some_and(|t| Instant::now() >= t)
-        };
-        if due {
-            self.cooled_down();
-        }
+    fn signal(&self) -> Option<Signal> {
+        self.breaker.as_ref().map(|(_, rx)| *rx.borrow())
     }
 
-    fn trigger(self: &Arc<Self>, kind: Kind, reason: &str) -> TriggerOutcome {
-        self.refresh();
-        let mut inner = lock(&self.inner);
-        if kind == Kind::Automatic && inner.down_since.is_none() {
-            inner.down_since = Some(Instant::now());
-        }
-        let outcome = match inner.state {
-            RecoveryState::Recovering => TriggerOutcome::AlreadyRunning,
-            RecoveryState::Exhausted if kind == Kind::Automatic => TriggerOutcome::Ignored,
-            RecoveryState::CoolingDown if kind == Kind::Automatic => {
-                inner.deferred = true;
-                TriggerOutcome::Deferred
-            }
-            _ => {
-                inner.state = RecoveryState::Recovering;
-                inner.attempt = 0;
-                inner.deferred = false;
-                inner.cooldown_until = None;
-                inner.cycle += 1;
-                TriggerOutcome::Started
-            }
+    fn trigger(&self, kind: Kind) -> TriggerOutcome {
+        self.feed(Event::Trigger(kind))
+            .expect("a trigger always has an outcome")
+    }
+
+    /// Feeds one event (after the breaker's pending signals) and hands the
+    /// effects to the task.
+    fn feed(&self, event: Event) -> Option<TriggerOutcome> {
+        let signal = self.signal();
+        let now = Instant::now();
+        let (outcome, wake) = {
+            let mut state = lock(&self.state);
+            state.sync(signal, now);
+            let reply = state.machine.on(event, now);
+            state.effects.extend(reply.effects);
+            (reply.outcome, !state.effects.is_empty())
         };
-        drop(inner);
-        tracing::debug!(dependency = &*self.name, %outcome, reason, "recovery trigger");
-        if outcome == TriggerOutcome::Started {
+        if wake {
             self.wake.notify_one();
-            self.changed.notify_waiters();
         }
+        self.changed.notify_waiters();
         outcome
     }
 
-    /// The dependency is back by another path than our own cycle: the
-    /// breaker closed, or a health check passed.
-    fn healed(&self, how: &str) {
-        let mut inner = lock(&self.inner);
-        inner.last_check_failed = false;
-        let was = inner.state;
-        if matches!(was, RecoveryState::Recovering | RecoveryState::Exhausted) {
-            inner.cycle += 1;
-            inner.state = RecoveryState::Idle;
-            inner.attempt = 0;
-            inner.successes += 1;
-            if let Some(since) = inner.down_since.take() {
-                let mttr = since.elapsed();
-                push_mttr(&mut inner.mttr, mttr);
+    /// A status computed on a copy of the machine, with pending breaker
+    /// signals and the time applied to the copy only.
+    fn status(&self) -> Status {
+        let signal = self.signal();
+        let now = Instant::now();
+        let mut copy = {
+            let state = lock(&self.state);
+            State {
+                machine: state.machine.clone(),
+                seen: state.seen,
+                effects: Vec::new(),
             }
-            drop(inner);
-            self.count(crate_metrics::Event::Healed);
-            tracing::info!(
-                dependency = &*self.name,
-                was = %was,
-                "Dependency '{}' is healthy again ({how}); recovery back to idle",
-                self.name
-            );
-            self.wake.notify_one();
-            self.changed.notify_waiters();
-        } else if was != RecoveryState::CoolingDown {
-            inner.down_since = None;
-        }
-    }
-
-    fn dependency_down(&self, inner: &Inner) -> bool {
-        let breaker_down = self
-            .breaker
-            .as_ref()
-            .and_then(WeakBreaker::upgrade)
-            .is_some_and(|b| matches!(b.state(), State::Open | State::HalfOpen));
-        breaker_down || inner.last_check_failed
-    }
-
-    fn status(self: &Arc<Self>) -> Status {
-        self.refresh();
-        let inner = lock(&self.inner);
-        let mttr = (!inner.mttr.is_empty())
-            .then(|| inner.mttr.iter().sum::<Duration>() / inner.mttr.len() as u32);
+        };
+        copy.sync(signal, now);
+        copy.machine.on(Event::Tick, now);
+        let m = &copy.machine;
+        let wall = SystemTime::now();
         Status {
             name: self.name.clone(),
-            state: inner.state,
-            attempt: inner.attempt,
+            state: m.state(now),
+            attempt: m.attempt,
             max_attempts: self.cfg.max_attempts,
-            last_attempt_at: inner.last_attempt_at,
-            last_error: inner.last_error.clone(),
-            successes: inner.successes,
-            failures: inner.failures,
-            exhaustions: inner.exhaustions,
-            mttr,
-            cooldown_remaining: inner
-                .cooldown_until
-                .filter(|_| inner.state == RecoveryState::CoolingDown)
-                .map(|until| until.saturating_duration_since(Instant::now())),
+            last_attempt_at: m
+                .last_attempt_at
+                .map(|t| wall - now.saturating_duration_since(t)),
+            last_error: m.last_error.clone().map(cap),
+            successes: m.successes,
+            failures: m.failed_attempts,
+            exhaustions: m.exhaustions,
+            mttr: m.mttr(),
+            cooldown_remaining: m.cooldown_remaining(now),
         }
     }
-
-    fn is_current(&self, cycle: u64) -> bool {
-        lock(&self.inner).cycle == cycle && !self.stopped.load(Ordering::Acquire)
-    }
-
-    /// Waits for `fut` unless the cycle is cancelled or the task stopped.
-    async fn unless_cancelled<F: Future>(&self, cycle: u64, fut: F) -> Option<F::Output> {
-        tokio::pin!(fut);
-        loop {
-            let woken = self.wake.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            if !self.is_current(cycle) {
-                // Pass the wake-up on: the main loop must see it too.
-                self.wake.notify_one();
-                return None;
-            }
-            tokio::select! {
-                out = &mut fut => return Some(out),
-                () = &mut woken => {}
-            }
-        }
-    }
-
-    async fn run_cycle(self: &Arc<Self>, cycle: u64) {
-        let name = &*self.name;
-        let max = self.cfg.max_attempts;
-        for attempt in 1..=max {
-            if attempt >= 2 {
-                let delay = self.cfg.backoff.delay(attempt);
-                tracing::info!(
-                    dependency = name,
-                    "Applying backoff delay: {:.1}s",
-                    delay.as_secs_f64()
-                );
-                if self
-                    .unless_cancelled(cycle, tokio::time::sleep(delay))
-                    .await
-                    .is_none()
-                {
-                    return;
-                }
-            }
-            {
-                let mut inner = lock(&self.inner);
-                if inner.cycle != cycle {
-                    return;
-                }
-                inner.attempt = attempt;
-                inner.last_attempt_at = Some(SystemTime::now());
-            }
-            self.changed.notify_waiters();
-            self.count(crate_metrics::Event::Attempt);
-            tracing::info!(
-                dependency = name,
-                attempt,
-                max,
-                "Triggering recovery for: {name} (attempt {attempt}/{max})"
-            );
-            let attempt_fut = tokio::time::timeout(self.cfg.attempt_timeout, (self.action)());
-            let error = match self.unless_cancelled(cycle, attempt_fut).await {
-                None => return,
-                Some(Ok(Ok(()))) => {
-                    self.succeeded(cycle);
-                    return;
-                }
-                Some(Ok(Err(e))) => e,
-                Some(Err(_)) => format!("attempt timed out after {:?}", self.cfg.attempt_timeout),
-            };
-            tracing::error!(dependency = name, attempt, max, error = %error, "Recovery attempt {attempt}/{max} failed for: {name}: {error}");
-            let mut inner = lock(&self.inner);
-            if inner.cycle != cycle {
-                return;
-            }
-            inner.failures += 1;
-            inner.last_error = Some(cap(error));
-            drop(inner);
-            self.count(crate_metrics::Event::Failure);
-        }
-        let mut inner = lock(&self.inner);
-        if inner.cycle != cycle {
-            return;
-        }
-        inner.state = RecoveryState::Exhausted;
-        inner.exhaustions += 1;
-        drop(inner);
-        self.count(crate_metrics::Event::Exhausted);
-        tracing::error!(dependency = name, "Recovery failed for: {name}");
-        tracing::error!(
-            dependency = name,
-            "Recovery for '{name}' exhausted {max} attempts: manual intervention required"
-        );
-        self.changed.notify_waiters();
-        if let Some(alert) = &self.alert {
-            alert(&self.status());
-        }
-    }
-
-    fn succeeded(&self, cycle: u64) {
-        let mut inner = lock(&self.inner);
-        if inner.cycle != cycle {
-            return;
-        }
-        inner.state = RecoveryState::CoolingDown;
-        inner.cooldown_until = Some(Instant::now() + self.cfg.cooldown);
-        inner.successes += 1;
-        inner.last_check_failed = false;
-        if let Some(since) = inner.down_since.take() {
-            let mttr = since.elapsed();
-            push_mttr(&mut inner.mttr, mttr);
-        }
-        drop(inner);
-        let name = &*self.name;
-        self.count(crate_metrics::Event::Success);
-        tracing::info!(dependency = name, "Recovery successful for: {name}");
-        if let Some(breaker) = self.breaker.as_ref().and_then(WeakBreaker::upgrade) {
-            breaker.close();
-        }
-        self.changed.notify_waiters();
-    }
-
-    /// At the end of a cooldown: idle, and a deferred trigger honoured only
-    /// if the dependency is still down.
-    fn cooled_down(self: &Arc<Self>) {
-        let mut inner = lock(&self.inner);
-        if inner.state != RecoveryState::CoolingDown {
-            return;
-        }
-        inner.state = RecoveryState::Idle;
-        inner.cooldown_until = None;
-        let deferred = std::mem::take(&mut inner.deferred);
-        let down = deferred && self.dependency_down(&inner);
-        drop(inner);
-        self.changed.notify_waiters();
-        if down {
-            self.trigger(Kind::Automatic, "deferred trigger, dependency still down");
-        } else if deferred {
-            tracing::info!(
-                dependency = &*self.name,
-                "Deferred recovery dropped: dependency is up"
-            );
-        }
-    }
-}
-
-impl Shared {
-    #[inline]
-    fn count(&self, _event: crate_metrics::Event) {
-        #[cfg(feature = "metrics")]
-        {
-            let name = self.name.to_string();
-            match _event {
-                crate_metrics::Event::Attempt => {
-                    metrics::counter!(crate::metrics::RECOVERY_ATTEMPTS, "dependency" => name)
-                        .increment(1)
-                }
-                event => metrics::counter!(
-                    crate::metrics::RECOVERY_OUTCOMES,
-                    "dependency" => name,
-                    "outcome" => event.as_str()
-                )
-                .increment(1),
-            }
-        }
-    }
-}
-
-mod crate_metrics {
-    #[derive(Clone, Copy, Debug)]
-    pub(super) enum Event {
-        Attempt,
-        Success,
-        Failure,
-        Exhausted,
-        Healed,
-    }
-
-    impl Event {
-        #[allow(dead_code)]
-        pub(super) fn as_str(self) -> &'static str {
-            match self {
-                Event::Attempt => "attempt",
-                Event::Success => "success",
-                Event::Failure => "failure",
-                Event::Exhausted => "exhausted",
-                Event::Healed => "healed",
-            }
-        }
-    }
-}
-
-fn push_mttr(samples: &mut VecDeque<Duration>, sample: Duration) {
-    if samples.len() == MTTR_SAMPLES {
-        samples.pop_front();
-    }
-    samples.push_back(sample);
 }
 
 /// Caps an error text at [`MAX_ERROR_LEN`] bytes on a character boundary.
@@ -758,43 +566,12 @@ fn cap(text: String) -> String {
     crate::util::truncate_utf8(text, MAX_ERROR_LEN)
 }
 
-async fn run(shared: Arc<Shared>) {
-    loop {
-        let woken = shared.wake.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
-        if shared.stopped.load(Ordering::Acquire) {
-            return;
-        }
-        let (state, cycle, cooldown_until) = {
-            let inner = lock(&shared.inner);
-            (inner.state, inner.cycle, inner.cooldown_until)
-        };
-        match state {
-            RecoveryState::Recovering => {
-                shared.run_cycle(cycle).await;
-                continue;
-            }
-            RecoveryState::CoolingDown => {
-                if let Some(until) = cooldown_until {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(until) => shared.cooled_down(),
-                        () = &mut woken => {}
-                    }
-                    continue;
-                }
-            }
-            _ => {}
-        }
-        woken.await;
-    }
-}
-
 /// Configures a [`Recovery`].
 pub struct Builder {
     name: Arc<str>,
     action: Box<dyn Fn() -> BoxFuture + Send + Sync>,
     cfg: Config,
+    cooldown: Duration,
     breaker: Option<Breaker>,
     alert: Option<Alert>,
 }
@@ -814,15 +591,15 @@ impl Builder {
             name,
             action: Box::new(move || {
                 let fut = action.recover();
-                Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
+                Box::pin(async move { fut.await.map_err(|e| cap(e.to_string())) })
             }),
             cfg: Config {
                 max_attempts: 3,
                 backoff: Backoff::default(),
                 attempt_timeout: Duration::from_secs(10),
-                cooldown: Duration::from_secs(60),
                 trigger_after: 3,
             },
+            cooldown: Duration::from_secs(60),
             breaker: None,
             alert: None,
         }
@@ -852,7 +629,7 @@ impl Builder {
 
     /// Cooldown after a successful cycle (default 60 s).
     pub fn cooldown(mut self, cooldown: Duration) -> Self {
-        self.cfg.cooldown = cooldown;
+        self.cooldown = cooldown;
         self
     }
 
@@ -869,12 +646,13 @@ impl Builder {
 
     /// Watches `breaker`: its opening triggers recovery, its closing by any
     /// path ends a cycle or an exhaustion, and a successful cycle closes it.
+    /// The recovery holds only a weak reference to the breaker.
     pub fn watch(mut self, breaker: &Breaker) -> Self {
         self.breaker = Some(breaker.clone());
         self
     }
 
-    /// Called once each time a cycle ends exhausted.
+    /// Called once each time a cycle ends exhausted, on the recovery's task.
     pub fn on_exhausted<F>(mut self, alert: F) -> Self
     where
         F: Fn(&Status) + Send + Sync + 'static,
@@ -888,63 +666,48 @@ impl Builder {
     /// # Panics
     /// Outside a tokio runtime.
     pub fn spawn(self) -> Recovery {
+        let breaker = self.breaker.as_ref().map(|b| {
+            let rx = b.watch();
+            (b.downgrade(), rx)
+        });
+        let seen = breaker.as_ref().map_or(Seen::default(), |(_, rx)| {
+            let signal = *rx.borrow();
+            Seen {
+                generation: signal.word >> 3,
+                opens: signal.opens,
+                heals: signal.heals,
+            }
+        });
+        let mut machine = Machine::new(Rules {
+            max_attempts: self.cfg.max_attempts,
+            cooldown: self.cooldown,
+        });
+        if let Some(b) = &self.breaker {
+            // A breaker already open when the recovery starts is an outage
+            // already under way.
+            if !b.state().is_closed() && b.state() != crate::circuit_breaker::State::Disabled {
+                machine.on(Event::BreakerState { down: true }, Instant::now());
+            }
+        }
         let shared = Arc::new(Shared {
             name: self.name,
             cfg: self.cfg,
             action: self.action,
-            breaker: self.breaker.as_ref().map(Breaker::downgrade),
+            breaker,
             alert: self.alert,
-            inner: Mutex::new(Inner {
-                state: RecoveryState::Idle,
-                cycle: 0,
-                attempt: 0,
-                deferred: false,
-                cooldown_until: None,
-                last_attempt_at: None,
-                last_error: None,
-                successes: 0,
-                failures: 0,
-                exhaustions: 0,
-                mttr: VecDeque::new(),
-                down_since: None,
-                last_check_failed: false,
+            state: Mutex::new(State {
+                machine,
+                seen,
+                effects: Vec::new(),
             }),
             wake: Notify::new(),
             changed: Notify::new(),
             stopped: AtomicBool::new(false),
             layer_failures: AtomicU32::new(0),
         });
-        if let Some(breaker) = &self.breaker {
-            let weak: Weak<Shared> = Arc::downgrade(&shared);
-            breaker.on_transition(move |t: &Transition| {
-                if let Some(shared) = weak.upgrade() {
-                    on_breaker_transition(&shared, t);
-                }
-            });
-        }
-        tokio::spawn(run(shared.clone()));
+        tokio::spawn(task::run(shared.clone()));
         Recovery {
             owner: Arc::new(Owner { shared }),
         }
-    }
-}
-
-fn on_breaker_transition(shared: &Arc<Shared>, t: &Transition) {
-    if shared.stopped.load(Ordering::Acquire) {
-        return;
-    }
-    match (t.from, t.to) {
-        (State::Closed | State::HalfOpen, State::Open) => {
-            let name = &*shared.name;
-            tracing::info!(
-                dependency = name,
-                "Circuit breaker '{name}' opened, triggering auto-recovery"
-            );
-            shared.trigger(Kind::Automatic, "circuit breaker opened");
-        }
-        (_, State::Closed) if t.cause != Cause::Recovered => {
-            shared.healed("circuit breaker closed")
-        }
-        _ => {}
     }
 }

@@ -13,6 +13,23 @@ fn run(breaker: Breaker, clock: ManualClock, permits: u16) {
     /// Phases the driver runs; each waits for the workers to make 2,000 calls.
     const ROUNDS: u64 = 45;
     let mut events = breaker.subscribe();
+    // The stream is bounded (64): read it as the run goes, as a real
+    // observer would, on a thread of its own.
+    let reader = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut seen = Vec::new();
+            loop {
+                match events.recv().await {
+                    Ok(t) => seen.push(t),
+                    Err(tower_recovery::circuit_breaker::RecvError::Closed) => return seen,
+                    Err(lagged) => panic!("the reader fell behind: {lagged}"),
+                }
+            }
+        })
+    });
     let healthy = Arc::new(AtomicBool::new(true));
     let done = Arc::new(AtomicBool::new(false));
     let probes: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
@@ -135,12 +152,11 @@ fn run(breaker: Breaker, clock: ManualClock, permits: u16) {
         );
     }
 
-    // Lossless: every transition was delivered, in order, chained.
-    let mut seen = Vec::new();
-    while let Some(t) = events.try_recv() {
-        seen.push(t);
-    }
-    assert_eq!(seen.len() as u64, snap.transitions);
+    // Every transition was delivered, in order, chained.
+    let transitions = snap.transitions;
+    drop(breaker);
+    let seen = reader.join().unwrap();
+    assert_eq!(seen.len() as u64, transitions);
     for pair in seen.windows(2) {
         assert_eq!(pair[0].to, pair[1].from, "chained");
         assert_eq!(pair[0].generation + 1, pair[1].generation, "ordered");

@@ -68,6 +68,18 @@ fn trip(b: &Breaker) {
 
 const S: Duration = Duration::from_secs(1);
 
+/// Lets the recovery's task run until `cond` holds; fails the test, naming
+/// `what`, if it does not within 1,000 scheduler turns (time stands still).
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..1_000 {
+        if cond() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("never happened: {what}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn triggers_coalesce_and_say_what_became_of_them() {
     let script = Script::default();
@@ -129,7 +141,7 @@ async fn a_hung_attempt_fails_at_the_attempt_timeout() {
     let recovery = Recovery::builder("db", script.action()).spawn();
     let t0 = Instant::now();
     recovery.trigger();
-    recovery.wait_for(|_| true).await;
+    eventually("attempt 1 started", || script.attempts() == 1).await;
     tokio::time::sleep(Duration::from_millis(10_001)).await;
     let status = recovery.status();
     assert_eq!(status.attempt, 1);
@@ -150,9 +162,9 @@ async fn success_closes_the_breaker_and_starts_the_cooldown() {
     assert_eq!(
         recovery.status().state,
         RecoveryState::Recovering,
-        "triggered synchronously by the breaker"
+        "the breaker's opening is seen at once"
     );
-    recovery.wait_for(|_| true).await;
+    eventually("attempt 1 ran", || recovery.status().failures == 1).await;
     // Attempt 1 fails; the dependency comes back before attempt 2.
     tokio::time::sleep(S).await;
     assert_eq!(b.state(), State::Open, "left open on failure");
@@ -293,7 +305,7 @@ async fn a_passing_health_check_cancels_a_running_cycle() {
     let script = Script::default();
     let recovery = Recovery::builder("db", script.action()).spawn();
     assert_eq!(recovery.report_check(false), Some(TriggerOutcome::Started));
-    recovery.wait_for(|_| true).await;
+    eventually("attempt 1 failed", || recovery.status().failures == 1).await;
     tokio::time::sleep(S).await; // attempt 1 failed, waiting 2 s
     assert_eq!(recovery.report_check(true), None);
     assert_eq!(recovery.status().state, RecoveryState::Idle);
@@ -394,9 +406,7 @@ async fn dropping_every_handle_stops_the_task() {
     let recovery = Recovery::builder("db", script.action()).spawn();
     let clone = recovery.clone();
     recovery.trigger();
-    recovery.wait_for(|_| true).await;
-    tokio::task::yield_now().await;
-    assert_eq!(script.attempts(), 1);
+    eventually("attempt 1 started", || script.attempts() == 1).await;
     drop(recovery);
     drop(clone);
     // The task holds the action; once it is gone, only our handle remains.
@@ -445,8 +455,7 @@ async fn logs_reproduce_the_seed_lines() {
         .watch(&b)
         .spawn();
     trip(&b);
-    recovery.wait_for(|_| true).await;
-    tokio::time::sleep(S).await;
+    eventually("attempt 1 failed", || recovery.status().failures == 1).await;
     script.set_healthy(true);
     recovery.wait_idle_or_cooling().await;
 

@@ -1,0 +1,475 @@
+//! The recovery's rules as a pure state machine.
+//!
+//! [`Machine::on`] takes an [`Event`] and the time it happened, changes the
+//! machine's state and returns what the event became ([`Reply`]) and the
+//! [`Effect`]s to carry out. It runs no action, reads no clock, calls no
+//! other component and logs nothing: the task loop (`task.rs`) and the
+//! handle do all of that after the machine's lock is released. So every rule
+//! of the module docs is a property of this file alone, tested exhaustively
+//! over event sequences in `tests.rs`.
+//!
+//! One outage is one recovery: an outage starts at the first sign that the
+//! dependency is down (an automatic trigger, a failing check, the breaker
+//! opening) and ends at the first sign it is back (our cycle succeeded, the
+//! breaker closed by another path, a check passed while the breaker is not
+//! open). Only its end records a success and an MTTR sample, so a sample can
+//! neither be counted twice nor outlive its outage.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{RecoveryState, TriggerOutcome};
+
+/// How many recent recoveries the MTTR is averaged over.
+pub(crate) const MTTR_SAMPLES: usize = 20;
+
+/// Who asked for a cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A person (the admin endpoint): bypasses the cooldown, leaves
+    /// `exhausted`.
+    Manual,
+    /// The breaker, the monitor or the layer.
+    Automatic,
+}
+
+/// Something that happened.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Event {
+    /// A trigger.
+    Trigger(Kind),
+    /// A health check result, with the watched breaker's state at the time
+    /// (`None` without a breaker; `Some(true)` when it is open or half-open).
+    Check {
+        passed: bool,
+        breaker_down: Option<bool>,
+    },
+    /// The watched breaker opened (Closed or HalfOpen to Open).
+    BreakerOpened,
+    /// The watched breaker closed by another path than our own close.
+    BreakerHealed,
+    /// The watched breaker's current state: down (open, half-open) or not.
+    BreakerState { down: bool },
+    /// An attempt of cycle `cycle` is starting (its backoff delay is over).
+    AttemptStarted { cycle: u64, attempt: u32 },
+    /// An attempt of cycle `cycle` finished.
+    AttemptDone {
+        cycle: u64,
+        attempt: u32,
+        result: Result<(), String>,
+    },
+    /// [`Recovery::reset`](super::Recovery::reset).
+    Reset,
+    /// Time passed (the cooldown may have ended).
+    Tick,
+}
+
+/// What the machine asks to be done.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Effect {
+    /// Run attempt `attempt` of `cycle`, after the backoff delay when
+    /// `attempt >= 2`.
+    Attempt { cycle: u64, attempt: u32 },
+    /// Stop the running attempt or backoff wait, if any.
+    Cancel,
+    /// Close the watched breaker (it is not closed if ForcedOpen/Disabled).
+    CloseBreaker,
+    /// Call the exhaustion alert once.
+    Alert,
+    /// A line for the log.
+    Log(Log),
+}
+
+/// The log lines, rendered by the caller outside the lock.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Log {
+    Opened,
+    Started { reason: Reason },
+    Attempt { attempt: u32 },
+    AttemptFailed { attempt: u32, error: String },
+    Succeeded,
+    Exhausted,
+    Healed { was: RecoveryState, how: Reason },
+    DeferredDropped,
+}
+
+/// Why a cycle started or an outage ended, for the logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reason {
+    Manual,
+    Automatic,
+    CheckFailed,
+    CheckPassedBreakerOpen,
+    BreakerOpened,
+    BreakerHealed,
+    CheckPassed,
+    Deferred,
+}
+
+impl Reason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Reason::Manual => "manual trigger",
+            Reason::Automatic => "automatic trigger",
+            Reason::CheckFailed => "health check failed",
+            Reason::CheckPassedBreakerOpen => "health check passed while the breaker is open",
+            Reason::BreakerOpened => "circuit breaker opened",
+            Reason::BreakerHealed => "circuit breaker closed",
+            Reason::CheckPassed => "health check passed",
+            Reason::Deferred => "deferred trigger, dependency still down",
+        }
+    }
+}
+
+/// The reply to an event: the trigger outcome when it was a trigger.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Reply {
+    pub(crate) outcome: Option<TriggerOutcome>,
+    pub(crate) effects: Vec<Effect>,
+}
+
+/// Fixed rules.
+#[derive(Clone, Debug)]
+pub(crate) struct Rules {
+    pub(crate) max_attempts: u32,
+    pub(crate) cooldown: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    /// `attempt` is the attempt running or about to run.
+    Recovering {
+        attempt: u32,
+    },
+    CoolingDown {
+        until: Instant,
+    },
+    Exhausted,
+}
+
+/// The recovery's state and counters.
+#[derive(Clone, Debug)]
+pub(crate) struct Machine {
+    rules: Rules,
+    phase: Phase,
+    /// Bumped by every cycle start and cancellation: results of an older
+    /// cycle are dropped.
+    cycle: u64,
+    /// Attempts made in the current (or last) cycle.
+    pub(crate) attempt: u32,
+    /// An automatic trigger arrived during the cooldown.
+    deferred: bool,
+    /// Start of the outage being recovered, if one is known.
+    down_since: Option<Instant>,
+    last_check_failed: bool,
+    breaker_down: bool,
+    pub(crate) last_attempt_at: Option<Instant>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) successes: u64,
+    pub(crate) failed_attempts: u64,
+    pub(crate) exhaustions: u64,
+    pub(crate) mttr: VecDeque<Duration>,
+}
+
+impl Machine {
+    pub(crate) fn new(rules: Rules) -> Self {
+        Self {
+            rules,
+            phase: Phase::Idle,
+            cycle: 0,
+            attempt: 0,
+            deferred: false,
+            down_since: None,
+            last_check_failed: false,
+            breaker_down: false,
+            last_attempt_at: None,
+            last_error: None,
+            successes: 0,
+            failed_attempts: 0,
+            exhaustions: 0,
+            mttr: VecDeque::new(),
+        }
+    }
+
+    /// The state at `now`: a cooldown whose time is up reads as `Idle`
+    /// (what the next event will find), without changing anything.
+    pub(crate) fn state(&self, now: Instant) -> RecoveryState {
+        match self.phase {
+            Phase::Idle => RecoveryState::Idle,
+            Phase::Recovering { .. } => RecoveryState::Recovering,
+            Phase::CoolingDown { until } if now < until => RecoveryState::CoolingDown,
+            Phase::CoolingDown { .. } => {
+                if self.deferred && self.is_down() {
+                    RecoveryState::Recovering
+                } else {
+                    RecoveryState::Idle
+                }
+            }
+            Phase::Exhausted => RecoveryState::Exhausted,
+        }
+    }
+
+    /// When cooling down: time left at `now`.
+    pub(crate) fn cooldown_remaining(&self, now: Instant) -> Option<Duration> {
+        match self.phase {
+            Phase::CoolingDown { until } if now < until => Some(until - now),
+            _ => None,
+        }
+    }
+
+    /// The next moment the machine must be told the time (the end of the
+    /// cooldown), if any.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::CoolingDown { until } => Some(until),
+            _ => None,
+        }
+    }
+
+    /// The current cycle's id.
+    pub(crate) fn cycle(&self) -> u64 {
+        self.cycle
+    }
+
+    /// Mean of the recent MTTR samples.
+    pub(crate) fn mttr(&self) -> Option<Duration> {
+        (!self.mttr.is_empty())
+            .then(|| self.mttr.iter().sum::<Duration>() / self.mttr.len() as u32)
+    }
+
+    /// Whether an outage is open (for the simulation's invariants).
+    #[cfg(test)]
+    pub(crate) fn down_since(&self) -> Option<Instant> {
+        self.down_since
+    }
+
+    fn is_down(&self) -> bool {
+        self.breaker_down || self.last_check_failed
+    }
+
+    /// Applies the passage of time up to `now` (the cooldown's end), then
+    /// `event`.
+    pub(crate) fn on(&mut self, event: Event, now: Instant) -> Reply {
+        let mut reply = Reply::default();
+        self.tick(now, &mut reply.effects);
+        match event {
+            Event::Trigger(kind) => {
+                let reason = match kind {
+                    Kind::Manual => Reason::Manual,
+                    Kind::Automatic => Reason::Automatic,
+                };
+                reply.outcome = Some(self.trigger(kind, reason, now, &mut reply.effects));
+            }
+            Event::Check {
+                passed: false,
+                breaker_down,
+            } => {
+                self.last_check_failed = true;
+                if let Some(down) = breaker_down {
+                    self.breaker_down = down;
+                }
+                reply.outcome = Some(self.trigger(
+                    Kind::Automatic,
+                    Reason::CheckFailed,
+                    now,
+                    &mut reply.effects,
+                ));
+            }
+            Event::Check {
+                passed: true,
+                breaker_down,
+            } => {
+                self.last_check_failed = false;
+                if let Some(down) = breaker_down {
+                    self.breaker_down = down;
+                }
+                if breaker_down == Some(true) {
+                    // The dependency answers, but traffic still cannot reach
+                    // it: run a cycle (whose success closes the breaker)
+                    // instead of waiting for the breaker's own probe.
+                    match self.phase {
+                        Phase::Idle | Phase::Exhausted => {
+                            self.start(Reason::CheckPassedBreakerOpen, now, &mut reply.effects);
+                            reply.outcome = Some(TriggerOutcome::Started);
+                        }
+                        Phase::Recovering { .. } => {
+                            reply.outcome = Some(TriggerOutcome::AlreadyRunning);
+                        }
+                        Phase::CoolingDown { .. } => {
+                            self.deferred = true;
+                            reply.outcome = Some(TriggerOutcome::Deferred);
+                        }
+                    }
+                } else {
+                    self.back_up(Reason::CheckPassed, now, &mut reply.effects);
+                }
+            }
+            Event::BreakerOpened => {
+                self.breaker_down = true;
+                reply.effects.push(Effect::Log(Log::Opened));
+                reply.outcome = Some(self.trigger(
+                    Kind::Automatic,
+                    Reason::BreakerOpened,
+                    now,
+                    &mut reply.effects,
+                ));
+            }
+            Event::BreakerHealed => {
+                self.breaker_down = false;
+                self.back_up(Reason::BreakerHealed, now, &mut reply.effects);
+            }
+            Event::BreakerState { down } => self.breaker_down = down,
+            Event::AttemptStarted { cycle, attempt } => {
+                if cycle == self.cycle && self.phase == (Phase::Recovering { attempt }) {
+                    self.attempt = attempt;
+                    self.last_attempt_at = Some(now);
+                    reply.effects.push(Effect::Log(Log::Attempt { attempt }));
+                }
+            }
+            Event::AttemptDone {
+                cycle,
+                attempt,
+                result,
+            } => {
+                if cycle == self.cycle && self.phase == (Phase::Recovering { attempt }) {
+                    self.attempt_done(attempt, result, now, &mut reply.effects);
+                }
+            }
+            Event::Reset => {
+                if matches!(self.phase, Phase::Recovering { .. }) {
+                    reply.effects.push(Effect::Cancel);
+                }
+                self.cycle += 1;
+                self.phase = Phase::Idle;
+                self.attempt = 0;
+                self.deferred = false;
+            }
+            Event::Tick => {}
+        }
+        reply
+    }
+
+    /// The cooldown's end: idle, and a deferred trigger honoured only if the
+    /// dependency is still down.
+    fn tick(&mut self, now: Instant, effects: &mut Vec<Effect>) {
+        if let Phase::CoolingDown { until } = self.phase {
+            if now >= until {
+                self.phase = Phase::Idle;
+                if std::mem::take(&mut self.deferred) {
+                    if self.is_down() {
+                        self.start(Reason::Deferred, now, effects);
+                    } else {
+                        effects.push(Effect::Log(Log::DeferredDropped));
+                    }
+                }
+            }
+        }
+    }
+
+    fn trigger(
+        &mut self,
+        kind: Kind,
+        reason: Reason,
+        now: Instant,
+        effects: &mut Vec<Effect>,
+    ) -> TriggerOutcome {
+        if kind == Kind::Automatic && self.down_since.is_none() {
+            self.down_since = Some(now);
+        }
+        match self.phase {
+            Phase::Recovering { .. } => TriggerOutcome::AlreadyRunning,
+            Phase::Exhausted if kind == Kind::Automatic => TriggerOutcome::Ignored,
+            Phase::CoolingDown { .. } if kind == Kind::Automatic => {
+                self.deferred = true;
+                TriggerOutcome::Deferred
+            }
+            _ => {
+                self.start(reason, now, effects);
+                TriggerOutcome::Started
+            }
+        }
+    }
+
+    fn start(&mut self, reason: Reason, _now: Instant, effects: &mut Vec<Effect>) {
+        self.cycle += 1;
+        self.phase = Phase::Recovering { attempt: 1 };
+        self.attempt = 0;
+        self.deferred = false;
+        effects.push(Effect::Log(Log::Started { reason }));
+        effects.push(Effect::Attempt {
+            cycle: self.cycle,
+            attempt: 1,
+        });
+    }
+
+    fn attempt_done(
+        &mut self,
+        attempt: u32,
+        result: Result<(), String>,
+        now: Instant,
+        effects: &mut Vec<Effect>,
+    ) {
+        match result {
+            Ok(()) => {
+                self.phase = Phase::CoolingDown {
+                    until: now + self.rules.cooldown,
+                };
+                self.last_check_failed = false;
+                self.breaker_down = false;
+                self.record_recovery(now);
+                effects.push(Effect::Log(Log::Succeeded));
+                effects.push(Effect::CloseBreaker);
+            }
+            Err(error) => {
+                self.failed_attempts += 1;
+                self.last_error = Some(error.clone());
+                effects.push(Effect::Log(Log::AttemptFailed { attempt, error }));
+                if attempt < self.rules.max_attempts {
+                    let next = attempt + 1;
+                    self.phase = Phase::Recovering { attempt: next };
+                    effects.push(Effect::Attempt {
+                        cycle: self.cycle,
+                        attempt: next,
+                    });
+                } else {
+                    self.phase = Phase::Exhausted;
+                    self.exhaustions += 1;
+                    effects.push(Effect::Log(Log::Exhausted));
+                    effects.push(Effect::Alert);
+                }
+            }
+        }
+    }
+
+    /// The dependency is back by another path than our own cycle.
+    fn back_up(&mut self, how: Reason, now: Instant, effects: &mut Vec<Effect>) {
+        let was = self.state(now);
+        match self.phase {
+            Phase::Recovering { .. } => {
+                self.cycle += 1;
+                self.phase = Phase::Idle;
+                effects.push(Effect::Cancel);
+            }
+            Phase::Exhausted => self.phase = Phase::Idle,
+            Phase::Idle | Phase::CoolingDown { .. } => {}
+        }
+        if self.down_since.is_some() {
+            self.record_recovery(now);
+            effects.push(Effect::Log(Log::Healed { was, how }));
+        }
+    }
+
+    /// Ends the outage: one success and one MTTR sample.
+    fn record_recovery(&mut self, now: Instant) {
+        self.successes += 1;
+        if let Some(since) = self.down_since.take() {
+            if self.mttr.len() == MTTR_SAMPLES {
+                self.mttr.pop_front();
+            }
+            self.mttr.push_back(now.saturating_duration_since(since));
+        }
+    }
+}

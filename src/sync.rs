@@ -1,0 +1,16 @@
+//! The synchronisation primitives of the lock-free parts, swapped for
+//! `loom`'s under `--cfg tower_recovery_loom` so that the model-checking
+//! tests explore every interleaving of the real code.
+
+#[cfg(not(tower_recovery_loom))]
+pub(crate) use std::sync::{Mutex, MutexGuard, atomic};
+
+#[cfg(tower_recovery_loom)]
+pub(crate) use loom::sync::{Mutex, MutexGuard, atomic};
+
+/// Locks `m`, ignoring poisoning: nothing user-supplied runs under this
+/// crate's locks, so a poisoned lock only means a panic elsewhere in this
+/// thread, and the data is still consistent.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
