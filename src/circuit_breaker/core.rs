@@ -174,7 +174,7 @@ pub(crate) const EVENT_CAPACITY: usize = 64;
 /// What a recovery watches: the state word and monotonic counts of the
 /// transitions it must act on. Values coalesce (a watch keeps the latest),
 /// but the counts never lose that something happened.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Signal {
     /// The state word after the latest transition.
     pub(crate) word: u64,
@@ -183,6 +183,24 @@ pub(crate) struct Signal {
     /// Transitions into `Closed` by another cause than
     /// [`Cause::Recovered`]: the dependency healed without the recovery.
     pub(crate) heals: u64,
+    /// When the breaker last left `Closed` for `Open`: the start of the
+    /// current outage as the breaker saw it (tokio time, for MTTR).
+    pub(crate) opened_at: tokio::time::Instant,
+    /// When the breaker last reached `Closed`.
+    pub(crate) closed_at: tokio::time::Instant,
+}
+
+impl Default for Signal {
+    fn default() -> Self {
+        let now = tokio::time::Instant::now();
+        Self {
+            word: 0,
+            opens: 0,
+            heals: 0,
+            opened_at: now,
+            closed_at: now,
+        }
+    }
 }
 
 impl Signal {
@@ -797,9 +815,15 @@ impl Core {
         signal.word = next;
         if to == State::Open && matches!(from, State::Closed | State::HalfOpen) {
             signal.opens += 1;
+            if from == State::Closed {
+                signal.opened_at = tokio::time::Instant::now();
+            }
         }
-        if to == State::Closed && cause != Cause::Recovered {
-            signal.heals += 1;
+        if to == State::Closed {
+            signal.closed_at = tokio::time::Instant::now();
+            if cause != Cause::Recovered {
+                signal.heals += 1;
+            }
         }
         locked.signal = signal;
         let event = Transition {

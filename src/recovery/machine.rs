@@ -46,10 +46,11 @@ pub(crate) enum Event {
         passed: bool,
         breaker_down: Option<bool>,
     },
-    /// The watched breaker opened (Closed or HalfOpen to Open).
-    BreakerOpened,
-    /// The watched breaker closed by another path than our own close.
-    BreakerHealed,
+    /// The watched breaker opened (Closed or HalfOpen to Open); the outage
+    /// it belongs to began `at`.
+    BreakerOpened { at: Instant },
+    /// The watched breaker closed by another path than our own close, `at`.
+    BreakerHealed { at: Instant },
     /// The watched breaker's current state: down (open, half-open) or not.
     BreakerState { down: bool },
     /// An attempt of cycle `cycle` is starting (its backoff delay is over).
@@ -252,6 +253,7 @@ impl Machine {
 
     /// Applies the passage of time up to `now` (the cooldown's end), then
     /// `event`.
+    #[must_use = "the effects must be carried out"]
     pub(crate) fn on(&mut self, event: Event, now: Instant) -> Reply {
         let mut reply = Reply::default();
         self.tick(now, &mut reply.effects);
@@ -304,11 +306,14 @@ impl Machine {
                         }
                     }
                 } else {
-                    self.back_up(Reason::CheckPassed, now, &mut reply.effects);
+                    self.back_up(Reason::CheckPassed, now, now, &mut reply.effects);
                 }
             }
-            Event::BreakerOpened => {
+            Event::BreakerOpened { at } => {
                 self.breaker_down = true;
+                if self.down_since.is_none() {
+                    self.down_since = Some(at.min(now));
+                }
                 reply.effects.push(Effect::Log(Log::Opened));
                 reply.outcome = Some(self.trigger(
                     Kind::Automatic,
@@ -317,9 +322,9 @@ impl Machine {
                     &mut reply.effects,
                 ));
             }
-            Event::BreakerHealed => {
+            Event::BreakerHealed { at } => {
                 self.breaker_down = false;
-                self.back_up(Reason::BreakerHealed, now, &mut reply.effects);
+                self.back_up(Reason::BreakerHealed, at.min(now), now, &mut reply.effects);
             }
             Event::BreakerState { down } => self.breaker_down = down,
             Event::AttemptStarted { cycle, attempt } => {
@@ -444,8 +449,8 @@ impl Machine {
         }
     }
 
-    /// The dependency is back by another path than our own cycle.
-    fn back_up(&mut self, how: Reason, now: Instant, effects: &mut Vec<Effect>) {
+    /// The dependency is back (`at`) by another path than our own cycle.
+    fn back_up(&mut self, how: Reason, at: Instant, now: Instant, effects: &mut Vec<Effect>) {
         let was = self.state(now);
         match self.phase {
             Phase::Recovering { .. } => {
@@ -457,7 +462,7 @@ impl Machine {
             Phase::Idle | Phase::CoolingDown { .. } => {}
         }
         if self.down_since.is_some() {
-            self.record_recovery(now);
+            self.record_recovery(at);
             effects.push(Effect::Log(Log::Healed { was, how }));
         }
     }

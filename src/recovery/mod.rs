@@ -288,15 +288,21 @@ impl State {
         let healed = signal.heals > self.seen.heals;
         let closed = signal.state().is_closed();
         // Both since the last look: the current state says which came last.
-        let order: &[Event] = match (opened, healed, closed) {
-            (true, true, true) => &[Event::BreakerOpened, Event::BreakerHealed],
-            (true, true, false) => &[Event::BreakerHealed, Event::BreakerOpened],
-            (true, false, _) => &[Event::BreakerOpened],
-            (false, true, _) => &[Event::BreakerHealed],
-            (false, false, _) => &[],
+        let open = Event::BreakerOpened {
+            at: signal.opened_at,
+        };
+        let heal = Event::BreakerHealed {
+            at: signal.closed_at,
+        };
+        let order = match (opened, healed, closed) {
+            (true, true, true) => vec![open, heal],
+            (true, true, false) => vec![heal, open],
+            (true, false, _) => vec![open],
+            (false, true, _) => vec![heal],
+            (false, false, _) => vec![],
         };
         for event in order {
-            let reply = self.machine.on(event.clone(), now);
+            let reply = self.machine.on(event, now);
             self.effects.extend(reply.effects);
         }
         if generation > self.seen.generation {
@@ -304,7 +310,8 @@ impl State {
                 signal.state(),
                 crate::circuit_breaker::State::Open | crate::circuit_breaker::State::HalfOpen
             );
-            self.machine.on(Event::BreakerState { down }, now);
+            let reply = self.machine.on(Event::BreakerState { down }, now);
+            self.effects.extend(reply.effects);
             self.seen.generation = generation;
         }
         self.seen.opens = self.seen.opens.max(signal.opens);
@@ -540,7 +547,7 @@ impl Shared {
             }
         };
         copy.sync(signal, now);
-        copy.machine.on(Event::Tick, now);
+        let _ = copy.machine.on(Event::Tick, now);
         let m = &copy.machine;
         let wall = SystemTime::now();
         Status {
@@ -686,7 +693,7 @@ impl Builder {
             // A breaker already open when the recovery starts is an outage
             // already under way.
             if !b.state().is_closed() && b.state() != crate::circuit_breaker::State::Disabled {
-                machine.on(Event::BreakerState { down: true }, Instant::now());
+                let _ = machine.on(Event::BreakerState { down: true }, Instant::now());
             }
         }
         let shared = Arc::new(Shared {

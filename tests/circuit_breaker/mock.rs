@@ -169,3 +169,29 @@ async fn reject_with_response_answers_503_with_retry_after() {
     assert_eq!(response.headers()["retry-after"], "10", "9.5 s rounded up");
     assert_eq!(response.body(), "");
 }
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_wakes_when_the_half_open_wait_ends_while_a_probe_hangs() {
+    // Item 5: a half-open rejection carried no retry-after, so a waiter was
+    // woken by nothing when `half_open_max_wait` elapsed with a probe hung.
+    let b = Breaker::builder("dep")
+        .consecutive_failures(1)
+        .open_duration(Duration::from_secs(10))
+        .half_open_max_wait(Duration::from_secs(5))
+        .build();
+    b.try_acquire().unwrap().failure();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let _hung = b.try_acquire().expect("the probe");
+    let (mut svc, mut handle) = mock::spawn_layer::<&str, &str, _>(b.layer().backpressure());
+    handle.allow(1);
+    assert_pending!(svc.poll_ready());
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert!(svc.is_woken(), "woken when the half-open wait ends");
+    // The overdue re-open is made by this admission; wait out the new open.
+    assert_pending!(svc.poll_ready());
+    assert_eq!(b.state(), State::Open);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert!(svc.is_woken(), "woken at the end of the new open wait");
+    assert_ready_ok!(svc.poll_ready());
+    assert_eq!(b.state(), State::HalfOpen);
+}
