@@ -417,6 +417,7 @@ impl Machine {
         now: Instant,
         effects: &mut Vec<Effect>,
     ) {
+        self.attempt = attempt;
         match result {
             Ok(()) => {
                 self.phase = Phase::CoolingDown {

@@ -1,0 +1,300 @@
+//! Exhaustive test of the recovery machine: every sequence of events up to a
+//! depth, checked against the rules of the module docs after every step.
+//!
+//! Depth 6 by default (about 7.5 million sequences over 14 events);
+//! `RECOVERY_MACHINE_DEPTH` sets another.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::machine::{Effect, Event, Kind, Machine, Rules};
+use super::{RecoveryState, TriggerOutcome};
+
+const MAX_ATTEMPTS: u32 = 2;
+const COOLDOWN: Duration = Duration::from_secs(60);
+
+/// The events the enumeration draws from. Attempt events are aimed at the
+/// attempt the machine asked for last (or, when none is pending, at an old
+/// cycle: stale).
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    TriggerManual,
+    TriggerAutomatic,
+    CheckFailed,
+    CheckPassed,
+    CheckPassedBreakerDown,
+    BreakerOpened,
+    BreakerHealed,
+    AttemptStarted,
+    AttemptOk,
+    AttemptErr,
+    StaleOk,
+    Reset,
+    Wait30,
+    Wait61,
+}
+
+const STEPS: [Step; 14] = [
+    Step::TriggerManual,
+    Step::TriggerAutomatic,
+    Step::CheckFailed,
+    Step::CheckPassed,
+    Step::CheckPassedBreakerDown,
+    Step::BreakerOpened,
+    Step::BreakerHealed,
+    Step::AttemptStarted,
+    Step::AttemptOk,
+    Step::AttemptErr,
+    Step::StaleOk,
+    Step::Reset,
+    Step::Wait30,
+    Step::Wait61,
+];
+
+#[derive(Clone)]
+struct World {
+    machine: Machine,
+    now: Instant,
+    start: Instant,
+    /// The attempt the machine asked for and has not cancelled.
+    pending: Option<(u64, u32)>,
+    /// Outages ended so far (successes that closed an outage or a cycle).
+    alerts: u64,
+}
+
+fn check(world: &mut World, step: Step, path: &[Step]) {
+    let before = world.machine.clone();
+    let state_before = before.state(world.now);
+    assert_eq!(
+        before.state(world.now),
+        state_before,
+        "reading changes nothing"
+    );
+    let now = match step {
+        Step::Wait30 => world.now + Duration::from_secs(30),
+        Step::Wait61 => world.now + Duration::from_secs(61),
+        _ => world.now,
+    };
+    let stale = (before.cycle().saturating_sub(1), 1);
+    let target = world.pending.unwrap_or(stale);
+    let event = match step {
+        Step::TriggerManual => Event::Trigger(Kind::Manual),
+        Step::TriggerAutomatic => Event::Trigger(Kind::Automatic),
+        Step::CheckFailed => Event::Check {
+            passed: false,
+            breaker_down: None,
+        },
+        Step::CheckPassed => Event::Check {
+            passed: true,
+            breaker_down: Some(false),
+        },
+        Step::CheckPassedBreakerDown => Event::Check {
+            passed: true,
+            breaker_down: Some(true),
+        },
+        Step::BreakerOpened => Event::BreakerOpened { at: now },
+        Step::BreakerHealed => Event::BreakerHealed { at: now },
+        Step::AttemptStarted => Event::AttemptStarted {
+            cycle: target.0,
+            attempt: target.1,
+        },
+        Step::AttemptOk => Event::AttemptDone {
+            cycle: target.0,
+            attempt: target.1,
+            result: Ok(()),
+        },
+        Step::AttemptErr => Event::AttemptDone {
+            cycle: target.0,
+            attempt: target.1,
+            result: Err("refused".into()),
+        },
+        Step::StaleOk => Event::AttemptDone {
+            cycle: stale.0,
+            attempt: stale.1,
+            result: Ok(()),
+        },
+        Step::Reset => Event::Reset,
+        Step::Wait30 | Step::Wait61 => Event::Tick,
+    };
+    // What the state is once time has passed, before the event itself.
+    let projected = before.state(now);
+    let reply = world.machine.on(event, now);
+    world.now = now;
+    let m = &world.machine;
+    let after = m.state(now);
+    let ctx = || format!("path {path:?} then {step:?}: {projected:?} -> {after:?}");
+
+    // Trigger outcomes (module docs, "Triggers coalesce").
+    match step {
+        Step::TriggerManual => {
+            let expected = if projected == RecoveryState::Recovering {
+                TriggerOutcome::AlreadyRunning
+            } else {
+                TriggerOutcome::Started
+            };
+            assert_eq!(reply.outcome, Some(expected), "{}", ctx());
+        }
+        Step::TriggerAutomatic | Step::CheckFailed | Step::BreakerOpened => {
+            let expected = match projected {
+                RecoveryState::Recovering => TriggerOutcome::AlreadyRunning,
+                RecoveryState::Exhausted => TriggerOutcome::Ignored,
+                RecoveryState::CoolingDown => TriggerOutcome::Deferred,
+                RecoveryState::Idle => TriggerOutcome::Started,
+            };
+            assert_eq!(reply.outcome, Some(expected), "{}", ctx());
+        }
+        _ => {}
+    }
+    if reply.outcome == Some(TriggerOutcome::Started) {
+        assert_eq!(after, RecoveryState::Recovering, "{}", ctx());
+    }
+
+    // At most one cycle in flight: one attempt asked for at a time, always
+    // of the current cycle, numbered 1 for a new cycle and one more after a
+    // failed attempt, never past the maximum.
+    let attempts: Vec<_> = reply
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Attempt { cycle, attempt } => Some((*cycle, *attempt)),
+            _ => None,
+        })
+        .collect();
+    assert!(attempts.len() <= 1, "{}", ctx());
+    if reply.effects.contains(&Effect::Cancel) {
+        world.pending = None;
+    }
+    if let Some(&(cycle, attempt)) = attempts.first() {
+        assert_eq!(cycle, m.cycle(), "{}", ctx());
+        assert_eq!(after, RecoveryState::Recovering, "{}", ctx());
+        assert!((1..=MAX_ATTEMPTS).contains(&attempt), "{}", ctx());
+        let next_of_failed = matches!(step, Step::AttemptErr) && world.pending.is_some();
+        if next_of_failed {
+            assert_eq!(attempt, target.1 + 1, "{}", ctx());
+        } else {
+            assert_eq!(attempt, 1, "a new cycle starts at 1: {}", ctx());
+            assert!(cycle > before.cycle(), "{}", ctx());
+        }
+        world.pending = Some((cycle, attempt));
+    } else if after != RecoveryState::Recovering
+        || matches!(step, Step::AttemptOk | Step::AttemptErr) && world.pending == Some(target)
+    {
+        world.pending = None;
+    }
+    if after == RecoveryState::Recovering && state_before == RecoveryState::Recovering {
+        assert_eq!(m.cycle(), before.cycle(), "cycle kept: {}", ctx());
+    }
+
+    // Results of another cycle or attempt change nothing.
+    if matches!(step, Step::StaleOk)
+        || matches!(
+            step,
+            Step::AttemptStarted | Step::AttemptOk | Step::AttemptErr
+        ) && target == stale
+            && world.pending.is_none()
+            && before.cycle() != target.0
+    {
+        assert_eq!(format!("{m:?}"), format!("{before:?}"), "{}", ctx());
+    }
+
+    // The breaker is closed only by a successful attempt, which starts the
+    // cooldown.
+    let closes = reply.effects.contains(&Effect::CloseBreaker);
+    if closes {
+        assert!(matches!(step, Step::AttemptOk), "{}", ctx());
+        assert_eq!(after, RecoveryState::CoolingDown, "{}", ctx());
+        assert_eq!(m.cooldown_remaining(now), Some(COOLDOWN), "{}", ctx());
+    }
+
+    // Exhaustion: the alert fires once per exhausted cycle.
+    let alerts = reply
+        .effects
+        .iter()
+        .filter(|e| **e == Effect::Alert)
+        .count() as u64;
+    world.alerts += alerts;
+    assert_eq!(world.alerts, m.exhaustions, "{}", ctx());
+    if alerts == 1 {
+        assert_eq!(after, RecoveryState::Exhausted, "{}", ctx());
+        assert_eq!(m.attempt, MAX_ATTEMPTS, "{}", ctx());
+    }
+
+    // Counters are monotonic, one recovery at most per event, and each MTTR
+    // sample lies within the time that has passed.
+    assert!(m.successes >= before.successes, "{}", ctx());
+    assert!(m.successes - before.successes <= 1, "{}", ctx());
+    assert!(m.failed_attempts >= before.failed_attempts, "{}", ctx());
+    assert!(m.mttr.len() as u64 <= m.successes, "{}", ctx());
+    let elapsed = now - world.start;
+    assert!(m.mttr.iter().all(|d| *d <= elapsed), "{}", ctx());
+    if m.successes > before.successes && before.down_since().is_some() {
+        assert_eq!(m.down_since(), None, "the outage ended: {}", ctx());
+        let sample = *m.mttr.back().expect("a sample");
+        assert_eq!(
+            sample,
+            now - before.down_since().unwrap(),
+            "MTTR is the outage's length: {}",
+            ctx()
+        );
+    }
+    if let Some(since) = m.down_since() {
+        assert!(since <= now, "{}", ctx());
+    }
+    // A sign that the dependency is back ends the outage, whatever the
+    // state (a cooldown included): one recovery, its true length.
+    if matches!(step, Step::BreakerHealed | Step::CheckPassed) {
+        assert_eq!(m.down_since(), None, "{}", ctx());
+        if let Some(since) = before.down_since() {
+            assert_eq!(m.successes, before.successes + 1, "{}", ctx());
+            assert_eq!(m.mttr.back(), Some(&(now - since)), "{}", ctx());
+        } else {
+            assert_eq!(m.successes, before.successes, "{}", ctx());
+        }
+    }
+    // An outage that ended by itself while nothing ran leaves no cycle.
+    if matches!(step, Step::BreakerHealed | Step::CheckPassed) {
+        assert_ne!(after, RecoveryState::Recovering, "{}", ctx());
+        assert_ne!(after, RecoveryState::Exhausted, "{}", ctx());
+    }
+    // Manual intervention: a reset always leaves the machine idle.
+    if matches!(step, Step::Reset) {
+        assert_eq!(after, RecoveryState::Idle, "{}", ctx());
+    }
+}
+
+fn explore(world: &World, path: &mut Vec<Step>, depth: usize, count: &mut u64) {
+    if path.len() == depth {
+        *count += 1;
+        return;
+    }
+    for step in STEPS {
+        let mut next = world.clone();
+        check(&mut next, step, path);
+        path.push(step);
+        explore(&next, path, depth, count);
+        path.pop();
+    }
+}
+
+#[test]
+fn every_event_sequence_keeps_the_rules() {
+    let depth = std::env::var("RECOVERY_MACHINE_DEPTH")
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(6);
+    let start = Instant::now();
+    let world = World {
+        machine: Machine::new(Rules {
+            max_attempts: MAX_ATTEMPTS,
+            cooldown: COOLDOWN,
+        }),
+        now: start,
+        start,
+        pending: None,
+        alerts: 0,
+    };
+    let mut count = 0;
+    explore(&world, &mut Vec::new(), depth, &mut count);
+    assert_eq!(count, (STEPS.len() as u64).pow(depth as u32));
+}
