@@ -17,9 +17,19 @@
 //! The model-server and ASR/OCR clients are reqwest clients behind breaker
 //! layers watched by recoveries; the database goes through `Recovery::call`
 //! and a recovery that takes a fresh connection and runs `SELECT 1`. The
-//! health monitor triggers recoveries too. SIGTERM (or ctrl-c) drains:
-//! readiness fails, new requests get 503, in-flight ones finish, the monitor
-//! stops, clients close, the process exits 0.
+//! health monitor triggers recoveries too.
+//!
+//! SIGTERM (or ctrl-c) drains: readiness fails, new requests to the API get
+//! 503, in-flight ones finish, the monitor stops, clients close, the process
+//! exits 0. The API and the admin routes share one listener, which stays
+//! open until the drain completes, so `/livez` answers 200 throughout the
+//! drain (a failing liveness probe would get the pod killed mid-drain).
+//! SIGTERM during the startup gate (the wait for dependencies, up to
+//! `STARTUP_TIMEOUT`) ends the wait at once: the demo logs "Shutdown
+//! requested during the startup gate" and exits 0 without serving, since it
+//! was asked to stop and stopped cleanly. Exit status 1 means startup failed
+//! (a dependency still down at `STARTUP_TIMEOUT`, or an error), 2 a
+//! configuration error.
 //!
 //! `--chaos` (or `FIR_CHAOS=1`) stops the embedded model server for 20 s
 //! every 45 s: watch the breaker open, recovery back off, and recover, in the
@@ -464,6 +474,9 @@ async fn main() -> Result<(), BoxError> {
         .grace_period(settings.shutdown_grace_period)
         .pre_drain_delay(settings.pre_drain_delay)
         .build();
+    // Signals are handled from here on: during the startup gate, and before
+    // the first connection is accepted.
+    drain.listen_for_signals();
 
     let model_breaker = Breaker::new("model_server");
     let asr_breaker = Breaker::new("asr_ocr_server");
@@ -591,21 +604,35 @@ async fn main() -> Result<(), BoxError> {
     let listener = TcpListener::bind(("0.0.0.0", port)).await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn({
-        let stop = drain.accepting_stopped();
+        // One listener for the API and the admin routes: it stays open until
+        // the drain completes, so `/livez` answers during the drain while the
+        // API answers 503.
+        let drained = drain.completed();
         async move {
             axum::serve(listener, router)
-                .with_graceful_shutdown(stop)
+                .with_graceful_shutdown(async move {
+                    drained.await;
+                })
                 .await
         }
     });
-    drain.listen_for_signals();
     tracing::info!("listening on http://{addr} (admin routes up; /readyz waits for dependencies)");
 
-    // 3. Wait for the required dependencies.
+    // 3. Wait for the required dependencies, unless asked to stop.
     let started = tokio::time::Instant::now();
-    reliability
-        .wait_for_dependencies(settings.dependency_check_interval, settings.startup_timeout)
-        .await?;
+    tokio::select! {
+        gate = reliability
+            .wait_for_dependencies(settings.dependency_check_interval, settings.startup_timeout) => {
+            gate?;
+        }
+        () = drain.draining() => {
+            tracing::info!(
+                waited_ms = started.elapsed().as_millis() as u64,
+                "Shutdown requested during the startup gate: exiting without serving"
+            );
+            return Ok(());
+        }
+    }
     ensure_schema(&db).await?;
     // 4. Continuous monitoring (recoveries were registered above).
     let monitor = Monitor::start(&reliability, settings.health_check_interval);
@@ -652,13 +679,24 @@ async fn main() -> Result<(), BoxError> {
 
     // 5. Serve until drained; bound axum's own shutdown by the drain.
     let report = drain.completed().await;
+    if report.still_running > 0 {
+        tracing::warn!(
+            still_running = report.still_running,
+            "The drain ended with requests still running: giving them 2 s more"
+        );
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     db.close().await;
+    // The last word, true as the process exits: requests still running now
+    // are dropped with it.
+    let last = drain.report().unwrap_or(report);
     tracing::info!(
-        finished = report.finished,
-        cut_off = report.cut_off,
-        elapsed_ms = report.elapsed.as_millis() as u64,
-        "Service exits cleanly"
+        finished = last.finished,
+        refused = last.refused,
+        cut_off = last.cut_off,
+        dropped_at_exit = last.still_running,
+        elapsed_ms = last.elapsed.as_millis() as u64,
+        "Service exits"
     );
     Ok(())
 }

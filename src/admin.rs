@@ -24,8 +24,9 @@
 //! requests carrying it. Unknown names get 404 with a JSON error, wrong
 //! methods 405.
 //!
-//! Keep these routes outside the drain layer, so `/livez` answers during a
-//! drain:
+//! Keep these routes outside the drain layer, and their listener open until
+//! the drain completes (see [`drain`](crate::drain#which-listener-closes-when)),
+//! so `/livez` answers during a drain:
 //!
 //! ```
 //! use axum::{Router, routing::get};

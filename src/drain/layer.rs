@@ -1,6 +1,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -9,7 +10,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{ClientClosed, Drain, Draining, Guard, REJECTING};
+use super::{ClientClosed, Drain, Draining, Guard, REJECTING, Shared};
 use crate::BoxError;
 
 // ===== HTTP =====
@@ -61,6 +62,7 @@ impl<S> DrainService<S> {
 impl<S, ReqB, ResB> Service<Request<ReqB>> for DrainService<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: Body,
 {
     type Response = Response<DrainBody<ResB>>;
     type Error = S::Error;
@@ -82,6 +84,7 @@ where
             None => ResponseFuture {
                 kind: Kind::Refused {
                     retry_after: self.drain.shared.retry_after,
+                    shared: Some(self.drain.shared.clone()),
                 },
             },
         }
@@ -92,7 +95,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F> {
         Admitted { #[pin] future: F, guard: Option<Guard> },
-        Refused { retry_after: u64 },
+        Refused { retry_after: u64, shared: Option<Arc<Shared>> },
     }
 }
 
@@ -113,13 +116,24 @@ impl<F> fmt::Debug for ResponseFuture<F> {
 impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
 {
     type Output = Result<Response<DrainBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Admitted { future, guard } => {
-                let response = ready!(future.poll(cx))?;
+                let response = match ready!(future.poll(cx)) {
+                    Ok(response) => response,
+                    Err(e) => {
+                        // The service ran to its end and answered with an
+                        // error: finished, not cut off by us.
+                        if let Some(guard) = guard.take() {
+                            guard.finish();
+                        }
+                        return Poll::Ready(Err(e));
+                    }
+                };
                 let guard = guard.take();
                 let closing = guard.as_ref().is_some_and(|g| {
                     g.shared.phase.load(std::sync::atomic::Ordering::Acquire) >= REJECTING
@@ -132,11 +146,21 @@ where
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
                 let body = DrainBody {
-                    kind: BodyKind::Tracked { inner: body, guard },
+                    kind: BodyKind::Tracked {
+                        inner: body,
+                        guard,
+                        is_end_stream: <B as Body>::is_end_stream,
+                    },
                 };
                 Poll::Ready(Ok(Response::from_parts(parts, body)))
             }
-            KindProj::Refused { retry_after } => {
+            KindProj::Refused {
+                retry_after,
+                shared,
+            } => {
+                if let Some(shared) = shared.take() {
+                    shared.refused();
+                }
                 let mut response = Response::new(DrainBody {
                     kind: BodyKind::Empty,
                 });
@@ -153,17 +177,38 @@ where
 pin_project! {
     #[project = BodyProj]
     enum BodyKind<B> {
-        Tracked { #[pin] inner: B, guard: Option<Guard> },
+        Tracked {
+            #[pin]
+            inner: B,
+            guard: Option<Guard>,
+            // `B::is_end_stream`, for `drop`, which cannot require `B: Body`.
+            is_end_stream: fn(&B) -> bool,
+        },
         Empty,
     }
 }
 
 pin_project! {
     /// A response body that holds its request's in-flight count until it
-    /// ends or is dropped.
+    /// ends or is dropped. Read to its end (or dropped when it has nothing
+    /// left to send, as servers do with a complete body), the request
+    /// finished; dropped before, it was cut off.
     pub struct DrainBody<B> {
         #[pin]
         kind: BodyKind<B>,
+    }
+
+    impl<B> PinnedDrop for DrainBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let BodyProj::Tracked { inner, guard, is_end_stream } = this.project().kind.project() {
+                if let Some(guard) = guard.take() {
+                    if is_end_stream(&inner) {
+                        guard.finish();
+                    }
+                    // Otherwise the guard drops here: cut off.
+                }
+            }
+        }
     }
 }
 
@@ -182,11 +227,21 @@ impl<B: Body> Body for DrainBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         match self.project().kind.project() {
-            BodyProj::Tracked { mut inner, guard } => {
+            BodyProj::Tracked {
+                mut inner, guard, ..
+            } => {
                 let frame = ready!(inner.as_mut().poll_frame(cx));
-                if frame.is_none() || inner.is_end_stream() {
+                let ended = match &frame {
+                    None => true,
+                    // An error ends the body unfinished: left to `drop`.
+                    Some(Err(_)) => false,
+                    Some(Ok(_)) => inner.is_end_stream(),
+                };
+                if ended {
                     // The response is finished: release the count now.
-                    guard.take();
+                    if let Some(guard) = guard.take() {
+                        guard.finish();
+                    }
                 }
                 Poll::Ready(frame)
             }
@@ -260,24 +315,32 @@ where
             Some(guard) => RpcResponseFuture {
                 future: Some(self.inner.call(req)),
                 guard: Some(guard),
-                closed: false,
+                refusal: Refusal::None,
             },
             None => RpcResponseFuture {
                 future: None,
                 guard: None,
-                closed: false,
+                refusal: Refusal::Draining(Some(self.drain.shared.clone())),
             },
         }
     }
 }
 
+/// Why an [`RpcResponseFuture`] has no inner future.
+enum Refusal {
+    None,
+    /// Refused while draining; the drain, to count the refusal once.
+    Draining(Option<Arc<Shared>>),
+    ClientClosed,
+}
+
 pin_project! {
-    /// Response future of [`DrainRpc`].
+    /// Response future of [`DrainRpc`] and [`DrainClient`].
     pub struct RpcResponseFuture<F> {
         #[pin]
         future: Option<F>,
         guard: Option<Guard>,
-        closed: bool,
+        refusal: Refusal,
     }
 }
 
@@ -299,11 +362,21 @@ where
         match this.future.as_pin_mut() {
             Some(future) => {
                 let out = ready!(future.poll(cx));
-                this.guard.take();
+                if let Some(guard) = this.guard.take() {
+                    guard.finish();
+                }
                 Poll::Ready(out.map_err(Into::into))
             }
-            None if *this.closed => Poll::Ready(Err(Box::new(ClientClosed::default()))),
-            None => Poll::Ready(Err(Box::new(Draining::default()))),
+            None => match this.refusal {
+                Refusal::ClientClosed => Poll::Ready(Err(Box::new(ClientClosed::default()))),
+                Refusal::Draining(shared) => {
+                    if let Some(shared) = shared.take() {
+                        shared.refused();
+                    }
+                    Poll::Ready(Err(Box::new(Draining::default())))
+                }
+                Refusal::None => unreachable!("an admitted call has a future"),
+            },
         }
     }
 }
@@ -359,13 +432,13 @@ where
             return RpcResponseFuture {
                 future: None,
                 guard: None,
-                closed: true,
+                refusal: Refusal::ClientClosed,
             };
         }
         RpcResponseFuture {
             future: Some(self.inner.call(req)),
             guard: None,
-            closed: false,
+            refusal: Refusal::None,
         }
     }
 }

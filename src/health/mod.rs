@@ -19,10 +19,13 @@
 //!   Duplicate names are an error when it is built. The startup gate, the
 //!   monitor and the admin router all read it; a request never passes through
 //!   it.
-//! - [`Reliability::wait_for_dependencies`] is the startup gate.
+//! - [`Reliability::wait_for_dependencies`] is the startup gate. Its timeout
+//!   is a bound: a round of checks still running then is cut, its unfinished
+//!   checks reported as timed out.
 //! - [`Monitor`] checks every dependency on an interval, keeps a bounded
 //!   history, and feeds the recoveries.
-//! - [`Reliability::report`] is the data the admin router serves.
+//! - [`Reliability::report`] is the data the admin router serves. It holds
+//!   no lock while it asks breakers and recoveries for their state.
 //!
 //! ```
 //! use std::time::Duration;
@@ -429,6 +432,10 @@ impl Reliability {
     }
 
     /// Everything known about the dependencies, for reports.
+    ///
+    /// Each dependency's own state is copied under its lock; the lock is
+    /// released before its breaker and recovery are asked for theirs, so no
+    /// lock of this set is held while another component runs.
     pub fn report(&self) -> HealthReport {
         let now = Instant::now();
         let mut status = HealthStatus::Pass;
@@ -437,10 +444,20 @@ impl Reliability {
             .entries
             .iter()
             .map(|entry| {
-                let state = lock(&entry.state);
                 let dep = &entry.dep;
-                let last_status = state.last.as_ref().map(|r| r.status);
-                let effective = match (last_status, dep.required) {
+                // Our own state first, under the lock, and nothing else.
+                let (last, checks, consecutive_failures, uptime_percent, availability_percent) = {
+                    let state = lock(&entry.state);
+                    (
+                        state.last.clone(),
+                        state.checks,
+                        state.consecutive_failures,
+                        state.uptime(),
+                        state.availability(now),
+                    )
+                };
+                // Then the other components, with no lock held.
+                let effective = match (last.as_ref().map(|r| r.status), dep.required) {
                     (Some(HealthStatus::Fail), true) => HealthStatus::Fail,
                     (Some(HealthStatus::Fail), false)
                     | (None, _)
@@ -448,7 +465,7 @@ impl Reliability {
                     (Some(HealthStatus::Pass), _) => HealthStatus::Pass,
                 };
                 #[cfg(feature = "circuit-breaker")]
-                let breaker = dep.breaker.as_ref().map(Breaker::snapshot);
+                let breaker = dep.breaker.as_ref().map(|b| call_out(|| b.snapshot()));
                 #[cfg(feature = "circuit-breaker")]
                 let effective = match &breaker {
                     Some(b) if b.state != State::Closed => effective.max(HealthStatus::Warn),
@@ -458,15 +475,15 @@ impl Reliability {
                 DependencyReport {
                     name: dep.name.clone(),
                     required: dep.required,
-                    last: state.last.clone(),
-                    checks: state.checks,
-                    consecutive_failures: state.consecutive_failures,
-                    uptime_percent: state.uptime(),
-                    availability_percent: state.availability(now),
+                    last,
+                    checks,
+                    consecutive_failures,
+                    uptime_percent,
+                    availability_percent,
                     #[cfg(feature = "circuit-breaker")]
                     breaker,
                     #[cfg(feature = "recovery")]
-                    recovery: dep.recovery.as_ref().map(Recovery::status),
+                    recovery: dep.recovery.as_ref().map(|r| call_out(|| r.status())),
                 }
             })
             .collect();
@@ -479,6 +496,16 @@ impl Reliability {
             dependencies,
         }
     }
+}
+
+/// Calls another component (a breaker, a recovery). No lock of this module
+/// may be held then; the unit tests check it here.
+#[cfg(any(feature = "circuit-breaker", feature = "recovery"))]
+#[inline]
+fn call_out<T>(call: impl FnOnce() -> T) -> T {
+    #[cfg(all(test, feature = "circuit-breaker", feature = "recovery"))]
+    tests::calling_out();
+    call()
 }
 
 /// What [`Reliability::report`] knows about one dependency.
@@ -520,4 +547,71 @@ pub struct HealthReport {
     pub monitor_interval: Option<Duration>,
     /// Per dependency, in the order they were added.
     pub dependencies: Vec<DependencyReport>,
+}
+
+#[cfg(all(test, feature = "circuit-breaker", feature = "recovery"))]
+mod tests {
+    use std::cell::RefCell;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    thread_local! {
+        static ON_CALL_OUT: RefCell<Option<Box<dyn Fn()>>> = const { RefCell::new(None) };
+    }
+
+    pub(super) fn calling_out() {
+        ON_CALL_OUT.with(|hook| {
+            if let Some(hook) = &*hook.borrow() {
+                hook();
+            }
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn report_holds_no_lock_while_asking_breakers_and_recoveries() {
+        let breaker = Breaker::new("db");
+        let recovery = Recovery::builder("db", || async { Ok::<(), String>(()) }).spawn();
+        let set = Reliability::builder()
+            .dependency(
+                Dependency::new("db", HealthCheck::new(|| async { Ok::<(), String>(()) }))
+                    .breaker(&breaker)
+                    .recovery(&recovery),
+            )
+            .build()
+            .unwrap();
+        set.check_all().await;
+        let calls = Arc::new(AtomicU32::new(0));
+        let held = Arc::new(AtomicU32::new(0));
+        let (probe, c, h) = (set.clone(), calls.clone(), held.clone());
+        ON_CALL_OUT.with(|hook| {
+            *hook.borrow_mut() = Some(Box::new(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+                // On this thread: a lock held by the caller would be busy.
+                let busy = probe
+                    .inner
+                    .entries
+                    .iter()
+                    .any(|e| e.state.try_lock().is_err())
+                    || probe.inner.monitor.try_lock().is_err();
+                if busy {
+                    h.fetch_add(1, Ordering::SeqCst);
+                }
+            }))
+        });
+        let report = set.report();
+        ON_CALL_OUT.with(|hook| hook.borrow_mut().take());
+        assert!(report.dependencies[0].breaker.is_some());
+        assert!(report.dependencies[0].recovery.is_some());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "the breaker and the recovery were asked"
+        );
+        assert_eq!(
+            held.load(Ordering::SeqCst),
+            0,
+            "a lock of the set was held while another component was called"
+        );
+    }
 }

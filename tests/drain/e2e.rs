@@ -125,7 +125,7 @@ async fn in_flight_requests_finish_new_ones_get_503_and_the_server_stops() {
         assert_eq!(response.text().await.unwrap(), "slow done");
     }
     let report = drain.completed().await;
-    assert_eq!((report.finished, report.cut_off), (3, 0));
+    assert_eq!((report.finished, report.refused, report.cut_off), (3, 1, 0));
     tokio::time::timeout(Duration::from_secs(5), server)
         .await
         .expect("the server stops once drained")
@@ -136,6 +136,60 @@ async fn in_flight_requests_finish_new_ones_get_503_and_the_server_stops() {
         "well before the 30 s grace period: {:?}",
         t0.elapsed()
     );
+}
+
+/// Item 16: requests that outlive the grace period and then finish get
+/// their answers, and no report calls them cut off: at the deadline they
+/// are still running; once they have finished, they are finished.
+#[tokio::test]
+async fn requests_outliving_the_grace_period_finish_and_are_not_reported_cut_off() {
+    const N: usize = 8;
+    let drain = Drain::builder()
+        .grace_period(Duration::from_millis(200))
+        .build();
+    let gate = Arc::new(Semaphore::new(0));
+    let (addr, server) = serve(&drain, gate.clone()).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/slow");
+    let requests: Vec<_> = (0..N)
+        .map(|_| tokio::spawn(http.get(&url).send()))
+        .collect();
+    wait_in_flight(&drain, N).await;
+
+    drain.begin();
+    let report = tokio::time::timeout(Duration::from_secs(10), drain.completed())
+        .await
+        .expect("the drain completes at the grace period");
+    assert_eq!(
+        (
+            report.finished,
+            report.cut_off,
+            report.still_running,
+            report.running_at_deadline
+        ),
+        (0, 0, N as u64, N as u64),
+        "{report:?}"
+    );
+
+    // The upstream answers after the grace period: every client gets its 200.
+    gate.add_permits(N);
+    for request in requests {
+        let response = request.await.unwrap().expect("no connection reset");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "slow done");
+    }
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server stops once its connections are done")
+        .unwrap()
+        .unwrap();
+    let last = drain.report().expect("the drain began");
+    assert_eq!(
+        (last.finished, last.cut_off, last.still_running),
+        (N as u64, 0, 0),
+        "{last:?}"
+    );
+    assert_eq!(last.running_at_deadline, N as u64);
 }
 
 /// 1,000 requests in flight at the signal; all complete, none lost. Ignored

@@ -2,11 +2,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::oneshot;
 use tower::{BoxError, Service, ServiceExt, service_fn};
-use tower_recovery::drain::{ClientClosed, Drain, Draining};
+use tower_recovery::drain::{ClientClosed, Drain, Draining, HookFailure};
+use tower_recovery::health::{Dependency, HealthCheck, Monitor, Reliability};
 
 type Body = Full<axum::body::Bytes>;
 
@@ -91,8 +93,14 @@ async fn the_sequence_and_its_counts() {
     res.into_body().collect().await.unwrap();
     let report = completed.await.unwrap();
     assert_eq!(
-        (report.finished, report.cut_off, report.forced),
-        (3, 0, false)
+        (
+            report.finished,
+            report.refused,
+            report.cut_off,
+            report.still_running,
+            report.forced
+        ),
+        (3, 1, 0, 0, false)
     );
     assert_eq!(
         report.elapsed,
@@ -133,7 +141,7 @@ async fn dropped_futures_and_bodies_release_their_count() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_grace_period_cuts_off_and_a_second_signal_ends_the_wait() {
+async fn the_grace_period_and_a_second_signal_end_the_wait() {
     let drain = Drain::builder().grace_period(10 * S).build();
     let svc = tower::Layer::layer(&drain.layer(), waiting_service());
     let (_tx, r) = request();
@@ -142,8 +150,14 @@ async fn the_grace_period_cuts_off_and_a_second_signal_ends_the_wait() {
     drain.begin();
     let report = drain.completed().await;
     assert_eq!(
-        (report.cut_off, report.elapsed, report.forced),
-        (1, 10 * S, false)
+        (
+            report.running_at_deadline,
+            report.still_running,
+            report.cut_off,
+            report.elapsed,
+            report.forced
+        ),
+        (1, 1, 0, 10 * S, false)
     );
 
     let drain = Drain::builder().grace_period(30 * S).build();
@@ -156,9 +170,271 @@ async fn the_grace_period_cuts_off_and_a_second_signal_ends_the_wait() {
     drain.begin(); // the second signal
     let report = drain.completed().await;
     assert_eq!(
-        (report.cut_off, report.elapsed, report.forced),
-        (1, 3 * S, true)
+        (
+            report.running_at_deadline,
+            report.still_running,
+            report.cut_off,
+            report.elapsed,
+            report.forced
+        ),
+        (1, 1, 0, 3 * S, true)
     );
+}
+
+/// Item 16: a request still running at the grace period is reported as
+/// such; if it finishes later it is finished, not cut off; only a response
+/// dropped unfinished is cut off, when that happens.
+#[tokio::test(start_paused = true)]
+async fn requests_outliving_the_grace_period_are_still_running_not_cut_off() {
+    let drain = Drain::builder().grace_period(2 * S).build();
+    let svc = tower::Layer::layer(&drain.layer(), waiting_service());
+    let (tx1, r1) = request();
+    let (tx2, r2) = request();
+    let (_tx3, r3) = request();
+    let f1 = tokio::spawn(svc.clone().oneshot(r1));
+    let f2 = tokio::spawn(svc.clone().oneshot(r2));
+    let f3 = tokio::spawn(svc.clone().oneshot(r3));
+    tokio::task::yield_now().await;
+    assert_eq!(drain.in_flight(), 3);
+    drain.begin();
+    let report = drain.completed().await;
+    assert_eq!(
+        (
+            report.finished,
+            report.cut_off,
+            report.still_running,
+            report.running_at_deadline
+        ),
+        (0, 0, 3, 3),
+        "at the report, all three are still running: none was cut off"
+    );
+    assert_eq!(report.elapsed, 2 * S);
+
+    // Two finish after the deadline: their clients get the whole answer.
+    tx1.send("late one").unwrap();
+    tx2.send("late two").unwrap();
+    for (f, text) in [(f1, "late one"), (f2, "late two")] {
+        let body = f.await.unwrap().unwrap().into_body().collect().await;
+        assert_eq!(body.unwrap().to_bytes(), text);
+    }
+    // The third is dropped unfinished (as at process exit): cut off now.
+    f3.abort();
+    assert!(f3.await.unwrap_err().is_cancelled());
+    let now = drain.report().expect("the drain began");
+    assert_eq!(
+        (now.finished, now.cut_off, now.still_running),
+        (2, 1, 0),
+        "counted when it happened"
+    );
+    assert_eq!(
+        now.running_at_deadline, 3,
+        "what was true at the deadline stays"
+    );
+    assert_eq!(
+        drain.completed().await,
+        report,
+        "the completion report is what was true when it was produced"
+    );
+}
+
+/// Item 16: a body dropped before its end is cut off; one dropped with
+/// nothing left to send (as servers drop a complete body without polling
+/// it) finished.
+#[tokio::test(start_paused = true)]
+async fn a_body_dropped_before_its_end_is_cut_off_and_a_complete_one_finished() {
+    let drain = Drain::default();
+    let chunks = tower::Layer::layer(
+        &drain.layer(),
+        service_fn(|_: Request<()>| async {
+            // One chunk, then a chunk that never comes.
+            let chunks = futures_util::stream::iter([Ok::<_, BoxError>("first")])
+                .chain(futures_util::stream::pending());
+            Ok::<_, BoxError>(Response::new(axum::body::Body::from_stream(chunks)))
+        }),
+    );
+    let empty = tower::Layer::layer(
+        &drain.layer(),
+        service_fn(|_: Request<()>| async { Ok::<_, BoxError>(Response::new(Body::default())) }),
+    );
+    let streamed = chunks.clone().oneshot(Request::new(())).await.unwrap();
+    let complete = empty.clone().oneshot(Request::new(())).await.unwrap();
+    drain.begin();
+    let mut body = streamed.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+    drop(body); // the client went away mid-body
+    drop(complete); // never polled, but nothing was left to send
+    let report = drain.completed().await;
+    assert_eq!((report.finished, report.cut_off), (1, 1));
+}
+
+/// Item 9: the report counts the requests the drain layers refused.
+#[tokio::test(start_paused = true)]
+async fn refused_requests_are_counted_in_the_report() {
+    let drain = Drain::default();
+    let http = tower::Layer::layer(&drain.layer(), waiting_service());
+    let rpc = tower::Layer::layer(
+        &drain.rpc_layer(),
+        service_fn(|x: u8| async move { Ok::<_, BoxError>(x) }),
+    );
+    let (tx, r) = request();
+    let held = tokio::spawn(http.clone().oneshot(r));
+    tokio::task::yield_now().await;
+    drain.begin();
+    drain.accepting_stopped().await;
+    for _ in 0..3 {
+        let (_tx, r) = request();
+        let res = http.clone().oneshot(r).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    for x in 0..2 {
+        assert!(rpc.clone().oneshot(x).await.unwrap_err().is::<Draining>());
+    }
+    // A refusal nobody waited for was not handed back: not counted.
+    let (_tx, r) = request();
+    drop(http.clone().call(r));
+    tx.send("done").unwrap();
+    held.await
+        .unwrap()
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap();
+    let report = drain.completed().await;
+    assert_eq!((report.finished, report.refused), (1, 5));
+    // Refusals go on after the drain completed: a new report counts them.
+    let (_tx, r) = request();
+    http.clone().oneshot(r).await.unwrap();
+    assert_eq!(drain.report().unwrap().refused, 6);
+    assert_eq!(report.refused, 5);
+}
+
+/// Item 9: a panicking hook is caught and reported; the drain goes on.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_hook_is_reported_and_the_drain_completes() {
+    let drain = Drain::default();
+    let next_ran = Arc::new(AtomicBool::new(false));
+    drain
+        .on_drained(|| async { panic!("monitor exploded") })
+        .unwrap();
+    let flag = next_ran.clone();
+    drain
+        .on_drained(move || async move { flag.store(true, Ordering::SeqCst) })
+        .unwrap();
+    drain.begin();
+    let report = tokio::time::timeout(60 * S, drain.completed())
+        .await
+        .expect("the drain completes despite the panic");
+    assert!(next_ran.load(Ordering::SeqCst), "the next hook ran");
+    assert_eq!(
+        report.hook_failures,
+        [HookFailure::Panicked {
+            index: 0,
+            message: "monitor exploded".into()
+        }]
+    );
+    assert!(drain.is_closed());
+}
+
+/// Item 9: a hook runs under the hook timeout; one that overruns is
+/// abandoned (its task aborted) and reported; the drain goes on.
+#[tokio::test(start_paused = true)]
+async fn a_hook_that_overruns_the_hook_timeout_is_abandoned_and_reported() {
+    struct SetOnDrop(Arc<AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let drain = Drain::builder().hook_timeout(2 * S).build();
+    assert_eq!(drain.hook_timeout(), 2 * S);
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let next_ran = Arc::new(AtomicBool::new(false));
+    let flag = abandoned.clone();
+    drain
+        .on_drained(move || async move {
+            let _dropped_when_aborted = SetOnDrop(flag);
+            std::future::pending::<()>().await;
+        })
+        .unwrap();
+    let flag = next_ran.clone();
+    drain
+        .on_drained(move || async move { flag.store(true, Ordering::SeqCst) })
+        .unwrap();
+    let t0 = tokio::time::Instant::now();
+    drain.begin();
+    let report = tokio::time::timeout(60 * S, drain.completed())
+        .await
+        .expect("the drain completes despite the hung hook");
+    assert_eq!(t0.elapsed(), 2 * S, "one hook timeout");
+    assert!(next_ran.load(Ordering::SeqCst), "the next hook ran");
+    assert_eq!(
+        report.hook_failures,
+        [HookFailure::TimedOut {
+            index: 0,
+            after: 2 * S
+        }]
+    );
+    tokio::time::timeout(S, async {
+        while !abandoned.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the hung hook's task was aborted");
+}
+
+/// Item 9: a hook added after the hooks ran is handed back, never silently
+/// skipped; one added while they run (by a hook) runs.
+#[tokio::test(start_paused = true)]
+async fn a_hook_added_after_the_hooks_ran_is_handed_back_not_skipped() {
+    let drain = Drain::default();
+    let added_by_a_hook = Arc::new(AtomicBool::new(false));
+    let (flag, inner) = (added_by_a_hook.clone(), drain.clone());
+    drain
+        .on_drained(move || async move {
+            inner
+                .on_drained(move || async move { flag.store(true, Ordering::SeqCst) })
+                .expect("hooks are still running");
+        })
+        .unwrap();
+    drain.begin();
+    drain.completed().await;
+    assert!(added_by_a_hook.load(Ordering::SeqCst));
+
+    let late = Arc::new(AtomicBool::new(false));
+    let flag = late.clone();
+    let err = drain
+        .on_drained(move || async move { flag.store(true, Ordering::SeqCst) })
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the drain's hooks have already run; hook not added"
+    );
+    // The caller has the hook back and decides: here, run it now.
+    (err.into_inner())().await;
+    assert!(late.load(Ordering::SeqCst));
+}
+
+/// Item 9: a monitor handed to the drain after it is over is stopped at
+/// once, not left running.
+#[tokio::test(start_paused = true)]
+async fn a_monitor_handed_over_after_the_drain_is_stopped_at_once() {
+    let set = Reliability::builder()
+        .dependency(Dependency::new(
+            "db",
+            HealthCheck::new(|| async { Ok::<_, String>(()) }),
+        ))
+        .build()
+        .unwrap();
+    let drain = Drain::default();
+    drain.begin();
+    drain.completed().await;
+    let monitor = Monitor::start(&set, 10 * S);
+    assert!(set.report().monitor_running);
+    drain.stop_monitor(monitor);
+    assert!(!set.report().monitor_running);
 }
 
 #[tokio::test(start_paused = true)]
@@ -175,18 +451,21 @@ async fn monitor_stops_then_clients_close_only_after_the_last_request() {
 
     let hook_ran = Arc::new(AtomicBool::new(false));
     let (flag, hook_drain) = (hook_ran.clone(), drain.clone());
-    drain.on_drained(move || async move {
-        assert_eq!(
-            hook_drain.in_flight(),
-            0,
-            "hooks run after the last request"
-        );
-        assert!(
-            !hook_drain.is_closed(),
-            "clients still open while hooks (the monitor stop) run"
-        );
-        flag.store(true, Ordering::SeqCst);
-    });
+    drain
+        .on_drained(move || async move {
+            assert_eq!(
+                hook_drain.in_flight(),
+                0,
+                "hooks run after the last request"
+            );
+            assert!(
+                !hook_drain.is_closed(),
+                "clients still open while hooks (the monitor stop) run"
+            );
+            flag.store(true, Ordering::SeqCst);
+        })
+        .unwrap();
+    assert!(drain.report().is_none(), "no report before the signal");
     drain.begin();
     tokio::time::sleep(S).await;
     // Still serving a request: its dependency calls must work.

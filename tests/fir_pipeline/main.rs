@@ -2,6 +2,7 @@
 //! and a real MariaDB server: each scenario prints the downtime it measured.
 
 mod database;
+mod gate;
 mod restart;
 mod support;
 mod upstreams;

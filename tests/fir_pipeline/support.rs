@@ -9,8 +9,9 @@ use serde_json::json;
 
 pub(crate) const TOKEN: &str = "scenario-token";
 
-/// The demo binary, built once (cargo test builds examples too; this makes
-/// sure, with the same profile and features).
+/// The demo binary, built once per test run from the current sources (a
+/// plain `cargo test` builds examples, `cargo test --test fir_pipeline` does
+/// not: a binary left by an earlier build would be stale).
 pub(crate) fn demo_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -22,15 +23,17 @@ pub(crate) fn demo_binary() -> &'static Path {
             .unwrap()
             .to_path_buf();
         let bin = dir.join("examples").join("fir_pipeline");
-        if !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--all-features", "--example", "fir_pipeline"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("cargo build --example fir_pipeline");
-            assert!(status.success());
-        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--all-features", "--example", "fir_pipeline"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build --example fir_pipeline");
+        assert!(
+            status.success(),
+            "cargo build --example fir_pipeline failed"
+        );
+        assert!(bin.exists(), "{} not built", bin.display());
         bin
     })
 }
@@ -126,7 +129,8 @@ impl Demo {
             }
             assert!(
                 start.elapsed() < within,
-                "demo did not exit within {within:?}"
+                "demo did not exit within {within:?}; log:\n{}",
+                self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -150,8 +150,47 @@ async fn a_hanging_check_fails_at_its_timeout() {
     let t0 = Instant::now();
     let err = set.wait_for_dependencies(5 * S, 10 * S).await.unwrap_err();
     assert_eq!(err.failing[0].1, "check timed out after 2s");
-    // Rounds at 0, 5, 10 s; each waits 2 s for the hung check.
-    assert_eq!(t0.elapsed(), 12 * S);
+    // Rounds at 0 and 5 s, each failing after 2 s; none starts at the 10 s
+    // deadline, where the gate gives up.
+    assert_eq!(t0.elapsed(), 10 * S);
+}
+
+/// Item 14: the gate's timeout is a bound. A 100 s gate with 30 s checks
+/// used to give up at 120 s, at the end of the round in progress.
+#[tokio::test(start_paused = true)]
+async fn the_gate_gives_up_at_its_timeout_cutting_the_round_in_progress() {
+    let set = Reliability::builder()
+        .dependency(
+            Dependency::new("model_server", hanging(Duration::from_secs(3600))).timeout(30 * S),
+        )
+        .dependency(Dependency::new("database", hanging(Duration::from_secs(3600))).timeout(30 * S))
+        .dependency(Dependency::new(
+            "database_replica",
+            up_after(Instant::now(), 85 * S),
+        ))
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let err = set.wait_for_dependencies(5 * S, 100 * S).await.unwrap_err();
+    // Rounds at 0, 30, 60 and 90 s, the last cut at 100 s.
+    assert_eq!(t0.elapsed(), 100 * S, "at its timeout, not at 120 s");
+    assert_eq!(err.waited, 100 * S);
+    let cut = "timed out at the startup deadline after 10s; last output: check timed out after 30s";
+    assert_eq!(
+        err.failing,
+        [
+            (Arc::from("model_server"), cut.to_string()),
+            (Arc::from("database"), cut.to_string()),
+        ],
+        "the replica passed in the last round; the others are reported as timed out"
+    );
+    let report = set.report();
+    let last = report.dependencies[0].last.as_ref().unwrap();
+    assert_eq!(
+        (last.status, last.output.as_deref(), last.duration),
+        (HealthStatus::Fail, Some(cut), 10 * S)
+    );
+    assert!(!set.is_started());
 }
 
 #[tokio::test(start_paused = true)]
