@@ -83,15 +83,15 @@ pub mod recovery;
     feature = "recovery",
     feature = "health"
 ))]
-mod util;
+#[allow(dead_code)]
+mod sync;
 #[cfg(any(
     feature = "circuit-breaker",
     feature = "drain",
     feature = "recovery",
     feature = "health"
 ))]
-#[allow(dead_code)]
-mod sync;
+mod util;
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

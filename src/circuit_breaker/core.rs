@@ -18,9 +18,9 @@
 //! never hand out an extra permit.
 
 use std::fmt;
+use std::sync::Arc;
 #[cfg(feature = "metrics")]
 use std::sync::OnceLock;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, watch};
@@ -29,7 +29,7 @@ use super::window::{CountRing, TimeBuckets, WindowCounts};
 use super::{Cause, Counts, Rejected, State, Transition};
 use crate::classify::Outcome;
 use crate::clock::Clock;
-use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{Mutex, MutexGuard, lock};
 
 pub(crate) use crate::util::Padded;
@@ -70,6 +70,14 @@ fn code_of(state: State) -> u64 {
         State::ForcedOpen => FORCED_OPEN,
         State::Disabled => DISABLED,
     }
+}
+
+const COUNT_MASK: u64 = 0xffff_ffff;
+
+/// The consecutive-failure word of generation `word` with a zero count.
+#[inline]
+fn cons_tag(word: u64) -> u64 {
+    generation(word) << 32
 }
 
 // half-open word: [generation low 32 | available permits 16 | successes 16]
@@ -232,7 +240,10 @@ pub(crate) struct Core {
     #[cfg(feature = "metrics")]
     metrics: OnceLock<Metrics>,
     state: Padded<AtomicU64>,
-    consecutive: Padded<AtomicU32>,
+    /// Consecutive failures, tagged with the generation they count in:
+    /// `[generation low 32 | count 32]`. Every transition re-tags it, so a
+    /// failure admitted in an earlier state can never add to it.
+    consecutive: Padded<AtomicU64>,
     half_open: Padded<AtomicU64>,
     failures: Padded<AtomicU64>,
     rejected: Padded<AtomicU64>,
@@ -291,7 +302,7 @@ impl Core {
             metrics: OnceLock::new(),
             simple,
             state: Padded(AtomicU64::new(CLOSED)),
-            consecutive: Padded(AtomicU32::new(0)),
+            consecutive: Padded(AtomicU64::new(0)),
             half_open: Padded(AtomicU64::new(0)),
             failures: Padded(AtomicU64::new(0)),
             rejected: Padded(AtomicU64::new(0)),
@@ -473,15 +484,52 @@ impl Core {
     #[inline]
     fn closed_success(&self, ticket: Ticket) {
         if self.simple {
-            // The common case: two loads, and a store only after failures.
-            if self.state.0.load(Ordering::Acquire) == ticket.word
-                && self.consecutive.0.load(Ordering::Relaxed) != 0
-            {
-                self.consecutive.0.store(0, Ordering::Relaxed);
-            }
+            // The common case: one load, and a write only after failures.
+            self.reset_consecutive(ticket.word);
             return;
         }
         self.closed_record(ticket, false);
+    }
+
+    /// A success of generation `word`: the count goes back to zero.
+    #[inline]
+    fn reset_consecutive(&self, word: u64) {
+        let zero = cons_tag(word);
+        let mut c = self.consecutive.0.load(Ordering::Relaxed);
+        while c != zero && c & !COUNT_MASK == zero {
+            match self.consecutive.0.compare_exchange_weak(
+                c,
+                zero,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => c = actual,
+            }
+        }
+    }
+
+    /// A failure of generation `word`: the new count, or `None` when the
+    /// breaker has left that generation (the outcome is stale).
+    #[inline]
+    fn add_consecutive(&self, word: u64) -> Option<u32> {
+        let tag = cons_tag(word);
+        let mut c = self.consecutive.0.load(Ordering::Acquire);
+        loop {
+            if c & !COUNT_MASK != tag {
+                return None;
+            }
+            let next = tag | ((c & COUNT_MASK) + 1).min(COUNT_MASK);
+            match self.consecutive.0.compare_exchange_weak(
+                c,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some((next & COUNT_MASK) as u32),
+                Err(actual) => c = actual,
+            }
+        }
     }
 
     #[inline]
@@ -496,11 +544,12 @@ impl Core {
             return;
         }
         let consecutive = if failed {
-            self.consecutive.0.fetch_add(1, Ordering::AcqRel) + 1
-        } else {
-            if self.consecutive.0.load(Ordering::Relaxed) != 0 {
-                self.consecutive.0.store(0, Ordering::Relaxed);
+            match self.add_consecutive(ticket.word) {
+                Some(n) => n,
+                None => return,
             }
+        } else {
+            self.reset_consecutive(ticket.word);
             0
         };
         let (now, slow) = match self.cfg.slow_nanos {
@@ -675,7 +724,14 @@ impl Core {
             Window::Time(buckets) => buckets.counts(now),
         };
         Counts {
-            consecutive_failures: self.consecutive.0.load(Ordering::Acquire),
+            consecutive_failures: {
+                let c = self.consecutive.0.load(Ordering::Acquire);
+                if c & !COUNT_MASK == cons_tag(self.word()) {
+                    (c & COUNT_MASK) as u32
+                } else {
+                    0
+                }
+            },
             window_calls: w.calls,
             window_failures: w.failures,
             window_slow_calls: w.slow,
@@ -761,7 +817,14 @@ impl Core {
         }
     }
 
-    fn apply(&self, mut locked: MutexGuard<'_, Locked>, word: u64, to: State, cause: Cause, now: u64) {
+    fn apply(
+        &self,
+        mut locked: MutexGuard<'_, Locked>,
+        word: u64,
+        to: State,
+        cause: Cause,
+        now: u64,
+    ) {
         let from = state_of(word);
         let counts = self.counts_at(now);
         let next = ((generation(word) + 1) << CODE_BITS) | code_of(to);
@@ -795,7 +858,6 @@ impl Core {
                 self.half_open_until.store(until, Ordering::Release);
             }
             State::Closed => {
-                self.consecutive.0.store(0, Ordering::Release);
                 match &self.window {
                     Window::None => {}
                     Window::Count(ring) => ring.clear(),
@@ -808,6 +870,16 @@ impl Core {
             }
             State::ForcedOpen | State::Disabled => {}
         }
+        // Re-tagged for the new generation: a late failure of the old one can
+        // no longer add to it. The count stays visible until Closed.
+        let kept = if to == State::Closed {
+            0
+        } else {
+            u64::from(counts.consecutive_failures)
+        };
+        self.consecutive
+            .0
+            .store(cons_tag(next) | kept, Ordering::Release);
         self.state.0.store(next, Ordering::Release);
         self.transitions.fetch_add(1, Ordering::Relaxed);
 

@@ -892,5 +892,7 @@ impl Builder {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, tower_recovery_loom))]
+mod loom;
+#[cfg(all(test, not(tower_recovery_loom)))]
 mod tests;

@@ -235,7 +235,11 @@ async fn reads_project_a_half_open_timeout_and_the_reopen_after_it() {
     advance(6 * SEC).await;
     let snap = b.snapshot();
     assert_eq!(snap.state, State::Open);
-    assert_eq!(snap.next_probe_in, Some(9 * SEC), "re-opened at 5 s for 10 s");
+    assert_eq!(
+        snap.next_probe_in,
+        Some(9 * SEC),
+        "re-opened at 5 s for 10 s"
+    );
     advance(9 * SEC).await;
     assert_eq!(b.state(), State::HalfOpen);
     assert_eq!(b.snapshot().transitions, 2, "only the performed ones");
@@ -248,7 +252,11 @@ async fn a_count_window_smaller_than_the_minimum_still_trips() {
     fail(&b, 4);
     assert_eq!(b.state(), State::Closed);
     fail(&b, 1);
-    assert_eq!(b.state(), State::Open, "the minimum is capped at the window");
+    assert_eq!(
+        b.state(),
+        State::Open,
+        "the minimum is capped at the window"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -265,7 +273,11 @@ async fn a_half_open_rejection_says_when_to_retry() {
     advance(2 * SEC).await;
     let err = b.try_acquire().unwrap_err();
     assert_eq!(err.state(), State::HalfOpen);
-    assert_eq!(err.retry_after(), Some(3 * SEC), "when the half-open wait ends");
+    assert_eq!(
+        err.retry_after(),
+        Some(3 * SEC),
+        "when the half-open wait ends"
+    );
     assert!(err.to_string().contains("retry in 3.000s"), "{err}");
 
     let b = Breaker::builder("dep")

@@ -149,11 +149,19 @@ fn add(cell: &AtomicU64, tick: u64, delta: u64) -> i64 {
     let mut cur = cell.load(Ordering::Acquire);
     loop {
         let count = cur & BUCKET_MAX;
+        if delta == 0 && count == 0 {
+            // Nothing to evict: an empty cell of an old tick is as good as a
+            // new one (the next addition rotates it).
+            return 0;
+        }
         let fwd = ahead(tick, cur);
         let (next, change) = if fwd != 0 && fwd < 1 << (TAG_BITS - 1) {
             // Older tick in the cell: evict it, start this tick's count.
             let added = delta.min(BUCKET_MAX);
-            ((tag(tick) << COUNT_BITS) | added, added as i64 - count as i64)
+            (
+                (tag(tick) << COUNT_BITS) | added,
+                added as i64 - count as i64,
+            )
         } else {
             // Same tick, or a straggler whose tick the cell has passed: its
             // outcome is counted in the newer bucket (kept longer, not lost).

@@ -118,13 +118,17 @@
 //! the process exits.
 
 mod layer;
+#[cfg(all(test, tower_recovery_loom))]
+mod loom;
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence};
+use crate::sync::{Mutex, lock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -306,10 +310,6 @@ struct Shared {
     progress: Mutex<Progress>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Shared {
     /// Enters a request: counted first, then the phase is checked, so a
     /// request and the drain's "zero in flight?" can never miss each other.
@@ -319,6 +319,9 @@ impl Shared {
             return None;
         }
         self.in_flight.0.fetch_add(1, Ordering::SeqCst);
+        // With the fence after the phase store in `set_phase`: either this
+        // load sees the drain, or the drain's count sees this request.
+        fence(Ordering::SeqCst);
         #[cfg(feature = "metrics")]
         self.in_flight_gauge.increment(1.0);
         if self.phase.load(Ordering::SeqCst) >= REJECTING {
@@ -348,6 +351,7 @@ impl Shared {
     fn leave(&self, finished: bool) {
         if self.phase.load(Ordering::Acquire) == SERVING {
             let before = self.in_flight.0.fetch_sub(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
             #[cfg(feature = "metrics")]
             self.in_flight_gauge.decrement(1.0);
             if self.phase.load(Ordering::SeqCst) != SERVING {
@@ -378,6 +382,10 @@ impl Shared {
 
     fn set_phase(&self, phase: u8) {
         self.phase.store(phase, Ordering::SeqCst);
+        // Pairs with the fences in `enter` and `leave` (store-load order
+        // needs a fence on each side; SeqCst accesses alone are not modelled
+        // as such by loom, and fences make the argument explicit).
+        fence(Ordering::SeqCst);
         self.changed.notify_waiters();
     }
 

@@ -10,9 +10,9 @@ use tower_service::Service;
 
 use super::Recovery;
 use crate::BoxError;
-use crate::circuit_breaker::Rejected;
 #[cfg(doc)]
 use crate::circuit_breaker::CallError;
+use crate::circuit_breaker::Rejected;
 use crate::classify::{Classify, ErrorsAsFailures, Outcome};
 
 /// Whether `error` is a refusal made by this crate rather than a failure of

@@ -237,8 +237,7 @@ impl Machine {
 
     /// Mean of the recent MTTR samples.
     pub(crate) fn mttr(&self) -> Option<Duration> {
-        (!self.mttr.is_empty())
-            .then(|| self.mttr.iter().sum::<Duration>() / self.mttr.len() as u32)
+        (!self.mttr.is_empty()).then(|| self.mttr.iter().sum::<Duration>() / self.mttr.len() as u32)
     }
 
     /// Whether an outage is open (for the simulation's invariants).

@@ -101,16 +101,18 @@
 
 mod backoff;
 mod layer;
+#[cfg(all(test, tower_recovery_loom))]
+mod loom;
 mod machine;
 mod task;
-#[cfg(test)]
+#[cfg(all(test, not(tower_recovery_loom)))]
 mod tests;
 
+use crate::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, watch};

@@ -178,7 +178,11 @@ fn log(shared: &Shared, log: Log, name: &str, max: u32) {
             "Circuit breaker '{name}' opened, triggering auto-recovery"
         ),
         Log::Started { reason } => {
-            tracing::debug!(dependency = name, reason = reason.as_str(), "recovery cycle started")
+            tracing::debug!(
+                dependency = name,
+                reason = reason.as_str(),
+                "recovery cycle started"
+            )
         }
         Log::Attempt { attempt } => {
             count(shared, "attempt");

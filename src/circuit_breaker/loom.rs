@@ -1,0 +1,205 @@
+//! Model checking of the breaker's lock-free parts with `loom`: every
+//! interleaving of the threads below is explored. Run with
+//! `RUSTFLAGS="--cfg tower_recovery_loom" cargo test --lib loom`.
+//!
+//! Invariants, one test each: probe permits are never over-admitted; a trip
+//! makes exactly one transition; an outcome from an earlier generation is
+//! dropped; `close` never overwrites a manual state nor closes twice; the
+//! time window loses no outcome and counts none twice across a rotation.
+
+use std::time::Duration;
+
+use loom::thread;
+
+use super::window::TimeBuckets;
+use super::{Breaker, State};
+use crate::clock::ManualClock;
+
+/// Every interleaving with at most three preemptions per execution (the
+/// bound loom's authors recommend; the bugs of this kind need two).
+fn model<F: Fn() + Sync + Send + 'static>(f: F) {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder.check(f);
+}
+
+fn half_open(permits: u16) -> (Breaker, ManualClock) {
+    let clock = ManualClock::new();
+    let b = Breaker::builder("loom")
+        .consecutive_failures(1)
+        .half_open_permits(permits)
+        .open_duration(Duration::from_secs(1))
+        .clock(clock.clone())
+        .build();
+    b.try_acquire().unwrap().failure();
+    clock.advance(Duration::from_secs(1));
+    (b, clock)
+}
+
+#[test]
+fn probe_permits_are_never_over_admitted() {
+    model(|| {
+        let (b, _clock) = half_open(1);
+        let admitted: Vec<_> = (0..2)
+            .map(|_| {
+                let b = b.clone();
+                thread::spawn(move || {
+                    // Admit, then drop unfinished: the permit goes back.
+                    let first = b.try_acquire().is_ok();
+                    let second = b.try_acquire().map(|p| p.is_probe());
+                    (first, second.is_ok())
+                })
+            })
+            .collect();
+        let results: Vec<_> = admitted.into_iter().map(|h| h.join().unwrap()).collect();
+        // Each admission is dropped unfinished before the thread asks again,
+        // so at most one permit is out at any time: never two at once.
+        assert_eq!(b.snapshot().available_permits, Some(1));
+        assert!(results.iter().any(|(first, _)| *first));
+        assert_eq!(b.state(), State::HalfOpen);
+    });
+}
+
+#[test]
+fn two_probes_racing_for_one_permit_admit_one() {
+    model(|| {
+        let (b, _clock) = half_open(1);
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let b = b.clone();
+                thread::spawn(move || match b.try_acquire() {
+                    Ok(permit) => {
+                        std::mem::forget(permit);
+                        1
+                    }
+                    Err(_) => 0,
+                })
+            })
+            .collect();
+        let admitted: u32 = threads.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(admitted, 1, "one permit, one probe");
+    });
+}
+
+#[test]
+fn a_trip_makes_exactly_one_transition() {
+    model(|| {
+        let b = Breaker::builder("loom")
+            .consecutive_failures(2)
+            .clock(ManualClock::new())
+            .build();
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let b = b.clone();
+                thread::spawn(move || b.try_acquire().unwrap().failure())
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(b.state(), State::Open);
+        assert_eq!(b.snapshot().transitions, 1);
+        assert_eq!(b.generation(), 1);
+    });
+}
+
+#[test]
+fn an_outcome_of_an_earlier_generation_is_dropped() {
+    model(|| {
+        let b = Breaker::builder("loom")
+            .consecutive_failures(1)
+            .clock(ManualClock::new())
+            .build();
+        let old = b.try_acquire().unwrap();
+        let resetter = {
+            let b = b.clone();
+            thread::spawn(move || b.reset())
+        };
+        old.failure();
+        resetter.join().unwrap();
+        let snap = b.snapshot();
+        // Either the failure landed first (Open, then the reset closed it)
+        // or after the reset (stale: dropped). Never Open after the reset.
+        assert_eq!(snap.state, State::Closed);
+        assert!(snap.transitions == 1 || snap.transitions == 2);
+        assert_eq!(snap.counts.consecutive_failures, 0);
+    });
+}
+
+#[test]
+fn close_never_overwrites_force_open() {
+    model(|| {
+        let (b, _clock) = half_open(1);
+        let forcer = {
+            let b = b.clone();
+            thread::spawn(move || b.force_open())
+        };
+        b.close();
+        forcer.join().unwrap();
+        assert_eq!(b.state(), State::ForcedOpen);
+    });
+}
+
+#[test]
+fn a_probe_and_close_racing_close_once() {
+    model(|| {
+        let (b, _clock) = half_open(1);
+        let probe = b.try_acquire().unwrap();
+        let closer = {
+            let b = b.clone();
+            thread::spawn(move || b.close())
+        };
+        probe.success();
+        let closed_by_recovery = closer.join().unwrap();
+        assert_eq!(b.state(), State::Closed);
+        // Open, HalfOpen, then one Closed: by the probe or by `close`.
+        assert_eq!(b.snapshot().transitions, 3, "exactly one close");
+        let _ = closed_by_recovery;
+    });
+}
+
+#[test]
+fn the_time_window_loses_nothing_across_a_rotation() {
+    model(|| {
+        // 2 buckets of 10 ns per window: 3 slots; tick 3 reuses tick 0's.
+        let w = loom::sync::Arc::new(TimeBuckets::new(10, 2));
+        w.record(5, true, false); // tick 0
+        let threads: Vec<_> = [35u64, 36]
+            .into_iter()
+            .map(|now| {
+                let w = w.clone();
+                thread::spawn(move || w.record(now, false, false))
+            })
+            .collect();
+        for t in threads {
+            let c = t.join().unwrap();
+            assert!(c.calls >= 1 && c.calls <= 2);
+        }
+        // Tick 0 expired at tick 3; both new outcomes are in tick 3's bucket.
+        let c = w.counts(39);
+        assert_eq!((c.calls, c.failures), (2, 0));
+        let c = w.record(39, false, false);
+        assert_eq!((c.calls, c.failures), (3, 0), "running totals agree");
+    });
+}
+
+#[test]
+fn a_straggler_from_before_a_rotation_is_counted_not_lost() {
+    model(|| {
+        let w = loom::sync::Arc::new(TimeBuckets::new(10, 2));
+        let old = {
+            let w = w.clone();
+            thread::spawn(move || w.record(5, true, false)) // tick 0
+        };
+        let new = {
+            let w = w.clone();
+            thread::spawn(move || w.record(25, false, false)) // tick 2
+        };
+        old.join().unwrap();
+        new.join().unwrap();
+        let c = w.counts(29);
+        assert_eq!((c.calls, c.failures), (2, 1), "both live at tick 2");
+        let c = w.record(29, false, false);
+        assert_eq!((c.calls, c.failures), (3, 1));
+    });
+}
