@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{BoxError, ServiceBuilder, ServiceExt, service_fn};
-use tower_recovery::circuit_breaker::{RecvError, Breaker, Rejected, State};
+use tower_recovery::circuit_breaker::{Breaker, RecvError, Rejected, State};
 
 async fn get(addr: SocketAddr) -> Result<String, BoxError> {
     let mut stream = TcpStream::connect(addr).await?;

@@ -139,7 +139,9 @@ impl Model {
     /// Returns the state and, when open, the time to the next probe.
     fn project(&self) -> (State, Option<u64>) {
         match self.state {
-            State::Open if self.now < self.open_until => (State::Open, Some(self.open_until - self.now)),
+            State::Open if self.now < self.open_until => {
+                (State::Open, Some(self.open_until - self.now))
+            }
             State::Open => (State::HalfOpen, None),
             State::HalfOpen if self.now >= self.half_until => {
                 let until = self.half_until + self.open_nanos(self.level);
@@ -157,7 +159,11 @@ impl Model {
         let mult: f64 = if self.cfg.growth { 2.0 } else { 1.0 };
         let max = if self.cfg.growth { OPEN_MAX } else { OPEN };
         let grown = OPEN as f64 * mult.powi(level as i32);
-        if grown >= max as f64 { max } else { grown as u64 }
+        if grown >= max as f64 {
+            max
+        } else {
+            grown as u64
+        }
     }
 
     fn admit(&mut self) -> Result<Ticket, (State, Option<Duration>)> {

@@ -105,9 +105,8 @@ async fn rejections_around_any_error_type_are_not_counted() {
     let recovery = Recovery::builder("database", action(&up, &runs))
         .trigger_after(2)
         .spawn();
-    let r: Result<(), CallError<DbError>> = recovery
-        .call(b.call(async { Err::<(), _>(DbError) }))
-        .await;
+    let r: Result<(), CallError<DbError>> =
+        recovery.call(b.call(async { Err::<(), _>(DbError) })).await;
     assert!(matches!(r, Err(CallError::Inner(DbError))));
     assert_eq!(b.state(), State::Open);
     for _ in 0..5 {
