@@ -2,10 +2,13 @@
 //! `loom`'s under `--cfg tower_recovery_loom` so that the model-checking
 //! tests explore every interleaving of the real code.
 
+// Not every feature set uses every item.
 #[cfg(not(tower_recovery_loom))]
+#[allow(unused_imports)]
 pub(crate) use std::sync::{Mutex, MutexGuard, atomic};
 
 #[cfg(tower_recovery_loom)]
+#[allow(unused_imports)]
 pub(crate) use loom::sync::{Mutex, MutexGuard, atomic};
 
 /// Locks `m`, ignoring poisoning: nothing user-supplied runs under this

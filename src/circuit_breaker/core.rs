@@ -211,6 +211,7 @@ impl Default for Signal {
     }
 }
 
+#[cfg(feature = "recovery")]
 impl Signal {
     pub(crate) fn state(&self) -> State {
         state_of(self.word)
@@ -933,6 +934,7 @@ impl Core {
         self.events.subscribe()
     }
 
+    #[cfg(feature = "recovery")]
     pub(crate) fn watch(&self) -> watch::Receiver<Signal> {
         self.signal.subscribe()
     }

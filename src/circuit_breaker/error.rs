@@ -106,6 +106,7 @@ impl<E: std::error::Error + 'static> std::error::Error for CallError<E> {
 /// The `CallError<E>` types that were ever returned as a rejection, so that
 /// [`is_refusal`](crate::recovery::is_refusal) can recognise a rejection
 /// around an error type it cannot name.
+#[cfg(feature = "recovery")]
 pub(crate) mod registry {
     use std::any::{Any, TypeId};
     use std::collections::HashMap;

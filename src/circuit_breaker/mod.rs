@@ -526,6 +526,7 @@ impl Breaker {
         let permit = match self.try_acquire() {
             Ok(permit) => permit,
             Err(rejected) => {
+                #[cfg(feature = "recovery")]
                 self::error::registry::register::<E>();
                 return Err(CallError::Rejected(rejected));
             }
