@@ -44,6 +44,23 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Rules that keep the parts correct together
+//!
+//! - **No code of yours, and no other component, runs under a lock of
+//!   this crate.** Locks guard a few words and are released before a
+//!   callback, a log line, a wake-up or a call into another handle.
+//! - **Events flow one way.** A breaker publishes its transitions (a
+//!   bounded stream for observers, lossless counts for a recovery); the
+//!   recovery reacts on its own task. Nothing calls back into the component
+//!   that published.
+//! - **Reading never acts.** `state`, `snapshot`, `status`, reports and
+//!   `Debug` change nothing: a timed transition that is due is reported,
+//!   and made by the next admission (or, for the recovery, on its task).
+//! - **Checked, not hoped.** The lock-free parts are model-checked with
+//!   `loom`; the recovery's rules are a pure state machine tested over every
+//!   event sequence to a depth; a seeded simulation drives the parts
+//!   together on paused time.
+//!
 //! # Feature flags
 //!
 //! | feature | default | what it adds |
