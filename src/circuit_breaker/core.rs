@@ -17,6 +17,7 @@
 //! the probe successes, so a late release from an earlier half-open period can
 //! never hand out an extra permit.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 #[cfg(feature = "metrics")]
@@ -29,7 +30,7 @@ use super::window::{CountRing, TimeBuckets, WindowCounts};
 use super::{Cause, Counts, Rejected, State, Transition};
 use crate::classify::Outcome;
 use crate::clock::Clock;
-use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::{Mutex, MutexGuard, lock};
 
 pub(crate) use crate::util::Padded;
@@ -196,6 +197,12 @@ pub(crate) struct Signal {
     pub(crate) opened_at: tokio::time::Instant,
     /// When the breaker last reached `Closed`.
     pub(crate) closed_at: tokio::time::Instant,
+    /// Generation of the latest opening (0: none yet).
+    pub(crate) opened_gen: u64,
+    /// Generation of the latest heal (0: none yet).
+    pub(crate) healed_gen: u64,
+    /// When the outage that the latest heal ended had begun.
+    pub(crate) healed_outage_start: tokio::time::Instant,
 }
 
 impl Default for Signal {
@@ -207,6 +214,9 @@ impl Default for Signal {
             heals: 0,
             opened_at: now,
             closed_at: now,
+            opened_gen: 0,
+            healed_gen: 0,
+            healed_outage_start: now,
         }
     }
 }
@@ -263,6 +273,9 @@ pub(crate) struct Core {
     pub(crate) changed: Arc<Notify>,
     events: broadcast::Sender<Transition>,
     signal: watch::Sender<Signal>,
+    /// Transitions made but not yet sent, in generation order.
+    outbox: Mutex<VecDeque<(Transition, Signal)>>,
+    publishing: AtomicBool,
     locked: Mutex<Locked>,
 }
 
@@ -318,6 +331,8 @@ impl Core {
             changed: Arc::new(Notify::new()),
             events: broadcast::channel(EVENT_CAPACITY).0,
             signal: watch::channel(Signal::default()).0,
+            outbox: Mutex::new(VecDeque::new()),
+            publishing: AtomicBool::new(false),
             locked: Mutex::new(Locked {
                 level: 0,
                 closed_at: now,
@@ -383,8 +398,10 @@ impl Core {
                 _ => {
                     if self.cfg.half_open_max_wait.is_some() {
                         let now = self.clock.now_nanos();
-                        if now >= self.half_open_until.load(Ordering::Acquire) {
-                            self.transition(word, State::Open, Cause::HalfOpenTimeout, now);
+                        let timeout = self.half_open_until.load(Ordering::Acquire);
+                        if now >= timeout {
+                            // Re-opened as of the timeout, as `state()` reports.
+                            self.transition(word, State::Open, Cause::HalfOpenTimeout, timeout);
                             word = self.state.0.load(Ordering::Acquire);
                             continue;
                         }
@@ -466,11 +483,8 @@ impl Core {
                 Outcome::Ignore => {}
             },
             HALF_OPEN => self.probe_done(ticket, outcome),
-            _ => {
-                if outcome == Outcome::Failure {
-                    self.failures.0.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            // Disabled records nothing.
+            _ => {}
         }
     }
 
@@ -602,10 +616,12 @@ impl Core {
     fn probe_done(&self, ticket: Ticket, outcome: Outcome) {
         if self.cfg.half_open_max_wait.is_some() {
             let now = self.clock.now_nanos();
-            if now >= self.half_open_until.load(Ordering::Acquire) {
+            let timeout = self.half_open_until.load(Ordering::Acquire);
+            if now >= timeout {
                 // The half-open wait ran out before this probe finished: the
-                // overdue re-open happens now, and the outcome is stale.
-                self.transition(ticket.word, State::Open, Cause::HalfOpenTimeout, now);
+                // overdue re-open is made (as of the timeout), and the outcome
+                // is stale.
+                self.transition(ticket.word, State::Open, Cause::HalfOpenTimeout, timeout);
                 if outcome == Outcome::Failure {
                     self.failures.0.fetch_add(1, Ordering::Relaxed);
                 }
@@ -679,7 +695,10 @@ impl Core {
     /// The state at `now` with due timed transitions projected, and the time
     /// until the next probe when that state is `Open`.
     fn project(&self, now: u64) -> (State, Option<u64>) {
-        let word = self.state.0.load(Ordering::Acquire);
+        self.project_word(self.state.0.load(Ordering::Acquire), now)
+    }
+
+    fn project_word(&self, word: u64, now: u64) -> (State, Option<u64>) {
         match code(word) {
             OPEN => {
                 let until = self.open_until.load(Ordering::Acquire);
@@ -753,10 +772,10 @@ impl Core {
 
     /// The projected state, the time until the next probe when open, and
     /// the free probe permits when half-open: one consistent reading.
-    pub(crate) fn observe(&self) -> (State, Option<Duration>, Option<u16>) {
+    pub(crate) fn observe(&self) -> (u64, State, Option<Duration>, Option<u16>) {
         let word = self.state.0.load(Ordering::Acquire);
         let h = self.half_open.0.load(Ordering::Acquire);
-        let (state, next_probe) = self.project(self.clock.now_nanos());
+        let (state, next_probe) = self.project_word(word, self.clock.now_nanos());
         let permits = match state {
             // Performed: the permits of this half-open period.
             State::HalfOpen if code(word) == HALF_OPEN && ho_matches(h, word) => {
@@ -766,7 +785,12 @@ impl Core {
             State::HalfOpen => Some(self.cfg.permits),
             _ => None,
         };
-        (state, next_probe.map(Duration::from_nanos), permits)
+        (
+            generation(word),
+            state,
+            next_probe.map(Duration::from_nanos),
+            permits,
+        )
     }
 
     // ===== transitions =====
@@ -888,6 +912,7 @@ impl Core {
         signal.word = next;
         if to == State::Open && matches!(from, State::Closed | State::HalfOpen) {
             signal.opens += 1;
+            signal.opened_gen = generation(next);
             if from == State::Closed {
                 signal.opened_at = tokio::time::Instant::now();
             }
@@ -896,6 +921,8 @@ impl Core {
             signal.closed_at = tokio::time::Instant::now();
             if cause != Cause::Recovered {
                 signal.heals += 1;
+                signal.healed_gen = generation(next);
+                signal.healed_outage_start = signal.opened_at;
             }
         }
         locked.signal = signal;
@@ -908,12 +935,11 @@ impl Core {
             counts,
             open_for,
         };
-        // Published under the lock so that every observer sees transitions
-        // in generation order. Neither call runs code of ours or a user's:
-        // they queue the value and wake the receivers' tasks.
-        let _ = self.events.send(event.clone());
-        self.signal.send_replace(signal);
+        // Queued in generation order under the lock; sent (which wakes the
+        // receivers, running their wakers) after it is released.
+        lock(&self.outbox).push_back((event.clone(), signal));
         drop(locked);
+        self.publish();
 
         #[cfg(feature = "metrics")]
         {
@@ -928,6 +954,32 @@ impl Core {
         }
         log_transition(&event);
         self.changed.notify_waiters();
+    }
+
+    /// Sends queued transitions, in order, with no lock held. One thread
+    /// sends at a time; a transition queued meanwhile (by another thread, or
+    /// by a waker that acts on the breaker from inside a send) is sent by
+    /// the thread already sending, so nobody waits and nothing re-enters.
+    fn publish(&self) {
+        loop {
+            if self.publishing.swap(true, Ordering::Acquire) {
+                return;
+            }
+            loop {
+                // Popped in a statement of its own: the outbox's lock must
+                // be released before the sends run wakers.
+                let next = lock(&self.outbox).pop_front();
+                let Some((event, signal)) = next else { break };
+                let _ = self.events.send(event);
+                self.signal.send_replace(signal);
+            }
+            self.publishing.store(false, Ordering::Release);
+            // A transition queued after the last pop, before the flag was
+            // cleared, would be stranded: look once more.
+            if lock(&self.outbox).is_empty() {
+                return;
+            }
+        }
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Transition> {

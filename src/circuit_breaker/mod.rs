@@ -400,11 +400,11 @@ impl Breaker {
 
     /// A consistent-enough view for reports.
     pub fn snapshot(&self) -> Snapshot {
-        let (state, next_probe_in, available_permits) = self.core.observe();
+        let (generation, state, next_probe_in, available_permits) = self.core.observe();
         Snapshot {
             name: self.core.name.clone(),
             state,
-            generation: self.core.generation(),
+            generation,
             counts: self.core.counts(),
             failures: self.core.failures(),
             rejected: self.core.rejected(),
@@ -642,6 +642,32 @@ impl fmt::Display for RecvError {
 
 impl std::error::Error for RecvError {}
 
+/// Why [`Transitions::try_recv`] returned no transition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TryRecvError {
+    /// No transition is queued.
+    Empty,
+    /// This many transitions were dropped because the subscriber fell more
+    /// than 64 behind; the next call returns the oldest one kept.
+    Lagged(u64),
+    /// Every handle of the breaker is dropped and no transition is left.
+    Closed,
+}
+
+impl fmt::Display for TryRecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryRecvError::Empty => f.write_str("no transition queued"),
+            TryRecvError::Lagged(n) => {
+                write!(f, "subscriber fell behind; missed {n} transitions")
+            }
+            TryRecvError::Closed => f.write_str("breaker dropped"),
+        }
+    }
+}
+
+impl std::error::Error for TryRecvError {}
+
 impl Transitions {
     /// The next transition, waiting for it.
     pub async fn recv(&mut self) -> Result<Transition, RecvError> {
@@ -652,16 +678,15 @@ impl Transitions {
         })
     }
 
-    /// The next transition if one is queued (`None` also after a lag is
-    /// reported or the breaker is gone; [`recv`](Self::recv) tells which).
-    pub fn try_recv(&mut self) -> Option<Transition> {
-        loop {
-            match self.rx.try_recv() {
-                Ok(t) => return Some(t),
-                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
-                Err(_) => return None,
-            }
-        }
+    /// The next transition if one is queued. `Err(TryRecvError::Empty)`
+    /// when none is; a lag is reported as with [`recv`](Self::recv).
+    pub fn try_recv(&mut self) -> Result<Transition, TryRecvError> {
+        use tokio::sync::broadcast::error::TryRecvError as E;
+        self.rx.try_recv().map_err(|e| match e {
+            E::Empty => TryRecvError::Empty,
+            E::Lagged(n) => TryRecvError::Lagged(n),
+            E::Closed => TryRecvError::Closed,
+        })
     }
 }
 

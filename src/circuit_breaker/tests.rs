@@ -211,7 +211,11 @@ async fn reads_report_a_due_timed_transition_without_making_it() {
         (opened.from, opened.to, opened.cause),
         (State::Closed, State::Open, Cause::ConsecutiveFailures)
     );
-    assert!(events.try_recv().is_none(), "no event from a read");
+    assert_eq!(
+        events.try_recv().unwrap_err(),
+        TryRecvError::Empty,
+        "no event from a read"
+    );
     // The next admission makes it.
     let probe = b.try_acquire().unwrap();
     assert!(probe.is_probe());
@@ -310,7 +314,7 @@ async fn close_never_overrides_a_manual_state_or_closes_twice() {
     b.try_acquire().unwrap().success(); // the probe closes it first
     assert!(!b.close(), "already closed: no second Closed transition");
     let mut closes = 0;
-    while let Some(t) = events.try_recv() {
+    while let Ok(t) = events.try_recv() {
         closes += usize::from(t.to == State::Closed && t.cause != Cause::Reset);
     }
     assert_eq!(closes, 1);
@@ -329,10 +333,49 @@ async fn a_slow_subscriber_is_told_what_it_missed() {
     let oldest = events.recv().await.unwrap();
     assert_eq!(oldest.generation, 37, "goes on from the oldest kept");
     let mut rest = 1;
-    while events.try_recv().is_some() {
+    while events.try_recv().is_ok() {
         rest += 1;
     }
     assert_eq!(rest, 64, "at most 64 kept");
+}
+
+#[tokio::test(start_paused = true)]
+async fn try_recv_reports_a_lag_too() {
+    let b = Breaker::builder("dep").consecutive_failures(1).build();
+    let mut events = b.subscribe();
+    for _ in 0..40 {
+        b.force_open();
+        b.reset();
+    }
+    assert_eq!(events.try_recv(), Err(TryRecvError::Lagged(16)));
+    assert_eq!(events.try_recv().unwrap().generation, 17);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waker_that_acts_on_the_breaker_does_not_deadlock_it() {
+    // Wakers used to run under the transition lock: a waker acting on the
+    // breaker (as a naive executor might, by polling inline) deadlocked.
+    use std::sync::Arc;
+    use std::task::{Context, Wake, Waker};
+    struct Resets(Breaker);
+    impl Wake for Resets {
+        fn wake(self: Arc<Self>) {
+            self.0.reset();
+        }
+    }
+    let b = Breaker::builder("dep").consecutive_failures(1).build();
+    let mut events = b.subscribe();
+    let waker = Waker::from(Arc::new(Resets(b.clone())));
+    let mut cx = Context::from_waker(&waker);
+    {
+        let recv = events.recv();
+        tokio::pin!(recv);
+        assert!(recv.as_mut().poll(&mut cx).is_pending());
+        b.force_open(); // wakes the waker, which resets: must not hang
+    }
+    assert_eq!(b.state(), State::Closed, "the waker's reset came after");
+    assert_eq!(events.recv().await.unwrap().to, State::ForcedOpen);
+    assert_eq!(events.recv().await.unwrap().to, State::Closed);
 }
 
 #[tokio::test(start_paused = true)]
@@ -496,7 +539,7 @@ async fn transitions_are_ordered_and_carry_counts() {
     b.disable();
     b.reset();
     let mut got = Vec::new();
-    while let Some(t) = events.try_recv() {
+    while let Ok(t) = events.try_recv() {
         got.push(t);
     }
     let tos: Vec<_> = got.iter().map(|t| t.to).collect();

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
@@ -18,6 +18,11 @@ use crate::BoxError;
 /// Counts HTTP requests until their response body ends; answers `503` with
 /// `Connection: close` and `Retry-After` while draining. Made by
 /// [`Drain::layer`]; every service it makes shares the drain.
+///
+/// A response with no body on the wire (to `HEAD`, a `2xx` to `CONNECT`,
+/// `1xx`, `204`, `304`: hyper's own rule) is finished at its head, since
+/// servers drop its body unpolled. An `Err` from the inner service is cut
+/// off: no response was sent.
 #[derive(Clone, Debug)]
 pub struct DrainLayer {
     drain: Drain,
@@ -75,12 +80,16 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         match self.drain.shared.enter() {
-            Some(guard) => ResponseFuture {
-                kind: Kind::Admitted {
-                    future: self.inner.call(req),
-                    guard: Some(guard),
-                },
-            },
+            Some(guard) => {
+                let method = RequestMethod::of(req.method());
+                ResponseFuture {
+                    kind: Kind::Admitted {
+                        future: self.inner.call(req),
+                        guard: Some(guard),
+                        method,
+                    },
+                }
+            }
             None => ResponseFuture {
                 kind: Kind::Refused {
                     retry_after: self.drain.shared.retry_after,
@@ -91,10 +100,42 @@ where
     }
 }
 
+/// What of the request method decides whether its response has a body on
+/// the wire.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RequestMethod {
+    Head,
+    Connect,
+    Other,
+}
+
+impl RequestMethod {
+    fn of(method: &Method) -> Self {
+        if method == Method::HEAD {
+            Self::Head
+        } else if method == Method::CONNECT {
+            Self::Connect
+        } else {
+            Self::Other
+        }
+    }
+
+    /// Whether a response with `status` to this method has no body on the
+    /// wire: servers send its head only and drop its body unpolled (hyper's
+    /// rule: HEAD, a `2xx` to CONNECT, `1xx`, `204`, `304`).
+    fn bodiless(self, status: StatusCode) -> bool {
+        self == Self::Head
+            || (self == Self::Connect && status.is_success())
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+    }
+}
+
 pin_project! {
     #[project = KindProj]
     enum Kind<F> {
-        Admitted { #[pin] future: F, guard: Option<Guard> },
+        Admitted { #[pin] future: F, guard: Option<Guard>, method: RequestMethod },
         Refused { retry_after: u64, shared: Option<Arc<Shared>> },
     }
 }
@@ -122,22 +163,31 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Admitted { future, guard } => {
+            KindProj::Admitted {
+                future,
+                guard,
+                method,
+            } => {
                 let response = match ready!(future.poll(cx)) {
                     Ok(response) => response,
                     Err(e) => {
-                        // The service ran to its end and answered with an
-                        // error: finished, not cut off by us.
-                        if let Some(guard) = guard.take() {
-                            guard.finish();
-                        }
+                        // No response is sent for an error (the server
+                        // closes the connection): cut off.
+                        drop(guard.take());
                         return Poll::Ready(Err(e));
                     }
                 };
-                let guard = guard.take();
+                let mut guard = guard.take();
                 let closing = guard.as_ref().is_some_and(|g| {
                     g.shared.phase.load(std::sync::atomic::Ordering::Acquire) >= REJECTING
                 });
+                if method.bodiless(response.status()) {
+                    // Its head is all that is sent: finished now, whatever
+                    // its body holds (the server drops it unpolled).
+                    if let Some(guard) = guard.take() {
+                        guard.finish();
+                    }
+                }
                 let (mut parts, body) = response.into_parts();
                 if closing {
                     // Draining: let the client reconnect elsewhere.
@@ -192,7 +242,9 @@ pin_project! {
     /// A response body that holds its request's in-flight count until it
     /// ends or is dropped. Read to its end (or dropped when it has nothing
     /// left to send, as servers do with a complete body), the request
-    /// finished; dropped before, it was cut off.
+    /// finished; dropped before, it was cut off. A response with no body on
+    /// the wire (to `HEAD`, a `2xx` to `CONNECT`, `1xx`, `204`, `304`)
+    /// finished at its head, and its body holds no count.
     pub struct DrainBody<B> {
         #[pin]
         kind: BodyKind<B>,
@@ -383,8 +435,10 @@ where
 
 // ===== outbound clients =====
 
-/// Refuses outbound calls with [`ClientClosed`] once the drain is over.
-/// Made by [`Drain::client_layer`].
+/// Refuses outbound calls with [`ClientClosed`] once the drain is over and
+/// no request is still in flight: a request still running past the grace
+/// period may use its dependencies until it finishes. Made by
+/// [`Drain::client_layer`].
 #[derive(Clone, Debug)]
 pub struct DrainClientLayer {
     drain: Drain,
@@ -428,7 +482,8 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        if self.drain.is_closed() {
+        // Atomics only: a flag once closed, two loads until then.
+        if self.drain.shared.clients_closed() {
             return RpcResponseFuture {
                 future: None,
                 guard: None,

@@ -22,8 +22,9 @@
 //!    is first; a second signal ends the wait at once;
 //! 5. the hooks run in order (stop the health monitor), each under the hook
 //!    timeout, then outbound clients wrapped with [`Drain::client_layer`]
-//!    refuse new calls: only now, so requests still being served could use
-//!    their dependencies;
+//!    close: they refuse new calls once no request is in flight any more,
+//!    so requests still being served (even past the grace period) can use
+//!    their dependencies until they finish;
 //! 6. a [`DrainReport`]: finished, refused, cut off, still running, hooks
 //!    that failed, elapsed; [`Drain::completed`] resolves with it.
 //!
@@ -91,19 +92,23 @@
 //! others. Once the last hook has run, [`Drain::on_drained`] refuses new
 //! hooks with [`AlreadyDrained`], which hands the hook back: the caller
 //! decides whether to run it now. It is not run at once by the drain because
-//! it was promised to run before the clients close, and they are closed.
+//! it was promised to run before the clients close, and they are closed (or
+//! close as soon as the requests still running finish).
 //!
 //! # The report
 //!
 //! Every count in a [`DrainReport`] is a statement about what had happened
 //! when the report was produced, counted when it happened:
 //!
-//! - `finished`: requests whose response was complete (body read to its end,
-//!   or future resolved for non-HTTP services) after the signal;
+//! - `finished`: requests whose response was complete (body read to its end;
+//!   the head, for a response with no body on the wire: to `HEAD`, a `2xx`
+//!   to `CONNECT`, `1xx`, `204`, `304`; future resolved, `Ok` or `Err`, for
+//!   non-HTTP services) after the signal;
 //! - `refused`: new requests answered `503` (or [`Draining`]);
 //! - `cut_off`: requests whose response was never completed: the response
 //!   future or body was dropped before its end (the server gave up on it,
-//!   the client went away, or the process is exiting);
+//!   the client went away, or the process is exiting), or the HTTP service
+//!   returned `Err` (no response was sent);
 //! - `still_running`: requests in flight when the report was produced;
 //!   neither finished nor cut off, yet;
 //! - `running_at_deadline`: requests still in flight when the wait ended
@@ -246,14 +251,18 @@ impl fmt::Display for HookFailure {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DrainReport {
-    /// Requests whose response was complete (HTTP: body read to its end;
-    /// other services: future resolved, `Ok` or `Err`) after the signal.
+    /// Requests whose response was complete after the signal. HTTP: body
+    /// read to its end, or, for a response with no body on the wire (to
+    /// `HEAD`, a `2xx` to `CONNECT`, `1xx`, `204`, `304`), its head handed
+    /// to the server, which drops such a body unpolled. Other services:
+    /// future resolved, `Ok` or `Err`.
     pub finished: u64,
     /// New requests refused with `503` (or [`Draining`]) by the drain
     /// layers, counted when the refusal was handed back.
     pub refused: u64,
-    /// Requests whose response was never completed: the response future or
-    /// body was dropped before its end, after the signal.
+    /// Requests whose response was never completed, after the signal: the
+    /// response future or body was dropped before its end, or the HTTP
+    /// service returned `Err` (the server sends no response for it).
     pub cut_off: u64,
     /// Requests in flight when this report was produced.
     pub still_running: u64,
@@ -301,6 +310,9 @@ struct Shared {
     refused: AtomicU64,
     forced: AtomicBool,
     begun: AtomicBool,
+    /// Set once a client saw the drain closed with nothing in flight: from
+    /// then on clients refuse without reading the count.
+    clients_closed: AtomicBool,
     changed: Notify,
     grace: Duration,
     pre_drain: Duration,
@@ -372,8 +384,34 @@ impl Shared {
         #[cfg(feature = "metrics")]
         self.in_flight_gauge.decrement(1.0);
         if before == 1 {
+            if self.phase.load(Ordering::Acquire) >= CLOSED {
+                tracing::info!("The last request still running finished: outbound clients closed");
+            }
             self.changed.notify_waiters();
         }
+    }
+
+    /// Whether outbound clients refuse new calls: the drain is over and no
+    /// request is in flight. Atomics only. Once true it stays true: a
+    /// request refused later takes a count for a moment, but it is not
+    /// served, so it must not reopen the clients.
+    ///
+    /// A request calling a client holds its own count, so it always reads
+    /// a count above zero. Reading zero after reading `CLOSED` means no
+    /// admitted request is left and none can be admitted any more (the
+    /// handshake of `enter` with `set_phase(REJECTING)`).
+    #[inline]
+    fn clients_closed(&self) -> bool {
+        if self.clients_closed.load(Ordering::Acquire) {
+            return true;
+        }
+        if self.phase.load(Ordering::Acquire) < CLOSED
+            || self.in_flight.0.load(Ordering::SeqCst) != 0
+        {
+            return false;
+        }
+        self.clients_closed.store(true, Ordering::Release);
+        true
     }
 
     fn refused(&self) {
@@ -481,7 +519,8 @@ impl Drain {
     }
 
     /// The layer for outbound clients: refuses calls with [`ClientClosed`]
-    /// once the drain is over (never while requests are still served).
+    /// once the drain is over and no request is in flight any more (never
+    /// while requests are still served, even past the grace period).
     pub fn client_layer(&self) -> DrainClientLayer {
         DrainClientLayer::new(self.clone())
     }
@@ -501,9 +540,12 @@ impl Drain {
         self.shared.phase.load(Ordering::Acquire) >= REJECTING
     }
 
-    /// Whether outbound clients are closed (the drain is over).
+    /// Whether outbound clients are closed: the drain is over and no
+    /// request is in flight any more. While requests outlive the grace
+    /// period, the drain is over ([`completed`](Self::completed) has
+    /// resolved) but the clients stay open until the last one finishes.
     pub fn is_closed(&self) -> bool {
-        self.shared.phase.load(Ordering::Acquire) >= CLOSED
+        self.shared.clients_closed()
     }
 
     /// The grace period.
@@ -605,8 +647,9 @@ impl Drain {
         async move { wait_phase(&shared, REJECTING).await }
     }
 
-    /// Resolves with the report when the drain is over (hooks run, clients
-    /// closed).
+    /// Resolves with the report when the drain is over: hooks run, clients
+    /// closed, or closing as soon as the requests still running (past the
+    /// grace period) finish.
     pub fn completed(&self) -> impl Future<Output = DrainReport> + Send + 'static {
         let shared = self.shared.clone();
         async move {
@@ -752,6 +795,11 @@ async fn sequence(shared: Arc<Shared>, start: Instant) {
     #[cfg(feature = "metrics")]
     metrics::counter!(crate::metrics::DRAIN_COMPLETED).increment(1);
     shared.set_phase(CLOSED);
+    let clients = if shared.clients_closed() {
+        "outbound clients closed"
+    } else {
+        "outbound clients close when the requests still running finish"
+    };
     tracing::info!(
         finished = report.finished,
         refused = report.refused,
@@ -759,7 +807,7 @@ async fn sequence(shared: Arc<Shared>, start: Instant) {
         still_running = report.still_running,
         hook_failures = report.hook_failures.len(),
         elapsed_ms = report.elapsed.as_millis() as u64,
-        "Graceful shutdown complete; outbound clients closed"
+        "Graceful shutdown complete; {clients}"
     );
 }
 
@@ -880,6 +928,7 @@ impl Builder {
                 refused: AtomicU64::new(0),
                 forced: AtomicBool::new(false),
                 begun: AtomicBool::new(false),
+                clients_closed: AtomicBool::new(false),
                 changed: Notify::new(),
                 grace: self.grace,
                 pre_drain: self.pre_drain,

@@ -129,7 +129,7 @@ impl Model {
         loop {
             match self.state {
                 State::Open if self.now >= self.open_until => self.go(State::HalfOpen),
-                State::HalfOpen if self.now >= self.half_until => self.go(State::Open),
+                State::HalfOpen if self.now >= self.half_until => self.reopen_at_timeout(),
                 s => return s,
             }
         }
@@ -153,6 +153,14 @@ impl Model {
             }
             s => (s, None),
         }
+    }
+
+    /// The overdue half-open timeout: re-opened as of the timeout itself.
+    fn reopen_at_timeout(&mut self) {
+        let now = self.now;
+        self.now = self.half_until;
+        self.go(State::Open);
+        self.now = now;
     }
 
     fn open_nanos(&self, level: u32) -> u64 {
@@ -254,7 +262,7 @@ impl Model {
             State::HalfOpen
                 if current && self.state == State::HalfOpen && self.now >= self.half_until =>
             {
-                self.go(State::Open)
+                self.reopen_at_timeout()
             }
             State::HalfOpen => match outcome {
                 Outcome::Ignore => self.release(t),

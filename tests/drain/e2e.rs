@@ -236,3 +236,43 @@ async fn thousand_requests_in_flight_at_the_signal_all_complete() {
         .unwrap()
         .unwrap();
 }
+
+/// A HEAD answered during the drain is finished, like a GET: its body is
+/// never sent (axum and hyper drop it unpolled), but the response was.
+#[tokio::test]
+async fn head_and_get_answered_during_the_drain_are_both_finished() {
+    let drain = Drain::builder()
+        .grace_period(Duration::from_secs(30))
+        .build();
+    let gate = Arc::new(Semaphore::new(0));
+    let (addr, server) = serve(&drain, gate.clone()).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/slow");
+    let head = tokio::spawn(http.head(&url).send());
+    let get = tokio::spawn(http.get(&url).send());
+    wait_in_flight(&drain, 2).await;
+
+    drain.begin();
+    drain.accepting_stopped().await;
+    gate.add_permits(2);
+    let head = head.await.unwrap().expect("HEAD answered");
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.text().await.unwrap(), "");
+    let get = get.await.unwrap().expect("GET answered");
+    assert_eq!(get.status(), 200);
+    assert_eq!(get.text().await.unwrap(), "slow done");
+
+    let report = tokio::time::timeout(Duration::from_secs(10), drain.completed())
+        .await
+        .expect("the drain completes once both are answered");
+    assert_eq!(
+        (report.finished, report.cut_off, report.still_running),
+        (2, 0, 0),
+        "{report:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server stops once drained")
+        .unwrap()
+        .unwrap();
+}

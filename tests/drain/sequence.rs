@@ -502,3 +502,189 @@ async fn non_http_services_get_a_typed_error() {
     let err = svc.oneshot(2).await.unwrap_err();
     assert!(err.is::<Draining>());
 }
+
+/// DESIGN §5 step 5: a request still running at the grace deadline may use
+/// its dependencies until it finishes; clients refuse only once the drain is
+/// over and the last request has finished.
+#[tokio::test(start_paused = true)]
+async fn a_request_outliving_the_grace_period_can_still_call_its_dependencies() {
+    let drain = Drain::builder().grace_period(2 * S).build();
+    // Boxed: the handler's future must be `Send` (rustc cannot prove it for
+    // the unboxed call future inside a spawned closure's future).
+    let client = tower::util::BoxCloneService::new(tower::Layer::layer(
+        &drain.client_layer(),
+        service_fn(|()| async { Ok::<_, BoxError>("dependency answered") }),
+    ));
+    let handler_client = client.clone();
+    let svc = tower::Layer::layer(
+        &drain.layer(),
+        service_fn(move |_: Request<()>| {
+            let client = handler_client.clone();
+            async move {
+                // Outlives the 2 s grace period, then calls its dependency.
+                tokio::time::sleep(5 * S).await;
+                match client.oneshot(()).await {
+                    Ok(answer) => Ok(Response::new(Body::from(answer))),
+                    Err(e) => Err(e),
+                }
+            }
+        }),
+    );
+    let request = tokio::spawn(svc.oneshot(Request::new(())));
+    tokio::task::yield_now().await;
+    assert_eq!(drain.in_flight(), 1);
+
+    drain.begin();
+    let report = drain.completed().await;
+    assert_eq!(
+        (
+            report.running_at_deadline,
+            report.still_running,
+            report.elapsed
+        ),
+        (1, 1, 2 * S)
+    );
+
+    let response = request
+        .await
+        .unwrap()
+        .expect("the dependency answered a request running past the deadline");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "dependency answered");
+    assert_eq!(drain.in_flight(), 0);
+
+    // The last request has finished: now the clients are closed.
+    assert!(drain.is_closed());
+    let err = client.clone().oneshot(()).await.unwrap_err();
+    assert!(err.is::<ClientClosed>(), "{err}");
+    let last = drain.report().unwrap();
+    assert_eq!((last.finished, last.cut_off, last.still_running), (1, 0, 0));
+}
+
+/// A client call while requests are still in flight after the deadline is
+/// served, whichever request makes it; the first call after the last
+/// request finished is refused, and so is every later one.
+#[tokio::test(start_paused = true)]
+async fn clients_refuse_from_the_moment_the_last_late_request_finishes() {
+    let drain = Drain::builder().grace_period(S).build();
+    let svc = tower::Layer::layer(&drain.layer(), waiting_service());
+    let client = tower::Layer::layer(
+        &drain.client_layer(),
+        service_fn(|()| async { Ok::<_, BoxError>("dependency answered") }),
+    );
+    let (tx, r) = request();
+    let late = tokio::spawn(svc.clone().oneshot(r));
+    tokio::task::yield_now().await;
+    drain.begin();
+    drain.completed().await;
+    assert_eq!(
+        client.clone().oneshot(()).await.unwrap(),
+        "dependency answered"
+    );
+    // A request refused after the drain is over takes no count that would
+    // reopen the clients.
+    let (_tx, r) = request();
+    assert_eq!(
+        svc.clone().oneshot(r).await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(!drain.is_closed(), "a request is still being served");
+    tx.send("late").unwrap();
+    let res = late.await.unwrap().unwrap();
+    assert_eq!(drain.in_flight(), 1, "its body is not read yet");
+    assert_eq!(
+        client.clone().oneshot(()).await.unwrap(),
+        "dependency answered"
+    );
+    res.into_body().collect().await.unwrap();
+    assert!(drain.is_closed());
+    for _ in 0..2 {
+        let err = client.clone().oneshot(()).await.unwrap_err();
+        assert!(err.is::<ClientClosed>(), "{err}");
+    }
+}
+
+/// A response with no body on the wire (HEAD, 1xx, 204, 304) is finished
+/// at its head: servers drop its body unpolled, whatever it holds.
+#[tokio::test(start_paused = true)]
+async fn bodiless_responses_dropped_unpolled_are_finished_not_cut_off() {
+    let drain = Drain::default();
+    let svc = tower::Layer::layer(
+        &drain.layer(),
+        service_fn(|req: Request<()>| async move {
+            let status = match req.uri().path() {
+                "/204" => StatusCode::NO_CONTENT,
+                "/304" => StatusCode::NOT_MODIFIED,
+                _ => StatusCode::OK,
+            };
+            let mut res = Response::new(Body::from("not sent on the wire"));
+            *res.status_mut() = status;
+            Ok::<_, BoxError>(res)
+        }),
+    );
+    // Admitted before the signal (the drain layer admits in `call`).
+    let mut admitted = Vec::new();
+    for req in [
+        Request::head("/").body(()).unwrap(),
+        Request::get("/204").body(()).unwrap(),
+        Request::get("/304").body(()).unwrap(),
+        Request::get("/").body(()).unwrap(),
+    ] {
+        let mut svc = svc.clone();
+        admitted.push(svc.ready().await.unwrap().call(req));
+    }
+    drain.begin();
+    drain.accepting_stopped().await;
+    let get = admitted.pop().unwrap().await.unwrap();
+    for response in admitted {
+        // Dropped unpolled, as hyper (or axum, for HEAD) does.
+        drop(response.await.unwrap());
+    }
+    // A GET whose body is dropped unread is still cut off.
+    drop(get);
+    let report = drain.completed().await;
+    assert_eq!((report.finished, report.cut_off), (3, 1), "{report:?}");
+}
+
+/// An HTTP service that returns `Err` sent no response: cut off. A non-HTTP
+/// service's `Err` is its answer: finished.
+#[tokio::test(start_paused = true)]
+async fn an_http_service_error_during_the_drain_is_cut_off() {
+    let drain = Drain::builder().grace_period(30 * S).build();
+    let (tx, rx) = oneshot::channel::<()>();
+    let rx = Arc::new(std::sync::Mutex::new(Some(rx)));
+    let http = tower::Layer::layer(
+        &drain.layer(),
+        service_fn(move |_: Request<()>| {
+            let rx = rx.lock().unwrap().take().unwrap();
+            async move {
+                let _ = rx.await;
+                Err::<Response<Body>, BoxError>("upstream exploded".into())
+            }
+        }),
+    );
+    let (rpc_tx, rpc_rx) = oneshot::channel::<()>();
+    let rpc_rx = Arc::new(std::sync::Mutex::new(Some(rpc_rx)));
+    let rpc = tower::Layer::layer(
+        &drain.rpc_layer(),
+        service_fn(move |()| {
+            let rx = rpc_rx.lock().unwrap().take().unwrap();
+            async move {
+                let _ = rx.await;
+                Err::<(), BoxError>("rpc error".into())
+            }
+        }),
+    );
+    let failing = tokio::spawn(http.oneshot(Request::new(())));
+    let rpc_failing = tokio::spawn(rpc.oneshot(()));
+    tokio::task::yield_now().await;
+    assert_eq!(drain.in_flight(), 2);
+    drain.begin();
+    drain.accepting_stopped().await;
+    tx.send(()).unwrap();
+    rpc_tx.send(()).unwrap();
+    assert!(failing.await.unwrap().is_err());
+    assert!(rpc_failing.await.unwrap().is_err());
+    let report = drain.completed().await;
+    assert_eq!((report.finished, report.cut_off), (1, 1), "{report:?}");
+}
