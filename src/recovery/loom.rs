@@ -39,6 +39,7 @@ fn shared() -> Arc<Shared> {
         changed: Notify::new(),
         stopped: AtomicBool::new(false),
         layer_failures: AtomicU32::new(0),
+        layer_down: AtomicBool::new(false),
     })
 }
 

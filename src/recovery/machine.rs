@@ -40,12 +40,11 @@ pub(crate) enum Kind {
 pub(crate) enum Event {
     /// A trigger.
     Trigger(Kind),
-    /// A health check result, with the watched breaker's state at the time
-    /// (`None` without a breaker; `Some(true)` when it is open or half-open).
-    Check {
-        passed: bool,
-        breaker_down: Option<bool>,
-    },
+    /// A health check result.
+    Check { passed: bool },
+    /// A call through the layer succeeded after the layer had triggered:
+    /// the dependency answers again.
+    CallSucceeded,
     /// The watched breaker opened (Closed or HalfOpen to Open); the outage
     /// it belongs to began `at`.
     BreakerOpened { at: Instant },
@@ -106,6 +105,7 @@ pub(crate) enum Reason {
     BreakerOpened,
     BreakerHealed,
     CheckPassed,
+    CallSucceeded,
     Deferred,
 }
 
@@ -119,6 +119,7 @@ impl Reason {
             Reason::BreakerOpened => "circuit breaker opened",
             Reason::BreakerHealed => "circuit breaker closed",
             Reason::CheckPassed => "health check passed",
+            Reason::CallSucceeded => "a call succeeded",
             Reason::Deferred => "deferred trigger, dependency still down",
         }
     }
@@ -165,8 +166,14 @@ pub(crate) struct Machine {
     deferred: bool,
     /// Start of the outage being recovered, if one is known.
     down_since: Option<Instant>,
+    /// End of the last outage recorded: a later opening cannot have begun
+    /// before it.
+    last_outage_end: Option<Instant>,
     last_check_failed: bool,
     breaker_down: bool,
+    /// An automatic trigger said the dependency is down, and no sign since
+    /// says it is back.
+    suspect: bool,
     pub(crate) last_attempt_at: Option<Instant>,
     pub(crate) last_error: Option<String>,
     pub(crate) successes: u64,
@@ -184,8 +191,10 @@ impl Machine {
             attempt: 0,
             deferred: false,
             down_since: None,
+            last_outage_end: None,
             last_check_failed: false,
             breaker_down: false,
+            suspect: false,
             last_attempt_at: None,
             last_error: None,
             successes: 0,
@@ -240,14 +249,31 @@ impl Machine {
         (!self.mttr.is_empty()).then(|| self.mttr.iter().sum::<Duration>() / self.mttr.len() as u32)
     }
 
-    /// Whether an outage is open (for the simulation's invariants).
+    /// The start of the open outage (for the exhaustive test).
     #[cfg(test)]
     pub(crate) fn down_since(&self) -> Option<Instant> {
         self.down_since
     }
 
+    /// The end of the last outage recorded (for the exhaustive test).
+    #[cfg(test)]
+    pub(crate) fn last_outage_end(&self) -> Option<Instant> {
+        self.last_outage_end
+    }
+
+    /// Whether the watched breaker is known to be down (for the test).
+    #[cfg(test)]
+    pub(crate) fn breaker_down(&self) -> bool {
+        self.breaker_down
+    }
+
     fn is_down(&self) -> bool {
-        self.breaker_down || self.last_check_failed
+        self.breaker_down || self.last_check_failed || self.suspect
+    }
+
+    /// Whether an outage is open (its start known).
+    pub(crate) fn outage_open(&self) -> bool {
+        self.down_since.is_some()
     }
 
     /// Applies the passage of time up to `now` (the cooldown's end), then
@@ -264,14 +290,8 @@ impl Machine {
                 };
                 reply.outcome = Some(self.trigger(kind, reason, now, &mut reply.effects));
             }
-            Event::Check {
-                passed: false,
-                breaker_down,
-            } => {
+            Event::Check { passed: false } => {
                 self.last_check_failed = true;
-                if let Some(down) = breaker_down {
-                    self.breaker_down = down;
-                }
                 reply.outcome = Some(self.trigger(
                     Kind::Automatic,
                     Reason::CheckFailed,
@@ -279,15 +299,9 @@ impl Machine {
                     &mut reply.effects,
                 ));
             }
-            Event::Check {
-                passed: true,
-                breaker_down,
-            } => {
+            Event::Check { passed: true } => {
                 self.last_check_failed = false;
-                if let Some(down) = breaker_down {
-                    self.breaker_down = down;
-                }
-                if breaker_down == Some(true) {
+                if self.breaker_down {
                     // The dependency answers, but traffic still cannot reach
                     // it: run a cycle (whose success closes the breaker)
                     // instead of waiting for the breaker's own probe.
@@ -308,10 +322,14 @@ impl Machine {
                     self.back_up(Reason::CheckPassed, now, now, &mut reply.effects);
                 }
             }
+            Event::CallSucceeded => {
+                self.back_up(Reason::CallSucceeded, now, now, &mut reply.effects);
+            }
             Event::BreakerOpened { at } => {
                 self.breaker_down = true;
                 if self.down_since.is_none() {
-                    self.down_since = Some(at.min(now));
+                    let at = at.min(now);
+                    self.down_since = Some(self.last_outage_end.map_or(at, |end| at.max(end)));
                 }
                 reply.effects.push(Effect::Log(Log::Opened));
                 reply.outcome = Some(self.trigger(
@@ -366,6 +384,9 @@ impl Machine {
                     if self.is_down() {
                         self.start(Reason::Deferred, now, effects);
                     } else {
+                        // No sign the dependency is still down. The sign that
+                        // it came back ended the outage; none is left open.
+                        self.down_since = None;
                         effects.push(Effect::Log(Log::DeferredDropped));
                     }
                 }
@@ -380,8 +401,11 @@ impl Machine {
         now: Instant,
         effects: &mut Vec<Effect>,
     ) -> TriggerOutcome {
-        if kind == Kind::Automatic && self.down_since.is_none() {
-            self.down_since = Some(now);
+        if kind == Kind::Automatic {
+            self.suspect = true;
+            if self.down_since.is_none() {
+                self.down_since = Some(now);
+            }
         }
         match self.phase {
             Phase::Recovering { .. } => TriggerOutcome::AlreadyRunning,
@@ -424,6 +448,7 @@ impl Machine {
                 };
                 self.last_check_failed = false;
                 self.breaker_down = false;
+                self.suspect = false;
                 self.record_recovery(now);
                 effects.push(Effect::Log(Log::Succeeded));
                 effects.push(Effect::CloseBreaker);
@@ -452,6 +477,7 @@ impl Machine {
     /// The dependency is back (`at`) by another path than our own cycle.
     fn back_up(&mut self, how: Reason, at: Instant, now: Instant, effects: &mut Vec<Effect>) {
         let was = self.state(now);
+        self.suspect = false;
         match self.phase {
             Phase::Recovering { .. } => {
                 self.cycle += 1;
@@ -470,6 +496,7 @@ impl Machine {
     /// Ends the outage: one success and one MTTR sample.
     fn record_recovery(&mut self, now: Instant) {
         self.successes += 1;
+        self.last_outage_end = Some(now);
         if let Some(since) = self.down_since.take() {
             if self.mttr.len() == MTTR_SAMPLES {
                 self.mttr.pop_front();

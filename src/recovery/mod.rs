@@ -278,47 +278,81 @@ struct State {
 
 impl State {
     /// Feeds the breaker's openings, heals and state since the last look.
-    /// `signal` was read before the lock was taken; older readings than
-    /// what was seen change nothing.
+    /// `signal` was read before the lock was taken; a reading older than
+    /// what was seen changes nothing.
+    ///
+    /// Between two looks (microseconds apart: the task reacts at once) the
+    /// breaker may have opened and healed: the generations of the latest
+    /// opening and heal say which came last, and the start of the outage
+    /// the heal ended is published with it, so that outage is recorded with
+    /// its true length. Several outages that open and heal between two looks
+    /// count as one.
     fn sync(&mut self, signal: Option<Signal>, now: Instant) {
         let Some(signal) = signal else { return };
         let generation = signal.word >> 3;
-        if generation <= self.seen.generation && signal.opens <= self.seen.opens {
+        if generation <= self.seen.generation
+            && signal.opens <= self.seen.opens
+            && signal.heals <= self.seen.heals
+        {
             return;
         }
         let opened = signal.opens > self.seen.opens;
         let healed = signal.heals > self.seen.heals;
-        let closed = signal.state().is_closed();
-        // Both since the last look: the current state says which came last.
-        let open = Event::BreakerOpened {
-            at: signal.opened_at,
+        let healed_outage = |events: &mut Vec<Event>, open: bool| {
+            if open {
+                events.push(Event::BreakerOpened {
+                    at: signal.healed_outage_start,
+                });
+            }
+            events.push(Event::BreakerHealed {
+                at: signal.closed_at,
+            });
         };
-        let heal = Event::BreakerHealed {
-            at: signal.closed_at,
-        };
-        let order = match (opened, healed, closed) {
-            (true, true, true) => vec![open, heal],
-            (true, true, false) => vec![heal, open],
-            (true, false, _) => vec![open],
-            (false, true, _) => vec![heal],
-            (false, false, _) => vec![],
-        };
-        for event in order {
+        let mut events = Vec::new();
+        match (opened, healed) {
+            (true, true) if signal.healed_gen > signal.opened_gen => {
+                // Opened, then healed last.
+                healed_outage(&mut events, !self.machine.outage_open());
+            }
+            (true, true) => {
+                // Healed an outage, then opened again last.
+                healed_outage(&mut events, !self.machine.outage_open());
+                events.push(Event::BreakerOpened {
+                    at: signal.opened_at,
+                });
+            }
+            (true, false) => events.push(Event::BreakerOpened {
+                at: signal.opened_at,
+            }),
+            (false, true) => healed_outage(&mut events, false),
+            (false, false) => {}
+        }
+        for event in events {
             let reply = self.machine.on(event, now);
             self.effects.extend(reply.effects);
         }
         if generation > self.seen.generation {
-            let down = matches!(
-                signal.state(),
-                crate::circuit_breaker::State::Open | crate::circuit_breaker::State::HalfOpen
+            let reply = self.machine.on(
+                Event::BreakerState {
+                    down: is_down(signal.state()),
+                },
+                now,
             );
-            let reply = self.machine.on(Event::BreakerState { down }, now);
             self.effects.extend(reply.effects);
             self.seen.generation = generation;
         }
         self.seen.opens = self.seen.opens.max(signal.opens);
         self.seen.heals = self.seen.heals.max(signal.heals);
     }
+}
+
+/// Whether a breaker in `state` says its dependency is down. `ForcedOpen`
+/// and `Disabled` are a person's decision, not a sign either way.
+fn is_down(state: crate::circuit_breaker::State) -> bool {
+    matches!(
+        state,
+        crate::circuit_breaker::State::Open | crate::circuit_breaker::State::HalfOpen
+    )
 }
 
 struct Shared {
@@ -335,6 +369,8 @@ struct Shared {
     stopped: AtomicBool,
     /// Consecutive failures seen by `RecoveryLayer`s and `call`.
     layer_failures: AtomicU32,
+    /// The layer triggered and no call has succeeded since.
+    layer_down: AtomicBool,
 }
 
 /// Keeps the background task alive; dropped with the last handle.
@@ -402,21 +438,7 @@ impl Recovery {
     /// instead of leaving traffic to wait for the breaker's own probe.
     /// Returns the trigger outcome when it was one.
     pub fn report_check(&self, passed: bool) -> Option<TriggerOutcome> {
-        let shared = self.shared();
-        let breaker_down = shared
-            .breaker
-            .as_ref()
-            .and_then(|(weak, _)| weak.upgrade())
-            .map(|b| {
-                matches!(
-                    b.state(),
-                    crate::circuit_breaker::State::Open | crate::circuit_breaker::State::HalfOpen
-                )
-            });
-        shared.feed(Event::Check {
-            passed,
-            breaker_down,
-        })
+        self.shared().feed(Event::Check { passed })
     }
 
     /// Back to `idle`: cancels a running cycle, clears the cooldown and the
@@ -463,11 +485,19 @@ impl Recovery {
                 if shared.layer_failures.load(Ordering::Relaxed) != 0 {
                     shared.layer_failures.store(0, Ordering::Relaxed);
                 }
+                // The first success after the layer triggered: a sign the
+                // dependency is back (one event, not one per call).
+                if shared.layer_down.load(Ordering::Relaxed)
+                    && shared.layer_down.swap(false, Ordering::AcqRel)
+                {
+                    shared.feed(Event::CallSucceeded);
+                }
             }
             crate::classify::Outcome::Failure => {
                 let n = shared.layer_failures.fetch_add(1, Ordering::AcqRel) + 1;
                 if n >= shared.cfg.trigger_after {
                     shared.layer_failures.store(0, Ordering::Relaxed);
+                    shared.layer_down.store(true, Ordering::Release);
                     shared.trigger(Kind::Automatic);
                 }
             }
@@ -692,9 +722,10 @@ impl Builder {
             cooldown: self.cooldown,
         });
         if let Some(b) = &self.breaker {
-            // A breaker already open when the recovery starts is an outage
-            // already under way.
-            if !b.state().is_closed() && b.state() != crate::circuit_breaker::State::Disabled {
+            // A breaker already open when the recovery starts: the
+            // dependency is down (an opening before we watched is not ours
+            // to recover, but a check or trigger will find it down).
+            if is_down(b.state()) {
                 let _ = machine.on(Event::BreakerState { down: true }, Instant::now());
             }
         }
@@ -713,6 +744,7 @@ impl Builder {
             changed: Notify::new(),
             stopped: AtomicBool::new(false),
             layer_failures: AtomicU32::new(0),
+            layer_down: AtomicBool::new(false),
         });
         tokio::spawn(task::run(shared.clone()));
         Recovery {

@@ -2,14 +2,16 @@
 //! lock held, feeds it the breaker's signals, attempt outcomes and time.
 
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 
 use tokio::time::{Instant, Sleep};
 
 use super::machine::{Effect, Event, Log};
 use super::{BoxFuture, RecoveryState, Shared};
+use crate::sync::atomic::Ordering;
 use crate::sync::lock;
 
 /// The attempt under way: its backoff wait, then the action.
@@ -94,29 +96,38 @@ pub(super) async fn run(shared: Arc<Shared>) {
             }
         };
         tokio::select! {
+            // Effects handed over first (a cancellation beats an attempt).
+            biased;
             () = &mut woken => {}
             () = breaker_changed => {}
             () = cooldown_end => {}
             step = step(&mut running) => {
-                let r = running.as_mut().expect("a step comes from an attempt");
+                let r = running.as_ref().expect("a step comes from an attempt");
                 let (cycle, attempt) = (r.cycle, r.attempt);
+                let started = matches!(step, Step::Started);
                 let event = match step {
-                    Step::Started => {
-                        r.action = Some(start_action(&shared));
-                        Event::AttemptStarted { cycle, attempt }
-                    }
+                    Step::Started => Event::AttemptStarted { cycle, attempt },
                     Step::Done(result) => {
                         running = None;
                         Event::AttemptDone { cycle, attempt, result }
                     }
                 };
+                // The breaker's news first: an opening or heal that happened
+                // while the attempt ran is ordered before its outcome.
+                let latest = signal.as_mut().map(|rx| *rx.borrow_and_update());
+                let now = Instant::now();
                 let mut state = lock(&shared.state);
-                let reply = state.machine.on(event, Instant::now());
+                state.sync(latest, now);
+                let reply = state.machine.on(event, now);
                 state.effects.extend(reply.effects);
                 let current = state.machine.cycle() == cycle;
                 drop(state);
-                if !current {
-                    running = None;
+                match running.as_mut() {
+                    // The machine still wants this attempt: run the action
+                    // now (never for a cycle cancelled meanwhile).
+                    Some(r) if current && started => r.action = Some(start_action(&shared)),
+                    Some(_) if !current => running = None,
+                    _ => {}
                 }
             }
         }
@@ -124,14 +135,44 @@ pub(super) async fn run(shared: Arc<Shared>) {
 }
 
 fn start_action(shared: &Arc<Shared>) -> BoxFuture {
-    let attempt = (shared.action)();
     let limit = shared.cfg.attempt_timeout;
+    // A panic in the action (making the future, or polling it) is a failed
+    // attempt, not the end of the recovery's task.
+    let attempt = match catch_unwind(AssertUnwindSafe(|| (shared.action)())) {
+        Ok(attempt) => attempt,
+        Err(panic) => {
+            let error = format!("attempt panicked: {}", panic_message(&*panic));
+            return Box::pin(std::future::ready(Err(error)));
+        }
+    };
     Box::pin(async move {
-        match tokio::time::timeout(limit, attempt).await {
+        match tokio::time::timeout(limit, CatchPanic(attempt)).await {
             Ok(result) => result,
             Err(_) => Err(format!("attempt timed out after {limit:?}")),
         }
     })
+}
+
+/// Polls the attempt, turning a panic into a failed attempt.
+struct CatchPanic(BoxFuture);
+
+impl Future for CatchPanic {
+    type Output = Result<(), String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(panic) => Poll::Ready(Err(format!("attempt panicked: {}", panic_message(&*panic)))),
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 fn carry_out(shared: &Arc<Shared>, effect: Effect, running: &mut Option<Running>) {
@@ -164,7 +205,10 @@ fn carry_out(shared: &Arc<Shared>, effect: Effect, running: &mut Option<Running>
         }
         Effect::Alert => {
             if let Some(alert) = &shared.alert {
-                alert(&shared.status());
+                let status = shared.status();
+                if catch_unwind(AssertUnwindSafe(|| alert(&status))).is_err() {
+                    tracing::error!(dependency = name, "the exhaustion alert hook panicked");
+                }
             }
         }
         Effect::Log(log) => self::log(shared, log, name, max),

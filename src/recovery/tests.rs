@@ -1,7 +1,7 @@
 //! Exhaustive test of the recovery machine: every sequence of events up to a
 //! depth, checked against the rules of the module docs after every step.
 //!
-//! Depth 6 by default (about 7.5 million sequences over 14 events);
+//! Depth 6 by default (about 11 million sequences over 15 events);
 //! `RECOVERY_MACHINE_DEPTH` sets another.
 
 use std::time::Duration;
@@ -23,8 +23,9 @@ enum Step {
     TriggerAutomatic,
     CheckFailed,
     CheckPassed,
-    CheckPassedBreakerDown,
+    CallSucceeded,
     BreakerOpened,
+    BreakerOpenedEarlier,
     BreakerHealed,
     AttemptStarted,
     AttemptOk,
@@ -35,13 +36,14 @@ enum Step {
     Wait61,
 }
 
-const STEPS: [Step; 14] = [
+const STEPS: [Step; 15] = [
     Step::TriggerManual,
     Step::TriggerAutomatic,
     Step::CheckFailed,
     Step::CheckPassed,
-    Step::CheckPassedBreakerDown,
+    Step::CallSucceeded,
     Step::BreakerOpened,
+    Step::BreakerOpenedEarlier,
     Step::BreakerHealed,
     Step::AttemptStarted,
     Step::AttemptOk,
@@ -81,19 +83,15 @@ fn check(world: &mut World, step: Step, path: &[Step]) {
     let event = match step {
         Step::TriggerManual => Event::Trigger(Kind::Manual),
         Step::TriggerAutomatic => Event::Trigger(Kind::Automatic),
-        Step::CheckFailed => Event::Check {
-            passed: false,
-            breaker_down: None,
-        },
-        Step::CheckPassed => Event::Check {
-            passed: true,
-            breaker_down: Some(false),
-        },
-        Step::CheckPassedBreakerDown => Event::Check {
-            passed: true,
-            breaker_down: Some(true),
-        },
+        Step::CheckFailed => Event::Check { passed: false },
+        Step::CheckPassed => Event::Check { passed: true },
+        Step::CallSucceeded => Event::CallSucceeded,
         Step::BreakerOpened => Event::BreakerOpened { at: now },
+        // The breaker's own opening time, earlier than the event: it may
+        // even predate the end of the last outage recorded.
+        Step::BreakerOpenedEarlier => Event::BreakerOpened {
+            at: world.start.max(now - Duration::from_secs(45)),
+        },
         Step::BreakerHealed => Event::BreakerHealed { at: now },
         Step::AttemptStarted => Event::AttemptStarted {
             cycle: target.0,
@@ -135,7 +133,10 @@ fn check(world: &mut World, step: Step, path: &[Step]) {
             };
             assert_eq!(reply.outcome, Some(expected), "{}", ctx());
         }
-        Step::TriggerAutomatic | Step::CheckFailed | Step::BreakerOpened => {
+        Step::TriggerAutomatic
+        | Step::CheckFailed
+        | Step::BreakerOpened
+        | Step::BreakerOpenedEarlier => {
             let expected = match projected {
                 RecoveryState::Recovering => TriggerOutcome::AlreadyRunning,
                 RecoveryState::Exhausted => TriggerOutcome::Ignored,
@@ -242,8 +243,14 @@ fn check(world: &mut World, step: Step, path: &[Step]) {
         assert!(since <= now, "{}", ctx());
     }
     // A sign that the dependency is back ends the outage, whatever the
-    // state (a cooldown included): one recovery, its true length.
-    if matches!(step, Step::BreakerHealed | Step::CheckPassed) {
+    // state (a cooldown included): one recovery, its true length. (A check
+    // that passes while the breaker is still open is no such sign.)
+    let back = match step {
+        Step::BreakerHealed | Step::CallSucceeded => true,
+        Step::CheckPassed => !before.breaker_down(),
+        _ => false,
+    };
+    if back {
         assert_eq!(m.down_since(), None, "{}", ctx());
         if let Some(since) = before.down_since() {
             assert_eq!(m.successes, before.successes + 1, "{}", ctx());
@@ -253,9 +260,21 @@ fn check(world: &mut World, step: Step, path: &[Step]) {
         }
     }
     // An outage that ended by itself while nothing ran leaves no cycle.
-    if matches!(step, Step::BreakerHealed | Step::CheckPassed) {
+    if back {
         assert_ne!(after, RecoveryState::Recovering, "{}", ctx());
         assert_ne!(after, RecoveryState::Exhausted, "{}", ctx());
+    }
+    // A deferral dropped at the end of the cooldown leaves no outage open.
+    if reply
+        .effects
+        .contains(&Effect::Log(super::machine::Log::DeferredDropped))
+    {
+        assert_eq!(m.down_since(), None, "{}", ctx());
+    }
+    // An outage never starts before the last one recorded ended, so a
+    // sample never counts time already counted.
+    if let (Some(since), Some(end)) = (m.down_since(), m.last_outage_end()) {
+        assert!(since >= end, "{}", ctx());
     }
     // Manual intervention: a reset always leaves the machine idle.
     if matches!(step, Step::Reset) {

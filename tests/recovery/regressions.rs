@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tower_recovery::circuit_breaker::{Breaker, CallError, State};
+use tower_recovery::clock::ManualClock;
 use tower_recovery::recovery::{Recovery, RecoveryState, TriggerOutcome, is_refusal};
 
 const S: Duration = Duration::from_secs(1);
@@ -212,4 +213,235 @@ async fn each_outage_is_counted_once() {
     // Later passing checks and the breaker's close add nothing.
     assert_eq!(recovery.report_check(true), None);
     assert_eq!(recovery.status().successes, 1);
+}
+
+// ===== found in review =====
+
+/// Review: an automatic trigger during the cooldown (a `RecoveryLayer`,
+/// `trigger_automatic`) set the outage start; the deferral was dropped at the
+/// end of the cooldown and the start never cleared, so an instant recovery
+/// an hour later was recorded as half an hour. Now a sign that the
+/// dependency is back (here a passing check) ends that outage when it comes,
+/// and the deferral is dropped with nothing left open.
+#[tokio::test(start_paused = true)]
+async fn a_deferred_trigger_whose_outage_ends_in_the_cooldown_leaves_nothing_open() {
+    let b = Breaker::builder("db").consecutive_failures(1).build();
+    let recovery = Recovery::builder("db", || async { Ok::<_, std::io::Error>(()) })
+        .watch(&b)
+        .cooldown(60 * S)
+        .spawn();
+    b.try_acquire().unwrap().failure();
+    recovery.wait_idle_or_cooling().await;
+    assert_eq!(recovery.status().mttr, Some(Duration::ZERO));
+    assert_eq!(
+        recovery.trigger_automatic("layer"),
+        TriggerOutcome::Deferred
+    );
+    tokio::time::sleep(10 * S).await;
+    assert_eq!(recovery.report_check(true), None, "back: the outage ends");
+    let s = recovery.status();
+    assert_eq!((s.successes, s.mttr), (2, Some(5 * S)), "samples 0 s, 10 s");
+    tokio::time::sleep(51 * S).await; // cooldown over: deferral dropped
+    assert_eq!(recovery.status().state, RecoveryState::Idle);
+    tokio::time::sleep(3_600 * S).await;
+    b.try_acquire().unwrap().failure(); // a new outage, recovered at once
+    recovery.wait_idle_or_cooling().await;
+    let s = recovery.status();
+    assert_eq!(s.successes, 3);
+    assert_eq!(s.mttr, Some(10 * S / 3), "samples 0 s, 10 s, 0 s: {s:?}");
+}
+
+/// The same without a breaker (the seed's database, a `RecoveryLayer`
+/// only): a deferred layer trigger with no sign of recovery since is
+/// honoured at the end of the cooldown (it used to be dropped, leaving a
+/// failing database alone); the first call that succeeds afterwards is the
+/// sign that ends an outage.
+#[tokio::test(start_paused = true)]
+async fn a_deferred_layer_trigger_is_honoured_unless_a_call_succeeded() {
+    use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let recovery = Recovery::builder("db", action(&up, &runs))
+        .cooldown(60 * S)
+        .trigger_after(1)
+        .spawn();
+    let flag = up.clone();
+    let mut db = ServiceBuilder::new()
+        .layer(recovery.layer())
+        .service(service_fn(move |()| {
+            let up = flag.load(Ordering::SeqCst);
+            async move { if up { Ok(()) } else { Err("lost connection") } }
+        }));
+    up.store(true, Ordering::SeqCst);
+    assert!(db.ready().await.unwrap().call(()).await.is_ok());
+    // Down: the layer triggers; the action fixes it at once.
+    up.store(false, Ordering::SeqCst);
+    let _ = db.ready().await.unwrap().call(()).await;
+    up.store(true, Ordering::SeqCst);
+    recovery.wait_idle_or_cooling().await;
+    assert_eq!(recovery.status().state, RecoveryState::CoolingDown);
+    // Down again during the cooldown: deferred, and nothing says it is back.
+    up.store(false, Ordering::SeqCst);
+    let _ = db.ready().await.unwrap().call(()).await;
+    tokio::time::sleep(61 * S).await;
+    eventually("the deferred trigger ran", || {
+        runs.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    // Still down: attempt 2 fails too. Then a call succeeds: that is the
+    // sign the dependency is back; the cycle is cancelled, the outage ends.
+    tokio::time::sleep(5 * S).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    up.store(true, Ordering::SeqCst);
+    assert!(db.ready().await.unwrap().call(()).await.is_ok());
+    let s = recovery.status();
+    assert_eq!((s.state, s.successes), (RecoveryState::Idle, 2));
+    assert_eq!(s.mttr, Some(33 * S), "samples 0 s and 66 s (t = 0 to 66)");
+    tokio::time::sleep(61 * S).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 3, "no attempt after the sign");
+}
+
+/// Review: the task feeds AttemptDone without first syncing the breaker's
+/// signal. A probe that fails (HalfOpen -> Open) while the attempt finishes
+/// is seen *after* the success was recorded, as a new opening carrying the
+/// breaker's original `opened_at`: the outage that was just recorded is
+/// re-opened with its old start, the recovery then closes the breaker, and
+/// the stale start is used for the next outage's MTTR.
+#[tokio::test(start_paused = true)]
+async fn probe_failing_as_the_attempt_succeeds_reopens_the_recorded_outage() {
+    let b = Breaker::builder("model_server")
+        .consecutive_failures(1)
+        .open_duration(S)
+        .build();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (b2, runs2) = (b.clone(), runs.clone());
+    let recovery = Recovery::builder("model_server", move || {
+        let n = runs2.fetch_add(1, Ordering::SeqCst);
+        let b = b2.clone();
+        async move {
+            if n == 0 {
+                return Err("refused");
+            }
+            // Real traffic: a probe admitted in half-open fails just as this
+            // attempt's own reconnect succeeds.
+            if let Ok(p) = b.try_acquire() {
+                p.failure();
+            }
+            Ok(())
+        }
+    })
+    .watch(&b)
+    .cooldown(60 * S)
+    .spawn();
+    b.try_acquire().unwrap().failure(); // outage 1 starts at t0
+    recovery.wait_idle_or_cooling().await; // attempt 2 after 2 s backoff
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    tokio::time::sleep(S / 10).await;
+    assert_eq!(b.state(), State::Closed);
+    let s = recovery.status();
+    assert_eq!(s.successes, 1);
+    assert_eq!(s.mttr, Some(2 * S), "{s:?}");
+    tokio::time::sleep(61 * S).await; // cooldown over
+    tokio::time::sleep(3_600 * S).await;
+    // Outage 2, recovered at once.
+    b.try_acquire().unwrap().failure();
+    recovery.wait_idle_or_cooling().await;
+    let s = recovery.status();
+    assert_eq!(s.successes, 2, "{s:?}");
+    assert_eq!(s.mttr, Some(S), "samples 2 s and 0 s: {s:?}");
+}
+
+/// Review: a recovery action that panics (an `unwrap()` in reconnect code) kills
+/// the recovery's background task: the machine stays `Recovering` forever,
+/// later triggers say `AlreadyRunning`, nothing ever runs again, silently.
+/// (Item 9 made drain hooks panic-safe; recovery actions are not.)
+#[tokio::test(start_paused = true)]
+async fn a_panicking_action_does_not_kill_the_recovery() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r2 = runs.clone();
+    let recovery = Recovery::builder("db", move || {
+        let n = r2.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                panic!("connection pool poisoned");
+            }
+            Ok::<_, String>(())
+        }
+    })
+    .spawn();
+    assert_eq!(recovery.trigger(), TriggerOutcome::Started);
+    tokio::time::sleep(60 * S).await;
+    let s = recovery.status();
+    assert_ne!(s.state, RecoveryState::Recovering, "stuck: {s:?}");
+    assert_eq!(recovery.trigger(), TriggerOutcome::Started);
+    tokio::time::sleep(60 * S).await;
+    assert!(runs.load(Ordering::SeqCst) >= 2, "never ran again");
+}
+
+async fn settle() {
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn counting(
+    runs: &Arc<AtomicUsize>,
+) -> impl Fn() -> std::future::Ready<Result<(), &'static str>> + Send + Sync + 'static {
+    let runs = runs.clone();
+    move || {
+        runs.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(()))
+    }
+}
+
+/// Open -> HalfOpen -> Closed (healed by its own probe) -> ForcedOpen, all
+/// before the recovery's task looks: sync sees "opened and healed, not
+/// closed now" and replays them as heal-then-open, so it starts a recovery
+/// cycle for an outage that already ended, against a ForcedOpen breaker.
+#[tokio::test(start_paused = true)]
+async fn a_heal_then_force_open_is_not_replayed_as_a_new_outage() {
+    let manual = ManualClock::new();
+    let b = Breaker::builder("m")
+        .consecutive_failures(1)
+        .open_duration(S)
+        .clock(manual.clone())
+        .build();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let recovery = Recovery::builder("m", counting(&runs)).watch(&b).spawn();
+    settle().await;
+    b.try_acquire().unwrap().failure(); // Closed -> Open
+    manual.advance(S);
+    b.try_acquire().unwrap().success(); // HalfOpen -> Closed: healed
+    b.force_open(); // an operator takes it out of service
+    assert_eq!(b.state(), State::ForcedOpen);
+    settle().await;
+    let s = recovery.status();
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "no action for a healed outage: {s:?}"
+    );
+    assert_eq!(s.successes, 1, "the outage ended by itself: {s:?}");
+    assert_eq!(s.state, RecoveryState::Idle, "{s:?}");
+}
+
+/// open, heal, open before the task looks: the first outage is never counted.
+#[tokio::test(start_paused = true)]
+async fn two_outages_between_two_looks_are_two_outages() {
+    let manual = ManualClock::new();
+    let b = Breaker::builder("m")
+        .consecutive_failures(1)
+        .open_duration(S)
+        .clock(manual.clone())
+        .build();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let recovery = Recovery::builder("m", counting(&runs)).watch(&b).spawn();
+    settle().await;
+    b.try_acquire().unwrap().failure(); // outage 1
+    manual.advance(S);
+    b.try_acquire().unwrap().success(); // healed by itself
+    b.try_acquire().unwrap().failure(); // outage 2
+    settle().await;
+    let s = recovery.status();
+    assert_eq!(s.successes, 2, "outage 1 healed, outage 2 recovered: {s:?}");
 }
