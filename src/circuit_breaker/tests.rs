@@ -634,3 +634,30 @@ async fn leaked_handle_shares_state_with_the_original() {
     drop(b);
     assert!(leaked.downgrade().upgrade().is_some(), "leaked: lives on");
 }
+
+#[test]
+fn a_time_window_idle_past_its_tag_wrap_starts_empty() {
+    // Review: tags were ticks modulo 2^24; after an idle gap of 2^23 ticks
+    // (9.7 days of 100 ms buckets) the old counts came back and tripped a
+    // healthy breaker, while `counts()` showed an empty window.
+    for (window, idle_ticks) in [
+        (Duration::from_secs(1), (1u64 << 23) + 20),
+        (Duration::from_millis(10), (1 << 23) + 3),
+        (Duration::from_millis(10), (1 << 31) + 7),
+    ] {
+        let manual = crate::clock::ManualClock::new();
+        let b = Breaker::builder("w")
+            .time_window(window, 10)
+            .minimum_calls(10)
+            .clock(manual.clone())
+            .build();
+        fail(&b, 9); // below the minimum
+        manual.advance(window / 10 * idle_ticks as u32);
+        assert_eq!(b.counts().window_calls, 0, "all expired long ago");
+        succeed(&b, 1);
+        assert_eq!(b.state(), State::Closed, "{window:?}: {:?}", b.snapshot());
+        assert_eq!(b.counts().window_calls, 1);
+        fail(&b, 9);
+        assert_eq!(b.state(), State::Open, "and it still trips on fresh data");
+    }
+}

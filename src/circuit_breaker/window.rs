@@ -123,7 +123,7 @@ impl CountRing {
 /// exactly one version of the bucket, and a rotation evicts exactly the
 /// counts of the version it replaced: nothing recorded in the gap between
 /// "new tick" and "old counts taken" can vanish, because there is no gap.
-const TAG_BITS: u32 = 24;
+const TAG_BITS: u32 = 32;
 const COUNT_BITS: u32 = 64 - TAG_BITS;
 const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
 /// A bucket counts at most this many outcomes of one kind; more saturate.
@@ -135,7 +135,7 @@ fn tag(tick: u64) -> u64 {
 }
 
 /// Ticks from the cell's tag forward to `tick`'s (serial-number arithmetic:
-/// valid while the two are less than 2^23 ticks apart).
+/// valid while the two are less than 2^31 ticks apart).
 #[inline]
 fn ahead(tick: u64, cell: u64) -> u64 {
     tag(tick).wrapping_sub(cell >> COUNT_BITS) & TAG_MASK
@@ -178,6 +178,30 @@ fn add(cell: &AtomicU64, tick: u64, delta: u64) -> i64 {
     }
 }
 
+/// Empties `cell` for `tick` unless it holds a tick within `near` of it
+/// (either way: a recorder racing this one). Used when every bucket has
+/// expired, where the serial-number test of [`add`] cannot tell an ancient
+/// tag from a recent one. Returns the change to the window's total.
+fn expire(cell: &AtomicU64, tick: u64, near: u64) -> i64 {
+    let mut cur = cell.load(Ordering::Acquire);
+    loop {
+        let count = cur & BUCKET_MAX;
+        let fwd = ahead(tick, cur);
+        if fwd < near || (1 << TAG_BITS) - fwd < near {
+            return 0;
+        }
+        match cell.compare_exchange_weak(
+            cur,
+            tag(tick) << COUNT_BITS,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => return -(count as i64),
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
 /// The count `cell` holds for a bucket still live at `tick` (at most
 /// `live - 1` ticks old), else zero.
 #[inline]
@@ -203,9 +227,13 @@ struct Bucket {
 /// old, so at tick `t` the live buckets are `t - n ..= t` (`n` = buckets per
 /// window): the ring holds `n + 1` slots.
 ///
-/// Bounds: a bucket counts at most 2^40 - 1 calls (and as many failures and
+/// Bounds: a bucket counts at most 2^32 - 1 calls (and as many failures and
 /// slow calls); beyond that it saturates, it never wraps. The window's totals
-/// are 64-bit.
+/// are 64-bit. Bucket tags are the tick modulo 2^32: a window idle for a
+/// whole window or more is emptied outright when next used, so the wrap
+/// never brings old counts back, except after an idle gap within one window
+/// of an exact multiple of 2^32 ticks (4,971 days of 100 ms buckets, 71
+/// minutes of the smallest, 1 µs, buckets).
 #[derive(Debug)]
 pub(crate) struct TimeBuckets {
     head: Padded<AtomicU64>,
@@ -268,6 +296,11 @@ impl TimeBuckets {
         let tick = now / self.width;
         let live = self.buckets.len() as u64;
         let mut counts = WindowCounts::default();
+        if tick >= self.head.0.load(Ordering::Acquire).saturating_add(live) {
+            // Nothing recorded for a whole window: all expired, whatever
+            // the (wrapping) tags would say.
+            return counts;
+        }
         for bucket in self.buckets.iter() {
             counts.calls += live_count(bucket.calls.load(Ordering::Acquire), tick, live);
             counts.failures += live_count(bucket.failures.load(Ordering::Acquire), tick, live);
@@ -282,7 +315,20 @@ impl TimeBuckets {
     fn advance(&self, tick: u64) {
         let n = self.buckets.len() as u64;
         let head = self.head.0.load(Ordering::Acquire);
-        let first = (head + 1).max(tick.saturating_sub(n - 1));
+        if tick - head >= n {
+            // Idle for a whole window or more: everything has expired. The
+            // tags wrap (2^24 ticks), so an old bucket is emptied outright
+            // unless a racing recorder has just written a tick near ours.
+            for x in tick + 1 - n..=tick {
+                let bucket = &self.buckets[(x % n) as usize];
+                Self::apply(&self.calls.0, expire(&bucket.calls, x, n));
+                Self::apply(&self.failures.0, expire(&bucket.failures, x, n));
+                Self::apply(&self.slow.0, expire(&bucket.slow, x, n));
+            }
+            self.head.0.fetch_max(tick, Ordering::AcqRel);
+            return;
+        }
+        let first = head + 1;
         for x in first..=tick {
             let bucket = &self.buckets[(x % n) as usize];
             Self::apply(&self.calls.0, add(&bucket.calls, x, 0));
@@ -391,10 +437,10 @@ mod tests {
         // wrapped here and the rate was garbage.
         let w = TimeBuckets::new(10, 4);
         let cell = &w.buckets[0].calls;
-        cell.store(BUCKET_MAX - 1, Ordering::Relaxed);
+        cell.store(BUCKET_MAX - 1, Ordering::Relaxed); // tick 0's tag
         w.calls.0.store((BUCKET_MAX - 1) as i64, Ordering::Relaxed);
         let c = w.record(5, true, false);
-        assert_eq!(c.calls, BUCKET_MAX, "2^40 - 1 calls counted");
+        assert_eq!(c.calls, BUCKET_MAX, "2^32 - 1 calls counted");
         let c = w.record(5, true, false);
         assert_eq!(c.calls, BUCKET_MAX, "saturated, not wrapped");
         assert_eq!(c.failures, 2);
