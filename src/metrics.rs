@@ -39,3 +39,48 @@ pub const DRAIN_COMPLETED: &str = "tower_recovery_drain_completed_total";
 pub const CHECK_DURATION: &str = "tower_recovery_health_check_duration_seconds";
 /// Health checks run by the monitor.
 pub const CHECKS: &str = "tower_recovery_health_checks_total";
+
+/// Metric handles registered with the recorder in use, re-registered when
+/// the recorder changes: a part built before the application installs its
+/// recorder (or used first under another one) still reports to the one in
+/// use now. Handles for up to four recorders are kept; past that, handles
+/// are registered for each use.
+pub(crate) struct Bound<T> {
+    slots: [std::sync::OnceLock<(usize, T)>; 4],
+}
+
+impl<T> Bound<T> {
+    pub(crate) const fn new() -> Self {
+        Self {
+            slots: [const { std::sync::OnceLock::new() }; 4],
+        }
+    }
+
+    /// Runs `f` with the handles of the recorder in use, registering them
+    /// with `make` the first time that recorder is seen.
+    #[inline]
+    pub(crate) fn with<R>(&self, make: impl FnOnce() -> T, f: impl FnOnce(&T) -> R) -> R {
+        let id =
+            ::metrics::with_recorder(|r| r as *const dyn ::metrics::Recorder as *const () as usize);
+        let mut make = Some(make);
+        for slot in &self.slots {
+            let (owner, handles) = slot.get_or_init(|| (id, (make.take().expect("made once"))()));
+            if *owner == id {
+                return f(handles);
+            }
+            if make.is_none() {
+                break;
+            }
+        }
+        match make {
+            Some(make) => f(&make()),
+            None => unreachable!("a slot was filled for this recorder"),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Bound<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound").finish_non_exhaustive()
+    }
+}

@@ -70,12 +70,16 @@ impl TestRecorder {
 
 #[tokio::test(start_paused = true)]
 async fn a_trip_a_recovery_checks_and_a_drain_are_recorded() {
-    // Built before the recorder is installed, as a `static` or an early
-    // constructor would be: it must still report (handles bound at build
-    // used to record nothing, silently).
+    // Built, and even used, before the recorder is installed, as a
+    // `static`, an early constructor or a startup check would: they must
+    // still report (handles bound at build, or at the first event, used to
+    // record nothing afterwards, silently).
     let breaker = Breaker::builder("model_server")
         .consecutive_failures(5)
         .build();
+    breaker.try_acquire().unwrap().success();
+    breaker.try_acquire().unwrap().success();
+    let drain = Drain::default();
     let s = TestRecorder(Arc::new(Registry::atomic()));
     metrics::set_global_recorder(s.clone()).unwrap();
 
@@ -164,8 +168,8 @@ async fn a_trip_a_recovery_checks_and_a_drain_are_recorded() {
         3
     );
 
-    // A drain: the in-flight gauge moves with requests; completion counted.
-    let drain = Drain::default();
+    // A drain (built before the recorder): the in-flight gauge moves with
+    // requests; completion counted.
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let svc = tower::Layer::layer(
         &drain.rpc_layer(),

@@ -20,8 +20,6 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
-#[cfg(feature = "metrics")]
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, watch};
@@ -246,10 +244,11 @@ struct Metrics {
 }
 
 pub(crate) struct Core {
-    /// Resolved at the first recorded event, not at build: a breaker built
-    /// before the application installs its recorder still reports.
+    /// Registered with the recorder in use at each event (re-registered if
+    /// it changes), not at build: a breaker built or first used before the
+    /// application installs its recorder still reports.
     #[cfg(feature = "metrics")]
-    metrics: OnceLock<Metrics>,
+    metrics: crate::metrics::Bound<Metrics>,
     state: Padded<AtomicU64>,
     /// Consecutive failures, tagged with the generation they count in:
     /// `[generation low 32 | count 32]`. Every transition re-tags it, so a
@@ -313,7 +312,7 @@ impl Core {
         let simple = matches!(window, Window::None) && cfg.slow_nanos.is_none();
         Self {
             #[cfg(feature = "metrics")]
-            metrics: OnceLock::new(),
+            metrics: crate::metrics::Bound::new(),
             simple,
             state: Padded(AtomicU64::new(CLOSED)),
             consecutive: Padded(AtomicU64::new(0)),
@@ -341,16 +340,11 @@ impl Core {
         }
     }
 
-    /// The metric handles, registered with whatever recorder is installed
-    /// at the first recorded event.
+    /// Runs `f` with the metric handles of the recorder in use.
     #[cfg(feature = "metrics")]
     #[inline]
-    fn metrics(&self) -> &Metrics {
-        self.metrics.get_or_init(|| {
-            let m = Metrics::new(&self.name);
-            m.state.set(code(self.word()) as f64);
-            m
-        })
+    fn metrics<R>(&self, f: impl FnOnce(&Metrics) -> R) -> R {
+        self.metrics.with(|| Metrics::new(&self.name), f)
     }
 
     // ===== admission =====
@@ -447,7 +441,7 @@ impl Core {
         if count {
             self.rejected.0.fetch_add(1, Ordering::Relaxed);
             #[cfg(feature = "metrics")]
-            self.metrics().rejections.increment(1);
+            self.metrics(|m| m.rejections.increment(1));
         }
         Rejected {
             state,
@@ -470,11 +464,12 @@ impl Core {
     pub(crate) fn complete(&self, ticket: Ticket, outcome: Outcome) {
         #[cfg(feature = "metrics")]
         if outcome != Outcome::Ignore {
-            let metrics = self.metrics();
-            metrics.calls.increment(1);
-            if outcome == Outcome::Failure {
-                metrics.failures.increment(1);
-            }
+            self.metrics(|m| {
+                m.calls.increment(1);
+                if outcome == Outcome::Failure {
+                    m.failures.increment(1);
+                }
+            });
         }
         match code(ticket.word) {
             CLOSED => match outcome {
@@ -943,7 +938,7 @@ impl Core {
 
         #[cfg(feature = "metrics")]
         {
-            self.metrics().state.set(code(self.word()) as f64);
+            self.metrics(|m| m.state.set(code(self.word()) as f64));
             metrics::counter!(
                 crate::metrics::BREAKER_TRANSITIONS,
                 "breaker" => self.name.to_string(),

@@ -123,15 +123,26 @@ pub(crate) mod registry {
             .is_some_and(CallError::is_rejected)
     }
 
-    /// Remembers `CallError<E>`; called on the rejection path only.
+    thread_local! {
+        /// The types this thread has registered already: the rejection
+        /// path checks here, without touching the shared lock.
+        static SEEN: std::cell::RefCell<Vec<TypeId>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// Remembers `CallError<E>`; called on the rejection path only. After
+    /// the first time on a thread it costs a thread-local lookup.
     pub(crate) fn register<E: 'static>() {
         let id = TypeId::of::<CallError<E>>();
-        let known = TYPES
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .is_some_and(|m| m.contains_key(&id));
-        if !known {
+        let seen = SEEN.with(|seen| {
+            let mut seen = seen.borrow_mut();
+            if seen.contains(&id) {
+                true
+            } else {
+                seen.push(id);
+                false
+            }
+        });
+        if !seen {
             TYPES
                 .write()
                 .unwrap_or_else(|e| e.into_inner())

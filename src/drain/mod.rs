@@ -304,7 +304,7 @@ struct Progress {
 
 struct Shared {
     #[cfg(feature = "metrics")]
-    in_flight_gauge: metrics::Gauge,
+    in_flight_gauge: crate::metrics::Bound<metrics::Gauge>,
     in_flight: crate::util::Padded<AtomicUsize>,
     phase: AtomicU8,
     refused: AtomicU64,
@@ -335,7 +335,7 @@ impl Shared {
         // load sees the drain, or the drain's count sees this request.
         fence(Ordering::SeqCst);
         #[cfg(feature = "metrics")]
-        self.in_flight_gauge.increment(1.0);
+        self.report_in_flight();
         if self.phase.load(Ordering::SeqCst) >= REJECTING {
             // Rejecting began between the two loads: not admitted, so
             // neither finished nor cut off.
@@ -344,7 +344,7 @@ impl Shared {
                 self.in_flight.0.fetch_sub(1, Ordering::SeqCst)
             };
             #[cfg(feature = "metrics")]
-            self.in_flight_gauge.decrement(1.0);
+            self.report_in_flight();
             if before == 1 {
                 self.changed.notify_waiters();
             }
@@ -365,7 +365,7 @@ impl Shared {
             let before = self.in_flight.0.fetch_sub(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             #[cfg(feature = "metrics")]
-            self.in_flight_gauge.decrement(1.0);
+            self.report_in_flight();
             if self.phase.load(Ordering::SeqCst) != SERVING {
                 // The drain began as this request left: it ended at the
                 // signal; count it with the drain.
@@ -382,7 +382,7 @@ impl Shared {
             self.in_flight.0.fetch_sub(1, Ordering::SeqCst)
         };
         #[cfg(feature = "metrics")]
-        self.in_flight_gauge.decrement(1.0);
+        self.report_in_flight();
         if before == 1 {
             if self.phase.load(Ordering::Acquire) >= CLOSED {
                 tracing::info!("The last request still running finished: outbound clients closed");
@@ -412,6 +412,19 @@ impl Shared {
         }
         self.clients_closed.store(true, Ordering::Release);
         true
+    }
+
+    /// Sets the in-flight gauge of the recorder in use (absolute, so a
+    /// change of recorder never leaves it off by the requests counted
+    /// under the previous one).
+    #[cfg(feature = "metrics")]
+    #[inline]
+    fn report_in_flight(&self) {
+        let n = self.in_flight.0.load(Ordering::Relaxed) as f64;
+        self.in_flight_gauge.with(
+            || metrics::gauge!(crate::metrics::DRAIN_IN_FLIGHT),
+            |g| g.set(n),
+        );
     }
 
     fn refused(&self) {
@@ -922,7 +935,7 @@ impl Builder {
         Drain {
             shared: Arc::new(Shared {
                 #[cfg(feature = "metrics")]
-                in_flight_gauge: metrics::gauge!(crate::metrics::DRAIN_IN_FLIGHT),
+                in_flight_gauge: crate::metrics::Bound::new(),
                 in_flight: crate::util::Padded(AtomicUsize::new(0)),
                 phase: AtomicU8::new(SERVING),
                 refused: AtomicU64::new(0),

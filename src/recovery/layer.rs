@@ -25,9 +25,13 @@ use crate::classify::{Classify, ErrorsAsFailures, Outcome};
 /// `CallError<E>` is generic over the caller's error type, which no code
 /// here can name; [`Breaker::call`](crate::circuit_breaker::Breaker::call)
 /// registers each `CallError<E>` type the first time it rejects, and this
-/// looks the type up. Nothing else is registered, and an error that is not a
-/// refusal costs one hash-map lookup under a read lock only when it is a
-/// `CallError` type that was ever rejected.
+/// looks the type up (a thread-local check on the rejection path after the
+/// first time).
+///
+/// Not recognised: a refusal converted into another error type that does
+/// not keep it as its `source()` (`anyhow::Error`, `io::Error::other`, a
+/// `Box<dyn Error>` without `Send + Sync`). Keep the refusal reachable, or
+/// classify such outcomes yourself with [`RecoveryLayer::classify`].
 pub fn is_refusal<E: 'static>(error: &E) -> bool {
     let any = error as &dyn Any;
     if is_own_refusal(any) {
