@@ -199,11 +199,13 @@ fn a_straggler_into_a_rotated_slot_is_counted_not_lost() {
         };
         straggler.join().unwrap();
         fresh.join().unwrap();
-        // Either the straggler came first (its tick-0 outcome expired by the
-        // rotation, as it should: tick 0 is a window old at tick 3) or it
-        // came after (counted in tick 3's bucket: kept longer, not lost).
+        // The fresh outcome is never lost. The straggler's is expired with
+        // its bucket (tick 0 is a window old at tick 3) or counted in tick
+        // 3's; its call and its failure are separate cells, so an outcome
+        // racing the rotation exactly may land on each side of it (a
+        // documented bound: each count lands once, never twice).
         let c = w.counts(39);
-        assert!(c.calls == 1 || (c.calls, c.failures) == (2, 1), "{c:?}");
+        assert!((1..=2).contains(&c.calls) && c.failures <= 1, "{c:?}");
         // The running totals agree with the buckets, whatever the order.
         let r = w.record(39, false, false);
         assert_eq!((r.calls, r.failures), (c.calls + 1, c.failures));

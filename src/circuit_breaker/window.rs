@@ -234,6 +234,12 @@ struct Bucket {
 /// never brings old counts back, except after an idle gap within one window
 /// of an exact multiple of 2^32 ticks (4,971 days of 100 ms buckets, 71
 /// minutes of the smallest, 1 µs, buckets).
+///
+/// Calls, failures and slow calls are separate cells: an outcome recorded by
+/// a thread that read the clock just before its bucket expired, racing the
+/// rotation, may have its call counted in the next bucket and its failure
+/// expired (or the reverse). Every count still lands once, never twice, and
+/// the running totals always equal the sum of the buckets.
 #[derive(Debug)]
 pub(crate) struct TimeBuckets {
     head: Padded<AtomicU64>,
