@@ -199,8 +199,9 @@ pub(crate) struct Signal {
     pub(crate) opened_gen: u64,
     /// Generation of the latest heal (0: none yet).
     pub(crate) healed_gen: u64,
-    /// When the outage that the latest heal ended had begun.
-    pub(crate) healed_outage_start: tokio::time::Instant,
+    /// When the outage that the latest heal ended had begun, if that heal
+    /// ended an opening (from `Open` or `HalfOpen`).
+    pub(crate) healed_outage_start: Option<tokio::time::Instant>,
 }
 
 impl Default for Signal {
@@ -214,7 +215,7 @@ impl Default for Signal {
             closed_at: now,
             opened_gen: 0,
             healed_gen: 0,
-            healed_outage_start: now,
+            healed_outage_start: None,
         }
     }
 }
@@ -770,10 +771,16 @@ impl Core {
     pub(crate) fn observe(&self) -> (u64, State, Option<Duration>, Option<u16>) {
         let word = self.state.0.load(Ordering::Acquire);
         let h = self.half_open.0.load(Ordering::Acquire);
-        let (state, next_probe) = self.project_word(word, self.clock.now_nanos());
+        let now = self.clock.now_nanos();
+        let (state, next_probe) = self.project_word(word, now);
+        // The projection went past the performed half-open period (its wait
+        // ran out, the re-open too): a new period, with every permit.
+        let moved_on = code(word) == HALF_OPEN
+            && self.cfg.half_open_max_wait.is_some()
+            && now >= self.half_open_until.load(Ordering::Acquire);
         let permits = match state {
             // Performed: the permits of this half-open period.
-            State::HalfOpen if code(word) == HALF_OPEN && ho_matches(h, word) => {
+            State::HalfOpen if code(word) == HALF_OPEN && ho_matches(h, word) && !moved_on => {
                 Some(ho_available(h) as u16)
             }
             // Projected: a new half-open period starts with every permit.
@@ -912,12 +919,15 @@ impl Core {
                 signal.opened_at = tokio::time::Instant::now();
             }
         }
+        // A reset of a closed breaker still counts (it ends a cycle a check
+        // or a layer started) but ends no opening.
         if to == State::Closed {
             signal.closed_at = tokio::time::Instant::now();
             if cause != Cause::Recovered {
                 signal.heals += 1;
                 signal.healed_gen = generation(next);
-                signal.healed_outage_start = signal.opened_at;
+                signal.healed_outage_start =
+                    matches!(from, State::Open | State::HalfOpen).then_some(signal.opened_at);
             }
         }
         locked.signal = signal;

@@ -661,3 +661,24 @@ fn a_time_window_idle_past_its_tag_wrap_starts_empty() {
         assert_eq!(b.state(), State::Open, "and it still trips on fresh data");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_past_a_half_open_timeout_shows_the_new_period_s_permits() {
+    // Found by the simulation (seed 122): the snapshot said no permit was
+    // free while the next call was admitted as the probe of a new period.
+    let b = Breaker::builder("dep")
+        .consecutive_failures(1)
+        .open_duration(5 * SEC)
+        .half_open_max_wait(7 * SEC)
+        .build();
+    fail(&b, 1);
+    advance(5 * SEC).await;
+    let _held = b.try_acquire().unwrap();
+    advance(15 * SEC).await; // re-opened at 12 s, half-open again at 17 s
+    let snap = b.snapshot();
+    assert_eq!(
+        (snap.state, snap.available_permits),
+        (State::HalfOpen, Some(1))
+    );
+    assert!(b.try_acquire().is_ok(), "the read predicted it");
+}

@@ -299,10 +299,8 @@ impl State {
         let opened = signal.opens > self.seen.opens;
         let healed = signal.heals > self.seen.heals;
         let healed_outage = |events: &mut Vec<Event>, open: bool| {
-            if open {
-                events.push(Event::BreakerOpened {
-                    at: signal.healed_outage_start,
-                });
+            if let (true, Some(at)) = (open, signal.healed_outage_start) {
+                events.push(Event::BreakerOpened { at });
             }
             events.push(Event::BreakerHealed {
                 at: signal.closed_at,

@@ -445,3 +445,26 @@ async fn two_outages_between_two_looks_are_two_outages() {
     let s = recovery.status();
     assert_eq!(s.successes, 2, "outage 1 healed, outage 2 recovered: {s:?}");
 }
+
+/// Found by the simulation (seed 1093): a reset of a breaker that was
+/// closed anyway, then an opening, both before the recovery's task looked,
+/// were replayed as an outage that had healed: a recovery and an MTTR sample
+/// for nothing.
+#[tokio::test(start_paused = true)]
+async fn a_reset_of_a_closed_breaker_is_no_heal() {
+    let manual = ManualClock::new();
+    let b = Breaker::builder("m")
+        .consecutive_failures(1)
+        .clock(manual.clone())
+        .build();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let recovery = Recovery::builder("m", counting(&runs)).watch(&b).spawn();
+    settle().await;
+    tokio::time::sleep(1312 * S / 1000).await;
+    b.reset(); // closed already
+    b.try_acquire().unwrap().failure(); // an outage begins now
+    settle().await;
+    let s = recovery.status();
+    assert_eq!(s.successes, 1, "one outage, recovered: {s:?}");
+    assert_eq!(s.mttr, Some(Duration::ZERO), "not the breaker's age: {s:?}");
+}
