@@ -67,11 +67,18 @@
 //! | rate equal to the threshold | trips (`>=`) |
 //! | when is the rate evaluated | after each recorded outcome, once the minimum is reached |
 //! | time buckets | aligned to multiples of the bucket width; a bucket expires when its end is a full window old |
-//! | outcome of a call admitted in an earlier state | dropped (each admission carries the generation) |
+//! | outcome of a call admitted in an earlier state | dropped (each admission carries the generation; see below for the one race it loses in a window) |
 //! | open wait elapsed exactly | the next call is admitted as a probe |
 //! | `state()` after the open wait elapsed, no call yet | `HalfOpen` |
 //! | `ForcedOpen` / `Disabled` | only [`Breaker::reset`] leaves them |
 //! | `reset` | Closed, window cleared, open-duration growth back to base, new generation |
+//!
+//! Stale outcomes are dropped exactly by the consecutive count, the probe
+//! permits and the transitions, which all carry the generation. A window
+//! checks the generation before it records, so an outcome that finishes in
+//! the nanoseconds between that check and a concurrent close or reset can
+//! land in the new window: at most one outcome per racing thread, never a
+//! transition (the trip itself re-checks the generation under the lock).
 //!
 //! In half-open at most `permits` probes are in flight. A permit is taken at
 //! admission and given back only when the call is dropped unfinished or its
