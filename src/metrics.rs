@@ -43,8 +43,9 @@ pub const CHECKS: &str = "tower_recovery_health_checks_total";
 /// Metric handles registered with the recorder in use, re-registered when
 /// the recorder changes: a part built before the application installs its
 /// recorder (or used first under another one) still reports to the one in
-/// use now. Handles for up to four recorders are kept; past that, handles
-/// are registered for each use.
+/// use now. Handles for up to four recorders are kept (past that, the
+/// fourth's are used). A recorder is known by its address: a local recorder
+/// replaced by another at the same address keeps the first one's handles.
 pub(crate) struct Bound<T> {
     slots: [std::sync::OnceLock<(usize, T)>; 4],
 }
@@ -57,24 +58,32 @@ impl<T> Bound<T> {
     }
 
     /// Runs `f` with the handles of the recorder in use, registering them
-    /// with `make` the first time that recorder is seen.
+    /// with `make` the first time that recorder is seen (outside any lock).
     #[inline]
     pub(crate) fn with<R>(&self, make: impl FnOnce() -> T, f: impl FnOnce(&T) -> R) -> R {
         let id =
             ::metrics::with_recorder(|r| r as *const dyn ::metrics::Recorder as *const () as usize);
+        let mut made: Option<T> = None;
         let mut make = Some(make);
         for slot in &self.slots {
-            let (owner, handles) = slot.get_or_init(|| (id, (make.take().expect("made once"))()));
-            if *owner == id {
-                return f(handles);
+            if slot.get().is_none() {
+                let handles = made
+                    .take()
+                    .unwrap_or_else(|| (make.take().expect("once"))());
+                if let Err((_, back)) = slot.set((id, handles)) {
+                    made = Some(back);
+                }
             }
-            if make.is_none() {
-                break;
+            if let Some((owner, handles)) = slot.get() {
+                if *owner == id {
+                    return f(handles);
+                }
             }
         }
-        match make {
-            Some(make) => f(&make()),
-            None => unreachable!("a slot was filled for this recorder"),
+        // More recorders than slots: handles registered for this use.
+        match made {
+            Some(handles) => f(&handles),
+            None => f(&(make.take().expect("once"))()),
         }
     }
 }

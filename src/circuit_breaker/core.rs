@@ -199,8 +199,8 @@ pub(crate) struct Signal {
     pub(crate) opened_gen: u64,
     /// Generation of the latest heal (0: none yet).
     pub(crate) healed_gen: u64,
-    /// When the outage that the latest heal ended had begun, if that heal
-    /// ended an opening (from `Open` or `HalfOpen`).
+    /// When the outage that the latest heal ended had begun (its
+    /// `Closed -> Open`), if that heal ended one.
     pub(crate) healed_outage_start: Option<tokio::time::Instant>,
 }
 
@@ -233,6 +233,10 @@ struct Locked {
     level: u32,
     closed_at: u64,
     signal: Signal,
+    /// When the breaker left `Closed` for `Open`, until it is `Closed`
+    /// again, whatever states it passes through (a person may force it open
+    /// or disable it meanwhile).
+    outage_start: Option<tokio::time::Instant>,
 }
 
 /// Metric handles, registered once when the breaker is built.
@@ -337,6 +341,7 @@ impl Core {
                 level: 0,
                 closed_at: now,
                 signal: Signal::default(),
+                outage_start: None,
             }),
         }
     }
@@ -916,7 +921,9 @@ impl Core {
             signal.opens += 1;
             signal.opened_gen = generation(next);
             if from == State::Closed {
-                signal.opened_at = tokio::time::Instant::now();
+                let at = tokio::time::Instant::now();
+                signal.opened_at = at;
+                locked.outage_start = Some(at);
             }
         }
         // A reset of a closed breaker still counts (it ends a cycle a check
@@ -926,9 +933,11 @@ impl Core {
             if cause != Cause::Recovered {
                 signal.heals += 1;
                 signal.healed_gen = generation(next);
-                signal.healed_outage_start =
-                    matches!(from, State::Open | State::HalfOpen).then_some(signal.opened_at);
+                signal.healed_outage_start = locked.outage_start;
             }
+        }
+        if to == State::Closed {
+            locked.outage_start = None;
         }
         locked.signal = signal;
         let event = Transition {
@@ -966,10 +975,18 @@ impl Core {
     /// by a waker that acts on the breaker from inside a send) is sent by
     /// the thread already sending, so nobody waits and nothing re-enters.
     fn publish(&self) {
+        /// Clears the flag even if a send panics, so publishing goes on.
+        struct Publishing<'a>(&'a AtomicBool);
+        impl Drop for Publishing<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
         loop {
             if self.publishing.swap(true, Ordering::Acquire) {
                 return;
             }
+            let guard = Publishing(&self.publishing);
             loop {
                 // Popped in a statement of its own: the outbox's lock must
                 // be released before the sends run wakers.
@@ -978,7 +995,7 @@ impl Core {
                 let _ = self.events.send(event);
                 self.signal.send_replace(signal);
             }
-            self.publishing.store(false, Ordering::Release);
+            drop(guard);
             // A transition queued after the last pop, before the flag was
             // cleared, would be stranded: look once more.
             if lock(&self.outbox).is_empty() {

@@ -321,6 +321,10 @@ impl TimeBuckets {
     fn advance(&self, tick: u64) {
         let n = self.buckets.len() as u64;
         let head = self.head.0.load(Ordering::Acquire);
+        if tick <= head {
+            // Another recorder moved the head past us since we looked.
+            return;
+        }
         if tick - head >= n {
             // Idle for a whole window or more: everything has expired. The
             // tags wrap (2^24 ticks), so an old bucket is emptied outright
@@ -455,6 +459,17 @@ mod tests {
         assert_eq!(w.counts(1_000).calls, 0);
         w.record(1_000, false, false);
         assert_eq!(w.counts(1_000).calls, 1);
+    }
+
+    #[test]
+    fn an_advance_behind_the_head_changes_nothing() {
+        // Review: a recorder that saw an old head and advanced after another
+        // moved it further underflowed `tick - head` (a panic in debug, the
+        // newest bucket emptied in release).
+        let w = TimeBuckets::new(10, 2);
+        w.record(35, false, false); // tick 3
+        w.advance(2);
+        assert_eq!(w.counts(39).calls, 1);
     }
 
     #[test]

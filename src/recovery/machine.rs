@@ -52,6 +52,9 @@ pub(crate) enum Event {
     BreakerHealed { at: Instant },
     /// The watched breaker's current state: down (open, half-open) or not.
     BreakerState { down: bool },
+    /// Our close (after a successful attempt) closed the breaker: whatever
+    /// opened it again since that success was part of the outage recorded.
+    ClosedByUs,
     /// An attempt of cycle `cycle` is starting (its backoff delay is over).
     AttemptStarted { cycle: u64, attempt: u32 },
     /// An attempt of cycle `cycle` finished.
@@ -322,8 +325,19 @@ impl Machine {
                     self.back_up(Reason::CheckPassed, now, now, &mut reply.effects);
                 }
             }
+            // A call through an open breaker's probe says little: the
+            // breaker itself reports when its probes close it.
+            Event::CallSucceeded if self.breaker_down => {}
             Event::CallSucceeded => {
                 self.back_up(Reason::CallSucceeded, now, now, &mut reply.effects);
+            }
+            Event::ClosedByUs => {
+                self.breaker_down = false;
+                self.suspect = false;
+                if !matches!(self.phase, Phase::Recovering { .. }) {
+                    self.deferred = false;
+                    self.down_since = None;
+                }
             }
             Event::BreakerOpened { at } => {
                 self.breaker_down = true;

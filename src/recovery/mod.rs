@@ -495,8 +495,10 @@ impl Recovery {
                 let n = shared.layer_failures.fetch_add(1, Ordering::AcqRel) + 1;
                 if n >= shared.cfg.trigger_after {
                     shared.layer_failures.store(0, Ordering::Relaxed);
-                    shared.layer_down.store(true, Ordering::Release);
                     shared.trigger(Kind::Automatic);
+                    // Raised after the trigger is in: a success that sees
+                    // it always comes after the trigger it answers.
+                    shared.layer_down.store(true, Ordering::Release);
                 }
             }
             crate::classify::Outcome::Ignore => {}

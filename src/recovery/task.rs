@@ -199,8 +199,9 @@ fn carry_out(shared: &Arc<Shared>, effect: Effect, running: &mut Option<Running>
         }
         Effect::Cancel => *running = None,
         Effect::CloseBreaker => {
-            if let Some(breaker) = shared.breaker.as_ref().and_then(|(weak, _)| weak.upgrade()) {
-                breaker.close();
+            let breaker = shared.breaker.as_ref().and_then(|(weak, _)| weak.upgrade());
+            if breaker.is_some_and(|b| b.close()) {
+                shared.feed(Event::ClosedByUs);
             }
         }
         Effect::Alert => {

@@ -1,7 +1,7 @@
 //! Exhaustive test of the recovery machine: every sequence of events up to a
 //! depth, checked against the rules of the module docs after every step.
 //!
-//! Depth 6 by default (about 11 million sequences over 15 events);
+//! Depth 6 by default (about 16.8 million sequences over 16 events);
 //! `RECOVERY_MACHINE_DEPTH` sets another.
 
 use std::time::Duration;
@@ -9,7 +9,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::machine::{Effect, Event, Kind, Machine, Rules};
-use super::{RecoveryState, TriggerOutcome};
+use super::{RecoveryState, Seen, State, TriggerOutcome};
+use crate::circuit_breaker::Breaker;
+use crate::clock::ManualClock;
+
+const S: Duration = Duration::from_secs(1);
 
 const MAX_ATTEMPTS: u32 = 2;
 const COOLDOWN: Duration = Duration::from_secs(60);
@@ -32,11 +36,12 @@ enum Step {
     AttemptErr,
     StaleOk,
     Reset,
+    ClosedByUs,
     Wait30,
     Wait61,
 }
 
-const STEPS: [Step; 15] = [
+const STEPS: [Step; 16] = [
     Step::TriggerManual,
     Step::TriggerAutomatic,
     Step::CheckFailed,
@@ -50,6 +55,7 @@ const STEPS: [Step; 15] = [
     Step::AttemptErr,
     Step::StaleOk,
     Step::Reset,
+    Step::ClosedByUs,
     Step::Wait30,
     Step::Wait61,
 ];
@@ -113,6 +119,7 @@ fn check(world: &mut World, step: Step, path: &[Step]) {
             result: Ok(()),
         },
         Step::Reset => Event::Reset,
+        Step::ClosedByUs => Event::ClosedByUs,
         Step::Wait30 | Step::Wait61 => Event::Tick,
     };
     // What the state is once time has passed, before the event itself.
@@ -246,8 +253,8 @@ fn check(world: &mut World, step: Step, path: &[Step]) {
     // state (a cooldown included): one recovery, its true length. (A check
     // that passes while the breaker is still open is no such sign.)
     let back = match step {
-        Step::BreakerHealed | Step::CallSucceeded => true,
-        Step::CheckPassed => !before.breaker_down(),
+        Step::BreakerHealed => true,
+        Step::CheckPassed | Step::CallSucceeded => !before.breaker_down(),
         _ => false,
     };
     if back {
@@ -275,6 +282,12 @@ fn check(world: &mut World, step: Step, path: &[Step]) {
     // sample never counts time already counted.
     if let (Some(since), Some(end)) = (m.down_since(), m.last_outage_end()) {
         assert!(since >= end, "{}", ctx());
+    }
+    // Our close ends whatever re-opened the breaker since our success: no
+    // deferral and no outage outlive it (unless a new cycle runs).
+    if matches!(step, Step::ClosedByUs) && after != RecoveryState::Recovering {
+        assert_eq!(m.down_since(), None, "{}", ctx());
+        assert!(!m.breaker_down(), "{}", ctx());
     }
     // Manual intervention: a reset always leaves the machine idle.
     if matches!(step, Step::Reset) {
@@ -316,4 +329,100 @@ fn every_event_sequence_keeps_the_rules() {
     let mut count = 0;
     explore(&world, &mut Vec::new(), depth, &mut count);
     assert_eq!(count, (STEPS.len() as u64).pow(depth as u32));
+}
+
+/// Found in the second review: a probe failing between our attempt's
+/// success and our close re-opened the breaker; our close closed it, but
+/// the deferred trigger of that re-opening was honoured after the cooldown:
+/// a second recovery for one outage.
+#[tokio::test(start_paused = true)]
+async fn a_reopening_between_our_success_and_our_close_is_not_a_second_outage() {
+    let manual = ManualClock::new();
+    let b = Breaker::builder("m")
+        .consecutive_failures(1)
+        .open_duration(S)
+        .clock(manual.clone())
+        .build();
+    let rx = b.watch();
+    let sig = *rx.borrow();
+    let mut st = State {
+        machine: Machine::new(Rules {
+            max_attempts: 3,
+            cooldown: Duration::from_secs(60),
+        }),
+        seen: Seen {
+            generation: sig.word >> 3,
+            opens: sig.opens,
+            heals: sig.heals,
+        },
+        effects: Vec::new(),
+    };
+    let look = |st: &mut State| {
+        let s = *rx.borrow();
+        st.sync(Some(s), Instant::now());
+    };
+    // Closed -> Open: the task looks, a cycle starts.
+    b.try_acquire().unwrap().failure();
+    look(&mut st);
+    let cycle = st.machine.cycle();
+    assert!(
+        st.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Attempt { .. }))
+    );
+    st.effects.clear();
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let _ = st
+        .machine
+        .on(Event::AttemptStarted { cycle, attempt: 1 }, Instant::now());
+    // The attempt succeeds (step branch): sync, then AttemptDone.
+    look(&mut st);
+    let r = st.machine.on(
+        Event::AttemptDone {
+            cycle,
+            attempt: 1,
+            result: Ok(()),
+        },
+        Instant::now(),
+    );
+    assert!(r.effects.contains(&Effect::CloseBreaker));
+    assert_eq!(st.machine.successes, 1);
+    // Another thread, before the task carries out CloseBreaker: the open wait
+    // is over, a probe fails (HalfOpen -> Open).
+    manual.advance(S);
+    b.try_acquire().unwrap().failure();
+    // Loop top: sync (sees the re-opening), then CloseBreaker is carried out.
+    look(&mut st);
+    assert!(b.close(), "our close closes the re-opened breaker");
+    // What the task does when its close closed the breaker.
+    look(&mut st);
+    let _ = st.machine.on(Event::ClosedByUs, Instant::now());
+    st.effects.clear();
+    // The breaker is Closed; nothing says the dependency is down. The cooldown ends.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let r = st.machine.on(Event::Tick, Instant::now());
+    let started = r
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::Attempt { .. }));
+    if started {
+        let cycle = st.machine.cycle();
+        let _ = st
+            .machine
+            .on(Event::AttemptStarted { cycle, attempt: 1 }, Instant::now());
+        let _ = st.machine.on(
+            Event::AttemptDone {
+                cycle,
+                attempt: 1,
+                result: Ok(()),
+            },
+            Instant::now(),
+        );
+    }
+    assert!(
+        !started,
+        "a deferred trigger was honoured for a closed breaker: successes {}, mttr {:?}",
+        st.machine.successes,
+        st.machine.mttr()
+    );
 }

@@ -443,7 +443,12 @@ proptest! {
             prop_assert_eq!(snap.state, state, "step {}: snapshot state", step);
             prop_assert_eq!(snap.rejected, model.rejected, "step {}: rejected", step);
             if state == State::HalfOpen {
-                let permits = if model.state == State::HalfOpen { model.available } else { model.cfg.permits };
+                // The performed period's free permits, unless the read went
+                // past its timeout into a new period (every permit free).
+                let moved_on = model.state == State::HalfOpen
+                    && model.cfg.max_wait.is_some()
+                    && model.now >= model.half_until;
+                let permits = if model.state == State::HalfOpen && !moved_on { model.available } else { model.cfg.permits };
                 prop_assert_eq!(snap.available_permits, Some(permits), "step {}: permits", step);
             }
             prop_assert_eq!(snap.next_probe_in, next_probe.map(Duration::from_nanos), "step {}: next probe", step);

@@ -468,3 +468,95 @@ async fn a_reset_of_a_closed_breaker_is_no_heal() {
     assert_eq!(s.successes, 1, "one outage, recovered: {s:?}");
     assert_eq!(s.mttr, Some(Duration::ZERO), "not the breaker's age: {s:?}");
 }
+
+// ===== found in the second review =====
+
+/// Open -> ForcedOpen -> Reset: seen one by one, one outage recorded;
+/// coalesced at one look, none.
+async fn open_force_reset(rushed: bool) -> u64 {
+    let manual = ManualClock::new();
+    let b = Breaker::builder("m")
+        .consecutive_failures(1)
+        .open_duration(S)
+        .clock(manual.clone())
+        .build();
+    let recovery = Recovery::builder("m", || std::future::pending::<Result<(), &'static str>>())
+        .watch(&b)
+        .spawn();
+    settle().await;
+    b.try_acquire().unwrap().failure(); // Closed -> Open
+    if !rushed {
+        settle().await;
+    }
+    b.force_open();
+    if !rushed {
+        settle().await;
+    }
+    b.reset();
+    settle().await;
+    let s = recovery.status();
+    assert_eq!(b.state(), State::Closed);
+    assert_ne!(s.state, RecoveryState::Recovering);
+    s.successes
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_forced_open_then_reset_counts_the_same_seen_at_once_or_step_by_step() {
+    let slow = open_force_reset(false).await;
+    let rushed = open_force_reset(true).await;
+    assert_eq!(
+        slow, rushed,
+        "one-by-one recorded {slow} recoveries, coalesced {rushed}"
+    );
+}
+
+/// One breaker outage (Closed -> Open once), a layer trigger before it: a
+/// single half-open probe success ends the recovery's outage, the next probe
+/// failure starts a second one.
+#[tokio::test(start_paused = true)]
+async fn one_breaker_outage_is_one_recovery_with_the_layer_too() {
+    let manual = ManualClock::new();
+    let b = Breaker::builder("m")
+        .consecutive_failures(2)
+        .half_open_permits(2)
+        .open_duration(S)
+        .clock(manual.clone())
+        .build();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r2 = runs.clone();
+    let recovery = Recovery::builder("m", move || {
+        r2.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Err::<(), _>("still down"))
+    })
+    .max_attempts(1)
+    .trigger_after(1)
+    .watch(&b)
+    .spawn();
+    settle().await;
+    let fail = || async { Err::<(), &str>("boom") };
+    let ok = || async { Ok::<(), &str>(()) };
+    let _ = recovery.call(b.call(fail())).await; // layer triggers
+    let _ = recovery.call(b.call(fail())).await; // breaker opens
+    settle().await;
+    assert_eq!(b.state(), State::Open);
+    manual.advance(S); // half-open, 2 probes needed
+    let _ = recovery.call(b.call(ok())).await; // probe 1 ok
+    settle().await;
+    let after_probe = recovery.status();
+    let _ = recovery.call(b.call(fail())).await; // probe 2 fails: re-open
+    settle().await;
+    manual.advance(S);
+    let _ = recovery.call(b.call(ok())).await;
+    let _ = recovery.call(b.call(ok())).await; // healed
+    settle().await;
+    assert_eq!(b.state(), State::Closed);
+    let s = recovery.status();
+    assert_eq!(
+        s.successes,
+        1,
+        "one breaker outage, {} recoveries (after the first probe: {:?}); runs {}",
+        s.successes,
+        after_probe,
+        runs.load(Ordering::SeqCst)
+    );
+}
