@@ -480,7 +480,7 @@ async fn open_force_reset(rushed: bool) -> u64 {
         .open_duration(S)
         .clock(manual.clone())
         .build();
-    let recovery = Recovery::builder("m", || std::future::pending::<Result<(), &'static str>>())
+    let recovery = Recovery::builder("m", std::future::pending::<Result<(), &'static str>>)
         .watch(&b)
         .spawn();
     settle().await;
