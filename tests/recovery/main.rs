@@ -3,3 +3,15 @@
 mod http_e2e;
 mod regressions;
 mod rules;
+
+/// Lets the recovery's task run until `cond` holds; fails the test, naming
+/// `what`, if it does not within 1,000 scheduler turns (time stands still).
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..1_000 {
+        if cond() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("never happened: {what}");
+}

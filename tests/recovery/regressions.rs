@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::eventually;
+
 use tokio::time::Instant;
 use tower_recovery::circuit_breaker::{Breaker, CallError, State};
 use tower_recovery::clock::ManualClock;
@@ -25,16 +27,6 @@ fn action(
             Err("refused")
         })
     }
-}
-
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    for _ in 0..1_000 {
-        if cond() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("never happened: {what}");
 }
 
 /// Item 1: the cooldown ended with a deferred trigger while the watched

@@ -2,6 +2,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::eventually;
+
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_recovery::circuit_breaker::{Breaker, State};
@@ -67,18 +69,6 @@ fn trip(b: &Breaker) {
 }
 
 const S: Duration = Duration::from_secs(1);
-
-/// Lets the recovery's task run until `cond` holds; fails the test, naming
-/// `what`, if it does not within 1,000 scheduler turns (time stands still).
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    for _ in 0..1_000 {
-        if cond() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("never happened: {what}");
-}
 
 #[tokio::test(start_paused = true)]
 async fn triggers_coalesce_and_say_what_became_of_them() {
