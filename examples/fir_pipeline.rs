@@ -185,6 +185,8 @@ struct App {
     http: reqwest::Client,
     model: Client,
     asr_ocr: Client,
+    model_breaker: Breaker,
+    asr_breaker: Breaker,
     model_url: String,
     asr_ocr_url: String,
     db: AnyPool,
@@ -211,13 +213,14 @@ fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// Maps a client error to an answer: open circuit or shutdown -> 503 with a
 /// retry hint, anything else from the dependency -> 502.
-fn dependency_error(what: &str, error: BoxError) -> Response {
-    if let Some(rejected) = error.downcast_ref::<Rejected>() {
+fn dependency_error(what: &str, error: BoxError, breaker: &Breaker) -> Response {
+    if error.is::<Rejected>() {
         let mut response = api_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("{what} unavailable: {rejected}"),
+            format!("{what} unavailable: {error}"),
         );
-        let after = rejected.retry_after().map_or(5, |d| d.as_secs().max(1));
+        let next_probe = breaker.snapshot().next_probe_in;
+        let after = next_probe.map_or(5, |d| d.as_secs().max(1));
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(after));
@@ -257,7 +260,7 @@ impl App {
             .clone()
             .oneshot(request)
             .await
-            .map_err(|e| dependency_error("model server", e))?;
+            .map_err(|e| dependency_error("model server", e, &self.model_breaker))?;
         if !response.status().is_success() {
             return Err(api_error(
                 StatusCode::BAD_GATEWAY,
@@ -348,7 +351,7 @@ async fn create_fir_from_audio(State(app): State<App>, body: Bytes) -> Response 
                 format!("ASR/OCR server answered {}", response.status()),
             );
         }
-        Err(e) => return dependency_error("ASR/OCR server", e),
+        Err(e) => return dependency_error("ASR/OCR server", e, &app.asr_breaker),
     };
     let draft = match app.draft(&text).await {
         Ok(draft) => draft,
@@ -584,6 +587,8 @@ async fn main() -> Result<(), BoxError> {
         http: http.clone(),
         model: guarded_client(&http, &model_breaker, &drain),
         asr_ocr: guarded_client(&http, &asr_breaker, &drain),
+        model_breaker: model_breaker.clone(),
+        asr_breaker: asr_breaker.clone(),
         model_url: model_url.clone(),
         asr_ocr_url,
         db: db.clone(),

@@ -71,7 +71,7 @@ impl Clock {
     pub fn now_nanos(&self) -> u64 {
         match &self.kind {
             Kind::Tokio(origin) => saturating_nanos(origin.elapsed()),
-            Kind::Coarse(_) => coarse::NOW.load(Ordering::Acquire),
+            Kind::Coarse(_) => coarse::read(),
             Kind::Manual(now) => now.load(Ordering::Acquire),
         }
     }
@@ -79,6 +79,56 @@ impl Clock {
     /// Whether this is the coarse clock.
     pub fn is_coarse(&self) -> bool {
         matches!(self.kind, Kind::Coarse(_))
+    }
+
+    /// Whether readings follow real time right now, so that the coarse
+    /// clock (which does) can stand in for this one on a hot path: the
+    /// coarse clock itself, or tokio's while its time is not paused (a
+    /// paused clock lags real time or, auto-advanced, runs ahead of it; an
+    /// unpaused one reads the same as `std::time::Instant`).
+    pub(crate) fn follows_real_time(&self) -> bool {
+        match &self.kind {
+            Kind::Coarse(_) => true,
+            Kind::Manual(_) => false,
+            Kind::Tokio(_) => {
+                let tokio_now = tokio::time::Instant::now().into_std();
+                let real_now = std::time::Instant::now();
+                real_now
+                    .checked_duration_since(tokio_now)
+                    .is_some_and(|d| d < Duration::from_micros(2))
+            }
+        }
+    }
+}
+
+/// Reading the coarse clock: one atomic load. It lags real time by up to
+/// about a millisecond and never runs ahead of it, so a reading below a
+/// deadline does not prove the deadline is still ahead, but a reading at or
+/// past it proves it has passed.
+#[inline]
+pub(crate) fn coarse_now() -> u64 {
+    coarse::NOW.load(Ordering::Acquire)
+}
+
+/// The coarse clock's time base read precisely now (and published).
+pub(crate) fn coarse_precise_now() -> u64 {
+    coarse::refresh()
+}
+
+/// Keeps the coarse clock ticking while the returned handle lives; `None`
+/// when no ticker thread runs (it could not be started), as then the coarse
+/// clock does not move by itself.
+pub(crate) fn coarse_ticking() -> Option<CoarseTicking> {
+    let user = coarse::acquire();
+    coarse::ticking().then(|| CoarseTicking(user))
+}
+
+/// A reason for the coarse clock to keep ticking.
+pub(crate) struct CoarseTicking(#[allow(dead_code)] Arc<CoarseUser>);
+
+impl fmt::Debug for CoarseTicking {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CoarseTicking")
     }
 }
 
@@ -152,9 +202,27 @@ mod coarse {
         }
     }
 
-    fn refresh() {
+    /// Whether a ticker thread keeps `NOW` fresh.
+    pub(super) fn ticking() -> bool {
+        RUNNING.load(Ordering::Acquire)
+    }
+
+    /// The coarse reading; a precise one when no ticker runs (a thread
+    /// could not be started), rather than a frozen time.
+    #[inline]
+    pub(super) fn read() -> u64 {
+        if ticking() {
+            NOW.load(Ordering::Acquire)
+        } else {
+            refresh()
+        }
+    }
+
+    pub(super) fn refresh() -> u64 {
         let origin = *ORIGIN.get_or_init(Instant::now);
-        NOW.fetch_max(saturating_nanos(origin.elapsed()), Ordering::AcqRel);
+        let now = saturating_nanos(origin.elapsed());
+        NOW.fetch_max(now, Ordering::AcqRel);
+        now
     }
 
     pub(super) fn acquire() -> Arc<CoarseUser> {
@@ -165,8 +233,7 @@ mod coarse {
                 .name("tower-recovery-clock".into())
                 .spawn(ticker);
             if spawned.is_err() {
-                // No thread: readings refresh on every acquire only. Better
-                // than failing; the breaker still works, just coarser.
+                // No thread: every reading is a precise one (`read`).
                 RUNNING.store(false, Ordering::Release);
             }
         }

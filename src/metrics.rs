@@ -5,7 +5,6 @@
 //!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
-//! | `tower_recovery_breaker_calls_total` | counter | `breaker` | calls that finished with a recorded outcome |
 //! | `tower_recovery_breaker_failures_total` | counter | `breaker` | failures observed |
 //! | `tower_recovery_breaker_rejections_total` | counter | `breaker` | calls rejected |
 //! | `tower_recovery_breaker_transitions_total` | counter | `breaker`, `from`, `to` | state transitions |
@@ -17,8 +16,6 @@
 //! | `tower_recovery_health_check_duration_seconds` | histogram | `dependency` | check latency |
 //! | `tower_recovery_health_checks_total` | counter | `dependency`, `status` | checks run by the monitor |
 
-/// Breaker calls that finished with a recorded outcome.
-pub const BREAKER_CALLS: &str = "tower_recovery_breaker_calls_total";
 /// Breaker failures observed.
 pub const BREAKER_FAILURES: &str = "tower_recovery_breaker_failures_total";
 /// Breaker rejections.
@@ -63,6 +60,17 @@ impl<T> Bound<T> {
     pub(crate) fn with<R>(&self, make: impl FnOnce() -> T, f: impl FnOnce(&T) -> R) -> R {
         let id =
             ::metrics::with_recorder(|r| r as *const dyn ::metrics::Recorder as *const () as usize);
+        // The common case: the recorder the handles were first made for.
+        if let Some((owner, handles)) = self.slots[0].get() {
+            if *owner == id {
+                return f(handles);
+            }
+        }
+        self.with_other(id, make, f)
+    }
+
+    #[cold]
+    fn with_other<R>(&self, id: usize, make: impl FnOnce() -> T, f: impl FnOnce(&T) -> R) -> R {
         let mut made: Option<T> = None;
         let mut make = Some(make);
         for slot in &self.slots {

@@ -60,10 +60,11 @@ fn layer_calls(breaker: &Breaker, calls: u64, fail_every: u64) -> u64 {
     });
     let mut svc = tower::Layer::layer(&breaker.layer(), inner);
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    // Warm up: lazily initialised state (thread locals, clocks) allocates once.
-    for _ in 0..100 {
+    // Warm up: lazily initialised state (thread locals, clocks, the metric
+    // handles registered at the first failure) allocates once.
+    for i in 0..100 {
         assert!(svc.poll_ready(&mut cx).is_ready());
-        let _ = ready(svc.call(false));
+        let _ = ready(svc.call(fail_every != 0 && i == 0));
     }
     let before = allocations();
     for i in 0..calls {
@@ -103,8 +104,7 @@ fn allocations_per_call() {
                 .build(),
         ),
     ];
-    let leaked = [("consecutive, leaked handle", Breaker::new("e").leak())];
-    for (name, breaker) in breakers.iter().chain(leaked.iter()) {
+    for (name, breaker) in breakers.iter() {
         // Successes, and failures below the threshold: zero allocations.
         assert_eq!(
             layer_calls(breaker, 10_000, 0),
@@ -126,8 +126,8 @@ fn allocations_per_call() {
         assert_eq!(allocations() - before, 0, "{name}: Breaker::call");
     }
 
-    // Reject paths: the layer boxes its `Rejected` error once; the call API
-    // does not allocate.
+    // Reject paths: the layer's `Rejected` is zero-sized (boxing it
+    // allocates nothing), and neither does the call API.
     let breaker = Breaker::builder("open").consecutive_failures(1).build();
     breaker.try_acquire().unwrap().failure();
     assert_eq!(breaker.state(), State::Open);
@@ -141,8 +141,8 @@ fn allocations_per_call() {
     }
     assert_eq!(
         allocations() - before,
-        1_000,
-        "one allocation per layer rejection"
+        0,
+        "no allocation per layer rejection"
     );
     // The first rejection of a `CallError<E>` type registers it once, so a
     // recovery can recognise it (`recovery::is_refusal`); none after that.

@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, broadcast, watch};
 
 use super::window::{CountRing, TimeBuckets, WindowCounts};
-use super::{Cause, Counts, Rejected, State, Transition};
+use super::{Cause, Counts, Rejection, State, Transition};
 use crate::classify::Outcome;
 use crate::clock::Clock;
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -237,12 +237,13 @@ struct Locked {
     /// again, whatever states it passes through (a person may force it open
     /// or disable it meanwhile).
     outage_start: Option<tokio::time::Instant>,
+    /// Keeps the coarse clock ticking while the reject path reads it.
+    ticking: Option<crate::clock::CoarseTicking>,
 }
 
 /// Metric handles, registered once when the breaker is built.
 #[cfg(feature = "metrics")]
 struct Metrics {
-    calls: metrics::Counter,
     failures: metrics::Counter,
     rejections: metrics::Counter,
     state: metrics::Gauge,
@@ -263,10 +264,16 @@ pub(crate) struct Core {
     failures: Padded<AtomicU64>,
     rejected: Padded<AtomicU64>,
     open_until: AtomicU64,
+    /// The end of the open wait on the coarse clock, when this breaker's
+    /// clock follows real time (0 otherwise): the reject path's check is
+    /// then one load of the coarse clock instead of a precise reading.
+    open_until_coarse: AtomicU64,
     half_open_until: AtomicU64,
     /// The open duration the next opening from half-open would use.
     next_open: AtomicU64,
     transitions: AtomicU64,
+    /// Call credits given back through the shared tally (see `lease`).
+    pub(crate) returned: Padded<AtomicU64>,
     window: Window,
     /// No window and no slow-call detection: a success only resets the
     /// consecutive count.
@@ -298,7 +305,6 @@ impl Metrics {
     fn new(name: &str) -> Self {
         let label = [("breaker", name.to_string())];
         Self {
-            calls: metrics::counter!(crate::metrics::BREAKER_CALLS, &label),
             failures: metrics::counter!(crate::metrics::BREAKER_FAILURES, &label),
             rejections: metrics::counter!(crate::metrics::BREAKER_REJECTIONS, &label),
             state: metrics::gauge!(crate::metrics::BREAKER_STATE, &label),
@@ -325,9 +331,11 @@ impl Core {
             failures: Padded(AtomicU64::new(0)),
             rejected: Padded(AtomicU64::new(0)),
             open_until: AtomicU64::new(0),
+            open_until_coarse: AtomicU64::new(0),
             half_open_until: AtomicU64::new(u64::MAX),
             next_open: AtomicU64::new(cfg.open_base.min(cfg.open_max)),
             transitions: AtomicU64::new(0),
+            returned: Padded(AtomicU64::new(0)),
             window,
             cfg,
             clock,
@@ -342,6 +350,7 @@ impl Core {
                 closed_at: now,
                 signal: Signal::default(),
                 outage_start: None,
+                ticking: None,
             }),
         }
     }
@@ -357,19 +366,26 @@ impl Core {
 
     /// Decides whether a call may proceed. Closed: one load.
     #[inline]
-    pub(crate) fn admit(&self) -> Result<Ticket, Rejected> {
+    pub(crate) fn admit(&self) -> Result<Ticket, Rejection> {
         self.admit_counted(true)
     }
 
     /// Admission; `count` says whether a rejection is counted (a
     /// backpressured service asking again is not rejected again).
     #[inline]
-    pub(crate) fn admit_counted(&self, count: bool) -> Result<Ticket, Rejected> {
+    pub(crate) fn admit_counted(&self, count: bool) -> Result<Ticket, Rejection> {
         let word = self.state.0.load(Ordering::Acquire);
         match code(word) {
             CLOSED => return Ok(Ticket { word, start: 0 }),
             OPEN => {
-                // While open, rejecting is the hot path: keep it inline.
+                // While open, rejecting is the hot path: keep it inline, and
+                // measure the open wait with the coarse clock (one load)
+                // where it can stand in for the breaker's own.
+                let until = self.open_until_coarse.load(Ordering::Acquire);
+                let now = crate::clock::coarse_now();
+                if now < until {
+                    return Err(self.reject(State::Open, Some(until - now), count));
+                }
                 let now = self.clock.now_nanos();
                 let until = self.open_until.load(Ordering::Acquire);
                 if now < until {
@@ -382,7 +398,7 @@ impl Core {
     }
 
     #[cold]
-    fn admit_slow(&self, mut word: u64, count: bool) -> Result<Ticket, Rejected> {
+    fn admit_slow(&self, mut word: u64, count: bool) -> Result<Ticket, Rejection> {
         loop {
             match code(word) {
                 CLOSED | DISABLED => return Ok(Ticket { word, start: 0 }),
@@ -443,13 +459,13 @@ impl Core {
     }
 
     #[inline]
-    fn reject(&self, state: State, retry_after: Option<u64>, count: bool) -> Rejected {
+    fn reject(&self, state: State, retry_after: Option<u64>, count: bool) -> Rejection {
         if count {
             self.rejected.0.fetch_add(1, Ordering::Relaxed);
             #[cfg(feature = "metrics")]
             self.metrics(|m| m.rejections.increment(1));
         }
-        Rejected {
+        Rejection {
             state,
             retry_after: retry_after.map(Duration::from_nanos),
         }
@@ -468,15 +484,6 @@ impl Core {
     /// Records a finished call.
     #[inline]
     pub(crate) fn complete(&self, ticket: Ticket, outcome: Outcome) {
-        #[cfg(feature = "metrics")]
-        if outcome != Outcome::Ignore {
-            self.metrics(|m| {
-                m.calls.increment(1);
-                if outcome == Outcome::Failure {
-                    m.failures.increment(1);
-                }
-            });
-        }
         match code(ticket.word) {
             CLOSED => match outcome {
                 Outcome::Success => self.closed_success(ticket),
@@ -550,8 +557,17 @@ impl Core {
 
     #[inline]
     fn closed_failure(&self, ticket: Ticket) {
-        self.failures.0.fetch_add(1, Ordering::Relaxed);
+        self.count_failure();
         self.closed_record(ticket, true);
+    }
+
+    /// A failure observed (recorded or stale): counted for reports and
+    /// metrics. Failures are not the hot path; successes count nothing.
+    #[inline]
+    fn count_failure(&self) {
+        self.failures.0.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        self.metrics(|m| m.failures.increment(1));
     }
 
     #[inline]
@@ -624,7 +640,7 @@ impl Core {
                 // is stale.
                 self.transition(ticket.word, State::Open, Cause::HalfOpenTimeout, timeout);
                 if outcome == Outcome::Failure {
-                    self.failures.0.fetch_add(1, Ordering::Relaxed);
+                    self.count_failure();
                 }
                 return;
             }
@@ -632,7 +648,7 @@ impl Core {
         match outcome {
             Outcome::Ignore => self.give_back_permit(ticket.word),
             Outcome::Failure => {
-                self.failures.0.fetch_add(1, Ordering::Relaxed);
+                self.count_failure();
                 if self.state.0.load(Ordering::Acquire) == ticket.word {
                     let now = self.clock.now_nanos();
                     self.transition(ticket.word, State::Open, Cause::ProbeFailed, now);
@@ -839,6 +855,27 @@ impl Core {
         true
     }
 
+    /// `until` (on this breaker's clock) on the coarse clock, or 0 where the
+    /// coarse clock cannot stand in (the clock is manual, or tokio's and
+    /// paused; or no ticker thread runs).
+    fn coarse_deadline(&self, locked: &mut Locked, until: u64) -> u64 {
+        if self.clock.is_coarse() {
+            return until;
+        }
+        if !self.clock.follows_real_time() {
+            locked.ticking = None;
+            return 0;
+        }
+        if locked.ticking.is_none() {
+            locked.ticking = crate::clock::coarse_ticking();
+        }
+        if locked.ticking.is_none() {
+            return 0;
+        }
+        let left = until.saturating_sub(self.clock.now_nanos());
+        crate::clock::coarse_precise_now().saturating_add(left)
+    }
+
     /// The open duration at growth `level`.
     fn open_nanos(&self, level: u32) -> u64 {
         let grown = self.cfg.open_base as f64 * self.cfg.open_multiplier.powi(level as i32);
@@ -874,10 +911,20 @@ impl Core {
                 }
                 self.next_open
                     .store(self.open_nanos(locked.level), Ordering::Release);
-                self.open_until
-                    .store(now.saturating_add(nanos), Ordering::Release);
+                let until = now.saturating_add(nanos);
+                self.open_until.store(until, Ordering::Release);
+                self.open_until_coarse
+                    .store(self.coarse_deadline(&mut locked, until), Ordering::Release);
                 open_for = Some(Duration::from_nanos(nanos));
             }
+            _ if self.open_until_coarse.load(Ordering::Relaxed) != 0 => {
+                self.open_until_coarse.store(0, Ordering::Release);
+                locked.ticking = None;
+            }
+            _ => {}
+        }
+        match to {
+            State::Open => {}
             State::HalfOpen => {
                 self.half_open.0.store(
                     ho_pack(next, u64::from(self.cfg.permits), 0),

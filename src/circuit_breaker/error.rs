@@ -5,18 +5,53 @@ use std::time::Duration;
 
 use super::State;
 
-/// A call was not admitted because the circuit is open.
+/// The error of a [`CircuitBreaker`](super::CircuitBreaker) service that did
+/// not admit a call, inside a `BoxError`: test it with
+/// `err.is::<Rejected>()`.
 ///
-/// Returned as the error of a [`CircuitBreaker`](super::CircuitBreaker)
-/// service (inside a `BoxError`: test it with `err.is::<Rejected>()`) and by
-/// [`Breaker::call`](super::Breaker::call).
+/// Zero-sized, like tower's `Overloaded` and `Elapsed`, so that boxing it
+/// allocates nothing: a rejection is the hot path of an open breaker. The
+/// state that rejected and when to retry are in the [`Rejection`] that
+/// [`Breaker::try_acquire`](super::Breaker::try_acquire),
+/// [`Breaker::call`](super::Breaker::call) and a custom
+/// [`OnReject`](super::OnReject) receive, and in the breaker's
+/// [`snapshot`](super::Breaker::snapshot).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rejected {
+    _priv: (),
+}
+
+impl Rejected {
+    pub(crate) const fn new() -> Self {
+        Self { _priv: () }
+    }
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("circuit breaker rejected the call")
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+impl From<Rejection> for Rejected {
+    fn from(_: Rejection) -> Self {
+        Self::new()
+    }
+}
+
+/// Why a call was not admitted, and when to retry: what
+/// [`Breaker::try_acquire`](super::Breaker::try_acquire) and
+/// [`Breaker::call`](super::Breaker::call) return, and what an
+/// [`OnReject`](super::OnReject) receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rejection {
     pub(crate) state: State,
     pub(crate) retry_after: Option<Duration>,
 }
 
-impl Rejected {
+impl Rejection {
     /// The state that rejected the call: `Open`, `HalfOpen` (all probe
     /// permits in use) or `ForcedOpen`.
     pub fn state(&self) -> State {
@@ -34,7 +69,7 @@ impl Rejected {
     }
 }
 
-impl fmt::Display for Rejected {
+impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.state, self.retry_after) {
             (State::Open, Some(after)) => {
@@ -58,14 +93,14 @@ impl fmt::Display for Rejected {
     }
 }
 
-impl std::error::Error for Rejected {}
+impl std::error::Error for Rejection {}
 
 /// The error of [`Breaker::call`](super::Breaker::call): rejected, or the
 /// call's own error.
 #[derive(Debug, PartialEq, Eq)]
 pub enum CallError<E> {
     /// The breaker did not admit the call; the future was never polled.
-    Rejected(Rejected),
+    Rejected(Rejection),
     /// The call ran and failed.
     Inner(E),
 }

@@ -7,9 +7,10 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 
+use super::Rejection;
 use super::core::Ticket;
+use super::lease::Lease;
 use super::reject::OnReject;
-use super::{Breaker, Rejected};
 use crate::classify::{Classify, Outcome};
 
 /// Records the outcome of an admitted call, or gives its admission back if
@@ -19,7 +20,7 @@ use crate::classify::{Classify, Outcome};
 /// an `Option<Ticket>`: the option's tag, written apart from the ticket and
 /// read back together with it, cost a store-forwarding stall per call.
 pub(crate) struct Guard {
-    breaker: Breaker,
+    lease: Lease,
     word: u64,
     start: u64,
 }
@@ -28,9 +29,9 @@ const DONE: u64 = u64::MAX;
 
 impl Guard {
     #[inline]
-    pub(crate) fn new(breaker: Breaker, ticket: Ticket) -> Self {
+    pub(crate) fn new(lease: Lease, ticket: Ticket) -> Self {
         Self {
-            breaker,
+            lease,
             word: ticket.word(),
             start: ticket.start(),
         }
@@ -40,9 +41,7 @@ impl Guard {
     pub(crate) fn complete(&mut self, outcome: Outcome) {
         let word = std::mem::replace(&mut self.word, DONE);
         if word != DONE {
-            self.breaker
-                .core
-                .complete(Ticket::new(word, self.start), outcome);
+            self.lease.complete(Ticket::new(word, self.start), outcome);
         }
     }
 }
@@ -52,7 +51,7 @@ impl Drop for Guard {
     fn drop(&mut self) {
         let word = std::mem::replace(&mut self.word, DONE);
         if word != DONE {
-            self.breaker.core.release(Ticket::new(word, self.start));
+            self.lease.release(Ticket::new(word, self.start));
         }
     }
 }
@@ -67,7 +66,7 @@ pin_project! {
             classify: C,
         },
         Rejected {
-            rejected: Option<Rejected>,
+            rejected: Option<Rejection>,
         },
     }
 }
@@ -93,7 +92,7 @@ impl<F, C, R> ResponseFuture<F, C, R> {
         }
     }
 
-    pub(crate) fn rejected(rejected: Rejected, reject: R) -> Self {
+    pub(crate) fn rejected(rejected: Rejection, reject: R) -> Self {
         Self {
             kind: Kind::Rejected {
                 rejected: Some(rejected),

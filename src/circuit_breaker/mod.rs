@@ -90,7 +90,7 @@
 //! `poll_ready` decides admission and latches it for the next `call`, like
 //! tower's `LoadShed`. It never returns an error because the circuit is open:
 //! such an error is final in Tower and would kill a `Buffer`. A rejected call
-//! gets a typed [`Rejected`] error (`BoxError`) or, with
+//! gets a zero-sized [`Rejected`] error (in a `BoxError`, allocating nothing) or, with
 //! [`CircuitBreakerLayer::reject_with_response`], a `503` with `Retry-After`.
 //! [`CircuitBreakerLayer::backpressure`] makes `poll_ready` wait instead.
 //!
@@ -131,6 +131,7 @@ pub(crate) mod core;
 pub mod error;
 pub mod future;
 mod layer;
+mod lease;
 pub mod reject;
 mod service;
 mod window;
@@ -140,7 +141,7 @@ use std::future::{Future, IntoFuture};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-pub use self::error::{CallError, Rejected};
+pub use self::error::{CallError, Rejected, Rejection};
 pub use self::layer::CircuitBreakerLayer;
 pub use self::reject::{
     DefaultRejectResponse, OnReject, RejectResponse, RejectWithError, RejectWithResponse,
@@ -324,37 +325,7 @@ pub struct Snapshot {
 /// See the [module docs](self) for the semantics.
 #[derive(Clone)]
 pub struct Breaker {
-    core: CoreRef,
-}
-
-/// How a handle reaches the shared state: counted, or leaked for the rest of
-/// the process so that clones (one per call, in the layer's futures) cost no
-/// atomic reference count.
-#[derive(Clone)]
-enum CoreRef {
-    Shared(Arc<Core>),
-    Static(&'static Arc<Core>),
-}
-
-impl CoreRef {
-    fn arc(&self) -> &Arc<Core> {
-        match self {
-            CoreRef::Shared(arc) => arc,
-            CoreRef::Static(arc) => arc,
-        }
-    }
-}
-
-impl std::ops::Deref for CoreRef {
-    type Target = Core;
-
-    #[inline]
-    fn deref(&self) -> &Core {
-        match self {
-            CoreRef::Shared(arc) => arc,
-            CoreRef::Static(arc) => arc,
-        }
-    }
+    core: Arc<Core>,
 }
 
 impl fmt::Debug for Breaker {
@@ -462,30 +433,10 @@ impl Breaker {
         self.core.watch()
     }
 
-    /// A handle to the same breaker that keeps it alive for the rest of the
-    /// process, and whose clones cost no atomic reference count.
-    ///
-    /// The layer clones its handle into every response future. With a
-    /// counted handle that is two atomic read-modify-writes per call on one
-    /// shared cache line, the largest part of the closed-path cost, and the
-    /// one that does not scale across threads. Breakers usually live as long
-    /// as the process (one per dependency); for those, layer the leaked
-    /// handle: `breaker.leak().layer()`. Do not leak breakers created per
-    /// tenant or per request: their memory is never freed, and their
-    /// [`Transitions`] streams never end.
-    pub fn leak(&self) -> Breaker {
-        match &self.core {
-            CoreRef::Static(_) => self.clone(),
-            CoreRef::Shared(arc) => Breaker {
-                core: CoreRef::Static(Box::leak(Box::new(arc.clone()))),
-            },
-        }
-    }
-
     /// A handle that does not keep the breaker alive.
     pub fn downgrade(&self) -> WeakBreaker {
         WeakBreaker {
-            core: Arc::downgrade(self.core.arc()),
+            core: Arc::downgrade(&self.core),
         }
     }
 
@@ -493,7 +444,7 @@ impl Breaker {
     /// unrecorded counts as a call that never finished (a half-open permit is
     /// given back).
     #[inline]
-    pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
+    pub fn try_acquire(&self) -> Result<Permit<'_>, Rejection> {
         let mut ticket = self.core.admit()?;
         self.core.start(&mut ticket);
         Ok(Permit {
@@ -558,9 +509,7 @@ pub struct WeakBreaker {
 impl WeakBreaker {
     /// The breaker, if a handle is still alive.
     pub fn upgrade(&self) -> Option<Breaker> {
-        self.core.upgrade().map(|core| Breaker {
-            core: CoreRef::Shared(core),
-        })
+        self.core.upgrade().map(|core| Breaker { core })
     }
 }
 
@@ -916,11 +865,7 @@ impl Builder {
             half_open_max_wait: self.half_open_max_wait.map(saturating_nanos),
         };
         Breaker {
-            core: CoreRef::Shared(Arc::new(Core::new(
-                self.name,
-                cfg,
-                self.clock.unwrap_or_default(),
-            ))),
+            core: Arc::new(Core::new(self.name, cfg, self.clock.unwrap_or_default())),
         }
     }
 }

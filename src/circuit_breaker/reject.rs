@@ -2,7 +2,8 @@
 //! call it does not admit.
 //!
 //! - [`RejectWithError`] (the default): `Err(BoxError)` holding a
-//!   [`Rejected`]. The service's error type becomes `BoxError`.
+//!   [`Rejected`] (zero-sized: no allocation). The service's error type
+//!   becomes `BoxError`.
 //! - [`RejectWithResponse`]: an HTTP response built by a [`RejectResponse`],
 //!   by default [`DefaultRejectResponse`] (`503 Service Unavailable` with
 //!   `Retry-After`). The inner service's error type is kept, so axum's
@@ -10,7 +11,7 @@
 
 use http::{HeaderValue, Response, StatusCode, header};
 
-use super::Rejected;
+use super::{Rejected, Rejection};
 use crate::BoxError;
 
 /// Turns a rejection into the service's result, and the inner service's
@@ -20,13 +21,14 @@ pub trait OnReject<Res, E> {
     type Error;
 
     /// The result for a call that was not admitted.
-    fn reject(&self, rejected: Rejected) -> Result<Res, Self::Error>;
+    fn reject(&self, rejected: Rejection) -> Result<Res, Self::Error>;
 
     /// Converts an error of the inner service.
     fn convert(&self, error: E) -> Self::Error;
 }
 
-/// Rejects with `Err(BoxError)` holding a [`Rejected`].
+/// Rejects with `Err(BoxError)` holding a [`Rejected`]: zero-sized, so the
+/// box allocates nothing.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RejectWithError;
 
@@ -36,8 +38,9 @@ where
 {
     type Error = BoxError;
 
-    fn reject(&self, rejected: Rejected) -> Result<Res, BoxError> {
-        Err(Box::new(rejected))
+    #[inline]
+    fn reject(&self, rejected: Rejection) -> Result<Res, BoxError> {
+        Err(Box::new(Rejected::from(rejected)))
     }
 
     #[inline]
@@ -49,14 +52,14 @@ where
 /// Builds the HTTP response for a rejected call.
 pub trait RejectResponse<B> {
     /// The response to send instead of calling the inner service.
-    fn response(&self, rejected: &Rejected) -> Response<B>;
+    fn response(&self, rejected: &Rejection) -> Response<B>;
 }
 
 impl<B, F> RejectResponse<B> for F
 where
-    F: Fn(&Rejected) -> Response<B>,
+    F: Fn(&Rejection) -> Response<B>,
 {
-    fn response(&self, rejected: &Rejected) -> Response<B> {
+    fn response(&self, rejected: &Rejection) -> Response<B> {
         self(rejected)
     }
 }
@@ -67,7 +70,7 @@ where
 pub struct DefaultRejectResponse;
 
 impl<B: Default> RejectResponse<B> for DefaultRejectResponse {
-    fn response(&self, rejected: &Rejected) -> Response<B> {
+    fn response(&self, rejected: &Rejection) -> Response<B> {
         let mut response = Response::new(B::default());
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         if let Some(after) = rejected.retry_after() {
@@ -99,7 +102,7 @@ where
 {
     type Error = E;
 
-    fn reject(&self, rejected: Rejected) -> Result<Response<B>, E> {
+    fn reject(&self, rejected: Rejection) -> Result<Response<B>, E> {
         Ok(self.response.response(&rejected))
     }
 

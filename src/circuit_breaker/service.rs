@@ -9,8 +9,9 @@ use tower_service::Service;
 
 use super::core::Ticket;
 use super::future::{Guard, ResponseFuture};
+use super::lease::Credits;
 use super::reject::OnReject;
-use super::{Breaker, Rejected};
+use super::{Breaker, Rejection};
 use crate::classify::Classify;
 
 /// Admission decided in `poll_ready`, honoured by the next `call`: the state
@@ -51,18 +52,22 @@ pub struct CircuitBreaker<S, C, R> {
     wait: Option<Pin<Box<Wait>>>,
 }
 
-/// The breaker and this service's latched admission, given back on drop.
+/// The breaker (with this service's credits for its calls) and this
+/// service's latched admission, given back on drop.
 struct Admission {
-    breaker: Breaker,
+    credits: Credits,
     latch: u64,
-    rejected: Option<Rejected>,
+    rejected: Option<Rejection>,
 }
 
 impl Admission {
     fn release(&mut self) {
         let latch = std::mem::replace(&mut self.latch, EMPTY);
         if latch < REJECTED {
-            self.breaker.core.release(Ticket::from_word(latch));
+            self.credits
+                .breaker()
+                .core
+                .release(Ticket::from_word(latch));
         }
     }
 }
@@ -84,7 +89,7 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
         Self {
             inner,
             admission: Admission {
-                breaker,
+                credits: Credits::new(breaker),
                 latch: EMPTY,
                 rejected: None,
             },
@@ -97,7 +102,7 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
 
     /// The breaker this service reports to.
     pub fn breaker(&self) -> &Breaker {
-        &self.admission.breaker
+        self.admission.credits.breaker()
     }
 
     /// The inner service.
@@ -118,8 +123,8 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
 
     /// Registers for the breaker's next change (and the end of the open
     /// wait). `Ready` when it is worth asking for admission again.
-    fn poll_wait(&mut self, cx: &mut Context<'_>, rejected: &Rejected) -> Poll<()> {
-        let core = &self.admission.breaker.core;
+    fn poll_wait(&mut self, cx: &mut Context<'_>, rejected: &Rejection) -> Poll<()> {
+        let core = &self.admission.credits.breaker().core;
         let wait = self.wait.get_or_insert_with(|| {
             Box::pin(Wait {
                 changed: core.changed.clone().notified_owned(),
@@ -146,7 +151,7 @@ impl<S: Clone, C: Clone, R: Clone> Clone for CircuitBreaker<S, C, R> {
     fn clone(&self) -> Self {
         Self::from_parts(
             self.inner.clone(),
-            self.admission.breaker.clone(),
+            self.admission.credits.breaker().clone(),
             self.classify.clone(),
             self.reject.clone(),
             self.backpressure,
@@ -158,7 +163,7 @@ impl<S: fmt::Debug, C, R> fmt::Debug for CircuitBreaker<S, C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
-            .field("breaker", &self.admission.breaker.name())
+            .field("breaker", &self.admission.credits.breaker().name())
             .field("latched", &(self.admission.latch != EMPTY))
             .field("backpressure", &self.backpressure)
             .finish_non_exhaustive()
@@ -181,7 +186,8 @@ where
             match self.admission.latch {
                 EMPTY => match self
                     .admission
-                    .breaker
+                    .credits
+                    .breaker()
                     .core
                     .admit_counted(!self.backpressure)
                 {
@@ -230,10 +236,9 @@ where
                 ResponseFuture::rejected(rejected, self.reject.clone())
             }
             word => {
-                let breaker = &self.admission.breaker;
                 let mut ticket = Ticket::from_word(word);
-                breaker.core.start(&mut ticket);
-                let guard = Guard::new(breaker.clone(), ticket);
+                self.admission.credits.breaker().core.start(&mut ticket);
+                let guard = Guard::new(self.admission.credits.take(), ticket);
                 let future = self.inner.call(req);
                 ResponseFuture::called(future, guard, self.classify.clone(), self.reject.clone())
             }

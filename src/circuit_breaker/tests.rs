@@ -620,19 +620,88 @@ async fn dropped_call_future_gives_back_its_probe_permit() {
     assert_eq!(b.snapshot().available_permits, Some(1));
 }
 
-#[tokio::test(start_paused = true)]
-async fn leaked_handle_shares_state_with_the_original() {
-    let b = Breaker::builder("dep").consecutive_failures(2).build();
-    let leaked = b.leak();
-    fail(&leaked, 1);
-    fail(&b, 1);
-    assert_eq!(leaked.state(), State::Open);
-    assert_eq!(b.state(), State::Open);
-    leaked.reset();
-    assert_eq!(b.state(), State::Closed);
-    assert!(leaked.downgrade().upgrade().is_some());
-    drop(b);
-    assert!(leaked.downgrade().upgrade().is_some(), "leaked: lives on");
+#[test]
+fn response_futures_keep_the_breaker_alive_and_it_is_freed_after() {
+    use std::future::Future;
+    use std::sync::mpsc;
+    use tower::{Layer, Service};
+    // Futures outlive their service and every handle (as `Oneshot` makes
+    // them do) and still record into the breaker. Made on one thread and
+    // finished on another, each thread is left holding part of a batch of
+    // credits; the breaker is freed when both have given theirs back.
+    let b = Breaker::builder("dep").consecutive_failures(3).build();
+    let weak = b.downgrade();
+    let (to_b, futures) = mpsc::channel();
+    let (a_done_tx, a_done) = mpsc::channel::<()>();
+    let (a_exit_tx, a_exit) = mpsc::channel::<()>();
+    let a = std::thread::spawn(move || {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let inner = tower::service_fn(|fail: bool| {
+            std::future::ready(if fail { Err(std::fmt::Error) } else { Ok(()) })
+        });
+        let mut svc = b.layer().layer(inner);
+        let mut made = Vec::new();
+        for i in 0..200 {
+            assert!(svc.poll_ready(&mut cx).is_ready());
+            made.push(svc.call(i >= 197));
+        }
+        drop(svc);
+        drop(b);
+        to_b.send(made).unwrap();
+        a_done_tx.send(()).unwrap();
+        a_exit.recv().unwrap();
+    });
+    a_done.recv().unwrap();
+    let watched = weak.clone();
+    std::thread::spawn(move || {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut failures = 0;
+        for f in futures.recv().unwrap() {
+            let mut f = std::pin::pin!(f);
+            if let std::task::Poll::Ready(Err(_)) = f.as_mut().poll(&mut cx) {
+                failures += 1;
+            }
+        }
+        assert_eq!(failures, 3);
+        let b = watched.upgrade().expect("alive: both threads hold credits");
+        assert_eq!(
+            b.state(),
+            State::Open,
+            "the futures' outcomes were recorded"
+        );
+    })
+    .join()
+    .unwrap();
+    assert!(weak.upgrade().is_some(), "thread A still holds credits");
+    a_exit_tx.send(()).unwrap();
+    a.join().unwrap();
+    assert!(weak.upgrade().is_none(), "freed once both gave theirs back");
+}
+
+#[test]
+fn a_breaker_used_on_one_thread_is_freed_when_its_handles_are() {
+    use std::future::Future;
+    use tower::{Layer, Service};
+    let b = Breaker::new("dep");
+    let weak = b.downgrade();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut svc = b.layer().layer(tower::service_fn(|()| {
+        std::future::ready(Ok::<_, std::fmt::Error>(()))
+    }));
+    let mut futures = Vec::new();
+    for _ in 0..100 {
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        futures.push(svc.call(()));
+    }
+    drop((svc, b));
+    for f in futures {
+        let mut f = std::pin::pin!(f);
+        assert!(f.as_mut().poll(&mut cx).is_ready());
+    }
+    assert!(
+        weak.upgrade().is_none(),
+        "every credit came back on this thread"
+    );
 }
 
 #[test]

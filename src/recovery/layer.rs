@@ -12,11 +12,11 @@ use super::Recovery;
 use crate::BoxError;
 #[cfg(doc)]
 use crate::circuit_breaker::CallError;
-use crate::circuit_breaker::Rejected;
+use crate::circuit_breaker::{Rejected, Rejection};
 use crate::classify::{Classify, ErrorsAsFailures, Outcome};
 
 /// Whether `error` is a refusal made by this crate rather than a failure of
-/// the dependency: a breaker's [`Rejected`] (bare, boxed, anywhere in a
+/// the dependency: a breaker's [`Rejected`] or [`Rejection`] (bare, boxed, anywhere in a
 /// `BoxError`'s source chain, or as [`CallError::Rejected`] around any
 /// error type), or a drain's `Draining` / `ClientClosed`. A recovery never
 /// counts these: the breaker reports its own opening, and a drain is not an
@@ -44,7 +44,7 @@ pub fn is_refusal<E: 'static>(error: &E) -> bool {
 }
 
 fn is_own_refusal(any: &dyn Any) -> bool {
-    if any.is::<Rejected>() {
+    if any.is::<Rejected>() || any.is::<Rejection>() {
         return true;
     }
     #[cfg(feature = "drain")]
@@ -57,7 +57,7 @@ fn is_own_refusal(any: &dyn Any) -> bool {
 fn chain_has_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(e) = next {
-        if e.is::<Rejected>() {
+        if e.is::<Rejected>() || e.is::<Rejection>() {
             return true;
         }
         #[cfg(feature = "drain")]

@@ -124,7 +124,7 @@ async fn rejections_around_any_error_type_are_not_counted() {
     let boxed: tower_recovery::BoxError = Box::new(b.try_acquire().unwrap_err());
     assert!(is_refusal(&boxed));
     #[derive(Debug)]
-    struct Wrapped(tower_recovery::circuit_breaker::Rejected);
+    struct Wrapped(tower_recovery::circuit_breaker::Rejection);
     impl std::fmt::Display for Wrapped {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("client error")

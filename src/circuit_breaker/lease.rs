@@ -1,0 +1,226 @@
+//! Keeping the breaker alive for a call without an atomic reference count per
+//! call.
+//!
+//! A response future must keep the breaker's state alive until it records
+//! its outcome: it may outlive the service that made it (`Oneshot` drops the
+//! service as it calls). An `Arc` clone per call costs two atomic
+//! read-modify-writes on one cache line that every caller shares: about
+//! 14 ns on one thread of the machine the benches ran on, and far more when
+//! two threads contend for the line.
+//!
+//! Instead a service takes references in batches. One strong count of the
+//! breaker's `Arc` stands for [`BATCH`] credits. Each call takes a credit
+//! from its service ([`Credits::take`], a plain decrement) into a [`Lease`]
+//! that lives in the response future. A finished call gives its credit back
+//! to a small per-thread cache: a thread that collects a whole batch drops
+//! one strong count; a partial batch is added to the breaker's shared tally
+//! (`Core::returned`) when the cache needs the slot for another breaker or
+//! the thread exits, and each whole batch that tally completes drops one
+//! strong count.
+//!
+//! Credits are interchangeable, so every strong count taken is dropped
+//! exactly once when all its credits are back, wherever they were spent; and
+//! while any credit is out, at least one batch is held, so the breaker
+//! outlives every lease. The price: a breaker whose handles are all dropped
+//! is freed once the threads that finished its calls have given back their
+//! partial batches, that is when they next finish calls of
+//! [`WAYS`] other breakers mapped to the same slot, or exit. At most `WAYS`
+//! dropped breakers are held per thread.
+
+#![allow(unsafe_code)]
+
+use std::cell::Cell;
+use std::fmt;
+use std::ops::Deref;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::Breaker;
+use super::core::Core;
+
+/// Credits per strong count.
+pub(crate) const BATCH: u64 = 64;
+/// Breakers a thread's cache holds partial batches for.
+const WAYS: usize = 4;
+
+/// A service's supply of credits for its calls.
+pub(crate) struct Credits {
+    breaker: Breaker,
+    /// Credits left of the batch this service took: its own, spent without
+    /// any shared write.
+    left: u64,
+}
+
+impl Credits {
+    pub(crate) fn new(breaker: Breaker) -> Self {
+        Self { breaker, left: 0 }
+    }
+
+    /// The breaker these credits are for.
+    pub(crate) fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// A lease for one call.
+    #[inline]
+    pub(crate) fn take(&mut self) -> Lease {
+        if self.left == 0 {
+            // One strong count for the next `BATCH` calls of this service.
+            std::mem::forget(Arc::clone(&self.breaker.core));
+            self.left = BATCH;
+        }
+        self.left -= 1;
+        Lease {
+            core: NonNull::from(&*self.breaker.core),
+        }
+    }
+}
+
+impl Clone for Credits {
+    fn clone(&self) -> Self {
+        Self::new(self.breaker.clone())
+    }
+}
+
+impl Drop for Credits {
+    fn drop(&mut self) {
+        if self.left > 0 {
+            give_back(NonNull::from(&*self.breaker.core), self.left);
+        }
+    }
+}
+
+impl fmt::Debug for Credits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credits").field("left", &self.left).finish()
+    }
+}
+
+/// One credit: the breaker is alive while a lease is.
+pub(crate) struct Lease {
+    core: NonNull<Core>,
+}
+
+// SAFETY: a lease is a shared reference to a `Core` (which is `Send` and
+// `Sync`) whose lifetime is guaranteed by the credit it holds.
+unsafe impl Send for Lease {}
+// SAFETY: as above; the lease gives out only `&Core`.
+unsafe impl Sync for Lease {}
+
+impl Deref for Lease {
+    type Target = Core;
+
+    #[inline]
+    fn deref(&self) -> &Core {
+        // SAFETY: the credit this lease holds keeps a strong count of the
+        // breaker's `Arc` alive until the lease is dropped (module docs).
+        unsafe { self.core.as_ref() }
+    }
+}
+
+impl Drop for Lease {
+    #[inline]
+    fn drop(&mut self) {
+        give_back(self.core, 1);
+    }
+}
+
+/// What the cache asks its caller to do once it has updated itself (so that
+/// whatever dropping a breaker runs finds the cache consistent).
+enum Due {
+    Nothing,
+    /// A whole batch is back: drop its strong count.
+    Batch(NonNull<Core>),
+    /// Add a partial batch to the breaker's shared tally.
+    Tally(NonNull<Core>, u64),
+}
+
+/// Partial batches given back on this thread, per breaker.
+struct Cache {
+    cores: [Cell<*const Core>; WAYS],
+    counts: [Cell<u64>; WAYS],
+}
+
+impl Cache {
+    #[inline]
+    fn give(&self, core: NonNull<Core>, n: u64) -> Due {
+        let ptr = core.as_ptr().cast_const();
+        for way in 0..WAYS {
+            if self.cores[way].get() == ptr {
+                let count = self.counts[way].get() + n;
+                if count >= BATCH {
+                    self.counts[way].set(count - BATCH);
+                    return Due::Batch(core);
+                }
+                self.counts[way].set(count);
+                return Due::Nothing;
+            }
+        }
+        // Evict the slot this breaker maps to.
+        let way = (ptr as usize >> 7) % WAYS;
+        let old = self.cores[way].replace(ptr);
+        let old_count = self.counts[way].replace(n);
+        match NonNull::new(old.cast_mut()) {
+            Some(old) if old_count > 0 => Due::Tally(old, old_count),
+            _ => Due::Nothing,
+        }
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        for way in 0..WAYS {
+            let count = self.counts[way].replace(0);
+            if let Some(core) = NonNull::new(self.cores[way].get().cast_mut()) {
+                if count > 0 {
+                    tally(core, count);
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    static CACHE: Cache = const {
+        Cache {
+            cores: [const { Cell::new(std::ptr::null()) }; WAYS],
+            counts: [const { Cell::new(0) }; WAYS],
+        }
+    };
+}
+
+/// Gives back `n` credits of `core`.
+#[inline]
+fn give_back(core: NonNull<Core>, n: u64) {
+    let due = CACHE
+        .try_with(|cache| cache.give(core, n))
+        // The thread is exiting and its cache is gone: straight to the tally.
+        .unwrap_or(Due::Tally(core, n));
+    match due {
+        Due::Nothing => {}
+        // SAFETY: `BATCH` credits of `core` came back: the strong count
+        // taken for them in `Credits::take` is still held, and is dropped
+        // once, here.
+        Due::Batch(core) => unsafe { Arc::decrement_strong_count(core.as_ptr()) },
+        Due::Tally(core, n) => tally(core, n),
+    }
+}
+
+/// Adds `n` returned credits to `core`'s shared tally, dropping a strong
+/// count for each batch the tally completes.
+#[cold]
+fn tally(core: NonNull<Core>, n: u64) {
+    // SAFETY: the `n` credits being returned are still out, so at least one
+    // batch (strong count) is held and `core` is alive.
+    let returned = unsafe { &core.as_ref().returned.0 };
+    let before = returned.fetch_add(n, Ordering::AcqRel);
+    let batches = (before + n) / BATCH - before / BATCH;
+    for _ in 0..batches {
+        // SAFETY: every credit of these batches is back (the tally counts
+        // credits given back nowhere else), so their strong counts, taken
+        // in `Credits::take`, are dropped once each, here. `core` is not
+        // touched after the last one.
+        unsafe { Arc::decrement_strong_count(core.as_ptr()) };
+    }
+}
