@@ -465,10 +465,7 @@ impl Core {
             #[cfg(feature = "metrics")]
             self.metrics(|m| m.rejections.increment(1));
         }
-        Rejection {
-            state,
-            retry_after: retry_after.map(Duration::from_nanos),
-        }
+        Rejection::new(state, retry_after)
     }
 
     /// Stamps the start of the call when slow calls are measured.

@@ -1,6 +1,7 @@
 //! Error types.
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use super::State;
@@ -45,17 +46,38 @@ impl From<Rejection> for Rejected {
 /// [`Breaker::try_acquire`](super::Breaker::try_acquire) and
 /// [`Breaker::call`](super::Breaker::call) return, and what an
 /// [`OnReject`](super::OnReject) receives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// One word (`Option<Rejection>` too): it travels in response futures, which
+/// generic callers move by value.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Rejection {
-    pub(crate) state: State,
-    pub(crate) retry_after: Option<Duration>,
+    /// `[retry-after nanoseconds + 1 (0: none) | state index + 1 (3 bits)]`.
+    packed: NonZeroU64,
 }
 
+const STATES: [State; 5] = [
+    State::Closed,
+    State::Open,
+    State::HalfOpen,
+    State::ForcedOpen,
+    State::Disabled,
+];
+const RETRY_MAX: u64 = (1 << 61) - 2;
+
 impl Rejection {
+    #[inline]
+    pub(crate) fn new(state: State, retry_after_nanos: Option<u64>) -> Self {
+        let index = STATES.iter().position(|s| *s == state).unwrap_or(0) as u64;
+        let retry = retry_after_nanos.map_or(0, |n| n.min(RETRY_MAX) + 1);
+        Self {
+            packed: NonZeroU64::new((retry << 3) | (index + 1)).expect("state bits are nonzero"),
+        }
+    }
+
     /// The state that rejected the call: `Open`, `HalfOpen` (all probe
     /// permits in use) or `ForcedOpen`.
     pub fn state(&self) -> State {
-        self.state
+        STATES[((self.packed.get() & 7) - 1) as usize]
     }
 
     /// When to retry. `Open`: exactly when the next probe is admitted.
@@ -65,13 +87,25 @@ impl Rejection {
     /// keep the circuit open; a probe that succeeds sooner closes it sooner.
     /// `ForcedOpen`: `None`, only a person ends it.
     pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
+        match self.packed.get() >> 3 {
+            0 => None,
+            n => Some(Duration::from_nanos(n - 1)),
+        }
+    }
+}
+
+impl fmt::Debug for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rejection")
+            .field("state", &self.state())
+            .field("retry_after", &self.retry_after())
+            .finish()
     }
 }
 
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.state, self.retry_after) {
+        match (self.state(), self.retry_after()) {
             (State::Open, Some(after)) => {
                 write!(
                     f,

@@ -225,9 +225,10 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        match std::mem::replace(&mut self.admission.latch, EMPTY) {
+        match self.admission.latch {
             EMPTY => panic!("CircuitBreaker::call called before poll_ready returned Ready"),
             REJECTED => {
+                self.admission.latch = EMPTY;
                 let rejected = self
                     .admission
                     .rejected
@@ -238,8 +239,14 @@ where
             word => {
                 let mut ticket = Ticket::from_word(word);
                 self.admission.credits.breaker().core.start(&mut ticket);
-                let guard = Guard::new(self.admission.credits.take(), ticket);
+                // The admission stays latched until the inner call returns
+                // (if it panics, dropping the service gives it back). The
+                // guard is made after it, straight into the future: built
+                // before and moved in, its words were read back wider than
+                // they were written, a store-forwarding stall per call.
                 let future = self.inner.call(req);
+                self.admission.latch = EMPTY;
+                let guard = Guard::new(self.admission.credits.take(), ticket);
                 ResponseFuture::called(future, guard, self.classify.clone(), self.reject.clone())
             }
         }
