@@ -19,3 +19,37 @@ pub(crate) fn truncate_utf8(mut text: String, max: usize) -> String {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub(crate) struct Padded<T>(pub(crate) T);
+
+/// Stripes of a striped counter: enough for the machine's threads to write
+/// mostly their own, at most 8; a power of two.
+#[cfg(feature = "circuit-breaker")]
+pub(crate) fn stripes() -> usize {
+    static STRIPES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *STRIPES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8)
+            .next_power_of_two()
+    })
+}
+
+/// This thread's stripe: threads are numbered as they first ask, so the
+/// first [`stripes`] threads to record each get a stripe of their own.
+#[cfg(feature = "circuit-breaker")]
+#[inline]
+pub(crate) fn stripe() -> usize {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    STRIPE.with(|stripe| {
+        let mut index = stripe.get();
+        if index == usize::MAX {
+            index = NEXT.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
+            stripe.set(index);
+        }
+        index
+    })
+}

@@ -73,6 +73,12 @@ fn code_of(state: State) -> u64 {
 
 const COUNT_MASK: u64 = 0xffff_ffff;
 
+/// Whether `part` is at least `ppm` parts per million of `whole`.
+#[inline]
+fn at_least(part: u64, ppm: u64, whole: u64) -> bool {
+    u128::from(part) * 1_000_000 >= u128::from(ppm) * u128::from(whole)
+}
+
 /// The consecutive-failure word of generation `word` with a zero count.
 #[inline]
 fn cons_tag(word: u64) -> u64 {
@@ -280,6 +286,10 @@ pub(crate) struct Core {
     simple: bool,
     pub(crate) cfg: Config,
     pub(crate) clock: Clock,
+    /// Set when the coarse clock stands in for `clock` in the window and
+    /// slow-call measurement (decided at build: `clock` is tokio's, not
+    /// paused, or the coarse clock itself); keeps it ticking.
+    fast: Option<crate::clock::CoarseTicking>,
     pub(crate) name: Arc<str>,
     pub(crate) changed: Arc<Notify>,
     events: broadcast::Sender<Transition>,
@@ -321,6 +331,12 @@ impl Core {
         };
         let now = clock.now_nanos();
         let simple = matches!(window, Window::None) && cfg.slow_nanos.is_none();
+        let timed = matches!(window, Window::Time(_)) || cfg.slow_nanos.is_some();
+        let fast = if timed && clock.follows_real_time() {
+            crate::clock::coarse_ticking()
+        } else {
+            None
+        };
         Self {
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::Bound::new(),
@@ -339,6 +355,7 @@ impl Core {
             window,
             cfg,
             clock,
+            fast,
             name,
             changed: Arc::new(Notify::new()),
             events: broadcast::channel(EVENT_CAPACITY).0,
@@ -472,7 +489,7 @@ impl Core {
     #[inline]
     pub(crate) fn start(&self, ticket: &mut Ticket) {
         if self.cfg.slow_nanos.is_some() {
-            ticket.start = self.clock.now_nanos();
+            ticket.start = self.fast_now();
         }
     }
 
@@ -583,47 +600,88 @@ impl Core {
         };
         let (now, slow) = match self.cfg.slow_nanos {
             Some(limit) => {
-                let now = self.clock.now_nanos();
+                let now = self.fast_now();
                 (now, now.saturating_sub(ticket.start) >= limit)
             }
             None => (0, false),
         };
-        let counts = match &self.window {
-            Window::None => WindowCounts::default(),
-            Window::Count(ring) => ring.record(failed, slow),
-            Window::Time(buckets) => {
-                let now = if self.cfg.slow_nanos.is_some() {
-                    now
-                } else {
-                    self.clock.now_nanos()
-                };
-                buckets.record(now, failed, slow)
-            }
-        };
         let cause = match self.cfg.rule {
             TripRule::Consecutive(limit) => {
+                if !matches!(self.window, Window::None) {
+                    self.window_record(now, failed, slow);
+                }
                 (consecutive >= limit).then_some(Cause::ConsecutiveFailures)
             }
             TripRule::Rate {
                 minimum_calls,
                 failure_ppm,
                 slow_ppm,
-            } => {
-                if counts.calls < minimum_calls {
-                    None
-                } else if counts.failures * 1_000_000 >= failure_ppm * counts.calls {
+            } => match self.window_record(now, failed, slow) {
+                None => None,
+                Some(counts) if counts.calls < minimum_calls => None,
+                Some(counts) if at_least(counts.failures, failure_ppm, counts.calls) => {
                     Some(Cause::FailureRate)
-                } else if slow_ppm.is_some_and(|ppm| counts.slow * 1_000_000 >= ppm * counts.calls)
+                }
+                Some(counts)
+                    if slow_ppm.is_some_and(|ppm| at_least(counts.slow, ppm, counts.calls)) =>
                 {
                     Some(Cause::SlowCallRate)
-                } else {
-                    None
                 }
-            }
+                Some(_) => None,
+            },
         };
         if let Some(cause) = cause {
             let now = self.clock.now_nanos();
             self.transition(ticket.word, State::Open, cause, now);
+        }
+    }
+
+    /// Records an outcome in the window. Returns the window's counts when a
+    /// rate rule could trip on them, `None` when it certainly cannot (the
+    /// time window then skips summing its striped call counts).
+    #[inline]
+    fn window_record(&self, now: u64, failed: bool, slow: bool) -> Option<WindowCounts> {
+        match &self.window {
+            Window::None => Some(WindowCounts::default()),
+            Window::Count(ring) => Some(ring.record(failed, slow)),
+            Window::Time(buckets) => {
+                let now = if self.cfg.slow_nanos.is_some() {
+                    now
+                } else {
+                    self.fast_now()
+                };
+                let (failures, slow_calls) = buckets.record(now, failed, slow);
+                // With `calls >= minimum_calls`, a rate can be reached only
+                // if the failures (or slow calls) alone reach it at the
+                // minimum.
+                let TripRule::Rate {
+                    minimum_calls,
+                    failure_ppm,
+                    slow_ppm,
+                } = self.cfg.rule
+                else {
+                    return None;
+                };
+                let possible = at_least(failures, failure_ppm, minimum_calls)
+                    || slow_ppm.is_some_and(|ppm| at_least(slow_calls, ppm, minimum_calls));
+                possible.then(|| WindowCounts {
+                    calls: buckets.calls(now),
+                    failures,
+                    slow: slow_calls,
+                })
+            }
+        }
+    }
+
+    /// Time for the window and slow-call measurement: the coarse clock (one
+    /// load) where it stands in for the breaker's clock, otherwise that
+    /// clock.
+    #[inline]
+    fn fast_now(&self) -> u64 {
+        if self.fast.is_some() {
+            crate::clock::coarse_now()
+        } else {
+            self.clock.now_nanos()
         }
     }
 
@@ -748,14 +806,10 @@ impl Core {
     }
 
     pub(crate) fn counts(&self) -> Counts {
-        self.counts_at(self.clock.now_nanos())
-    }
-
-    fn counts_at(&self, now: u64) -> Counts {
         let w = match &self.window {
             Window::None => WindowCounts::default(),
             Window::Count(ring) => ring.counts(),
-            Window::Time(buckets) => buckets.counts(now),
+            Window::Time(buckets) => buckets.counts(self.fast_now()),
         };
         Counts {
             consecutive_failures: {
@@ -892,7 +946,7 @@ impl Core {
         now: u64,
     ) {
         let from = state_of(word);
-        let counts = self.counts_at(now);
+        let counts = self.counts();
         let next = ((generation(word) + 1) << CODE_BITS) | code_of(to);
         let mut open_for = None;
         match to {

@@ -213,78 +213,99 @@ fn live_count(cell: u64, tick: u64, live: u64) -> u64 {
     }
 }
 
-#[derive(Debug, Default)]
-#[repr(align(64))]
-struct Bucket {
-    calls: AtomicU64,
-    failures: AtomicU64,
-    slow: AtomicU64,
-}
-
 /// Fixed time buckets aligned to multiples of the bucket width.
 ///
 /// A bucket `[k*w, (k+1)*w)` is live while its end is less than a full window
 /// old, so at tick `t` the live buckets are `t - n ..= t` (`n` = buckets per
 /// window): the ring holds `n + 1` slots.
 ///
-/// Bounds: a bucket counts at most 2^32 - 1 calls (and as many failures and
-/// slow calls); beyond that it saturates, it never wraps. The window's totals
-/// are 64-bit. Bucket tags are the tick modulo 2^32: a window idle for a
-/// whole window or more is emptied outright when next used, so the wrap
-/// never brings old counts back, except after an idle gap within one window
-/// of an exact multiple of 2^32 ticks (4,971 days of 100 ms buckets, 71
-/// minutes of the smallest, 1 µs, buckets).
+/// Every call adds to its bucket's call count, so that count is striped:
+/// each thread adds to its own stripe's copy of the ring (see
+/// [`crate::util::stripe`]), and two threads recording at once do not fight
+/// over one cache line. A bucket's calls are the sum over the stripes, read
+/// only when a rate could trip (see [`TimeBuckets::record`]). Failures and
+/// slow calls, written only when they happen, are one ring each with a
+/// running total.
+///
+/// Bounds: a bucket's cell counts at most 2^32 - 1 outcomes; beyond that it
+/// saturates, it never wraps. The totals are 64-bit. Bucket tags are the
+/// tick modulo 2^32: a window idle for a whole window or more is emptied
+/// outright when next used, so the wrap never brings old counts back, except
+/// after an idle gap within one window of an exact multiple of 2^32 ticks
+/// (4,971 days of 100 ms buckets, 71 minutes of the smallest, 1 µs,
+/// buckets).
 ///
 /// Calls, failures and slow calls are separate cells: an outcome recorded by
 /// a thread that read the clock just before its bucket expired, racing the
 /// rotation, may have its call counted in the next bucket and its failure
 /// expired (or the reverse). Every count still lands once, never twice, and
-/// the running totals always equal the sum of the buckets.
+/// the running totals always equal the sum of their buckets.
 #[derive(Debug)]
 pub(crate) struct TimeBuckets {
     head: Padded<AtomicU64>,
-    calls: Padded<AtomicI64>,
-    failures: Padded<AtomicI64>,
-    slow: Padded<AtomicI64>,
+    failures_total: Padded<AtomicI64>,
+    slow_total: Padded<AtomicI64>,
     width: u64,
-    buckets: Box<[Bucket]>,
+    /// Slots in a ring: buckets per window + 1.
+    live: usize,
+    /// Cells from one stripe's ring to the next (the ring, then a cache
+    /// line pair of padding).
+    stride: usize,
+    stripes: usize,
+    calls: Box<[AtomicU64]>,
+    failures: Box<[AtomicU64]>,
+    slow: Box<[AtomicU64]>,
+}
+
+/// Cells of padding between stripes: two cache lines.
+const STRIPE_GAP: usize = 16;
+
+fn cells(n: usize) -> Box<[AtomicU64]> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
 }
 
 impl TimeBuckets {
     pub(crate) fn new(width_nanos: u64, per_window: u32) -> Self {
+        let live = per_window as usize + 1;
+        let stripes = crate::util::stripes();
+        let stride = live + STRIPE_GAP;
         Self {
             head: Padded(AtomicU64::new(0)),
-            calls: Padded(AtomicI64::new(0)),
-            failures: Padded(AtomicI64::new(0)),
-            slow: Padded(AtomicI64::new(0)),
+            failures_total: Padded(AtomicI64::new(0)),
+            slow_total: Padded(AtomicI64::new(0)),
             width: width_nanos.max(1),
-            buckets: (0..=per_window).map(|_| Bucket::default()).collect(),
+            live,
+            stride,
+            stripes,
+            calls: cells(stride * stripes),
+            failures: cells(live),
+            slow: cells(live),
         }
     }
 
+    /// Records an outcome at `now`. Returns the window's failures and slow
+    /// calls (running totals, two loads); the calls, a sum over every
+    /// stripe, are [`calls`](Self::calls), for when a rate could trip.
     #[inline]
-    pub(crate) fn record(&self, now: u64, failed: bool, slow: bool) -> WindowCounts {
+    pub(crate) fn record(&self, now: u64, failed: bool, slow: bool) -> (u64, u64) {
         let tick = now / self.width;
         if tick > self.head.0.load(Ordering::Acquire) {
             self.advance(tick);
         }
-        let bucket = &self.buckets[(tick % self.buckets.len() as u64) as usize];
-        let calls = Self::apply(&self.calls.0, add(&bucket.calls, tick, 1));
+        let slot = (tick % self.live as u64) as usize;
+        let stripe = crate::util::stripe() & (self.stripes - 1);
+        add(&self.calls[stripe * self.stride + slot], tick, 1);
         let failures = if failed {
-            Self::apply(&self.failures.0, add(&bucket.failures, tick, 1))
+            Self::apply(&self.failures_total.0, add(&self.failures[slot], tick, 1))
         } else {
-            self.failures.0.load(Ordering::Acquire)
+            self.failures_total.0.load(Ordering::Acquire)
         };
         let slow_total = if slow {
-            Self::apply(&self.slow.0, add(&bucket.slow, tick, 1))
+            Self::apply(&self.slow_total.0, add(&self.slow[slot], tick, 1))
         } else {
-            self.slow.0.load(Ordering::Relaxed)
+            self.slow_total.0.load(Ordering::Relaxed)
         };
-        WindowCounts {
-            calls: calls.max(0) as u64,
-            failures: failures.max(0) as u64,
-            slow: slow_total.max(0) as u64,
-        }
+        (failures.max(0) as u64, slow_total.max(0) as u64)
     }
 
     #[inline]
@@ -296,30 +317,68 @@ impl TimeBuckets {
         }
     }
 
+    /// Whether nothing has been recorded for a whole window before `tick`.
+    fn idle(&self, tick: u64) -> bool {
+        tick >= self
+            .head
+            .0
+            .load(Ordering::Acquire)
+            .saturating_add(self.live as u64)
+    }
+
+    /// Calls in the buckets still live at `now`, over every stripe. Reads
+    /// only.
+    pub(crate) fn calls(&self, now: u64) -> u64 {
+        let tick = now / self.width;
+        if self.idle(tick) {
+            return 0;
+        }
+        let live = self.live as u64;
+        (0..self.stripes)
+            .flat_map(|s| &self.calls[s * self.stride..s * self.stride + self.live])
+            .map(|cell| live_count(cell.load(Ordering::Acquire), tick, live))
+            .sum()
+    }
+
     /// Counts of the buckets still live at `now`. Reads only: it sums the
-    /// live buckets (O(buckets)), it never rotates one.
+    /// live buckets (O(buckets x stripes)), it never rotates one.
     pub(crate) fn counts(&self, now: u64) -> WindowCounts {
         let tick = now / self.width;
-        let live = self.buckets.len() as u64;
-        let mut counts = WindowCounts::default();
-        if tick >= self.head.0.load(Ordering::Acquire).saturating_add(live) {
+        let live = self.live as u64;
+        if self.idle(tick) {
             // Nothing recorded for a whole window: all expired, whatever
             // the (wrapping) tags would say.
-            return counts;
+            return WindowCounts::default();
         }
-        for bucket in self.buckets.iter() {
-            counts.calls += live_count(bucket.calls.load(Ordering::Acquire), tick, live);
-            counts.failures += live_count(bucket.failures.load(Ordering::Acquire), tick, live);
-            counts.slow += live_count(bucket.slow.load(Ordering::Acquire), tick, live);
+        let sum = |cells: &[AtomicU64]| -> u64 {
+            cells
+                .iter()
+                .map(|cell| live_count(cell.load(Ordering::Acquire), tick, live))
+                .sum()
+        };
+        WindowCounts {
+            calls: self.calls(now),
+            failures: sum(&self.failures),
+            slow: sum(&self.slow),
         }
-        counts
+    }
+
+    /// Every cell of slot `slot`: each stripe's calls, failures, slow calls,
+    /// with the running total each belongs to.
+    fn slot_cells(&self, slot: usize) -> impl Iterator<Item = (&AtomicU64, Option<&AtomicI64>)> {
+        (0..self.stripes)
+            .map(move |s| (&self.calls[s * self.stride + slot], None))
+            .chain([
+                (&self.failures[slot], Some(&self.failures_total.0)),
+                (&self.slow[slot], Some(&self.slow_total.0)),
+            ])
     }
 
     /// Rotates every slot that the ticks up to `tick` reuse, evicting what
     /// it held.
     #[cold]
     fn advance(&self, tick: u64) {
-        let n = self.buckets.len() as u64;
+        let n = self.live as u64;
         let head = self.head.0.load(Ordering::Acquire);
         if tick <= head {
             // Another recorder moved the head past us since we looked.
@@ -327,54 +386,56 @@ impl TimeBuckets {
         }
         if tick - head >= n {
             // Idle for a whole window or more: everything has expired. The
-            // tags wrap (2^24 ticks), so an old bucket is emptied outright
+            // tags wrap (2^32 ticks), so an old bucket is emptied outright
             // unless a racing recorder has just written a tick near ours.
             for x in tick + 1 - n..=tick {
-                let bucket = &self.buckets[(x % n) as usize];
-                Self::apply(&self.calls.0, expire(&bucket.calls, x, n));
-                Self::apply(&self.failures.0, expire(&bucket.failures, x, n));
-                Self::apply(&self.slow.0, expire(&bucket.slow, x, n));
+                for (cell, total) in self.slot_cells((x % n) as usize) {
+                    let change = expire(cell, x, n);
+                    if let Some(total) = total {
+                        Self::apply(total, change);
+                    }
+                }
             }
             self.head.0.fetch_max(tick, Ordering::AcqRel);
             return;
         }
-        let first = head + 1;
-        for x in first..=tick {
-            let bucket = &self.buckets[(x % n) as usize];
-            Self::apply(&self.calls.0, add(&bucket.calls, x, 0));
-            Self::apply(&self.failures.0, add(&bucket.failures, x, 0));
-            Self::apply(&self.slow.0, add(&bucket.slow, x, 0));
+        for x in head + 1..=tick {
+            for (cell, total) in self.slot_cells((x % n) as usize) {
+                let change = add(cell, x, 0);
+                if let Some(total) = total {
+                    Self::apply(total, change);
+                }
+            }
         }
         self.head.0.fetch_max(tick, Ordering::AcqRel);
     }
 
     /// Empties every bucket (the breaker closed or was reset).
     pub(crate) fn clear(&self) {
-        let take = |cell: &AtomicU64, total: &AtomicI64| {
-            let mut cur = cell.load(Ordering::Acquire);
-            loop {
-                let count = cur & BUCKET_MAX;
-                if count == 0 {
-                    return;
-                }
-                match cell.compare_exchange_weak(
-                    cur,
-                    cur - count,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => {
-                        total.fetch_sub(count as i64, Ordering::AcqRel);
-                        return;
+        for slot in 0..self.live {
+            for (cell, total) in self.slot_cells(slot) {
+                let mut cur = cell.load(Ordering::Acquire);
+                loop {
+                    let count = cur & BUCKET_MAX;
+                    if count == 0 {
+                        break;
                     }
-                    Err(actual) => cur = actual,
+                    match cell.compare_exchange_weak(
+                        cur,
+                        cur - count,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => {
+                            if let Some(total) = total {
+                                total.fetch_sub(count as i64, Ordering::AcqRel);
+                            }
+                            break;
+                        }
+                        Err(actual) => cur = actual,
+                    }
                 }
             }
-        };
-        for bucket in self.buckets.iter() {
-            take(&bucket.calls, &self.calls.0);
-            take(&bucket.failures, &self.failures.0);
-            take(&bucket.slow, &self.slow.0);
         }
     }
 }
@@ -446,19 +507,34 @@ mod tests {
         // More than 2^32 calls in one window: the old packed 32-bit totals
         // wrapped here and the rate was garbage.
         let w = TimeBuckets::new(10, 4);
-        let cell = &w.buckets[0].calls;
-        cell.store(BUCKET_MAX - 1, Ordering::Relaxed); // tick 0's tag
-        w.calls.0.store((BUCKET_MAX - 1) as i64, Ordering::Relaxed);
-        let c = w.record(5, true, false);
-        assert_eq!(c.calls, BUCKET_MAX, "2^32 - 1 calls counted");
-        let c = w.record(5, true, false);
-        assert_eq!(c.calls, BUCKET_MAX, "saturated, not wrapped");
-        assert_eq!(c.failures, 2);
+        let stripe = crate::util::stripe() & (w.stripes - 1);
+        w.calls[stripe * w.stride].store(BUCKET_MAX - 1, Ordering::Relaxed); // tick 0
+        w.failures[0].store(BUCKET_MAX - 1, Ordering::Relaxed);
+        w.failures_total
+            .0
+            .store((BUCKET_MAX - 1) as i64, Ordering::Relaxed);
+        w.record(5, true, false);
+        assert_eq!(w.calls(5), BUCKET_MAX, "2^32 - 1 calls counted");
+        let (failures, _) = w.record(5, true, false);
+        assert_eq!(w.calls(5), BUCKET_MAX, "saturated, not wrapped");
+        assert_eq!(failures, BUCKET_MAX, "saturated, not wrapped");
         assert_eq!(w.counts(9).calls, BUCKET_MAX);
         // Rotation evicts exactly what the bucket held.
         assert_eq!(w.counts(1_000).calls, 0);
-        w.record(1_000, false, false);
+        let (failures, _) = w.record(1_000, false, false);
+        assert_eq!(failures, 0, "the total lost what the bucket held");
         assert_eq!(w.counts(1_000).calls, 1);
+    }
+
+    #[test]
+    fn every_stripe_counts() {
+        let w = TimeBuckets::new(10, 4);
+        for s in 0..w.stripes {
+            w.calls[s * w.stride + 1].store((1 << COUNT_BITS) | 2, Ordering::Relaxed);
+        }
+        assert_eq!(w.counts(15).calls, 2 * w.stripes as u64);
+        w.clear();
+        assert_eq!(w.counts(15), WindowCounts::default());
     }
 
     #[test]
