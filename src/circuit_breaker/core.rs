@@ -278,6 +278,8 @@ pub(crate) struct Core {
     /// The open duration the next opening from half-open would use.
     next_open: AtomicU64,
     transitions: AtomicU64,
+    /// Unique among the breakers of this process (never 0).
+    pub(crate) id: u64,
     /// Call credits given back through the shared tally (see `lease`).
     pub(crate) returned: Padded<AtomicU64>,
     window: Window,
@@ -351,6 +353,10 @@ impl Core {
             half_open_until: AtomicU64::new(u64::MAX),
             next_open: AtomicU64::new(cfg.open_base.min(cfg.open_max)),
             transitions: AtomicU64::new(0),
+            id: {
+                static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
             returned: Padded(AtomicU64::new(0)),
             window,
             cfg,
@@ -643,7 +649,10 @@ impl Core {
     fn window_record(&self, now: u64, failed: bool, slow: bool) -> Option<WindowCounts> {
         match &self.window {
             Window::None => Some(WindowCounts::default()),
-            Window::Count(ring) => Some(ring.record(failed, slow)),
+            Window::Count(ring) => {
+                let slot = super::lease::ring_slot(self, ring.block(), |n| ring.reserve(n));
+                Some(ring.record_at(slot, failed, slow))
+            }
             Window::Time(buckets) => {
                 let now = if self.cfg.slow_nanos.is_some() {
                     now

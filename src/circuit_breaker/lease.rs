@@ -128,43 +128,99 @@ impl Drop for Lease {
 
 /// What the cache asks its caller to do once it has updated itself (so that
 /// whatever dropping a breaker runs finds the cache consistent).
-enum Due {
-    Nothing,
+#[derive(Default)]
+#[must_use]
+struct Due {
     /// A whole batch is back: drop its strong count.
-    Batch(NonNull<Core>),
-    /// Add a partial batch to the breaker's shared tally.
-    Tally(NonNull<Core>, u64),
+    batch: Option<NonNull<Core>>,
+    /// A partial batch to add to a breaker's shared tally (evicted).
+    tally: Option<(NonNull<Core>, u64)>,
 }
 
-/// Partial batches given back on this thread, per breaker.
+impl Due {
+    #[inline]
+    fn run(self) {
+        if let Some((core, n)) = self.tally {
+            tally(core, n);
+        }
+        if let Some(core) = self.batch {
+            // SAFETY: `BATCH` credits of `core` came back: the strong count
+            // taken for them in `Credits::take` is still held, and is
+            // dropped once, here.
+            unsafe { Arc::decrement_strong_count(core.as_ptr()) };
+        }
+    }
+}
+
+/// Per breaker this thread worked for recently: credits given back (a
+/// partial batch) and the block of count-window slots it is filling.
 struct Cache {
     cores: [Cell<*const Core>; WAYS],
     counts: [Cell<u64>; WAYS],
+    ring_next: [Cell<u64>; WAYS],
+    ring_left: [Cell<u64>; WAYS],
+    /// The breaker (`Core::id`) the block is of: a breaker freed and
+    /// another allocated at its address must not inherit its block.
+    ring_of: [Cell<u64>; WAYS],
 }
 
 impl Cache {
+    /// The way holding `ptr`, installed (evicting another) if missing.
     #[inline]
-    fn give(&self, core: NonNull<Core>, n: u64) -> Due {
-        let ptr = core.as_ptr().cast_const();
+    fn way(&self, ptr: *const Core) -> (usize, Due) {
         for way in 0..WAYS {
             if self.cores[way].get() == ptr {
-                let count = self.counts[way].get() + n;
-                if count >= BATCH {
-                    self.counts[way].set(count - BATCH);
-                    return Due::Batch(core);
-                }
-                self.counts[way].set(count);
-                return Due::Nothing;
+                return (way, Due::default());
             }
         }
-        // Evict the slot this breaker maps to.
+        self.install(ptr)
+    }
+
+    #[cold]
+    fn install(&self, ptr: *const Core) -> (usize, Due) {
         let way = (ptr as usize >> 7) % WAYS;
         let old = self.cores[way].replace(ptr);
-        let old_count = self.counts[way].replace(n);
-        match NonNull::new(old.cast_mut()) {
-            Some(old) if old_count > 0 => Due::Tally(old, old_count),
-            _ => Due::Nothing,
+        let old_count = self.counts[way].replace(0);
+        self.ring_left[way].set(0);
+        let tally = NonNull::new(old.cast_mut())
+            .filter(|_| old_count > 0)
+            .map(|old| (old, old_count));
+        (way, Due { batch: None, tally })
+    }
+
+    #[inline]
+    fn give(&self, core: NonNull<Core>, n: u64) -> Due {
+        let (way, mut due) = self.way(core.as_ptr().cast_const());
+        let count = self.counts[way].get() + n;
+        if count >= BATCH {
+            self.counts[way].set(count - BATCH);
+            due.batch = Some(core);
+        } else {
+            self.counts[way].set(count);
         }
+        due
+    }
+
+    /// The next slot of this thread's block for `core`'s count window,
+    /// reserving a new block of `block` slots with `reserve` when it is used
+    /// up.
+    #[inline]
+    fn ring_slot(&self, core: &Core, block: u64, reserve: impl FnOnce(u64) -> u64) -> (u64, Due) {
+        let (way, due) = self.way(core);
+        let left = self.ring_left[way].get();
+        let slot = if left == 0 || self.ring_of[way].get() != core.id {
+            let start = reserve(block);
+            self.ring_next[way].set(start + 1);
+            self.ring_left[way].set(block - 1);
+            self.ring_of[way].set(core.id);
+            start
+        } else {
+            let next = self.ring_next[way].get();
+            self.ring_next[way].set(next + 1);
+            self.ring_left[way].set(left - 1);
+            next
+        };
+        (slot, due)
     }
 }
 
@@ -186,6 +242,9 @@ thread_local! {
         Cache {
             cores: [const { Cell::new(std::ptr::null()) }; WAYS],
             counts: [const { Cell::new(0) }; WAYS],
+            ring_next: [const { Cell::new(0) }; WAYS],
+            ring_left: [const { Cell::new(0) }; WAYS],
+            ring_of: [const { Cell::new(0) }; WAYS],
         }
     };
 }
@@ -193,17 +252,27 @@ thread_local! {
 /// Gives back `n` credits of `core`.
 #[inline]
 fn give_back(core: NonNull<Core>, n: u64) {
-    let due = CACHE
+    CACHE
         .try_with(|cache| cache.give(core, n))
         // The thread is exiting and its cache is gone: straight to the tally.
-        .unwrap_or(Due::Tally(core, n));
-    match due {
-        Due::Nothing => {}
-        // SAFETY: `BATCH` credits of `core` came back: the strong count
-        // taken for them in `Credits::take` is still held, and is dropped
-        // once, here.
-        Due::Batch(core) => unsafe { Arc::decrement_strong_count(core.as_ptr()) },
-        Due::Tally(core, n) => tally(core, n),
+        .unwrap_or(Due {
+            batch: None,
+            tally: Some((core, n)),
+        })
+        .run();
+}
+
+/// The count-window slot for an outcome this thread records for `core`:
+/// threads fill blocks of `block` consecutive slots that they reserve with
+/// `reserve` (one shared read-modify-write per block, not per call).
+#[inline]
+pub(crate) fn ring_slot(core: &Core, block: u64, reserve: impl Fn(u64) -> u64) -> u64 {
+    match CACHE.try_with(|cache| cache.ring_slot(core, block, &reserve)) {
+        Ok((slot, due)) => {
+            due.run();
+            slot
+        }
+        Err(_) => reserve(1),
     }
 }
 

@@ -48,28 +48,58 @@ fn packed(code: u8) -> i64 {
 }
 
 /// The last `size` calls, in a ring.
+///
+/// Each recording thread fills a block of consecutive slots that it reserves
+/// at once ([`block`](Self::block) of them; see `lease::ring_slot`), so that
+/// threads recording at once do not fight over the ring's head. One thread
+/// alone fills the ring in call order: the window is exactly its last
+/// `size` calls. With several, each fills its own block in order, and a
+/// thread that stops recording leaves at most one block partly filled with
+/// outcomes from the ring's previous lap.
 #[derive(Debug)]
 pub(crate) struct CountRing {
     head: Padded<AtomicU64>,
     totals: Padded<AtomicU64>,
     slow: Padded<AtomicI64>,
+    block: u64,
     slots: Box<[AtomicU8]>,
 }
 
 impl CountRing {
     pub(crate) fn new(size: u32) -> Self {
+        let stripes = crate::util::stripes() as u64;
         Self {
             head: Padded(AtomicU64::new(0)),
             totals: Padded(AtomicU64::new(0)),
             slow: Padded(AtomicI64::new(0)),
+            block: (u64::from(size) / (4 * stripes)).clamp(1, 64),
             slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
         }
     }
 
+    /// Slots a thread reserves at once.
     #[inline]
+    pub(crate) fn block(&self) -> u64 {
+        self.block
+    }
+
+    /// Reserves `n` consecutive slots; returns the first one's index.
+    #[inline]
+    pub(crate) fn reserve(&self, n: u64) -> u64 {
+        self.head.0.fetch_add(n, Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
     pub(crate) fn record(&self, failed: bool, slow: bool) -> WindowCounts {
+        self.record_at(self.reserve(1), failed, slow)
+    }
+
+    /// Records an outcome in slot `index` (modulo the size), evicting the
+    /// outcome it held.
+    #[inline]
+    pub(crate) fn record_at(&self, index: u64, failed: bool, slow: bool) -> WindowCounts {
         let code = RECORDED | (u8::from(failed) << 1) | (u8::from(slow) << 2);
-        let i = self.head.0.fetch_add(1, Ordering::Relaxed) % self.slots.len() as u64;
+        let i = index % self.slots.len() as u64;
         let slot = &self.slots[i as usize];
         if slot.load(Ordering::Acquire) == code {
             // The steady state: the evicted call had the same outcome, so
