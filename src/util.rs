@@ -57,3 +57,35 @@ pub(crate) fn stripe() -> usize {
         index
     })
 }
+
+/// A counter that threads add to without sharing a cache line: one cell per
+/// stripe, summed when read.
+#[cfg(feature = "circuit-breaker")]
+#[derive(Debug)]
+pub(crate) struct Striped {
+    cells: Box<[Padded<crate::sync::atomic::AtomicU64>]>,
+}
+
+#[cfg(feature = "circuit-breaker")]
+impl Striped {
+    pub(crate) fn new() -> Self {
+        Self {
+            cells: (0..stripes())
+                .map(|_| Padded(crate::sync::atomic::AtomicU64::new(0)))
+                .collect(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn add(&self, n: u64) {
+        let cell = &self.cells[stripe() & (self.cells.len() - 1)];
+        cell.0.fetch_add(n, crate::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn sum(&self) -> u64 {
+        self.cells
+            .iter()
+            .map(|c| c.0.load(crate::sync::atomic::Ordering::Acquire))
+            .sum()
+    }
+}

@@ -268,7 +268,7 @@ pub(crate) struct Core {
     consecutive: Padded<AtomicU64>,
     half_open: Padded<AtomicU64>,
     failures: Padded<AtomicU64>,
-    rejected: Padded<AtomicU64>,
+    rejected: crate::util::Striped,
     open_until: AtomicU64,
     /// The end of the open wait on the coarse clock, when this breaker's
     /// clock follows real time (0 otherwise): the reject path's check is
@@ -347,7 +347,7 @@ impl Core {
             consecutive: Padded(AtomicU64::new(0)),
             half_open: Padded(AtomicU64::new(0)),
             failures: Padded(AtomicU64::new(0)),
-            rejected: Padded(AtomicU64::new(0)),
+            rejected: crate::util::Striped::new(),
             open_until: AtomicU64::new(0),
             open_until_coarse: AtomicU64::new(0),
             half_open_until: AtomicU64::new(u64::MAX),
@@ -484,7 +484,7 @@ impl Core {
     #[inline]
     fn reject(&self, state: State, retry_after: Option<u64>, count: bool) -> Rejection {
         if count {
-            self.rejected.0.fetch_add(1, Ordering::Relaxed);
+            self.rejected.add(1);
             #[cfg(feature = "metrics")]
             self.metrics(|m| m.rejections.increment(1));
         }
@@ -840,7 +840,7 @@ impl Core {
     }
 
     pub(crate) fn rejected(&self) -> u64 {
-        self.rejected.0.load(Ordering::Acquire)
+        self.rejected.sum()
     }
 
     pub(crate) fn transitions(&self) -> u64 {
