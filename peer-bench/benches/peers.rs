@@ -3,22 +3,26 @@
 //!
 //! `cd peer-bench && cargo bench` (see the crate README).
 //!
-//! Each peer is driven the way its documentation shows: recloser and
-//! failsafe through their synchronous `call(closure)`, seatbelt and
-//! tower-resilience as Tower services (`poll_ready`, `call`, poll the future).
-//! Ours is measured both ways: as a Tower layer (with a counted and a leaked
-//! handle) and through `try_acquire`, the synchronous equivalent.
+//! Every contender is driven the way generic Tower code drives a service
+//! (`tower::util::Oneshot`, `Buffer`'s worker, axum): each caller owns a
+//! clone of the service, awaits `ServiceExt::ready`, calls `call(req)` and
+//! moves the response future by value into the `.await` that completes it.
+//! seatbelt and tower-resilience are Tower services; recloser and failsafe
+//! are wrapped in the Tower service a user would write around their
+//! synchronous `call(closure)`. Ours is the default configuration
+//! (`Breaker::builder(..).build().layer()`, default clock), as a user gets it.
 
 use std::fmt;
-use std::future::Future;
+use std::future::{Future, Ready, ready};
 use std::hint::black_box;
 use std::pin::pin;
-use std::sync::Barrier;
+use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tower::{Layer, Service, service_fn};
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_recovery::BoxError;
 
 type Output = Result<u8, fmt::Error>;
 
@@ -27,16 +31,15 @@ fn work(fail: bool) -> Output {
     if fail { Err(fmt::Error) } else { Ok(1) }
 }
 
-type Inner = tower::util::ServiceFn<fn(bool) -> std::future::Ready<Output>>;
+type Inner = tower::util::ServiceFn<fn(bool) -> Ready<Output>>;
 
 fn inner() -> Inner {
-    service_fn(|fail: bool| std::future::ready(work(fail)))
+    service_fn(|fail: bool| ready(work(fail)))
 }
 
-/// Polls to completion. The inner call is always ready; a contender whose
-/// own future is pending (a lock taken by the other thread) is polled again.
-#[inline]
-fn now<F: Future>(f: F) -> F::Output {
+/// Polls `f` to completion with a no-op waker (a contender whose future is
+/// pending, a lock taken by the other thread, is polled again).
+fn block_on<F: Future>(f: F) -> F::Output {
     let mut cx = Context::from_waker(Waker::noop());
     let mut f = pin!(f);
     loop {
@@ -47,95 +50,130 @@ fn now<F: Future>(f: F) -> F::Output {
     }
 }
 
-#[inline]
-fn drive<S: Service<bool>>(svc: &mut S, fail: bool) -> Result<S::Response, S::Error> {
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        match svc.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => break,
-            Poll::Ready(Err(_)) => unreachable!("no contender fails poll_ready"),
-            Poll::Pending => std::hint::spin_loop(),
-        }
+/// One caller: `iters` calls through its own clone of the service.
+async fn caller<S: Service<bool>>(mut svc: S, iters: u64, fail: bool) {
+    for _ in 0..iters {
+        let Ok(ready) = svc.ready().await else {
+            unreachable!("no contender fails poll_ready")
+        };
+        let future = ready.call(black_box(fail));
+        let out = black_box(future).await;
+        black_box(out.is_ok());
     }
-    now(svc.call(black_box(fail)))
 }
 
-/// One call, through whichever API the contender offers. Clones share state.
-trait Contender: Clone + Send {
-    fn call(&mut self, fail: bool) -> bool;
+/// A synchronous breaker as a Tower service.
+#[derive(Clone)]
+struct Sync<B>(B);
+
+trait SyncBreaker: Clone + Send + 'static {
+    fn run(&self, fail: bool) -> Result<u8, BoxError>;
 }
 
 #[derive(Clone)]
-struct Tower<S>(S);
+struct Recloser(Arc<recloser::Recloser>);
 
-impl<S> Contender for Tower<S>
+impl SyncBreaker for Recloser {
+    #[inline]
+    fn run(&self, fail: bool) -> Result<u8, BoxError> {
+        self.0.call(|| work(fail)).map_err(|e| format!("{e:?}").into())
+    }
+}
+
+#[derive(Clone)]
+struct Failsafe<P: failsafe::failure_policy::FailurePolicy + Send + std::marker::Sync>(
+    Arc<failsafe::StateMachine<P, ()>>,
+);
+
+impl<P> SyncBreaker for Failsafe<P>
+where
+    P: failsafe::failure_policy::FailurePolicy + Send + std::marker::Sync + 'static,
+{
+    #[inline]
+    fn run(&self, fail: bool) -> Result<u8, BoxError> {
+        use failsafe::CircuitBreaker;
+        (*self.0).call(|| work(fail)).map_err(|e| format!("{e:?}").into())
+    }
+}
+
+impl<B: SyncBreaker> Service<bool> for Sync<B> {
+    type Response = u8;
+    type Error = BoxError;
+    type Future = Ready<Result<u8, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    #[inline]
+    fn call(&mut self, fail: bool) -> Self::Future {
+        ready(self.0.run(fail))
+    }
+}
+
+/// A contender: runs `iters` calls on `threads` callers at once.
+trait Contender: Send {
+    fn run(&self, threads: usize, iters: u64, fail: bool) -> Duration;
+}
+
+struct Svc<S>(S);
+
+impl<S> Contender for Svc<S>
 where
     S: Service<bool> + Clone + Send,
 {
-    #[inline]
-    fn call(&mut self, fail: bool) -> bool {
-        drive(&mut self.0, fail).is_ok()
-    }
-}
-
-#[derive(Clone)]
-struct OursAcquire(tower_recovery::circuit_breaker::Breaker);
-
-impl Contender for OursAcquire {
-    #[inline]
-    fn call(&mut self, fail: bool) -> bool {
-        match self.0.try_acquire() {
-            Ok(permit) => {
-                let out = work(black_box(fail));
-                if out.is_ok() { permit.success() } else { permit.failure() }
-                out.is_ok()
-            }
-            Err(_) => false,
+    fn run(&self, threads: usize, iters: u64, fail: bool) -> Duration {
+        if threads == 1 {
+            let svc = self.0.clone();
+            let start = Instant::now();
+            block_on(caller(svc, iters, fail));
+            return start.elapsed();
         }
+        let barrier = Barrier::new(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    let svc = self.0.clone();
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        barrier.wait();
+                        let start = Instant::now();
+                        block_on(caller(svc, iters, fail));
+                        start.elapsed()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .max()
+                .unwrap()
+        })
     }
 }
 
-#[derive(Clone)]
-struct Recloser(std::sync::Arc<recloser::Recloser>);
-
-impl Contender for Recloser {
-    #[inline]
-    fn call(&mut self, fail: bool) -> bool {
-        self.0.call(|| work(black_box(fail))).is_ok()
-    }
-}
-
-struct Failsafe<P: failsafe::failure_policy::FailurePolicy + Send + Sync>(
-    std::sync::Arc<failsafe::StateMachine<P, ()>>,
-);
-
-impl<P: failsafe::failure_policy::FailurePolicy + Send + Sync> Clone for Failsafe<P> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<P> Contender for Failsafe<P>
+fn boxed<S>(s: S) -> Box<dyn Contender>
 where
-    P: failsafe::failure_policy::FailurePolicy + Send + Sync,
+    S: Service<bool> + Clone + Send + 'static,
 {
-    #[inline]
-    fn call(&mut self, fail: bool) -> bool {
-        use failsafe::CircuitBreaker;
-        (*self.0).call(|| work(black_box(fail))).is_ok()
-    }
+    Box::new(Svc(s))
 }
 
 /// Every contender, closed, configured to trip after 5 consecutive failures
 /// where the peer supports it (its nearest equivalent otherwise).
-fn contenders(rt: &tokio::runtime::Runtime) -> Vec<(&'static str, Box<dyn FnMut() -> Box<dyn ContenderDyn>>)> {
-    let ours = tower_recovery::circuit_breaker::Breaker::new("bench");
-    let ours_leaked = ours.leak();
-    let coarse = tower_recovery::circuit_breaker::Breaker::builder("bench")
-        .clock(tower_recovery::clock::Clock::coarse())
-        .build()
-        .leak();
-    let recloser = std::sync::Arc::new(recloser::Recloser::custom().closed_len(5).error_rate(1.0).build());
+fn contenders(rt: &tokio::runtime::Runtime) -> Vec<(&'static str, Box<dyn Contender>)> {
+    use tower_recovery::circuit_breaker::Breaker;
+    let ours = Breaker::builder("bench").build();
+    let ours_count = Breaker::builder("bench").count_window(100).build();
+    let ours_time = Breaker::builder("bench")
+        .time_window(Duration::from_secs(10), 10)
+        .build();
+    let recloser = Arc::new(
+        recloser::Recloser::custom()
+            .closed_len(5)
+            .error_rate(1.0)
+            .build(),
+    );
     let failsafe = failsafe::Config::new()
         .failure_policy(failsafe::failure_policy::consecutive_failures(
             5,
@@ -146,11 +184,11 @@ fn contenders(rt: &tokio::runtime::Runtime) -> Vec<(&'static str, Box<dyn FnMut(
         .consecutive_failures(5)
         .build()
         .expect("valid config");
-    let tr_svc = tr.layer(inner());
     let seatbelt_svc = {
         let _enter = rt.enter();
         let clock = tick::Clock::new_tokio();
-        let context: seatbelt::ResilienceContext<bool, Output> = seatbelt::ResilienceContext::new(&clock);
+        let context: seatbelt::ResilienceContext<bool, Output> =
+            seatbelt::ResilienceContext::new(&clock);
         let layer = seatbelt::breaker::Breaker::layer("bench", &context)
             .recovery_with(|out: &Output, _| match out {
                 Ok(_) => seatbelt::RecoveryInfo::never(),
@@ -158,105 +196,70 @@ fn contenders(rt: &tokio::runtime::Runtime) -> Vec<(&'static str, Box<dyn FnMut(
             })
             .rejected_input_error(|_, _| fmt::Error);
         use layered::Stack;
-        (layer, layered::Execute::new(|fail: bool| async move { work(fail) })).into_service()
+        (
+            layer,
+            layered::Execute::new(|fail: bool| async move { work(fail) }),
+        )
+            .into_service()
     };
-
-    let ours_layer = Tower(ours.layer().layer(inner()));
-    let ours_leaked_layer = Tower(ours_leaked.layer().layer(inner()));
-    let ours_acquire = OursAcquire(ours_leaked);
-    let coarse_layer = Tower(coarse.layer().layer(inner()));
-    let coarse_acquire = OursAcquire(coarse);
-    let recloser = Recloser(recloser);
-    let failsafe = Failsafe(std::sync::Arc::new(failsafe));
-    let tr = Tower(tr_svc);
-    let seatbelt = Tower(seatbelt_svc);
     vec![
-        ("bare", boxed(Tower(inner()))),
-        ("tower-recovery layer", boxed(ours_layer)),
-        ("tower-recovery layer, leaked handle", boxed(ours_leaked_layer)),
-        ("tower-recovery try_acquire", boxed(ours_acquire)),
-        ("tower-recovery layer, leaked handle, coarse clock", boxed(coarse_layer)),
-        ("tower-recovery try_acquire, coarse clock", boxed(coarse_acquire)),
-        ("recloser 1.4", boxed(recloser)),
-        ("failsafe 1.3", boxed(failsafe)),
-        ("seatbelt 0.11", boxed(seatbelt)),
-        ("tower-resilience 0.14", boxed(tr)),
+        ("bare", boxed(inner())),
+        ("tower-recovery", boxed(ours.layer().layer(inner()))),
+        (
+            "tower-recovery count window 100",
+            boxed(ours_count.layer().layer(inner())),
+        ),
+        (
+            "tower-recovery time window 10 s",
+            boxed(ours_time.layer().layer(inner())),
+        ),
+        ("recloser 1.4", boxed(Sync(Recloser(recloser)))),
+        (
+            "failsafe 1.3",
+            boxed(Sync(Failsafe(Arc::new(failsafe)))),
+        ),
+        ("seatbelt 0.11", boxed(seatbelt_svc)),
+        ("tower-resilience 0.14", boxed(tr.layer(inner()))),
     ]
 }
 
-trait ContenderDyn: Send {
-    fn one_thread(&mut self, iters: u64, fail: bool) -> Duration;
-    fn two_threads(&self, iters: u64) -> Duration;
-}
-
-impl<T: Contender + 'static> ContenderDyn for T {
-    fn one_thread(&mut self, iters: u64, fail: bool) -> Duration {
-        let start = Instant::now();
-        for _ in 0..iters {
-            black_box(self.call(fail));
-        }
-        start.elapsed()
-    }
-
-    fn two_threads(&self, iters: u64) -> Duration {
-        let barrier = Barrier::new(2);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..2)
-                .map(|_| {
-                    let mut me = self.clone();
-                    let barrier = &barrier;
-                    scope.spawn(move || {
-                        barrier.wait();
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            black_box(me.call(false));
-                        }
-                        start.elapsed()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).max().unwrap()
-        })
-    }
-}
-
-fn boxed<T: Contender + 'static>(t: T) -> Box<dyn FnMut() -> Box<dyn ContenderDyn>> {
-    Box::new(move || Box::new(t.clone()))
-}
-
 fn closed(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let _enter = rt.enter();
-    let mut g = c.benchmark_group("closed_1_thread");
-    for (name, mut make) in contenders(&rt) {
-        let mut contender = make();
-        g.bench_function(name, |b| b.iter_custom(|iters| contender.one_thread(iters, false)));
+    for threads in [1, 2] {
+        let mut g = c.benchmark_group(format!("generic_closed_{threads}_thread"));
+        for (name, contender) in contenders(&rt) {
+            g.bench_function(name, |b| {
+                b.iter_custom(|iters| contender.run(threads, iters, false))
+            });
+        }
+        g.finish();
     }
-    g.finish();
-    let mut g = c.benchmark_group("closed_2_threads");
-    for (name, mut make) in contenders(&rt) {
-        let contender = make();
-        g.bench_function(name, |b| b.iter_custom(|iters| contender.two_threads(iters)));
-    }
-    g.finish();
 }
 
 fn open(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let _enter = rt.enter();
-    let mut g = c.benchmark_group("open_rejection");
-    for (name, mut make) in contenders(&rt) {
-        if name == "bare" {
-            continue;
+    for threads in [1, 2] {
+        let mut g = c.benchmark_group(format!("generic_open_{threads}_thread"));
+        for (name, contender) in contenders(&rt) {
+            if name == "bare" || name.contains("window") {
+                continue;
+            }
+            // Trip it: enough failures for every peer's policy.
+            contender.run(1, 200, true);
+            g.bench_function(name, |b| {
+                b.iter_custom(|iters| contender.run(threads, iters, false))
+            });
         }
-        let mut contender = make();
-        // Trip it: enough failures for every peer's policy.
-        for _ in 0..200 {
-            contender.one_thread(1, true);
-        }
-        g.bench_function(name, |b| b.iter_custom(|iters| contender.one_thread(iters, false)));
+        g.finish();
     }
-    g.finish();
 }
 
 criterion_group! {
@@ -264,7 +267,7 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
-        .sample_size(50);
+        .sample_size(30);
     targets = closed, open
 }
 criterion_main!(benches);
