@@ -80,10 +80,15 @@ impl SyncBreaker for Recloser {
     }
 }
 
-#[derive(Clone)]
 struct Failsafe<P: failsafe::failure_policy::FailurePolicy + Send + std::marker::Sync>(
     Arc<failsafe::StateMachine<P, ()>>,
 );
+
+impl<P: failsafe::failure_policy::FailurePolicy + Send + std::marker::Sync> Clone for Failsafe<P> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
 
 impl<P> SyncBreaker for Failsafe<P>
 where

@@ -393,6 +393,13 @@ impl Core {
         self.admit_counted(true)
     }
 
+    /// The closed path of admission: the state word when closed.
+    #[inline]
+    pub(crate) fn admit_closed(&self) -> Option<u64> {
+        let word = self.state.0.load(Ordering::Acquire);
+        (code(word) == CLOSED).then_some(word)
+    }
+
     /// Admission; `count` says whether a rejection is counted (a
     /// backpressured service asking again is not rejected again).
     #[inline]

@@ -168,6 +168,10 @@ impl Cache {
     /// The way holding `ptr`, installed (evicting another) if missing.
     #[inline]
     fn way(&self, ptr: *const Core) -> (usize, Due) {
+        let home = home(ptr);
+        if self.cores[home].get() == ptr {
+            return (home, Due::default());
+        }
         for way in 0..WAYS {
             if self.cores[way].get() == ptr {
                 return (way, Due::default());
@@ -178,7 +182,7 @@ impl Cache {
 
     #[cold]
     fn install(&self, ptr: *const Core) -> (usize, Due) {
-        let way = (ptr as usize >> 7) % WAYS;
+        let way = home(ptr);
         let old = self.cores[way].replace(ptr);
         let old_count = self.counts[way].replace(0);
         self.ring_left[way].set(0);
@@ -252,6 +256,32 @@ thread_local! {
 /// Gives back `n` credits of `core`.
 #[inline]
 fn give_back(core: NonNull<Core>, n: u64) {
+    // The hot path: this thread's entry for `core` is in its home way and
+    // the batch is not complete.
+    let kept = CACHE.try_with(|cache| {
+        let way = home(core.as_ptr());
+        if cache.cores[way].get() != core.as_ptr().cast_const() {
+            return false;
+        }
+        let count = cache.counts[way].get() + n;
+        count < BATCH && {
+            cache.counts[way].set(count);
+            true
+        }
+    });
+    if kept != Ok(true) {
+        give_back_slow(core, n);
+    }
+}
+
+/// The way a breaker is installed in.
+#[inline]
+fn home(ptr: *const Core) -> usize {
+    (ptr as usize >> 7) % WAYS
+}
+
+#[cold]
+fn give_back_slow(core: NonNull<Core>, n: u64) {
     CACHE
         .try_with(|cache| cache.give(core, n))
         // The thread is exiting and its cache is gone: straight to the tally.

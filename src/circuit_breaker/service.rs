@@ -147,6 +147,42 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
     }
 }
 
+impl<S, C, R> CircuitBreaker<S, C, R> {
+    /// Asks for admission until it is latched (admitted or rejected), or
+    /// returns `Pending` (backpressure) to be woken when worth asking again.
+    #[inline(never)]
+    fn admit(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self
+                .admission
+                .credits
+                .breaker()
+                .core
+                .admit_counted(!self.backpressure)
+            {
+                Ok(ticket) => {
+                    self.admission.latch = ticket.word();
+                    self.wait = None;
+                    return Poll::Ready(());
+                }
+                Err(rejected) if !self.backpressure => {
+                    self.admission.latch = REJECTED;
+                    self.admission.rejected = Some(rejected);
+                    return Poll::Ready(());
+                }
+                Err(rejected) => {
+                    // A fresh registration must be followed by one more
+                    // look, or a change just before it would be missed.
+                    let fresh = self.wait.is_none();
+                    if self.poll_wait(cx, &rejected).is_pending() && !fresh {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl<S: Clone, C: Clone, R: Clone> Clone for CircuitBreaker<S, C, R> {
     fn clone(&self) -> Self {
         Self::from_parts(
@@ -182,43 +218,27 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        loop {
-            match self.admission.latch {
-                EMPTY => match self
-                    .admission
-                    .credits
-                    .breaker()
-                    .core
-                    .admit_counted(!self.backpressure)
-                {
-                    Ok(ticket) => {
-                        self.admission.latch = ticket.word();
-                        self.wait = None;
-                    }
-                    Err(rejected) if !self.backpressure => {
-                        self.admission.latch = REJECTED;
-                        self.admission.rejected = Some(rejected);
-                    }
-                    Err(rejected) => {
-                        // A fresh registration must be followed by one more
-                        // look, or a change just before it would be missed.
-                        let fresh = self.wait.is_none();
-                        if self.poll_wait(cx, &rejected).is_pending() && !fresh {
-                            return Poll::Pending;
-                        }
-                    }
-                },
-                REJECTED => return Poll::Ready(Ok(())),
+        // The closed path, kept small enough to inline into the caller:
+        // one load decides admission. Everything else is `admit`.
+        if self.admission.latch == EMPTY {
+            match self.admission.credits.breaker().core.admit_closed() {
+                Some(word) if self.wait.is_none() => self.admission.latch = word,
                 _ => {
-                    return match self.inner.poll_ready(cx) {
-                        Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-                        Poll::Pending => Poll::Pending,
-                        Poll::Ready(Err(e)) => {
-                            self.admission.release();
-                            Poll::Ready(Err(self.reject.convert(e)))
-                        }
-                    };
+                    if let Poll::Pending = self.admit(cx) {
+                        return Poll::Pending;
+                    }
                 }
+            }
+        }
+        if self.admission.latch == REJECTED {
+            return Poll::Ready(Ok(()));
+        }
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => {
+                self.admission.release();
+                Poll::Ready(Err(self.reject.convert(e)))
             }
         }
     }
