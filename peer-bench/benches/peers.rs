@@ -135,12 +135,16 @@ where
             return start.elapsed();
         }
         let barrier = Barrier::new(threads);
+        // Contenders that arm tokio timers need the runtime's context.
+        let runtime = tokio::runtime::Handle::current();
         std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
                 .map(|_| {
                     let svc = self.0.clone();
                     let barrier = &barrier;
+                    let runtime = &runtime;
                     scope.spawn(move || {
+                        let _context = runtime.enter();
                         barrier.wait();
                         let start = Instant::now();
                         block_on(caller(svc, iters, fail));

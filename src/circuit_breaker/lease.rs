@@ -40,7 +40,7 @@ use super::Breaker;
 use super::core::Core;
 
 /// Credits per strong count.
-pub(crate) const BATCH: u64 = 64;
+pub(crate) const BATCH: u64 = 1024;
 /// Breakers a thread's cache holds partial batches for.
 const WAYS: usize = 4;
 

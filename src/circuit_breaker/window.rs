@@ -50,10 +50,12 @@ fn packed(code: u8) -> i64 {
 /// The last `size` calls, in a ring.
 ///
 /// Each recording thread fills a block of consecutive slots that it reserves
-/// at once ([`block`](Self::block) of them; see `lease::ring_slot`), so that
-/// threads recording at once do not fight over the ring's head. One thread
-/// alone fills the ring in call order: the window is exactly its last
-/// `size` calls. With several, each fills its own block in order, and a
+/// at once ([`block`](Self::block) of them, at most half the ring and 64;
+/// see `lease::ring_slot`), so that threads recording at once do not fight
+/// over the ring's head. One thread alone fills the ring in call order: the
+/// window is exactly its last `size` calls. With several, each fills its
+/// own block in order (blocks of more than two threads may overlap in a
+/// small ring, where a slot then holds the later of two outcomes), and a
 /// thread that stops recording leaves at most one block partly filled with
 /// outcomes from the ring's previous lap.
 #[derive(Debug)]
@@ -67,12 +69,11 @@ pub(crate) struct CountRing {
 
 impl CountRing {
     pub(crate) fn new(size: u32) -> Self {
-        let stripes = crate::util::stripes() as u64;
         Self {
             head: Padded(AtomicU64::new(0)),
             totals: Padded(AtomicU64::new(0)),
             slow: Padded(AtomicI64::new(0)),
-            block: (u64::from(size) / (4 * stripes)).clamp(1, 64),
+            block: (u64::from(size) / 2).clamp(1, 64),
             slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
         }
     }

@@ -1,0 +1,89 @@
+//! Memory held per breaker and per recovery, measured with a counting global
+//! allocator (bytes allocated and not yet freed), printed, and bounded, so
+//! that the figures in the README stay true and a regression shows.
+//!
+//! One test in this binary: the count is process-wide.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Duration;
+
+use tower_recovery::circuit_breaker::Breaker;
+use tower_recovery::recovery::Recovery;
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Bytes held per item by `n` items that `make` builds.
+fn per_item<T>(n: usize, make: impl Fn(usize) -> T) -> isize {
+    let before = LIVE.load(Ordering::Relaxed);
+    let items: Vec<T> = (0..n).map(&make).collect();
+    let held = LIVE.load(Ordering::Relaxed) - before;
+    let vec = (n * std::mem::size_of::<T>()) as isize;
+    drop(items);
+    (held - vec) / n as isize
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn memory_per_breaker_and_per_recovery() {
+    // Warm up what is made once per process (the coarse clock, stripes).
+    drop(
+        Breaker::builder("warm")
+            .time_window(Duration::from_secs(10), 10)
+            .build(),
+    );
+
+    let consecutive = per_item(1_000, |i| Breaker::new(format!("dependency_{i}")));
+    let count = per_item(1_000, |i| {
+        Breaker::builder(format!("dependency_{i}"))
+            .count_window(100)
+            .build()
+    });
+    let time = per_item(1_000, |i| {
+        Breaker::builder(format!("dependency_{i}"))
+            .time_window(Duration::from_secs(10), 10)
+            .build()
+    });
+    let recovery = {
+        let breakers: Vec<Breaker> = (0..100)
+            .map(|i| Breaker::new(format!("dependency_{i}")))
+            .collect();
+        let held = per_item(100, |i| {
+            Recovery::builder(format!("dependency_{i}"), || async { Ok::<_, String>(()) })
+                .watch(&breakers[i])
+                .spawn()
+        });
+        // Let the tasks start (their first poll allocates their state).
+        tokio::task::yield_now().await;
+        held
+    };
+    println!(
+        "memory per breaker: consecutive {consecutive} B, count window of 100 {count} B, time window of 10 buckets {time} B; per recovery (handle and task) {recovery} B"
+    );
+    assert!(consecutive < 8 * 1024, "{consecutive} bytes per breaker");
+    assert!(count < 8 * 1024, "{count} bytes per count-window breaker");
+    assert!(time < 16 * 1024, "{time} bytes per time-window breaker");
+    assert!(recovery < 16 * 1024, "{recovery} bytes per recovery");
+}
