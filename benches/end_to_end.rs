@@ -6,16 +6,16 @@
 //! - B, guarded: the router behind the drain layer; the client behind a
 //!   recovery layer and a circuit breaker (the demo's stack).
 //!
-//! Rounds alternate A, B, A, B, ... in one run, so that drift of the machine
-//! falls on both; the medians and their ratios are printed.
+//! Rounds alternate A B, B A, A B, ... in one run, so that drift of the
+//! machine falls on both; the medians and their ratios are printed.
 //!
 //! `benches/end_to_end.sh` installs `wrk` if it is missing and runs this
 //! (`cargo bench --bench end_to_end`). Settings: `E2E_SECONDS` per round (10),
-//! `E2E_ROUNDS` (3 of each), `E2E_CONNECTIONS` (32), `E2E_WARMUP` seconds (2).
+//! `E2E_ROUNDS` (6 of each), `E2E_CONNECTIONS` (32), `E2E_WARMUP` seconds (2),
+//! `E2E_ONLY` (`A` or `B`: load one server only, to profile it).
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -132,7 +132,7 @@ fn main() {
         std::process::exit(1);
     }
     let seconds = setting("E2E_SECONDS", 10);
-    let rounds = setting("E2E_ROUNDS", 3);
+    let rounds = setting("E2E_ROUNDS", 6);
     let connections = setting("E2E_CONNECTIONS", 32);
     let warmup = setting("E2E_WARMUP", 2);
 
@@ -200,12 +200,25 @@ fn main() {
     let mut a = (Vec::new(), Vec::new());
     let mut b = (Vec::new(), Vec::new());
     for round in 1..=rounds {
-        for (name, addr, into) in [("A", bare, &mut a), ("B", guarded, &mut b)] {
+        // A B, then B A: drift over the run falls on both equally.
+        let mut order = [("A", bare, &mut a), ("B", guarded, &mut b)];
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        let only = std::env::var("E2E_ONLY").ok();
+        for (name, addr, into) in order {
+            // `E2E_ONLY=A` or `B` loads one server only (to profile it).
+            if only.as_deref().is_some_and(|o| o != name) {
+                continue;
+            }
             let (rps, p99) = wrk(addr, seconds, connections);
             println!("round {round} {name}: {rps:.0} requests/s, p99 {p99:.3} ms");
             into.0.push(rps);
             into.1.push(p99);
         }
+    }
+    if a.0.is_empty() || b.0.is_empty() {
+        return;
     }
     let (a_rps, a_p99) = (median(a.0), median(a.1));
     let (b_rps, b_p99) = (median(b.0), median(b.1));

@@ -10,27 +10,30 @@
 //!
 //! Instead a service takes references in batches. One strong count of the
 //! breaker's `Arc` stands for [`BATCH`] credits. Each call takes a credit
-//! from its service ([`Credits::take`], a plain decrement) into a [`Lease`]
-//! that lives in the response future. A finished call gives its credit back
-//! to a small per-thread cache: a thread that collects a whole batch drops
-//! one strong count; a partial batch is added to the breaker's shared tally
-//! (`Core::returned`) when the cache needs the slot for another breaker or
-//! the thread exits, and each whole batch that tally completes drops one
-//! strong count.
+//! from its service ([`Credits::take`], a plain decrement), or one that the
+//! thread was given back and still holds, into a [`Lease`] that lives in the
+//! response future. A finished call gives its credit back
+//! to a small per-thread cache, which keeps up to a batch of them for the
+//! thread's next calls and service clones and, past that, drops one strong
+//! count per whole batch. What a thread holds is added to the breaker's
+//! shared tally (`Core::returned`) when the cache needs the slot for another
+//! breaker or the thread exits, and each whole batch that tally completes
+//! drops one strong count.
 //!
 //! Credits are interchangeable, so every strong count taken is dropped
 //! exactly once when all its credits are back, wherever they were spent; and
 //! while any credit is out, at least one batch is held, so the breaker
 //! outlives every lease. The price: a breaker whose handles are all dropped
-//! is freed once the threads that finished its calls have given back their
-//! partial batches, that is when they next finish calls of
-//! [`WAYS`] other breakers mapped to the same slot, or exit. At most `WAYS`
-//! dropped breakers are held per thread.
+//! is freed once the threads that ran its calls have given back what they
+//! hold, that is when they work for another breaker mapped to the same slot
+//! of their cache, or exit. At most [`WAYS`] dropped breakers are held per
+//! thread.
 
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
 use std::fmt;
+use std::mem::ManuallyDrop;
 use std::ops::Deref;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -41,12 +44,20 @@ use super::core::Core;
 
 /// Credits per strong count.
 pub(crate) const BATCH: u64 = 1024;
-/// Breakers a thread's cache holds partial batches for.
+/// Credits a thread keeps for reuse (a batch): calls and service clones on
+/// this thread take them back without any shared write.
+const KEEP: u64 = BATCH;
+/// Breakers a thread's cache holds credits for.
 const WAYS: usize = 4;
 
-/// A service's supply of credits for its calls.
+/// A service's supply of credits for its calls, and its own hold on the
+/// breaker.
 pub(crate) struct Credits {
-    breaker: Breaker,
+    /// The service's handle. Owned (it holds a strong count) or, for a
+    /// clone made on a thread that held a spare credit, kept alive by that
+    /// credit: cloning a service per request then costs no shared write.
+    breaker: ManuallyDrop<Breaker>,
+    owned: bool,
     /// Credits left of the batch this service took: its own, spent without
     /// any shared write.
     left: u64,
@@ -54,7 +65,11 @@ pub(crate) struct Credits {
 
 impl Credits {
     pub(crate) fn new(breaker: Breaker) -> Self {
-        Self { breaker, left: 0 }
+        Self {
+            breaker: ManuallyDrop::new(breaker),
+            owned: true,
+            left: 0,
+        }
     }
 
     /// The breaker these credits are for.
@@ -62,31 +77,61 @@ impl Credits {
         &self.breaker
     }
 
+    fn core(&self) -> NonNull<Core> {
+        NonNull::from(&*self.breaker.core)
+    }
+
     /// A lease for one call.
     #[inline]
     pub(crate) fn take(&mut self) -> Lease {
+        let core = self.core();
+        if self.left == 0 && reuse(core) {
+            // A credit this thread was given back: no shared write. A
+            // service cloned per request (axum clones it for each) takes
+            // and gives back its one credit here.
+            return Lease { core };
+        }
         if self.left == 0 {
             // One strong count for the next `BATCH` calls of this service.
             std::mem::forget(Arc::clone(&self.breaker.core));
             self.left = BATCH;
         }
         self.left -= 1;
-        Lease {
-            core: NonNull::from(&*self.breaker.core),
-        }
+        Lease { core }
     }
 }
 
 impl Clone for Credits {
     fn clone(&self) -> Self {
-        Self::new(self.breaker.clone())
+        let core = self.core();
+        if reuse(core) {
+            // SAFETY: the credit just taken keeps a strong count alive until
+            // this clone gives it back in `drop`; the `Arc` made here is
+            // never dropped (`ManuallyDrop`, `owned: false`), so it neither
+            // takes nor releases a count of its own.
+            let arc = unsafe { Arc::from_raw(core.as_ptr().cast_const()) };
+            return Self {
+                breaker: ManuallyDrop::new(Breaker { core: arc }),
+                owned: false,
+                left: 0,
+            };
+        }
+        Self::new((*self.breaker).clone())
     }
 }
 
 impl Drop for Credits {
     fn drop(&mut self) {
+        let core = self.core();
         if self.left > 0 {
-            give_back(NonNull::from(&*self.breaker.core), self.left);
+            give_back(core, self.left);
+        }
+        if self.owned {
+            // SAFETY: dropped once, here; not used after.
+            unsafe { ManuallyDrop::drop(&mut self.breaker) };
+        } else {
+            // The credit that kept this handle's breaker alive.
+            give_back(core, 1);
         }
     }
 }
@@ -196,7 +241,7 @@ impl Cache {
     fn give(&self, core: NonNull<Core>, n: u64) -> Due {
         let (way, mut due) = self.way(core.as_ptr().cast_const());
         let count = self.counts[way].get() + n;
-        if count >= BATCH {
+        if count >= KEEP + BATCH {
             self.counts[way].set(count - BATCH);
             due.batch = Some(core);
         } else {
@@ -264,7 +309,7 @@ fn give_back(core: NonNull<Core>, n: u64) {
             return false;
         }
         let count = cache.counts[way].get() + n;
-        count < BATCH && {
+        count < KEEP + BATCH && {
             cache.counts[way].set(count);
             true
         }
@@ -272,6 +317,23 @@ fn give_back(core: NonNull<Core>, n: u64) {
     if kept != Ok(true) {
         give_back_slow(core, n);
     }
+}
+
+/// Takes back one credit of `core` that this thread holds in its cache, if
+/// it holds one.
+#[inline]
+fn reuse(core: NonNull<Core>) -> bool {
+    CACHE
+        .try_with(|cache| {
+            let way = home(core.as_ptr());
+            let count = cache.counts[way].get();
+            let mine = cache.cores[way].get() == core.as_ptr().cast_const() && count > 0;
+            if mine {
+                cache.counts[way].set(count - 1);
+            }
+            mine
+        })
+        .unwrap_or(false)
 }
 
 /// The way a breaker is installed in.

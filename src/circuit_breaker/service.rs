@@ -185,13 +185,18 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
 
 impl<S: Clone, C: Clone, R: Clone> Clone for CircuitBreaker<S, C, R> {
     fn clone(&self) -> Self {
-        Self::from_parts(
-            self.inner.clone(),
-            self.admission.credits.breaker().clone(),
-            self.classify.clone(),
-            self.reject.clone(),
-            self.backpressure,
-        )
+        Self {
+            inner: self.inner.clone(),
+            admission: Admission {
+                credits: self.admission.credits.clone(),
+                latch: EMPTY,
+                rejected: None,
+            },
+            classify: self.classify.clone(),
+            reject: self.reject.clone(),
+            backpressure: self.backpressure,
+            wait: None,
+        }
     }
 }
 

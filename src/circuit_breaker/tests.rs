@@ -679,29 +679,32 @@ fn response_futures_keep_the_breaker_alive_and_it_is_freed_after() {
 }
 
 #[test]
-fn a_breaker_used_on_one_thread_is_freed_when_its_handles_are() {
+fn services_cloned_per_request_record_and_the_breaker_is_freed_after() {
     use std::future::Future;
     use tower::{Layer, Service};
-    let b = Breaker::new("dep");
+    // As axum does: a clone of the service per request, dropped with it.
+    let b = Breaker::builder("dep").consecutive_failures(3).build();
     let weak = b.downgrade();
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    let mut svc = b.layer().layer(tower::service_fn(|()| {
-        std::future::ready(Ok::<_, std::fmt::Error>(()))
-    }));
-    let mut futures = Vec::new();
-    for _ in 0..100 {
-        assert!(svc.poll_ready(&mut cx).is_ready());
-        futures.push(svc.call(()));
-    }
-    drop((svc, b));
-    for f in futures {
-        let mut f = std::pin::pin!(f);
-        assert!(f.as_mut().poll(&mut cx).is_ready());
-    }
-    assert!(
-        weak.upgrade().is_none(),
-        "every credit came back on this thread"
-    );
+    let watched = b.downgrade();
+    std::thread::spawn(move || {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let svc = b.layer().layer(tower::service_fn(|fail: bool| {
+            std::future::ready(if fail { Err(std::fmt::Error) } else { Ok(()) })
+        }));
+        drop(b);
+        for i in 0..3_000 {
+            let mut one = svc.clone();
+            assert!(one.poll_ready(&mut cx).is_ready());
+            let mut f = std::pin::pin!(one.call(i >= 2_997));
+            drop(one);
+            assert!(f.as_mut().poll(&mut cx).is_ready());
+        }
+        assert_eq!(watched.upgrade().unwrap().state(), State::Open);
+        drop(svc);
+    })
+    .join()
+    .unwrap();
+    assert!(weak.upgrade().is_none(), "freed once the thread is gone");
 }
 
 #[test]
