@@ -77,8 +77,8 @@
 //! [Tower]: https://docs.rs/tower
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
-// One module holds `unsafe` (`circuit_breaker::lease`, measured: it takes
-// the reference count off every call) and allows it explicitly.
+// One module holds `unsafe` (`lease`, measured: it takes the reference
+// count off every call) and allows it explicitly.
 #![deny(unsafe_code)]
 
 #[cfg(feature = "axum")]
@@ -92,10 +92,6 @@ pub mod config;
 pub mod drain;
 #[cfg(feature = "health")]
 pub mod health;
-#[cfg(feature = "metrics")]
-pub mod metrics;
-#[cfg(feature = "recovery")]
-pub mod recovery;
 #[cfg(any(
     feature = "circuit-breaker",
     feature = "drain",
@@ -103,6 +99,12 @@ pub mod recovery;
     feature = "health"
 ))]
 #[allow(dead_code)]
+#[cfg(any(feature = "circuit-breaker", feature = "recovery", feature = "drain"))]
+mod lease;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(feature = "recovery")]
+pub mod recovery;
 mod sync;
 #[cfg(any(
     feature = "circuit-breaker",

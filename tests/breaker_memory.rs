@@ -82,8 +82,9 @@ async fn memory_per_breaker_and_per_recovery() {
     println!(
         "memory per breaker: consecutive {consecutive} B, count window of 100 {count} B, time window of 10 buckets {time} B; per recovery (handle and task) {recovery} B"
     );
-    assert!(consecutive < 8 * 1024, "{consecutive} bytes per breaker");
-    assert!(count < 8 * 1024, "{count} bytes per count-window breaker");
-    assert!(time < 16 * 1024, "{time} bytes per time-window breaker");
-    assert!(recovery < 16 * 1024, "{recovery} bytes per recovery");
+    // Bounds with room for machines with more cores (up to 8 stripes).
+    assert!(consecutive < 6 * 1024, "{consecutive} bytes per breaker");
+    assert!(count < 6 * 1024, "{count} bytes per count-window breaker");
+    assert!(time < 12 * 1024, "{time} bytes per time-window breaker");
+    assert!(recovery < 4 * 1024, "{recovery} bytes per recovery");
 }

@@ -280,7 +280,7 @@ pub(crate) struct Core {
     transitions: AtomicU64,
     /// Unique among the breakers of this process (never 0).
     pub(crate) id: u64,
-    /// Call credits given back through the shared tally (see `lease`).
+    /// Call credits given back through the shared tally (see `crate::lease`).
     pub(crate) returned: Padded<AtomicU64>,
     window: Window,
     /// No window and no slow-call detection: a success only resets the
@@ -294,7 +294,9 @@ pub(crate) struct Core {
     fast: Option<crate::clock::CoarseTicking>,
     pub(crate) name: Arc<str>,
     pub(crate) changed: Arc<Notify>,
-    events: broadcast::Sender<Transition>,
+    /// Made at the first `subscribe`: its buffer (64 transitions) is most
+    /// of a breaker's memory, and most breakers are never observed.
+    events: std::sync::OnceLock<broadcast::Sender<Transition>>,
     signal: watch::Sender<Signal>,
     /// Transitions made but not yet sent, in generation order.
     outbox: Mutex<VecDeque<(Transition, Signal)>>,
@@ -364,7 +366,7 @@ impl Core {
             fast,
             name,
             changed: Arc::new(Notify::new()),
-            events: broadcast::channel(EVENT_CAPACITY).0,
+            events: std::sync::OnceLock::new(),
             signal: watch::channel(Signal::default()).0,
             outbox: Mutex::new(VecDeque::new()),
             publishing: AtomicBool::new(false),
@@ -657,7 +659,8 @@ impl Core {
         match &self.window {
             Window::None => Some(WindowCounts::default()),
             Window::Count(ring) => {
-                let slot = super::lease::ring_slot(self, ring.block(), |n| ring.reserve(n));
+                let slot =
+                    crate::lease::ring_slot(self, self.id, ring.block(), |n| ring.reserve(n));
                 Some(ring.record_at(slot, failed, slow))
             }
             Window::Time(buckets) => {
@@ -1106,7 +1109,9 @@ impl Core {
                 // be released before the sends run wakers.
                 let next = lock(&self.outbox).pop_front();
                 let Some((event, signal)) = next else { break };
-                let _ = self.events.send(event);
+                if let Some(events) = self.events.get() {
+                    let _ = events.send(event);
+                }
                 self.signal.send_replace(signal);
             }
             drop(guard);
@@ -1119,12 +1124,20 @@ impl Core {
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Transition> {
-        self.events.subscribe()
+        self.events
+            .get_or_init(|| broadcast::channel(EVENT_CAPACITY).0)
+            .subscribe()
     }
 
     #[cfg(feature = "recovery")]
     pub(crate) fn watch(&self) -> watch::Receiver<Signal> {
         self.signal.subscribe()
+    }
+}
+
+impl crate::lease::Leased for Core {
+    fn returned(&self) -> &AtomicU64 {
+        &self.returned.0
     }
 }
 

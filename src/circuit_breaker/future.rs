@@ -8,10 +8,11 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 
 use super::Rejection;
+use super::core::Core;
 use super::core::Ticket;
-use super::lease::Lease;
 use super::reject::OnReject;
 use crate::classify::{Classify, Outcome};
+use crate::lease::Lease;
 
 /// Records the outcome of an admitted call, or gives its admission back if
 /// the call is dropped unfinished.
@@ -20,7 +21,7 @@ use crate::classify::{Classify, Outcome};
 /// an `Option<Ticket>`: the option's tag, written apart from the ticket and
 /// read back together with it, cost a store-forwarding stall per call.
 pub(crate) struct Guard {
-    lease: Lease,
+    lease: Lease<Core>,
     word: u64,
     start: u64,
 }
@@ -29,7 +30,7 @@ const DONE: u64 = u64::MAX;
 
 impl Guard {
     #[inline]
-    pub(crate) fn new(lease: Lease, ticket: Ticket) -> Self {
+    pub(crate) fn new(lease: Lease<Core>, ticket: Ticket) -> Self {
         Self {
             lease,
             word: ticket.word(),

@@ -131,7 +131,6 @@ pub(crate) mod core;
 pub mod error;
 pub mod future;
 mod layer;
-mod lease;
 pub mod reject;
 mod service;
 mod window;
@@ -324,6 +323,7 @@ pub struct Snapshot {
 ///
 /// See the [module docs](self) for the semantics.
 #[derive(Clone)]
+#[repr(transparent)]
 pub struct Breaker {
     core: Arc<Core>,
 }
@@ -431,6 +431,15 @@ impl Breaker {
     #[cfg(feature = "recovery")]
     pub(crate) fn watch(&self) -> tokio::sync::watch::Receiver<self::core::Signal> {
         self.core.watch()
+    }
+
+    /// The handle whose state `core` is.
+    pub(crate) fn from_arc_ref(core: &Arc<Core>) -> &Breaker {
+        // SAFETY: `Breaker` is `repr(transparent)` over `Arc<Core>`.
+        #[allow(unsafe_code)]
+        unsafe {
+            &*(core as *const Arc<Core>).cast::<Breaker>()
+        }
     }
 
     /// A handle that does not keep the breaker alive.

@@ -7,12 +7,13 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::time::Sleep;
 use tower_service::Service;
 
+use super::core::Core;
 use super::core::Ticket;
 use super::future::{Guard, ResponseFuture};
-use super::lease::Credits;
 use super::reject::OnReject;
 use super::{Breaker, Rejection};
 use crate::classify::Classify;
+use crate::lease::Credits;
 
 /// Admission decided in `poll_ready`, honoured by the next `call`: the state
 /// word of the admission, or one of these two values (no state word has code
@@ -55,19 +56,20 @@ pub struct CircuitBreaker<S, C, R> {
 /// The breaker (with this service's credits for its calls) and this
 /// service's latched admission, given back on drop.
 struct Admission {
-    credits: Credits,
+    credits: Credits<Core>,
     latch: u64,
     rejected: Option<Rejection>,
 }
 
 impl Admission {
+    fn breaker(&self) -> &Breaker {
+        Breaker::from_arc_ref(self.credits.get())
+    }
+
     fn release(&mut self) {
         let latch = std::mem::replace(&mut self.latch, EMPTY);
         if latch < REJECTED {
-            self.credits
-                .breaker()
-                .core
-                .release(Ticket::from_word(latch));
+            self.breaker().core.release(Ticket::from_word(latch));
         }
     }
 }
@@ -89,7 +91,7 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
         Self {
             inner,
             admission: Admission {
-                credits: Credits::new(breaker),
+                credits: Credits::new(breaker.core),
                 latch: EMPTY,
                 rejected: None,
             },
@@ -102,7 +104,7 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
 
     /// The breaker this service reports to.
     pub fn breaker(&self) -> &Breaker {
-        self.admission.credits.breaker()
+        self.admission.breaker()
     }
 
     /// The inner service.
@@ -124,7 +126,7 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
     /// Registers for the breaker's next change (and the end of the open
     /// wait). `Ready` when it is worth asking for admission again.
     fn poll_wait(&mut self, cx: &mut Context<'_>, rejected: &Rejection) -> Poll<()> {
-        let core = &self.admission.credits.breaker().core;
+        let core = &self.admission.breaker().core;
         let wait = self.wait.get_or_insert_with(|| {
             Box::pin(Wait {
                 changed: core.changed.clone().notified_owned(),
@@ -155,7 +157,6 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
         loop {
             match self
                 .admission
-                .credits
                 .breaker()
                 .core
                 .admit_counted(!self.backpressure)
@@ -204,7 +205,7 @@ impl<S: fmt::Debug, C, R> fmt::Debug for CircuitBreaker<S, C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
-            .field("breaker", &self.admission.credits.breaker().name())
+            .field("breaker", &self.admission.breaker().name())
             .field("latched", &(self.admission.latch != EMPTY))
             .field("backpressure", &self.backpressure)
             .finish_non_exhaustive()
@@ -226,7 +227,7 @@ where
         // The closed path, kept small enough to inline into the caller:
         // one load decides admission. Everything else is `admit`.
         if self.admission.latch == EMPTY {
-            match self.admission.credits.breaker().core.admit_closed() {
+            match self.admission.breaker().core.admit_closed() {
                 Some(word) if self.wait.is_none() => self.admission.latch = word,
                 _ => {
                     if let Poll::Pending = self.admit(cx) {
@@ -263,7 +264,7 @@ where
             }
             word => {
                 let mut ticket = Ticket::from_word(word);
-                self.admission.credits.breaker().core.start(&mut ticket);
+                self.admission.breaker().core.start(&mut ticket);
                 // The admission stays latched until the inner call returns
                 // (if it panics, dropping the service gives it back). The
                 // guard is made after it, straight into the future: built

@@ -12,6 +12,7 @@ use tower_service::Service;
 
 use super::{ClientClosed, Drain, Draining, Guard, REJECTING, Shared};
 use crate::BoxError;
+use crate::lease::Credits;
 
 // ===== HTTP =====
 
@@ -40,16 +41,26 @@ impl<S> Layer<S> for DrainLayer {
     fn layer(&self, inner: S) -> Self::Service {
         DrainService {
             inner,
-            drain: self.drain.clone(),
+            credits: Credits::new(self.drain.shared.clone()),
         }
     }
 }
 
 /// The service of [`DrainLayer`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DrainService<S> {
     inner: S,
-    drain: Drain,
+    /// The drain's state, and the requests' hold on it (no reference count
+    /// per request: see `crate::lease`).
+    credits: Credits<Shared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for DrainService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DrainService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> DrainService<S> {
@@ -79,7 +90,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        match self.drain.shared.enter() {
+        match Shared::enter_leased(self.credits.take()) {
             Some(guard) => {
                 let method = RequestMethod::of(req.method());
                 ResponseFuture {
@@ -92,8 +103,8 @@ where
             }
             None => ResponseFuture {
                 kind: Kind::Refused {
-                    retry_after: self.drain.shared.retry_after,
-                    shared: Some(self.drain.shared.clone()),
+                    retry_after: self.credits.get().retry_after,
+                    shared: Some(self.credits.get().clone()),
                 },
             },
         }
@@ -179,7 +190,11 @@ where
                 };
                 let mut guard = guard.take();
                 let closing = guard.as_ref().is_some_and(|g| {
-                    g.shared.phase.load(std::sync::atomic::Ordering::Acquire) >= REJECTING
+                    g.hold
+                        .shared()
+                        .phase
+                        .load(std::sync::atomic::Ordering::Acquire)
+                        >= REJECTING
                 });
                 if method.bodiless(response.status()) {
                     // Its head is all that is sent: finished now, whatever
@@ -337,16 +352,26 @@ impl<S> Layer<S> for DrainRpcLayer {
     fn layer(&self, inner: S) -> Self::Service {
         DrainRpc {
             inner,
-            drain: self.drain.clone(),
+            credits: Credits::new(self.drain.shared.clone()),
         }
     }
 }
 
 /// The service of [`DrainRpcLayer`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DrainRpc<S> {
     inner: S,
-    drain: Drain,
+    /// The drain's state, and the requests' hold on it (no reference count
+    /// per request: see `crate::lease`).
+    credits: Credits<Shared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for DrainRpc<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DrainRpc")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S, Req> Service<Req> for DrainRpc<S>
@@ -363,7 +388,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        match self.drain.shared.enter() {
+        match Shared::enter_leased(self.credits.take()) {
             Some(guard) => RpcResponseFuture {
                 future: Some(self.inner.call(req)),
                 guard: Some(guard),
@@ -372,7 +397,7 @@ where
             None => RpcResponseFuture {
                 future: None,
                 guard: None,
-                refusal: Refusal::Draining(Some(self.drain.shared.clone())),
+                refusal: Refusal::Draining(Some(self.credits.get().clone())),
             },
         }
     }

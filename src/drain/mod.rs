@@ -132,6 +132,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::lease::Lease;
 use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering, fence};
 use crate::sync::{Mutex, lock};
 use std::time::Duration;
@@ -302,7 +303,7 @@ struct Progress {
     report: Option<DrainReport>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     #[cfg(feature = "metrics")]
     in_flight_gauge: crate::metrics::Bound<metrics::Gauge>,
     in_flight: crate::util::Padded<AtomicUsize>,
@@ -320,15 +321,44 @@ struct Shared {
     retry_after: u64,
     hooks: Mutex<Hooks>,
     progress: Mutex<Progress>,
+    /// Request credits given back through the shared tally (see
+    /// `crate::lease`).
+    returned: AtomicU64,
+}
+
+impl crate::lease::Leased for Shared {
+    fn returned(&self) -> &AtomicU64 {
+        &self.returned
+    }
 }
 
 impl Shared {
     /// Enters a request: counted first, then the phase is checked, so a
     /// request and the drain's "zero in flight?" can never miss each other.
     #[inline]
+    #[cfg_attr(not(tower_recovery_loom), allow(dead_code))]
     fn enter(self: &Arc<Self>) -> Option<Guard> {
+        self.admit().then(|| Guard {
+            hold: Hold::Counted(self.clone()),
+            finished: false,
+        })
+    }
+
+    /// [`enter`](Self::enter) for a request that holds a lease on the
+    /// drain (no reference count per request).
+    #[inline]
+    pub(crate) fn enter_leased(lease: Lease<Shared>) -> Option<Guard> {
+        lease.admit().then(|| Guard {
+            hold: Hold::Leased(lease),
+            finished: false,
+        })
+    }
+
+    /// Counts a request in unless the drain rejects it.
+    #[inline]
+    fn admit(&self) -> bool {
         if self.phase.load(Ordering::Acquire) >= REJECTING {
-            return None;
+            return false;
         }
         self.in_flight.0.fetch_add(1, Ordering::SeqCst);
         // With the fence after the phase store in `set_phase`: either this
@@ -348,12 +378,9 @@ impl Shared {
             if before == 1 {
                 self.changed.notify_waiters();
             }
-            return None;
+            return false;
         }
-        Some(Guard {
-            shared: self.clone(),
-            finished: false,
-        })
+        true
     }
 
     /// Leaves a request: `finished` if its response was complete, else it
@@ -470,8 +497,24 @@ impl Progress {
 /// Holds one in-flight request. [`Guard::finish`] when its response is
 /// complete; dropped without it, the request was cut off.
 pub(crate) struct Guard {
-    shared: Arc<Shared>,
+    hold: Hold,
     finished: bool,
+}
+
+/// How a guard keeps the drain's state alive.
+enum Hold {
+    #[cfg_attr(not(tower_recovery_loom), allow(dead_code))]
+    Counted(Arc<Shared>),
+    Leased(Lease<Shared>),
+}
+
+impl Hold {
+    fn shared(&self) -> &Shared {
+        match self {
+            Hold::Counted(arc) => arc,
+            Hold::Leased(lease) => lease,
+        }
+    }
 }
 
 impl Guard {
@@ -483,7 +526,7 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        self.shared.leave(self.finished);
+        self.hold.shared().leave(self.finished);
     }
 }
 
@@ -937,6 +980,7 @@ impl Builder {
                 #[cfg(feature = "metrics")]
                 in_flight_gauge: crate::metrics::Bound::new(),
                 in_flight: crate::util::Padded(AtomicUsize::new(0)),
+                returned: AtomicU64::new(0),
                 phase: AtomicU8::new(SERVING),
                 refused: AtomicU64::new(0),
                 forced: AtomicBool::new(false),

@@ -8,12 +8,13 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::Recovery;
+use super::{Recovery, Shared};
 use crate::BoxError;
 #[cfg(doc)]
 use crate::circuit_breaker::CallError;
 use crate::circuit_breaker::{Rejected, Rejection};
 use crate::classify::{Classify, ErrorsAsFailures, Outcome};
+use crate::lease::{Credits, Lease};
 
 /// Whether `error` is a refusal made by this crate rather than a failure of
 /// the dependency: a breaker's [`Rejected`] or [`Rejection`] (bare, boxed, anywhere in a
@@ -117,6 +118,7 @@ impl<S, C: Clone> Layer<S> for RecoveryLayer<C> {
         RecoveryService {
             inner,
             recovery: self.recovery.clone(),
+            credits: Credits::new(self.recovery.shared_arc().clone()),
             classify: self.classify.clone(),
         }
     }
@@ -126,7 +128,11 @@ impl<S, C: Clone> Layer<S> for RecoveryLayer<C> {
 #[derive(Clone)]
 pub struct RecoveryService<S, C> {
     inner: S,
+    /// Keeps the recovery (its task) running while the service exists.
     recovery: Recovery,
+    /// For the calls' hold on the recovery's state (no reference count per
+    /// call: see `crate::lease`).
+    credits: Credits<Shared>,
     classify: C,
 }
 
@@ -171,9 +177,10 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        let future = self.inner.call(req);
         ResponseFuture {
-            future: self.inner.call(req),
-            recovery: Some(self.recovery.clone()),
+            future,
+            recovery: Some(self.credits.take()),
             classify: self.classify.clone(),
         }
     }
@@ -184,7 +191,7 @@ pin_project! {
     pub struct ResponseFuture<F, C> {
         #[pin]
         future: F,
-        recovery: Option<Recovery>,
+        recovery: Option<Lease<Shared>>,
         classify: C,
     }
 }

@@ -353,7 +353,7 @@ fn is_down(state: crate::circuit_breaker::State) -> bool {
     )
 }
 
-struct Shared {
+pub(crate) struct Shared {
     name: Arc<str>,
     cfg: Config,
     action: Box<dyn Fn() -> BoxFuture + Send + Sync>,
@@ -369,6 +369,8 @@ struct Shared {
     layer_failures: AtomicU32,
     /// The layer triggered and no call has succeeded since.
     layer_down: AtomicBool,
+    /// Call credits given back through the shared tally (see `crate::lease`).
+    returned: crate::sync::atomic::AtomicU64,
 }
 
 /// Keeps the background task alive; dropped with the last handle.
@@ -477,32 +479,12 @@ impl Recovery {
     }
 
     pub(crate) fn record(&self, outcome: crate::classify::Outcome) {
-        let shared = self.shared();
-        match outcome {
-            crate::classify::Outcome::Success => {
-                if shared.layer_failures.load(Ordering::Relaxed) != 0 {
-                    shared.layer_failures.store(0, Ordering::Relaxed);
-                }
-                // The first success after the layer triggered: a sign the
-                // dependency is back (one event, not one per call).
-                if shared.layer_down.load(Ordering::Relaxed)
-                    && shared.layer_down.swap(false, Ordering::AcqRel)
-                {
-                    shared.feed(Event::CallSucceeded);
-                }
-            }
-            crate::classify::Outcome::Failure => {
-                let n = shared.layer_failures.fetch_add(1, Ordering::AcqRel) + 1;
-                if n >= shared.cfg.trigger_after {
-                    shared.layer_failures.store(0, Ordering::Relaxed);
-                    shared.trigger(Kind::Automatic);
-                    // Raised after the trigger is in: a success that sees
-                    // it always comes after the trigger it answers.
-                    shared.layer_down.store(true, Ordering::Release);
-                }
-            }
-            crate::classify::Outcome::Ignore => {}
-        }
+        self.shared().record(outcome);
+    }
+
+    /// The state a layer's calls report to.
+    pub(crate) fn shared_arc(&self) -> &Arc<Shared> {
+        self.shared()
     }
 
     /// Waits until no cycle is running: the current cycle (if any) has ended.
@@ -536,7 +518,43 @@ impl Recovery {
 
 pub use self::layer::is_refusal;
 
+impl crate::lease::Leased for Shared {
+    fn returned(&self) -> &crate::sync::atomic::AtomicU64 {
+        &self.returned
+    }
+}
+
 impl Shared {
+    /// An outcome of a call through a [`RecoveryLayer`].
+    pub(crate) fn record(&self, outcome: crate::classify::Outcome) {
+        let shared = self;
+        match outcome {
+            crate::classify::Outcome::Success => {
+                if shared.layer_failures.load(Ordering::Relaxed) != 0 {
+                    shared.layer_failures.store(0, Ordering::Relaxed);
+                }
+                // The first success after the layer triggered: a sign the
+                // dependency is back (one event, not one per call).
+                if shared.layer_down.load(Ordering::Relaxed)
+                    && shared.layer_down.swap(false, Ordering::AcqRel)
+                {
+                    shared.feed(Event::CallSucceeded);
+                }
+            }
+            crate::classify::Outcome::Failure => {
+                let n = shared.layer_failures.fetch_add(1, Ordering::AcqRel) + 1;
+                if n >= shared.cfg.trigger_after {
+                    shared.layer_failures.store(0, Ordering::Relaxed);
+                    shared.trigger(Kind::Automatic);
+                    // Raised after the trigger is in: a success that sees
+                    // it always comes after the trigger it answers.
+                    shared.layer_down.store(true, Ordering::Release);
+                }
+            }
+            crate::classify::Outcome::Ignore => {}
+        }
+    }
+
     fn signal(&self) -> Option<Signal> {
         self.breaker.as_ref().map(|(_, rx)| *rx.borrow())
     }
@@ -745,6 +763,7 @@ impl Builder {
             stopped: AtomicBool::new(false),
             layer_failures: AtomicU32::new(0),
             layer_down: AtomicBool::new(false),
+            returned: crate::sync::atomic::AtomicU64::new(0),
         });
         tokio::spawn(task::run(shared.clone()));
         Recovery {
