@@ -107,7 +107,19 @@ impl Clock {
 /// past it proves it has passed.
 #[inline]
 pub(crate) fn coarse_now() -> u64 {
-    coarse::NOW.load(Ordering::Acquire)
+    coarse::read()
+}
+
+/// The coarse reading where a ticker keeps it moving, else `u64::MAX` (a
+/// deadline check then falls back to a precise reading instead of trusting
+/// a frozen time).
+#[inline]
+pub(crate) fn coarse_if_ticking() -> u64 {
+    if coarse::ticking() {
+        coarse::NOW.load(Ordering::Acquire)
+    } else {
+        u64::MAX
+    }
 }
 
 /// The coarse clock's time base read precisely now (and published).
@@ -196,9 +208,15 @@ mod coarse {
 
     pub(super) struct CoarseUser(());
 
+    // The hand-over between `acquire` (users up, then "is a ticker
+    // running?") and the exiting ticker ("not running", then "any users?")
+    // is a store-buffer pattern: each side writes one flag and reads the
+    // other. Only sequential consistency forbids both reading the old
+    // values (a user left with no ticker and a frozen clock), so those four
+    // accesses are `SeqCst`.
     impl Drop for CoarseUser {
         fn drop(&mut self) {
-            USERS.fetch_sub(1, Ordering::AcqRel);
+            USERS.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -226,9 +244,9 @@ mod coarse {
     }
 
     pub(super) fn acquire() -> Arc<CoarseUser> {
-        USERS.fetch_add(1, Ordering::AcqRel);
+        USERS.fetch_add(1, Ordering::SeqCst);
         refresh();
-        if !RUNNING.swap(true, Ordering::AcqRel) {
+        if !RUNNING.swap(true, Ordering::SeqCst) {
             let spawned = std::thread::Builder::new()
                 .name("tower-recovery-clock".into())
                 .spawn(ticker);
@@ -242,14 +260,14 @@ mod coarse {
 
     fn ticker() {
         loop {
-            while USERS.load(Ordering::Acquire) > 0 {
+            while USERS.load(Ordering::SeqCst) > 0 {
                 refresh();
                 std::thread::sleep(Duration::from_millis(1));
             }
-            RUNNING.store(false, Ordering::Release);
+            RUNNING.store(false, Ordering::SeqCst);
             // A user may have arrived between the last check and the store
             // above and seen RUNNING still true: take the ticker back.
-            if USERS.load(Ordering::Acquire) == 0 || RUNNING.swap(true, Ordering::AcqRel) {
+            if USERS.load(Ordering::SeqCst) == 0 || RUNNING.swap(true, Ordering::SeqCst) {
                 return;
             }
         }

@@ -86,8 +86,11 @@ impl<T: Leased> Credits<T> {
         &self.arc
     }
 
+    /// The state's address, with the provenance of the whole allocation
+    /// (the reference counts included), as `Arc::from_raw` and
+    /// `Arc::decrement_strong_count` need.
     fn ptr(&self) -> NonNull<T> {
-        NonNull::from(&**self.arc)
+        NonNull::new(Arc::as_ptr(&self.arc).cast_mut()).expect("an Arc is never null")
     }
 
     /// A lease for one call.
@@ -259,6 +262,8 @@ struct Cache {
     /// The breaker (`Core::id`) the block is of: a breaker freed and
     /// another allocated at its address must not inherit its block.
     ring_of: [Cell<u64>; WAYS],
+    /// The next way to evict when none is free.
+    victim: Cell<usize>,
 }
 
 impl Cache {
@@ -281,13 +286,28 @@ impl Cache {
         self.install(ptr, tally)
     }
 
+    /// Installs `ptr`: in its home way if that holds nothing, else in a
+    /// way that holds nothing, else in place of the entry installed longest
+    /// ago (so that a thread working for up to `WAYS` states in turn keeps
+    /// all of them).
     #[cold]
     fn install(&self, ptr: *const (), tally: TallyFn) -> (usize, Due) {
-        let way = home(ptr);
+        let empty = |way: usize| self.counts[way].get() == 0 && self.ring_left[way].get() == 0;
+        let home = home(ptr);
+        let way = if empty(home) {
+            home
+        } else if let Some(way) = (0..WAYS).find(|&way| empty(way)) {
+            way
+        } else {
+            let way = self.victim.get() % WAYS;
+            self.victim.set(way + 1);
+            way
+        };
         let old = self.ptrs[way].replace(ptr);
         let old_count = self.counts[way].replace(0);
         let old_tally = self.tallies[way].replace(Some(tally));
         self.ring_left[way].set(0);
+        self.ring_of[way].set(0);
         let tally = match old_tally {
             Some(f) if !old.is_null() && old_count > 0 => Some((old, old_count, f)),
             _ => None,
@@ -333,6 +353,7 @@ thread_local! {
             ring_next: [const { Cell::new(0) }; WAYS],
             ring_left: [const { Cell::new(0) }; WAYS],
             ring_of: [const { Cell::new(0) }; WAYS],
+            victim: Cell::new(0),
         }
     };
 }
@@ -350,13 +371,21 @@ fn reuse(ptr: NonNull<()>) -> bool {
     let ptr = ptr.as_ptr().cast_const();
     CACHE
         .try_with(|cache| {
-            let way = home(ptr);
+            let home = home(ptr);
+            let way = if cache.ptrs[home].get() == ptr {
+                home
+            } else {
+                match (0..WAYS).find(|&way| cache.ptrs[way].get() == ptr) {
+                    Some(way) => way,
+                    None => return false,
+                }
+            };
             let count = cache.counts[way].get();
-            let mine = cache.ptrs[way].get() == ptr && count > 0;
-            if mine {
-                cache.counts[way].set(count - 1);
+            if count == 0 {
+                return false;
             }
-            mine
+            cache.counts[way].set(count - 1);
+            true
         })
         .unwrap_or(false)
 }
@@ -414,11 +443,18 @@ pub(crate) fn ring_slot<T: Leased>(
     let slot = CACHE.try_with(|cache| {
         let (way, due) = cache.way(ptr, tally::<T>);
         let left = cache.ring_left[way].get();
-        let slot = if left == 0 || cache.ring_of[way].get() != id {
+        let slot = if cache.ring_of[way].get() != id {
+            // New here (or installed again after an eviction, which drops
+            // the block): one slot. A block is reserved only for a breaker
+            // this thread records for again while it keeps its entry, so
+            // entries evicted in turn waste no slots.
+            cache.ring_of[way].set(id);
+            cache.ring_left[way].set(0);
+            reserve(1)
+        } else if left == 0 {
             let start = reserve(block);
             cache.ring_next[way].set(start + 1);
             cache.ring_left[way].set(block - 1);
-            cache.ring_of[way].set(id);
             start
         } else {
             let next = cache.ring_next[way].get();

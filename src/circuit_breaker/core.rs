@@ -288,10 +288,12 @@ pub(crate) struct Core {
     simple: bool,
     pub(crate) cfg: Config,
     pub(crate) clock: Clock,
-    /// Set when the coarse clock stands in for `clock` in the window and
-    /// slow-call measurement (decided at build: `clock` is tokio's, not
-    /// paused, or the coarse clock itself); keeps it ticking.
-    fast: Option<crate::clock::CoarseTicking>,
+    /// Whether the coarse clock stands in for `clock` in a time window
+    /// (its buckets at least 10 ms wide, and `clock` tokio's, not paused, or
+    /// the coarse clock itself), and what keeps it ticking. Decided at the
+    /// window's first call, where the breaker is used (inside the runtime
+    /// whose time it follows), not where it was built.
+    fast: std::sync::OnceLock<Option<crate::clock::CoarseTicking>>,
     pub(crate) name: Arc<str>,
     pub(crate) changed: Arc<Notify>,
     /// Made at the first `subscribe`: its buffer (64 transitions) is most
@@ -335,12 +337,6 @@ impl Core {
         };
         let now = clock.now_nanos();
         let simple = matches!(window, Window::None) && cfg.slow_nanos.is_none();
-        let timed = matches!(window, Window::Time(_)) || cfg.slow_nanos.is_some();
-        let fast = if timed && clock.follows_real_time() {
-            crate::clock::coarse_ticking()
-        } else {
-            None
-        };
         Self {
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::Bound::new(),
@@ -363,7 +359,7 @@ impl Core {
             window,
             cfg,
             clock,
-            fast,
+            fast: std::sync::OnceLock::new(),
             name,
             changed: Arc::new(Notify::new()),
             events: std::sync::OnceLock::new(),
@@ -414,7 +410,7 @@ impl Core {
                 // measure the open wait with the coarse clock (one load)
                 // where it can stand in for the breaker's own.
                 let until = self.open_until_coarse.load(Ordering::Acquire);
-                let now = crate::clock::coarse_now();
+                let now = crate::clock::coarse_if_ticking();
                 if now < until {
                     return Err(self.reject(State::Open, Some(until - now), count));
                 }
@@ -504,7 +500,7 @@ impl Core {
     #[inline]
     pub(crate) fn start(&self, ticket: &mut Ticket) {
         if self.cfg.slow_nanos.is_some() {
-            ticket.start = self.fast_now();
+            ticket.start = self.clock.now_nanos();
         }
     }
 
@@ -613,17 +609,14 @@ impl Core {
             self.reset_consecutive(ticket.word);
             0
         };
-        let (now, slow) = match self.cfg.slow_nanos {
-            Some(limit) => {
-                let now = self.fast_now();
-                (now, now.saturating_sub(ticket.start) >= limit)
-            }
-            None => (0, false),
+        let slow = match self.cfg.slow_nanos {
+            Some(limit) => self.clock.now_nanos().saturating_sub(ticket.start) >= limit,
+            None => false,
         };
         let cause = match self.cfg.rule {
             TripRule::Consecutive(limit) => {
                 if !matches!(self.window, Window::None) {
-                    self.window_record(now, failed, slow);
+                    self.window_record(failed, slow);
                 }
                 (consecutive >= limit).then_some(Cause::ConsecutiveFailures)
             }
@@ -631,7 +624,7 @@ impl Core {
                 minimum_calls,
                 failure_ppm,
                 slow_ppm,
-            } => match self.window_record(now, failed, slow) {
+            } => match self.window_record(failed, slow) {
                 None => None,
                 Some(counts) if counts.calls < minimum_calls => None,
                 Some(counts) if at_least(counts.failures, failure_ppm, counts.calls) => {
@@ -655,7 +648,7 @@ impl Core {
     /// rate rule could trip on them, `None` when it certainly cannot (the
     /// time window then skips summing its striped call counts).
     #[inline]
-    fn window_record(&self, now: u64, failed: bool, slow: bool) -> Option<WindowCounts> {
+    fn window_record(&self, failed: bool, slow: bool) -> Option<WindowCounts> {
         match &self.window {
             Window::None => Some(WindowCounts::default()),
             Window::Count(ring) => {
@@ -664,11 +657,7 @@ impl Core {
                 Some(ring.record_at(slot, failed, slow))
             }
             Window::Time(buckets) => {
-                let now = if self.cfg.slow_nanos.is_some() {
-                    now
-                } else {
-                    self.fast_now()
-                };
+                let now = self.window_now(true);
                 let (failures, slow_calls) = buckets.record(now, failed, slow);
                 // With `calls >= minimum_calls`, a rate can be reached only
                 // if the failures (or slow calls) alone reach it at the
@@ -692,12 +681,25 @@ impl Core {
         }
     }
 
-    /// Time for the window and slow-call measurement: the coarse clock (one
-    /// load) where it stands in for the breaker's clock, otherwise that
-    /// clock.
+    /// Time for the time window: the coarse clock (one load) where it
+    /// stands in for the breaker's clock, otherwise that clock. Decided at
+    /// the first recording; a read before it (the window is then empty)
+    /// uses the breaker's clock and decides nothing.
     #[inline]
-    fn fast_now(&self) -> u64 {
-        if self.fast.is_some() {
+    fn window_now(&self, record: bool) -> u64 {
+        let fast = match self.fast.get() {
+            Some(fast) => fast,
+            None if record => self.fast.get_or_init(|| {
+                let wide = matches!(self.cfg.window, WindowKind::Time { width, .. } if width >= 10_000_000);
+                if wide && self.clock.follows_real_time() {
+                    crate::clock::coarse_ticking()
+                } else {
+                    None
+                }
+            }),
+            None => return self.clock.now_nanos(),
+        };
+        if fast.is_some() {
             crate::clock::coarse_now()
         } else {
             self.clock.now_nanos()
@@ -828,7 +830,7 @@ impl Core {
         let w = match &self.window {
             Window::None => WindowCounts::default(),
             Window::Count(ring) => ring.counts(),
-            Window::Time(buckets) => buckets.counts(self.fast_now()),
+            Window::Time(buckets) => buckets.counts(self.window_now(false)),
         };
         Counts {
             consecutive_failures: {
@@ -891,11 +893,16 @@ impl Core {
     /// Moves from the state word `expected` to `to`, unless another transition
     /// got there first. Returns whether this call made the transition.
     pub(crate) fn transition(&self, expected: u64, to: State, cause: Cause, now: u64) -> bool {
+        let ticking = if to == State::Open {
+            self.open_ticking()
+        } else {
+            None
+        };
         let locked = lock(&self.locked);
         if self.state.0.load(Ordering::Acquire) != expected {
             return false;
         }
-        self.apply(locked, expected, to, cause, now);
+        self.apply(locked, expected, to, cause, now, ticking);
         true
     }
 
@@ -907,7 +914,7 @@ impl Core {
             locked.level = 0;
         }
         let word = self.state.0.load(Ordering::Acquire);
-        self.apply(locked, word, to, cause, now);
+        self.apply(locked, word, to, cause, now, None);
     }
 
     /// Closes an `Open` or `HalfOpen` breaker because its dependency works
@@ -921,24 +928,34 @@ impl Core {
         if !matches!(code(word), OPEN | HALF_OPEN) {
             return false;
         }
-        self.apply(locked, word, State::Closed, Cause::Recovered, now);
+        self.apply(locked, word, State::Closed, Cause::Recovered, now, None);
         true
     }
 
+    /// What keeps the coarse clock ticking for an open wait about to begin,
+    /// where the coarse clock can stand in for this breaker's (its clock is
+    /// tokio's, not paused, and a ticker thread runs). Taken before the
+    /// transition's lock: it may start the ticker thread.
+    fn open_ticking(&self) -> Option<crate::clock::CoarseTicking> {
+        if self.clock.is_coarse() || !self.clock.follows_real_time() {
+            return None;
+        }
+        crate::clock::coarse_ticking()
+    }
+
     /// `until` (on this breaker's clock) on the coarse clock, or 0 where the
-    /// coarse clock cannot stand in (the clock is manual, or tokio's and
-    /// paused; or no ticker thread runs).
-    fn coarse_deadline(&self, locked: &mut Locked, until: u64) -> u64 {
+    /// coarse clock cannot stand in (no `ticking`, and the breaker's clock is
+    /// not the coarse clock itself).
+    fn coarse_deadline(
+        &self,
+        locked: &mut Locked,
+        until: u64,
+        ticking: Option<crate::clock::CoarseTicking>,
+    ) -> u64 {
         if self.clock.is_coarse() {
             return until;
         }
-        if !self.clock.follows_real_time() {
-            locked.ticking = None;
-            return 0;
-        }
-        if locked.ticking.is_none() {
-            locked.ticking = crate::clock::coarse_ticking();
-        }
+        locked.ticking = ticking;
         if locked.ticking.is_none() {
             return 0;
         }
@@ -963,6 +980,7 @@ impl Core {
         to: State,
         cause: Cause,
         now: u64,
+        ticking: Option<crate::clock::CoarseTicking>,
     ) {
         let from = state_of(word);
         let counts = self.counts();
@@ -983,8 +1001,10 @@ impl Core {
                     .store(self.open_nanos(locked.level), Ordering::Release);
                 let until = now.saturating_add(nanos);
                 self.open_until.store(until, Ordering::Release);
-                self.open_until_coarse
-                    .store(self.coarse_deadline(&mut locked, until), Ordering::Release);
+                self.open_until_coarse.store(
+                    self.coarse_deadline(&mut locked, until, ticking),
+                    Ordering::Release,
+                );
                 open_for = Some(Duration::from_nanos(nanos));
             }
             _ if self.open_until_coarse.load(Ordering::Relaxed) != 0 => {

@@ -182,7 +182,11 @@ fn the_time_window_loses_nothing_across_a_rotation() {
         let c = w.counts(39);
         assert_eq!((c.calls, c.failures), (2, 0));
         let (failures, _) = w.record(39, false, false);
-        assert_eq!((w.calls(39), failures), (3, 0), "running totals agree");
+        assert_eq!(
+            (w.calls(39), failures),
+            (3, 0),
+            "the failure total agrees with its buckets"
+        );
     });
 }
 

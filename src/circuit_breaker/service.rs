@@ -74,6 +74,17 @@ impl Admission {
     }
 }
 
+/// Gives the admission back if the inner `call` panics, so that a service
+/// that outlives the panic (a panic-catching layer outside it) does not
+/// reuse it for another request.
+struct Unlatch<'a>(&'a mut Admission);
+
+impl Drop for Unlatch<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 impl Drop for Admission {
     fn drop(&mut self) {
         self.release();
@@ -266,11 +277,13 @@ where
                 let mut ticket = Ticket::from_word(word);
                 self.admission.breaker().core.start(&mut ticket);
                 // The admission stays latched until the inner call returns
-                // (if it panics, dropping the service gives it back). The
-                // guard is made after it, straight into the future: built
+                // (if it panics, `Unlatch` gives it back). The guard is
+                // made after it, straight into the future: built
                 // before and moved in, its words were read back wider than
                 // they were written, a store-forwarding stall per call.
+                let unlatch = Unlatch(&mut self.admission);
                 let future = self.inner.call(req);
+                std::mem::forget(unlatch);
                 self.admission.latch = EMPTY;
                 let guard = Guard::new(self.admission.credits.take(), ticket);
                 ResponseFuture::called(future, guard, self.classify.clone(), self.reject.clone())

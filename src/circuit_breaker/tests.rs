@@ -754,3 +754,31 @@ async fn a_snapshot_past_a_half_open_timeout_shows_the_new_period_s_permits() {
     );
     assert!(b.try_acquire().is_ok(), "the read predicted it");
 }
+
+#[test]
+fn count_windows_of_breakers_used_in_turn_on_one_thread_still_trip() {
+    // Review: the per-thread cache was direct-mapped, and each breaker's
+    // outcome evicted the other's entry and reserved a fresh block of slots
+    // of which it wrote one: a count window of 100 saw 2 calls and never
+    // reached its minimum. Six breakers (more than the cache holds), in
+    // turn, every call failing.
+    let breakers: Vec<Breaker> = (0..6)
+        .map(|i| {
+            Breaker::builder(format!("dep{i}"))
+                .count_window(100)
+                .minimum_calls(10)
+                .failure_rate(0.5)
+                .build()
+        })
+        .collect();
+    for _ in 0..10 {
+        for b in &breakers {
+            if let Ok(permit) = b.try_acquire() {
+                permit.failure();
+            }
+        }
+    }
+    for b in &breakers {
+        assert_eq!(b.state(), State::Open, "{}: {:?}", b.name(), b.counts());
+    }
+}

@@ -360,7 +360,11 @@ impl TimeBuckets {
     /// Calls in the buckets still live at `now`, over every stripe. Reads
     /// only.
     pub(crate) fn calls(&self, now: u64) -> u64 {
-        let tick = now / self.width;
+        // A recorder whose clock reading lags the head (it was descheduled
+        // while others rotated buckets) counts as of the head, as the
+        // rotation has the failure total: else it would see the failures of
+        // the whole window over the calls of part of it.
+        let tick = (now / self.width).max(self.head.0.load(Ordering::Acquire));
         if self.idle(tick) {
             return 0;
         }
