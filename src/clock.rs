@@ -7,11 +7,16 @@
 //! - [`Clock::tokio`], the default: [`tokio::time::Instant`]. It follows
 //!   paused and advanced time in `#[tokio::test(start_paused = true)]` tests,
 //!   so an application's own tests can drive a breaker with virtual time.
+//!   Where it follows real time (not paused), the breaker's hot paths read
+//!   the coarse clock in its place: the end of an open wait, and the buckets
+//!   of a time window of 10 ms buckets or wider. No opt-in is needed for
+//!   speed.
 //! - [`Clock::coarse`]: one atomic load per read, refreshed every millisecond
-//!   by a background thread that runs only while a coarse clock exists. Use it
-//!   for time windows and slow-call detection on very hot paths, where a
-//!   precise clock read (tens of nanoseconds) would dominate the cost of the
-//!   breaker. It follows real time only, not tokio's paused time.
+//!   by a background thread that runs only while something reads it (a
+//!   coarse clock, an open breaker, a time-window breaker on the default
+//!   clock). For slow-call measurement at millisecond resolution without a
+//!   precise reading per call. It follows real time only, not tokio's paused
+//!   time. Where no thread can be started, every reading is precise.
 //! - [`ManualClock`]: time moves only when told to; for deterministic tests
 //!   and benchmarks.
 //!
@@ -86,6 +91,7 @@ impl Clock {
     /// coarse clock itself, or tokio's while its time is not paused (a
     /// paused clock lags real time or, auto-advanced, runs ahead of it; an
     /// unpaused one reads the same as `std::time::Instant`).
+    #[cfg(feature = "circuit-breaker")]
     pub(crate) fn follows_real_time(&self) -> bool {
         match &self.kind {
             Kind::Coarse(_) => true,
@@ -105,6 +111,7 @@ impl Clock {
 /// about a millisecond and never runs ahead of it, so a reading below a
 /// deadline does not prove the deadline is still ahead, but a reading at or
 /// past it proves it has passed.
+#[cfg(feature = "circuit-breaker")]
 #[inline]
 pub(crate) fn coarse_now() -> u64 {
     coarse::read()
@@ -113,6 +120,7 @@ pub(crate) fn coarse_now() -> u64 {
 /// The coarse reading where a ticker keeps it moving, else `u64::MAX` (a
 /// deadline check then falls back to a precise reading instead of trusting
 /// a frozen time).
+#[cfg(feature = "circuit-breaker")]
 #[inline]
 pub(crate) fn coarse_if_ticking() -> u64 {
     if coarse::ticking() {
@@ -123,6 +131,7 @@ pub(crate) fn coarse_if_ticking() -> u64 {
 }
 
 /// The coarse clock's time base read precisely now (and published).
+#[cfg(feature = "circuit-breaker")]
 pub(crate) fn coarse_precise_now() -> u64 {
     coarse::refresh()
 }
@@ -130,14 +139,17 @@ pub(crate) fn coarse_precise_now() -> u64 {
 /// Keeps the coarse clock ticking while the returned handle lives; `None`
 /// when no ticker thread runs (it could not be started), as then the coarse
 /// clock does not move by itself.
+#[cfg(feature = "circuit-breaker")]
 pub(crate) fn coarse_ticking() -> Option<CoarseTicking> {
     let user = coarse::acquire();
     coarse::ticking().then(|| CoarseTicking(user))
 }
 
 /// A reason for the coarse clock to keep ticking.
+#[cfg(feature = "circuit-breaker")]
 pub(crate) struct CoarseTicking(#[allow(dead_code)] Arc<CoarseUser>);
 
+#[cfg(feature = "circuit-breaker")]
 impl fmt::Debug for CoarseTicking {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("CoarseTicking")

@@ -80,7 +80,9 @@ impl Rejection {
         STATES[((self.packed.get() & 7) - 1) as usize]
     }
 
-    /// When to retry. `Open`: exactly when the next probe is admitted.
+    /// When to retry. `Open`: when the next probe is admitted (read from
+    /// the coarse clock where it stands in for the breaker's, which lags
+    /// real time by up to about a millisecond, and so may say as much more).
     /// `HalfOpen` with every probe permit in use: when the half-open wait
     /// ends if one is set (the breaker decides again by itself then),
     /// otherwise the base open duration, the least a failing probe would

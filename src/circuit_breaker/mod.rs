@@ -443,6 +443,13 @@ impl Breaker {
     }
 
     /// A handle that does not keep the breaker alive.
+    ///
+    /// Calls hold credits on the breaker rather than reference counts
+    /// (README, "Performance"): once every handle is dropped, the breaker is
+    /// freed when the threads that ran its calls have given back what they
+    /// hold (when they work for other breakers or exit). Until then
+    /// [`WeakBreaker::upgrade`] still succeeds, and [`Transitions`] streams
+    /// do not end.
     pub fn downgrade(&self) -> WeakBreaker {
         WeakBreaker {
             core: Arc::downgrade(&self.core),

@@ -241,7 +241,7 @@ where
             match self.admission.breaker().core.admit_closed() {
                 Some(word) if self.wait.is_none() => self.admission.latch = word,
                 _ => {
-                    if let Poll::Pending = self.admit(cx) {
+                    if self.admit(cx).is_pending() {
                         return Poll::Pending;
                     }
                 }
