@@ -40,6 +40,7 @@ fn shared() -> Arc<Shared> {
         stopped: AtomicBool::new(false),
         layer_failures: AtomicU32::new(0),
         layer_down: AtomicBool::new(false),
+        returned: crate::sync::atomic::AtomicU64::new(0),
     })
 }
 
