@@ -27,7 +27,8 @@
 //! dropped is freed once the threads that ran its calls have given back
 //! what they hold, that is when they work for other state mapped to the
 //! same slot of their cache, or exit. At most [`WAYS`] dropped states are
-//! held per thread. Leased state must therefore do nothing observable when
+//! held per thread. A thread that works for more than `WAYS` states in turn
+//! evicts entries, and each eviction is one shared read-modify-write. Leased state must therefore do nothing observable when
 //! dropped (a recovery's task stops when its `Owner` handle drops, which is
 //! never leased).
 
@@ -49,7 +50,7 @@ pub(crate) const BATCH: u64 = 1024;
 /// this thread take them back without any shared write.
 const KEEP: u64 = BATCH;
 /// States a thread's cache holds credits for.
-const WAYS: usize = 4;
+const WAYS: usize = 8;
 
 /// Shared state that calls hold credits on.
 pub(crate) trait Leased: Send + Sync + 'static {
@@ -257,6 +258,7 @@ struct Cache {
     ptrs: [Cell<*const ()>; WAYS],
     counts: [Cell<u64>; WAYS],
     tallies: [Cell<Option<TallyFn>>; WAYS],
+    #[cfg_attr(not(feature = "circuit-breaker"), allow(dead_code))]
     ring_next: [Cell<u64>; WAYS],
     ring_left: [Cell<u64>; WAYS],
     /// The breaker (`Core::id`) the block is of: a breaker freed and

@@ -77,8 +77,9 @@
 //! [Tower]: https://docs.rs/tower
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
-// One module holds `unsafe` (`lease`, measured: it takes the reference
-// count off every call) and allows it explicitly.
+// `unsafe` is allowed in two places only: the `lease` module (measured: it
+// takes the reference count off every call) and `Breaker::from_arc_ref`, a
+// `repr(transparent)` cast.
 #![deny(unsafe_code)]
 
 #[cfg(feature = "axum")]
@@ -92,6 +93,12 @@ pub mod config;
 pub mod drain;
 #[cfg(feature = "health")]
 pub mod health;
+#[cfg(any(feature = "circuit-breaker", feature = "recovery", feature = "drain"))]
+mod lease;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(feature = "recovery")]
+pub mod recovery;
 #[cfg(any(
     feature = "circuit-breaker",
     feature = "drain",
@@ -99,12 +106,6 @@ pub mod health;
     feature = "health"
 ))]
 #[allow(dead_code)]
-#[cfg(any(feature = "circuit-breaker", feature = "recovery", feature = "drain"))]
-mod lease;
-#[cfg(feature = "metrics")]
-pub mod metrics;
-#[cfg(feature = "recovery")]
-pub mod recovery;
 mod sync;
 #[cfg(any(
     feature = "circuit-breaker",

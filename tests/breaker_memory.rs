@@ -70,21 +70,48 @@ async fn memory_per_breaker_and_per_recovery() {
         let breakers: Vec<Breaker> = (0..100)
             .map(|i| Breaker::new(format!("dependency_{i}")))
             .collect();
-        let held = per_item(100, |i| {
-            Recovery::builder(format!("dependency_{i}"), || async { Ok::<_, String>(()) })
-                .watch(&breakers[i])
-                .spawn()
-        });
+        let before = LIVE.load(Ordering::Relaxed);
+        let recoveries: Vec<Recovery> = (0..100)
+            .map(|i| {
+                Recovery::builder(format!("dependency_{i}"), || async { Ok::<_, String>(()) })
+                    .watch(&breakers[i])
+                    .spawn()
+            })
+            .collect();
         // Let the tasks start (their first poll allocates their state).
-        tokio::task::yield_now().await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let held = LIVE.load(Ordering::Relaxed) - before;
+        let vec = (100 * std::mem::size_of::<Recovery>()) as isize;
+        drop(recoveries);
+        (held - vec) / 100
+    };
+    // A breaker that has run calls and has a subscriber (its transition
+    // channel is made then) and a time window (its clock chosen then).
+    let used = {
+        let before = LIVE.load(Ordering::Relaxed);
+        let b = Breaker::builder("used")
+            .time_window(Duration::from_secs(10), 10)
+            .build();
+        let events = b.subscribe();
+        for _ in 0..1_000 {
+            b.try_acquire().unwrap().success();
+        }
+        let held = LIVE.load(Ordering::Relaxed) - before;
+        drop((events, b));
         held
     };
     println!(
-        "memory per breaker: consecutive {consecutive} B, count window of 100 {count} B, time window of 10 buckets {time} B; per recovery (handle and task) {recovery} B"
+        "memory per breaker: consecutive {consecutive} B, count window of 100 {count} B, time window of 10 buckets {time} B, that one used and subscribed to {used} B; per recovery (handle and task) {recovery} B"
     );
     // Bounds with room for machines with more cores (up to 8 stripes).
     assert!(consecutive < 6 * 1024, "{consecutive} bytes per breaker");
     assert!(count < 6 * 1024, "{count} bytes per count-window breaker");
     assert!(time < 12 * 1024, "{time} bytes per time-window breaker");
     assert!(recovery < 4 * 1024, "{recovery} bytes per recovery");
+    assert!(
+        used < 24 * 1024,
+        "{used} bytes for a used, observed breaker"
+    );
 }

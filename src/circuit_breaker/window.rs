@@ -56,8 +56,10 @@ fn packed(code: u8) -> i64 {
 /// window is exactly its last `size` calls. With several, each fills its
 /// own block in order (blocks of more than two threads may overlap in a
 /// small ring, where a slot then holds the later of two outcomes), and a
-/// thread that stops recording leaves at most one block partly filled with
-/// outcomes from the ring's previous lap.
+/// thread that stops recording for the breaker (or whose per-thread cache
+/// evicts it, when it works for more than 8 breakers, recoveries and drains
+/// in turn) leaves at most one block partly filled with outcomes from the
+/// ring's previous lap.
 #[derive(Debug)]
 pub(crate) struct CountRing {
     head: Padded<AtomicU64>,

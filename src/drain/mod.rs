@@ -534,6 +534,29 @@ impl Drop for Guard {
 #[derive(Clone)]
 pub struct Drain {
     shared: Arc<Shared>,
+    _owner: Arc<Owner>,
+}
+
+/// Dropped with the last [`Drain`] handle: hooks that can no longer run (no
+/// handle is left to begin the drain) are dropped then, with what they
+/// captured, not when the state itself is freed (which requests' holds may
+/// delay: `crate::lease`). A drain already begun runs its hooks regardless.
+struct Owner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let unrun = {
+            let mut hooks = lock(&self.shared.hooks);
+            if self.shared.begun.load(Ordering::Acquire) {
+                VecDeque::new()
+            } else {
+                std::mem::take(&mut hooks.queue)
+            }
+        };
+        drop(unrun);
+    }
 }
 
 impl fmt::Debug for Drain {
@@ -975,29 +998,33 @@ impl Builder {
 
     /// Builds the drain.
     pub fn build(self) -> Drain {
-        Drain {
-            shared: Arc::new(Shared {
-                #[cfg(feature = "metrics")]
-                in_flight_gauge: crate::metrics::Bound::new(),
-                in_flight: crate::util::Padded(AtomicUsize::new(0)),
-                returned: AtomicU64::new(0),
-                phase: AtomicU8::new(SERVING),
-                refused: AtomicU64::new(0),
-                forced: AtomicBool::new(false),
-                begun: AtomicBool::new(false),
-                clients_closed: AtomicBool::new(false),
-                changed: Notify::new(),
-                grace: self.grace,
-                pre_drain: self.pre_drain,
-                hook_timeout: self.hook_timeout,
-                retry_after: self.retry_after.as_secs().max(1),
-                hooks: Mutex::new(Hooks {
-                    queue: VecDeque::new(),
-                    added: 0,
-                    closed: false,
-                }),
-                progress: Mutex::new(Progress::default()),
+        let shared = Arc::new(Shared {
+            #[cfg(feature = "metrics")]
+            in_flight_gauge: crate::metrics::Bound::new(),
+            in_flight: crate::util::Padded(AtomicUsize::new(0)),
+            returned: AtomicU64::new(0),
+            phase: AtomicU8::new(SERVING),
+            refused: AtomicU64::new(0),
+            forced: AtomicBool::new(false),
+            begun: AtomicBool::new(false),
+            clients_closed: AtomicBool::new(false),
+            changed: Notify::new(),
+            grace: self.grace,
+            pre_drain: self.pre_drain,
+            hook_timeout: self.hook_timeout,
+            retry_after: self.retry_after.as_secs().max(1),
+            hooks: Mutex::new(Hooks {
+                queue: VecDeque::new(),
+                added: 0,
+                closed: false,
             }),
+            progress: Mutex::new(Progress::default()),
+        });
+        Drain {
+            _owner: Arc::new(Owner {
+                shared: shared.clone(),
+            }),
+            shared,
         }
     }
 }

@@ -24,9 +24,7 @@ fn shared() -> Arc<Shared> {
             attempt_timeout: Duration::from_secs(10),
             trigger_after: 3,
         },
-        action: Box::new(|| Box::pin(async { Ok(()) })),
         breaker: None,
-        alert: None,
         state: Mutex::new(State {
             machine: Machine::new(Rules {
                 max_attempts: 3,

@@ -356,9 +356,7 @@ fn is_down(state: crate::circuit_breaker::State) -> bool {
 pub(crate) struct Shared {
     name: Arc<str>,
     cfg: Config,
-    action: Box<dyn Fn() -> BoxFuture + Send + Sync>,
     breaker: Option<(WeakBreaker, watch::Receiver<Signal>)>,
-    alert: Option<Alert>,
     state: Mutex<State>,
     /// Wakes the task: effects to carry out, or the stop.
     wake: Notify,
@@ -371,6 +369,14 @@ pub(crate) struct Shared {
     layer_down: AtomicBool,
     /// Call credits given back through the shared tally (see `crate::lease`).
     returned: crate::sync::atomic::AtomicU64,
+}
+
+/// What the user gave the recovery to run: owned by the task alone, and
+/// dropped when it stops, not with `Shared` (which calls in flight may hold
+/// a while longer: `crate::lease`).
+pub(super) struct User {
+    pub(super) action: Box<dyn Fn() -> BoxFuture + Send + Sync>,
+    pub(super) alert: Option<Alert>,
 }
 
 /// Keeps the background task alive; dropped with the last handle.
@@ -750,9 +756,7 @@ impl Builder {
         let shared = Arc::new(Shared {
             name: self.name,
             cfg: self.cfg,
-            action: self.action,
             breaker,
-            alert: self.alert,
             state: Mutex::new(State {
                 machine,
                 seen,
@@ -765,7 +769,11 @@ impl Builder {
             layer_down: AtomicBool::new(false),
             returned: crate::sync::atomic::AtomicU64::new(0),
         });
-        tokio::spawn(task::run(shared.clone()));
+        let user = User {
+            action: self.action,
+            alert: self.alert,
+        };
+        tokio::spawn(task::run(shared.clone(), user));
         Recovery {
             owner: Arc::new(Owner { shared }),
         }

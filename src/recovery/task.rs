@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use tokio::time::{Instant, Sleep};
 
 use super::machine::{Effect, Event, Log};
-use super::{BoxFuture, RecoveryState, Shared};
+use super::{BoxFuture, RecoveryState, Shared, User};
 use crate::sync::atomic::Ordering;
 use crate::sync::lock;
 
@@ -52,7 +52,7 @@ async fn step(running: &mut Option<Running>) -> Step {
     }
 }
 
-pub(super) async fn run(shared: Arc<Shared>) {
+pub(super) async fn run(shared: Arc<Shared>, user: User) {
     let mut signal = shared.breaker.as_ref().map(|(_, rx)| rx.clone());
     let mut running: Option<Running> = None;
     loop {
@@ -73,7 +73,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
         };
         let acted = !effects.is_empty();
         for effect in effects {
-            carry_out(&shared, effect, &mut running);
+            carry_out(&shared, &user, effect, &mut running);
         }
         if acted {
             shared.changed.notify_waiters();
@@ -125,7 +125,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 match running.as_mut() {
                     // The machine still wants this attempt: run the action
                     // now (never for a cycle cancelled meanwhile).
-                    Some(r) if current && started => r.action = Some(start_action(&shared)),
+                    Some(r) if current && started => r.action = Some(start_action(&shared, &user)),
                     Some(_) if !current => running = None,
                     _ => {}
                 }
@@ -134,11 +134,11 @@ pub(super) async fn run(shared: Arc<Shared>) {
     }
 }
 
-fn start_action(shared: &Arc<Shared>) -> BoxFuture {
+fn start_action(shared: &Arc<Shared>, user: &User) -> BoxFuture {
     let limit = shared.cfg.attempt_timeout;
     // A panic in the action (making the future, or polling it) is a failed
     // attempt, not the end of the recovery's task.
-    let attempt = match catch_unwind(AssertUnwindSafe(|| (shared.action)())) {
+    let attempt = match catch_unwind(AssertUnwindSafe(|| (user.action)())) {
         Ok(attempt) => attempt,
         Err(panic) => {
             let error = format!("attempt panicked: {}", panic_message(&*panic));
@@ -175,7 +175,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
-fn carry_out(shared: &Arc<Shared>, effect: Effect, running: &mut Option<Running>) {
+fn carry_out(shared: &Arc<Shared>, user: &User, effect: Effect, running: &mut Option<Running>) {
     let name = &*shared.name;
     let max = shared.cfg.max_attempts;
     match effect {
@@ -205,7 +205,7 @@ fn carry_out(shared: &Arc<Shared>, effect: Effect, running: &mut Option<Running>
             }
         }
         Effect::Alert => {
-            if let Some(alert) = &shared.alert {
+            if let Some(alert) = &user.alert {
                 let status = shared.status();
                 if catch_unwind(AssertUnwindSafe(|| alert(&status))).is_err() {
                     tracing::error!(dependency = name, "the exhaustion alert hook panicked");
@@ -295,6 +295,6 @@ fn count(_shared: &Shared, _what: &'static str) {
 }
 
 #[allow(dead_code)]
-fn _assert_send(shared: Arc<Shared>) -> impl Future<Output = ()> + Send {
-    run(shared)
+fn _assert_send(shared: Arc<Shared>, user: User) -> impl Future<Output = ()> + Send {
+    run(shared, user)
 }

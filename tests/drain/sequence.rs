@@ -688,3 +688,40 @@ async fn an_http_service_error_during_the_drain_is_cut_off() {
     let report = drain.completed().await;
     assert_eq!((report.finished, report.cut_off), (1, 1), "{report:?}");
 }
+
+#[tokio::test]
+async fn hooks_no_one_can_run_are_dropped_with_the_last_handle() {
+    // Requests hold the drain's state by credits that threads give back
+    // later (`src/lease.rs`); what a hook captured must not wait for that.
+    use tower::{Layer, Service, ServiceExt};
+    let drain = tower_recovery::drain::Drain::default();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    assert!(
+        drain
+            .on_drained(move || async move {
+                let _ = tx.send(());
+            })
+            .is_ok()
+    );
+    let mut svc = drain
+        .layer()
+        .layer(tower::service_fn(|_: http::Request<String>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+        }));
+    let response = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(String::new()))
+        .await
+        .unwrap();
+    drop(response);
+    drop(drain);
+    // No handle is left to begin the drain: the hook (and its sender) went.
+    let dropped = tokio::time::timeout(std::time::Duration::from_secs(5), rx).await;
+    assert!(
+        matches!(dropped, Ok(Err(_))),
+        "the unrun hook was dropped: {dropped:?}"
+    );
+    drop(svc);
+}
