@@ -135,10 +135,13 @@ impl Admin {
         let Some(token) = &self.token else {
             return false;
         };
+        // `<scheme> <token>`, the scheme case-insensitive (RFC 7235).
         let Some(given) = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.trim_start().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
         else {
             return false;
         };
@@ -176,6 +179,11 @@ impl Admin {
             if self.authorized(headers) {
                 return None;
             }
+            // Never the token given: only that one was refused.
+            tracing::warn!(
+                given = headers.contains_key(header::AUTHORIZATION),
+                "admin request refused: missing or invalid bearer token"
+            );
             let mut response = error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
             response
                 .headers_mut()

@@ -156,10 +156,14 @@ impl<E> CallError<E> {
     }
 }
 
+/// Each message once along a `source()` chain: the call's own error is
+/// transparent (its message, its own source); a rejection says the call was
+/// not admitted, with the [`Rejection`] as its source (which is how
+/// [`is_refusal`](crate::recovery::is_refusal) finds it in a chain).
 impl<E: fmt::Display> fmt::Display for CallError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Rejected(r) => r.fmt(f),
+            Self::Rejected(_) => f.write_str("call not admitted"),
             Self::Inner(e) => e.fmt(f),
         }
     }
@@ -169,7 +173,7 @@ impl<E: std::error::Error + 'static> std::error::Error for CallError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Rejected(r) => Some(r),
-            Self::Inner(e) => Some(e),
+            Self::Inner(e) => e.source(),
         }
     }
 }

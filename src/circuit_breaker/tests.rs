@@ -782,3 +782,29 @@ fn count_windows_of_breakers_used_in_turn_on_one_thread_still_trip() {
         assert_eq!(b.state(), State::Open, "{}: {:?}", b.name(), b.counts());
     }
 }
+
+#[test]
+fn a_call_error_chain_prints_each_message_once() {
+    // Issue 12: `CallError` printed its source's message as its own.
+    fn chain(e: &dyn std::error::Error) -> Vec<String> {
+        let mut out = vec![e.to_string()];
+        let mut next = e.source();
+        while let Some(e) = next {
+            out.push(e.to_string());
+            next = e.source();
+        }
+        out
+    }
+    let inner: CallError<std::io::Error> = CallError::Inner(std::io::Error::other("refused"));
+    assert_eq!(chain(&inner), ["refused"]);
+    let b = Breaker::builder("dep").consecutive_failures(1).build();
+    b.try_acquire().unwrap().failure();
+    let rejected: CallError<std::io::Error> = CallError::Rejected(b.try_acquire().unwrap_err());
+    let messages = chain(&rejected);
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_eq!(messages[0], "call not admitted");
+    assert!(
+        messages[1].starts_with("circuit breaker is open"),
+        "{messages:?}"
+    );
+}

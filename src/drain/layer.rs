@@ -445,12 +445,12 @@ where
                 Poll::Ready(out.map_err(Into::into))
             }
             None => match this.refusal {
-                Refusal::ClientClosed => Poll::Ready(Err(Box::new(ClientClosed::default()))),
+                Refusal::ClientClosed => Poll::Ready(Err(Box::new(ClientClosed::new()))),
                 Refusal::Draining(shared) => {
                     if let Some(shared) = shared.take() {
                         shared.refused();
                     }
-                    Poll::Ready(Err(Box::new(Draining::default())))
+                    Poll::Ready(Err(Box::new(Draining::new())))
                 }
                 Refusal::None => unreachable!("an admitted call has a future"),
             },

@@ -152,9 +152,15 @@ const DRAINED: u8 = 3;
 const CLOSED: u8 = 4;
 
 /// A new request arrived while draining.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Draining {
     _p: (),
+}
+
+impl Draining {
+    pub(crate) const fn new() -> Self {
+        Self { _p: () }
+    }
 }
 
 impl fmt::Display for Draining {
@@ -166,9 +172,15 @@ impl fmt::Display for Draining {
 impl std::error::Error for Draining {}
 
 /// An outbound client was used after the drain closed it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientClosed {
     _p: (),
+}
+
+impl ClientClosed {
+    pub(crate) const fn new() -> Self {
+        Self { _p: () }
+    }
 }
 
 impl fmt::Display for ClientClosed {

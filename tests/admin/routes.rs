@@ -334,3 +334,33 @@ async fn nests_and_merges_with_application_state() {
     let (res, _) = call(&app, "GET", "/nothing-here", None).await;
     assert_eq!(res.status(), 404, "no fallback of its own");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_bearer_scheme_is_case_insensitive() {
+    // Issue 12 (RFC 7235: auth schemes are case-insensitive).
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+    let f = Fixture::new();
+    let router = f.admin().token("s3cret-token").router::<()>();
+    let post = |authorization: &'static str| {
+        Request::builder()
+            .method("POST")
+            .uri("/reliability/circuit-breaker/model_server/reset")
+            .header("authorization", authorization)
+            .body(Body::empty())
+            .unwrap()
+    };
+    for accepted in [
+        "bearer s3cret-token",
+        "BEARER s3cret-token",
+        "Bearer s3cret-token",
+    ] {
+        let res = router.clone().oneshot(post(accepted)).await.unwrap();
+        assert_eq!(res.status(), 200, "{accepted:?}");
+    }
+    for refused in ["Basic s3cret-token", "Bearers3cret-token", "s3cret-token"] {
+        let res = router.clone().oneshot(post(refused)).await.unwrap();
+        assert_eq!(res.status(), 401, "{refused:?}");
+    }
+}
