@@ -7,7 +7,8 @@
 //!   real ones instead);
 //! - a SQLite database file (`DATABASE_URL` may name SQLite or
 //!   MySQL/MariaDB instead);
-//! - the API on `PORT` (default 8000): `POST /fir` with `{"complaint": "..."}`
+//! - the API on `HOST`:`PORT` (default 127.0.0.1:8000; `HOST=0.0.0.0` listens
+//!   on every interface): `POST /fir` with `{"complaint": "..."}`
 //!   asks the model server for a draft, stores it and answers 201 with its
 //!   `id`; `GET /fir/{id}` reads it back; `POST /fir/audio` sends the body
 //!   through the ASR/OCR server first;
@@ -29,7 +30,8 @@
 //! requested during the startup gate" and exits 0 without serving, since it
 //! was asked to stop and stopped cleanly. Exit status 1 means startup failed
 //! (a dependency still down at `STARTUP_TIMEOUT`, or an error), 2 a
-//! configuration error.
+//! configuration error (every bad setting is named at once, and a port in
+//! use is one). `--help` lists the settings.
 //!
 //! `--chaos` (or `FIR_CHAOS=1`) stops the embedded model server for 20 s
 //! every 45 s: watch the breaker open, recovery back off, and recover, in the
@@ -406,10 +408,6 @@ async fn get_fir(State(app): State<App>, Path(id): Path<String>) -> Response {
 
 // ===== main =====
 
-fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
-}
-
 fn random_token() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut out = String::new();
@@ -427,24 +425,85 @@ fn random_token() -> String {
     out
 }
 
+const USAGE: &str = "\
+usage: cargo run --example fir_pipeline [-- --chaos]
+
+  --chaos      stop the embedded model server for 20 s every 45 s (or FIR_CHAOS=1)
+  -h, --help   this text
+
+environment: HOST (default 127.0.0.1; 0.0.0.0 to listen on every interface),
+PORT (default 8000), DATABASE_URL (default: a SQLite file in the temporary
+directory), MODEL_SERVER_URL and ASR_OCR_SERVER_URL (default: embedded
+stand-ins), ADMIN_TOKEN, and the settings of tower_recovery::config
+(RECOVERY_INTERVAL, HEALTH_CHECK_INTERVAL, ...).";
+
+/// Reads a flag: unset, or one of the values below.
+fn flag(name: &str) -> Result<bool, String> {
+    match std::env::var(name) {
+        Err(_) => Ok(false),
+        Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "" | "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(format!(
+                "invalid {name}={v:?}: expected 1, true, yes, on, or 0, false, no, off"
+            )),
+        },
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    tracing_subscriber::fmt().with_target(false).init();
-    let settings = match Settings::from_env() {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("configuration error: {e}");
-            std::process::exit(2);
+    // Arguments first: `--help` and mistakes are answered before anything
+    // starts.
+    let mut chaos_arg = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--chaos" => chaos_arg = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => {
+                eprintln!("configuration error: unknown argument {other:?}\n\n{USAGE}");
+                std::process::exit(2);
+            }
         }
-    };
+    }
+    tracing_subscriber::fmt().with_target(false).init();
+    // Every bad setting at once, one format, exit status 2.
+    let mut problems = Vec::new();
+    let settings = Settings::from_env()
+        .map_err(|e| problems.push(e.to_string()))
+        .ok();
     let port: u16 = match std::env::var("PORT") {
-        Ok(p) => p
-            .trim()
-            .parse()
-            .map_err(|_| format!("invalid PORT={p:?}: expected a port number 0-65535"))?,
+        Ok(p) => p.trim().parse().unwrap_or_else(|_| {
+            problems.push(format!(
+                "invalid PORT={p:?}: expected a port number 0-65535"
+            ));
+            0
+        }),
         Err(_) => 8000,
     };
-    let chaos = std::env::args().any(|a| a == "--chaos") || env_flag("FIR_CHAOS");
+    let host: std::net::IpAddr = match std::env::var("HOST") {
+        Ok(h) => h.trim().parse().unwrap_or_else(|_| {
+            problems.push(format!(
+                "invalid HOST={h:?}: expected an IP address (127.0.0.1, or 0.0.0.0 for every interface)"
+            ));
+            std::net::Ipv4Addr::LOCALHOST.into()
+        }),
+        Err(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+    };
+    let chaos = chaos_arg
+        | flag("FIR_CHAOS").unwrap_or_else(|e| {
+            problems.push(e);
+            false
+        });
+    let Some(settings) = settings.filter(|_| problems.is_empty()) else {
+        for problem in &problems {
+            eprintln!("configuration error: {problem}");
+        }
+        std::process::exit(2);
+    };
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
 
     // 1. Connect clients (starting the embedded stand-ins where no URL is set).
@@ -606,7 +665,20 @@ async fn main() -> Result<(), BoxError> {
             "/metrics",
             get(move || std::future::ready(prometheus.render())),
         );
-    let listener = TcpListener::bind(("0.0.0.0", port)).await?;
+    let listener = match TcpListener::bind((host, port)).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "the port is in use".to_string()
+            } else {
+                e.to_string()
+            };
+            eprintln!(
+                "configuration error: cannot listen on {host}:{port} (PORT={port}, HOST={host}): {why}"
+            );
+            std::process::exit(2);
+        }
+    };
     let addr = listener.local_addr()?;
     let server = tokio::spawn({
         // One listener for the API and the admin routes: it stays open until
