@@ -209,6 +209,42 @@ struct Fir {
     created_at: String,
 }
 
+/// Every error answer is JSON, like the API's own: axum's rejections (bad
+/// JSON 400, 405, 413 past the body limit, 415) and the drain's 503 come as
+/// plain text or empty. Headers (`Allow`, `Retry-After`, `Connection`) are
+/// kept.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/") && v.contains("json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    let mut out = api_error(status, message);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
 fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
@@ -303,7 +339,22 @@ impl App {
     }
 }
 
-async fn create_fir(State(app): State<App>, body: Bytes) -> Response {
+async fn create_fir(
+    State(app): State<App>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return api_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected content-type: application/json",
+        );
+    }
     let new: NewFir = match serde_json::from_slice(&body) {
         Ok(new) => new,
         Err(e) => {
@@ -664,7 +715,9 @@ async fn main() -> Result<(), BoxError> {
         .route(
             "/metrics",
             get(move || std::future::ready(prometheus.render())),
-        );
+        )
+        .fallback(|| async { api_error(StatusCode::NOT_FOUND, "no such route") })
+        .layer(axum::middleware::map_response(json_errors));
     let listener = match TcpListener::bind((host, port)).await {
         Ok(listener) => listener,
         Err(e) => {

@@ -76,3 +76,64 @@ mod cli {
         );
     }
 }
+
+mod errors {
+    //! Every error answer of the demo is JSON (issue 12).
+    use std::time::Duration;
+
+    use crate::support::{Demo, free_port, temp_dir};
+
+    #[tokio::test]
+    async fn every_error_answer_is_json() {
+        let dir = temp_dir("json-errors");
+        let demo = Demo::spawn(
+            free_port(),
+            dir.join("demo.log"),
+            &[(
+                "DATABASE_URL",
+                format!("sqlite://{}?mode=rwc", dir.join("fir.db").display()),
+            )],
+        );
+        demo.ready(Duration::from_secs(60)).await;
+        let http = reqwest::Client::new();
+        let cases = [
+            (http.get(demo.url("/no/such/route")), 404),
+            (http.delete(demo.url("/fir")), 405),
+            (
+                http.post(demo.url("/fir"))
+                    .header("content-type", "text/plain")
+                    .body("complaint"),
+                415,
+            ),
+            (
+                http.post(demo.url("/fir"))
+                    .header("content-type", "application/json")
+                    .body("{not json"),
+                400,
+            ),
+            (
+                http.post(demo.url("/fir"))
+                    .header("content-type", "application/json")
+                    .body(vec![b' '; 3 << 20]),
+                413,
+            ),
+        ];
+        for (request, status) in cases {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), status);
+            let content_type = response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            assert!(
+                content_type.starts_with("application/json"),
+                "{status}: {content_type}"
+            );
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert!(
+                body["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{status}: {body}"
+            );
+        }
+    }
+}
