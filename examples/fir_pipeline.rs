@@ -267,10 +267,14 @@ fn dependency_error(what: &str, error: BoxError, breaker: &Breaker) -> Response 
     if error.is::<ClientClosed>() {
         return api_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
-    api_error(
-        StatusCode::BAD_GATEWAY,
-        format!("{what} failed: {}", describe(&*error)),
-    )
+    // The whole error (upstream URL included) goes to the log, for the
+    // operator; the answer names the dependency and the cause only.
+    tracing::warn!(dependency = what, error = %describe(&*error), "dependency call failed");
+    let error = match error.downcast::<reqwest::Error>() {
+        Ok(e) => describe(&e.without_url()),
+        Err(other) => describe(&*other),
+    };
+    api_error(StatusCode::BAD_GATEWAY, format!("{what} failed: {error}"))
 }
 
 impl App {
@@ -458,6 +462,24 @@ async fn get_fir(State(app): State<App>, Path(id): Path<String>) -> Response {
 }
 
 // ===== main =====
+
+/// `url` without its password (`mysql://user:***@host/db`).
+fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or_default();
+                if userinfo.contains(':') {
+                    format!("{scheme}://{user}:***@{host}")
+                } else {
+                    url.to_string()
+                }
+            }
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
 
 fn random_token() -> String {
     use std::hash::{BuildHasher, Hasher};
@@ -693,6 +715,7 @@ async fn main() -> Result<(), BoxError> {
         tracing::warn!("ADMIN_TOKEN is not set: generated one for this run");
         token
     });
+    let asr_ocr_url_shown = asr_ocr_url.clone();
     let app = App {
         http: http.clone(),
         model: guarded_client(&http, &model_breaker, &drain),
@@ -717,7 +740,18 @@ async fn main() -> Result<(), BoxError> {
             get(move || std::future::ready(prometheus.render())),
         )
         .fallback(|| async { api_error(StatusCode::NOT_FOUND, "no such route") })
-        .layer(axum::middleware::map_response(json_errors));
+        .layer(axum::middleware::map_response(json_errors))
+        // An access log line per request, at info.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(
+                    tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO),
+                )
+                .on_request(())
+                .on_response(
+                    tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO),
+                ),
+        );
     let listener = match TcpListener::bind((host, port)).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -747,6 +781,21 @@ async fn main() -> Result<(), BoxError> {
         }
     });
     tracing::info!("listening on http://{addr} (admin routes up; /readyz waits for dependencies)");
+    tracing::info!(
+        listen = %addr,
+        database = %redact_url(&database_url),
+        model_server = %model_url,
+        asr_ocr_server = %asr_ocr_url_shown,
+        startup_timeout_s = settings.startup_timeout.as_secs_f64(),
+        dependency_check_interval_s = settings.dependency_check_interval.as_secs_f64(),
+        health_check_interval_s = settings.health_check_interval.as_secs_f64(),
+        recovery_interval_s = settings.recovery_interval.as_secs_f64(),
+        max_recovery_attempts = settings.max_recovery_attempts,
+        shutdown_grace_period_s = settings.shutdown_grace_period.as_secs_f64(),
+        admin_token = if settings.admin_token.is_some() { "from ADMIN_TOKEN" } else { "generated" },
+        chaos,
+        "effective configuration"
+    );
 
     // 3. Wait for the required dependencies, unless asked to stop.
     let started = tokio::time::Instant::now();
@@ -775,12 +824,19 @@ async fn main() -> Result<(), BoxError> {
     println!(
         "  curl -s -XPOST http://{addr}/fir -H 'content-type: application/json' -d '{{\"complaint\":\"My bicycle was stolen from the market\"}}'"
     );
-    println!("  curl -s http://{addr}/reliability -H 'authorization: Bearer {token}'");
+    // A token the user supplied is never echoed: the commands name its
+    // variable instead.
+    let shown = if settings.admin_token.is_some() {
+        "$ADMIN_TOKEN".to_string()
+    } else {
+        token.clone()
+    };
+    println!("  curl -s http://{addr}/reliability -H \"authorization: Bearer {shown}\"");
     println!(
-        "  curl -s -XPOST http://{addr}/reliability/auto-recovery/model_server/trigger -H 'authorization: Bearer {token}'"
+        "  curl -s -XPOST http://{addr}/reliability/auto-recovery/model_server/trigger -H \"authorization: Bearer {shown}\""
     );
     println!(
-        "  curl -s -XPOST http://{addr}/reliability/circuit-breaker/model_server/reset -H 'authorization: Bearer {token}'"
+        "  curl -s -XPOST http://{addr}/reliability/circuit-breaker/model_server/reset -H \"authorization: Bearer {shown}\""
     );
     println!("  curl -s http://{addr}/metrics\n");
 

@@ -135,5 +135,60 @@ mod errors {
                 "{status}: {body}"
             );
         }
+        // An access log line per request, at info.
+        let log = demo.log_text();
+        let lines = log
+            .lines()
+            .filter(|l| l.contains("INFO") && l.contains("finished processing request"))
+            .count();
+        assert!(lines >= 5, "{lines} access lines in:\n{log}");
+    }
+}
+
+mod gateway {
+    //! A failed dependency is named in a 502, its internal URL is not.
+    use std::time::Duration;
+
+    use crate::support::{Demo, eventually, free_port, temp_dir};
+
+    #[tokio::test]
+    async fn a_502_does_not_reveal_the_upstream_url() {
+        let dir = temp_dir("bad-gateway");
+        // Nothing listens here: connections are refused.
+        let refused = free_port();
+        let demo = Demo::spawn(
+            free_port(),
+            dir.join("demo.log"),
+            &[
+                ("MODEL_SERVER_URL", format!("http://127.0.0.1:{refused}")),
+                (
+                    "DATABASE_URL",
+                    format!("sqlite://{}?mode=rwc", dir.join("fir.db").display()),
+                ),
+            ],
+        );
+        let http = reqwest::Client::new();
+        // The API answers during the startup gate (the model server is down).
+        let (status, body) = eventually(Duration::from_secs(60), "an answer", || {
+            let http = http.clone();
+            let url = demo.url("/fir");
+            async move {
+                let r = http
+                    .post(url)
+                    .json(&serde_json::json!({ "complaint": "stolen bicycle" }))
+                    .send()
+                    .await
+                    .ok()?;
+                Some((r.status().as_u16(), r.text().await.ok()?))
+            }
+        })
+        .await;
+        assert_eq!(status, 502, "{body}");
+        assert!(body.contains("model server"), "{body}");
+        assert!(!body.contains(&refused.to_string()), "URL revealed: {body}");
+        assert!(
+            demo.log_text().contains(&refused.to_string()),
+            "the log keeps the URL for the operator"
+        );
     }
 }
