@@ -546,7 +546,7 @@ async fn main() -> Result<(), BoxError> {
     // Every bad setting at once, one format, exit status 2.
     let mut problems = Vec::new();
     let settings = Settings::from_env()
-        .map_err(|e| problems.push(e.to_string()))
+        .map_err(|e| problems.extend(e.errors().iter().map(ToString::to_string)))
         .ok();
     let port: u16 = match std::env::var("PORT") {
         Ok(p) => p.trim().parse().unwrap_or_else(|_| {

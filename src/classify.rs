@@ -203,8 +203,8 @@ mod tower_http_adapter {
     /// trailers) are treated as success at the response head: a breaker
     /// records the outcome when the response future resolves.
     ///
-    /// Note that tower-http's classifiers format errors into a `String` in
-    /// `classify_error`, so failures allocate once; successes do not.
+    /// An `Err` is a failure without asking the classifier (whose
+    /// `classify_error` would format it into a `String`): nothing allocates.
     #[derive(Clone, Default)]
     pub struct TowerHttpClassifier<C> {
         inner: C,

@@ -113,6 +113,54 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Every bad setting found: all are reported at once, in the order of the
+/// table above, so that one run names everything to fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors {
+    errors: Vec<ConfigError>,
+}
+
+impl ConfigErrors {
+    /// Each bad setting (never empty).
+    pub fn errors(&self) -> &[ConfigError] {
+        &self.errors
+    }
+}
+
+/// One setting per line.
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            e.fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Where `variable` (with `prefix`) sits in the table of settings.
+fn rank(variable: &str, prefix: &str) -> usize {
+    const ORDER: [&str; 11] = [
+        "RECOVERY_INTERVAL",
+        "MAX_RECOVERY_ATTEMPTS",
+        "RECOVERY_BACKOFF",
+        "RECOVERY_ATTEMPT_TIMEOUT",
+        "STARTUP_TIMEOUT",
+        "DEPENDENCY_CHECK_INTERVAL",
+        "HEALTH_CHECK_INTERVAL",
+        "HEALTH_HISTORY_SIZE",
+        "SHUTDOWN_GRACE_PERIOD",
+        "PRE_DRAIN_DELAY",
+        "ADMIN_TOKEN",
+    ];
+    let name = variable.strip_prefix(prefix).unwrap_or(variable);
+    ORDER.iter().position(|n| *n == name).unwrap_or(ORDER.len())
+}
+
 fn invalid(variable: String, value: &str, expected: &'static str) -> ConfigError {
     ConfigError {
         variable,
@@ -176,13 +224,13 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
 
 impl Settings {
     /// Reads the process environment, without a prefix.
-    pub fn from_env() -> Result<Self, ConfigError> {
+    pub fn from_env() -> Result<Self, ConfigErrors> {
         Self::from_env_prefixed("")
     }
 
     /// Reads the process environment, each variable name preceded by
     /// `prefix`.
-    pub fn from_env_prefixed(prefix: &str) -> Result<Self, ConfigError> {
+    pub fn from_env_prefixed(prefix: &str) -> Result<Self, ConfigErrors> {
         Self::from_lookup(prefix, |name| std::env::var(name).ok())
     }
 
@@ -190,67 +238,99 @@ impl Settings {
     pub fn from_lookup(
         prefix: &str,
         lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, ConfigErrors> {
         let r = Reader { prefix, lookup };
         let d = Self::default();
+        let mut errors = Vec::new();
+        let mut ok = |result: Result<Duration, ConfigError>, default: Duration| {
+            result.unwrap_or_else(|e| {
+                errors.push(e);
+                default
+            })
+        };
+        let recovery_interval = ok(
+            r.seconds("RECOVERY_INTERVAL", d.recovery_interval, true),
+            d.recovery_interval,
+        );
+        let max_recovery_attempts = r.count("MAX_RECOVERY_ATTEMPTS", 3, u64::from(u32::MAX));
         let backoff = {
             let (variable, value) = r.raw("RECOVERY_BACKOFF");
             match value {
-                None => d.recovery_backoff,
+                None => Ok(d.recovery_backoff),
                 Some(value) => {
                     let expected = "a number >= 1.0";
-                    let m: f64 = value
-                        .trim()
-                        .parse()
-                        .map_err(|_| invalid(variable.clone(), &value, expected))?;
-                    if !m.is_finite() || m < 1.0 {
-                        return Err(invalid(variable, &value, expected));
+                    match value.trim().parse::<f64>() {
+                        Ok(m) if m.is_finite() && m >= 1.0 => Ok(m),
+                        _ => Err(invalid(variable, &value, expected)),
                     }
-                    m
                 }
             }
         };
-        let admin_token = {
-            let (variable, value) = r.raw("ADMIN_TOKEN");
-            match value {
-                Some(v) if v.trim().is_empty() => {
-                    return Err(ConfigError {
-                        variable,
-                        value: v,
-                        expected: "a non-empty token (unset the variable to disable admin POST routes)",
-                    });
-                }
-                other => other,
-            }
-        };
-        Ok(Self {
-            recovery_interval: r.seconds("RECOVERY_INTERVAL", d.recovery_interval, true)?,
-            max_recovery_attempts: r.count("MAX_RECOVERY_ATTEMPTS", 3, u64::from(u32::MAX))? as u32,
-            recovery_backoff: backoff,
-            recovery_attempt_timeout: r.seconds(
+        let recovery_attempt_timeout = ok(
+            r.seconds(
                 "RECOVERY_ATTEMPT_TIMEOUT",
                 d.recovery_attempt_timeout,
                 false,
-            )?,
-            startup_timeout: r.seconds("STARTUP_TIMEOUT", d.startup_timeout, false)?,
-            dependency_check_interval: r.seconds(
+            ),
+            d.recovery_attempt_timeout,
+        );
+        let startup_timeout = ok(
+            r.seconds("STARTUP_TIMEOUT", d.startup_timeout, false),
+            d.startup_timeout,
+        );
+        let dependency_check_interval = ok(
+            r.seconds(
                 "DEPENDENCY_CHECK_INTERVAL",
                 d.dependency_check_interval,
                 false,
-            )?,
-            health_check_interval: r.seconds(
-                "HEALTH_CHECK_INTERVAL",
-                d.health_check_interval,
-                false,
-            )?,
-            health_history_size: r.count("HEALTH_HISTORY_SIZE", 100, 1_000_000)? as usize,
-            shutdown_grace_period: r.seconds(
-                "SHUTDOWN_GRACE_PERIOD",
-                d.shutdown_grace_period,
-                false,
-            )?,
-            pre_drain_delay: r.seconds("PRE_DRAIN_DELAY", d.pre_drain_delay, true)?,
-            admin_token,
+            ),
+            d.dependency_check_interval,
+        );
+        let health_check_interval = ok(
+            r.seconds("HEALTH_CHECK_INTERVAL", d.health_check_interval, false),
+            d.health_check_interval,
+        );
+        let health_history_size = r.count("HEALTH_HISTORY_SIZE", 100, 1_000_000);
+        let shutdown_grace_period = ok(
+            r.seconds("SHUTDOWN_GRACE_PERIOD", d.shutdown_grace_period, false),
+            d.shutdown_grace_period,
+        );
+        let pre_drain_delay = ok(
+            r.seconds("PRE_DRAIN_DELAY", d.pre_drain_delay, true),
+            d.pre_drain_delay,
+        );
+        let admin_token = {
+            let (variable, value) = r.raw("ADMIN_TOKEN");
+            match value {
+                Some(v) if v.trim().is_empty() => Err(ConfigError {
+                    variable,
+                    value: v,
+                    expected: "a non-empty token (unset the variable to disable admin POST routes)",
+                }),
+                other => Ok(other),
+            }
+        };
+        let max_recovery_attempts = max_recovery_attempts.map_err(|e| errors.push(e)).ok();
+        let backoff = backoff.map_err(|e| errors.push(e)).ok();
+        let health_history_size = health_history_size.map_err(|e| errors.push(e)).ok();
+        let admin_token = admin_token.map_err(|e| errors.push(e)).ok();
+        // In the order of the table.
+        errors.sort_by_key(|e| rank(&e.variable, prefix));
+        if !errors.is_empty() {
+            return Err(ConfigErrors { errors });
+        }
+        Ok(Self {
+            recovery_interval,
+            max_recovery_attempts: max_recovery_attempts.unwrap_or(3) as u32,
+            recovery_backoff: backoff.unwrap_or(d.recovery_backoff),
+            recovery_attempt_timeout,
+            startup_timeout,
+            dependency_check_interval,
+            health_check_interval,
+            health_history_size: health_history_size.unwrap_or(100) as usize,
+            shutdown_grace_period,
+            pre_drain_delay,
+            admin_token: admin_token.flatten(),
         })
     }
 

@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tower_recovery::config::{ConfigError, Settings};
+use tower_recovery::config::{ConfigError, ConfigErrors, Settings};
 
-fn read(prefix: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+fn read(prefix: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigErrors> {
     let env: HashMap<String, String> = vars
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -102,12 +102,12 @@ fn bad_values_name_the_variable_the_value_and_what_is_expected() {
     for (variable, value, expected) in cases {
         let err = read("", &[(variable, value)]).unwrap_err();
         assert_eq!(
-            err,
-            ConfigError {
+            err.errors(),
+            [ConfigError {
                 variable: variable.to_string(),
                 value: value.to_string(),
                 expected
-            },
+            }],
             "{variable}={value:?}"
         );
         let text = err.to_string();
@@ -132,7 +132,8 @@ fn a_prefix_configures_two_services_apart() {
     assert_eq!(model.health_check_interval, Duration::from_secs(10));
     let err = read("DB_", &vars).unwrap_err();
     assert_eq!(
-        err.variable, "DB_RECOVERY_BACKOFF",
+        err.errors()[0].variable,
+        "DB_RECOVERY_BACKOFF",
         "the error names the prefixed variable"
     );
     let plain = read("", &vars).unwrap();
@@ -144,4 +145,31 @@ fn reads_the_process_environment() {
     // A variable no other test sets, read through the real environment.
     let s = Settings::from_env_prefixed("TOWER_RECOVERY_TEST_UNSET_").unwrap();
     assert_eq!(s, Settings::default());
+}
+
+#[test]
+fn every_bad_setting_is_reported_at_once_in_table_order() {
+    // Issue 12: the first bad setting used to hide the others.
+    let err = read(
+        "APP_",
+        &[
+            ("APP_ADMIN_TOKEN", " "),
+            ("APP_HEALTH_CHECK_INTERVAL", "soon"),
+            ("APP_RECOVERY_BACKOFF", "0.5"),
+            ("APP_MAX_RECOVERY_ATTEMPTS", "0"),
+            ("APP_STARTUP_TIMEOUT", "60"),
+        ],
+    )
+    .unwrap_err();
+    let named: Vec<&str> = err.errors().iter().map(|e| e.variable.as_str()).collect();
+    assert_eq!(
+        named,
+        [
+            "APP_MAX_RECOVERY_ATTEMPTS",
+            "APP_RECOVERY_BACKOFF",
+            "APP_HEALTH_CHECK_INTERVAL",
+            "APP_ADMIN_TOKEN"
+        ]
+    );
+    assert_eq!(err.to_string().lines().count(), 4, "{err}");
 }
