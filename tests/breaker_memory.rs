@@ -4,43 +4,21 @@
 //!
 //! One test in this binary: the count is process-wide.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use tower_recovery::circuit_breaker::Breaker;
 use tower_recovery::recovery::Recovery;
 
-struct Counting;
+#[path = "common/live_bytes.rs"]
+mod live_bytes;
 
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+use live_bytes::live;
 
 /// Bytes held per item by `n` items that `make` builds.
 fn per_item<T>(n: usize, make: impl Fn(usize) -> T) -> isize {
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live();
     let items: Vec<T> = (0..n).map(&make).collect();
-    let held = LIVE.load(Ordering::Relaxed) - before;
+    let held = live() - before;
     let vec = (n * std::mem::size_of::<T>()) as isize;
     drop(items);
     (held - vec) / n as isize
@@ -70,7 +48,7 @@ async fn memory_per_breaker_and_per_recovery() {
         let breakers: Vec<Breaker> = (0..100)
             .map(|i| Breaker::new(format!("dependency_{i}")))
             .collect();
-        let before = LIVE.load(Ordering::Relaxed);
+        let before = live();
         let recoveries: Vec<Recovery> = (0..100)
             .map(|i| {
                 Recovery::builder(format!("dependency_{i}"), || async { Ok::<_, String>(()) })
@@ -82,7 +60,7 @@ async fn memory_per_breaker_and_per_recovery() {
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
-        let held = LIVE.load(Ordering::Relaxed) - before;
+        let held = live() - before;
         let vec = (100 * std::mem::size_of::<Recovery>()) as isize;
         drop(recoveries);
         (held - vec) / 100
@@ -90,7 +68,7 @@ async fn memory_per_breaker_and_per_recovery() {
     // A breaker that has run calls and has a subscriber (its transition
     // channel is made then) and a time window (its clock chosen then).
     let used = {
-        let before = LIVE.load(Ordering::Relaxed);
+        let before = live();
         let b = Breaker::builder("used")
             .time_window(Duration::from_secs(10), 10)
             .build();
@@ -98,7 +76,7 @@ async fn memory_per_breaker_and_per_recovery() {
         for _ in 0..1_000 {
             b.try_acquire().unwrap().success();
         }
-        let held = LIVE.load(Ordering::Relaxed) - before;
+        let held = live() - before;
         drop((events, b));
         held
     };

@@ -3,40 +3,18 @@
 //! allocated and not yet freed); printed, and bounded by the seed's promise
 //! of about 1 MB.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use tower_recovery::health::{Dependency, HealthCheck, Monitor, Reliability};
 
-struct Counting;
+#[path = "common/live_bytes.rs"]
+mod live_bytes;
 
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+use live_bytes::live;
 
 #[tokio::test(start_paused = true)]
 async fn hundred_dependencies_with_full_histories_fit_in_a_megabyte() {
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live();
     let mut builder = Reliability::builder().history_size(100);
     for i in 0..100 {
         let check = HealthCheck::new(move || async move {
@@ -55,7 +33,7 @@ async fn hundred_dependencies_with_full_histories_fit_in_a_megabyte() {
     let report = set.report();
     assert!(report.dependencies.iter().all(|d| d.checks >= 120));
     drop(report);
-    let held = LIVE.load(Ordering::Relaxed) - before;
+    let held = live() - before;
     println!("health state for 100 dependencies x 100 results, monitor running: {held} bytes");
     assert!(held < 1 << 20, "{held} bytes");
     monitor.stop().await;
