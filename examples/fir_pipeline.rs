@@ -57,7 +57,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_recovery::admin::Admin;
 use tower_recovery::circuit_breaker::{Breaker, Rejected};
-use tower_recovery::classify::ServerErrorsAsFailures;
+use tower_recovery::classify::HttpFailures;
 use tower_recovery::config::Settings;
 use tower_recovery::drain::{ClientClosed, Drain};
 use tower_recovery::health::{Dependency, HealthCheck, Monitor, Reliability};
@@ -80,9 +80,11 @@ fn guarded_client(http: &reqwest::Client, breaker: &Breaker, drain: &Drain) -> C
     let http = http.clone();
     let svc = ServiceBuilder::new()
         .layer(drain.client_layer())
-        .layer(breaker.layer().classify(
-            ServerErrorsAsFailures::new().with_status(|r: &reqwest::Response| r.status()),
-        ))
+        .layer(
+            breaker
+                .layer()
+                .classify(HttpFailures::new().with_status(|r: &reqwest::Response| r.status())),
+        )
         .timeout(Duration::from_secs(30))
         .service_fn(move |req: reqwest::Request| {
             let http = http.clone();

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::{BoxError, ServiceBuilder, ServiceExt, service_fn};
 use tower_recovery::circuit_breaker::{Breaker, Rejected, State};
-use tower_recovery::classify::ServerErrorsAsFailures;
+use tower_recovery::classify::HttpFailures;
 use tower_recovery::recovery::{Backoff, Recovery};
 
 const MODEL: &str = "fir-draft-7b";
@@ -87,9 +87,11 @@ async fn main() -> Result<(), BoxError> {
     .spawn();
 
     let client = ServiceBuilder::new()
-        .layer(breaker.layer().classify(
-            ServerErrorsAsFailures::new().with_status(|r: &reqwest::Response| r.status()),
-        ))
+        .layer(
+            breaker
+                .layer()
+                .classify(HttpFailures::new().with_status(|r: &reqwest::Response| r.status())),
+        )
         .service(service_fn(move |path: &'static str| {
             let request = http.get(format!("{base}{path}"));
             async move { request.send().await }
@@ -112,6 +114,6 @@ async fn main() -> Result<(), BoxError> {
     let status = recovery.status();
     println!("breaker: {}, recovery: {:?}", breaker.state(), status);
     assert_eq!(breaker.state(), State::Closed);
-    assert_eq!(status.successes, 1);
+    assert_eq!(status.recoveries, 1);
     Ok(())
 }

@@ -53,6 +53,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Map, Value, json};
 
 use crate::circuit_breaker::Snapshot;
+use crate::config::Settings;
 use crate::drain::Drain;
 use crate::health::{DependencyReport, HealthStatus, Reliability};
 use crate::recovery::Status;
@@ -90,11 +91,13 @@ impl Admin {
         self
     }
 
-    /// Sets the token when there is one (from configuration).
-    pub fn token_opt(self, token: Option<impl AsRef<str>>) -> Self {
-        match token {
-            Some(t) => self.token(t),
-            None => self,
+    /// Admin routes configured from [`Settings`]: the token is
+    /// `ADMIN_TOKEN` when it is set (POST routes refused otherwise).
+    pub fn from_settings(reliability: &Reliability, drain: &Drain, settings: &Settings) -> Self {
+        let admin = Self::new(reliability, drain);
+        match &settings.admin_token {
+            Some(token) => admin.token(token),
+            None => admin,
         }
     }
 
@@ -348,9 +351,9 @@ fn recovery_json(r: &Status, show: bool) -> Value {
         "attempts": r.attempt,
         "max_attempts": r.max_attempts,
         "last_error": if show { r.last_error.clone() } else { None },
-        "successes": r.successes,
-        "failures": r.failures,
-        "exhaustions": r.exhaustions,
+        "successes": r.recoveries,
+        "failures": r.failed_attempts,
+        "exhaustions": r.exhausted_cycles,
         "mttr_seconds": r.mttr.map(secs),
     })
 }
@@ -415,7 +418,7 @@ async fn trigger(
             &format!("dependency {name:?} has no auto-recovery"),
         );
     };
-    let outcome = recovery.trigger();
+    let outcome = recovery.trigger_manual();
     tracing::info!(dependency = %name, %outcome, "Manual recovery trigger");
     json_response(
         StatusCode::ACCEPTED,

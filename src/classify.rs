@@ -11,7 +11,7 @@
 //! Provided classifiers:
 //!
 //! - [`ErrorsAsFailures`], the default: `Err` is a failure, `Ok` a success.
-//! - [`ServerErrorsAsFailures`]: `Err` and `5xx` are failures; optionally
+//! - [`HttpFailures`]: `Err` and `5xx` are failures; optionally
 //!   `429 Too Many Requests` too. Works on [`http::Response`] out of the box
 //!   and on any other response type (reqwest's, say) through a status accessor.
 //! - Any closure `Fn(&Result<T, E>) -> Outcome`.
@@ -20,9 +20,9 @@
 //!
 //! ```
 //! use http::{Response, StatusCode};
-//! use tower_recovery::classify::{Classify, Outcome, ServerErrorsAsFailures};
+//! use tower_recovery::classify::{Classify, Outcome, HttpFailures};
 //!
-//! let classify = ServerErrorsAsFailures::new().with_too_many_requests();
+//! let classify = HttpFailures::new().with_too_many_requests();
 //! let ok: Result<_, std::io::Error> = Ok(Response::new(()));
 //! assert_eq!(classify.classify(&ok), Outcome::Success);
 //!
@@ -34,7 +34,7 @@
 //!
 //! // Another response type: tell the classifier where its status is.
 //! struct MyResponse { code: u16 }
-//! let mine = ServerErrorsAsFailures::new()
+//! let mine = HttpFailures::new()
 //!     .with_status(|r: &MyResponse| StatusCode::from_u16(r.code).unwrap());
 //! let bad: Result<_, std::io::Error> = Ok(MyResponse { code: 502 });
 //! assert_eq!(mine.classify(&bad), Outcome::Failure);
@@ -127,12 +127,12 @@ where
 /// Every other status, including `4xx`, is a success: the dependency answered
 /// and the fault, if any, is the caller's.
 #[derive(Clone, Copy, Default)]
-pub struct ServerErrorsAsFailures<A = HttpStatus> {
+pub struct HttpFailures<A = HttpStatus> {
     status: A,
     too_many_requests: bool,
 }
 
-impl ServerErrorsAsFailures {
+impl HttpFailures {
     /// Classifies [`http::Response`]s: `5xx` and `Err` are failures.
     pub const fn new() -> Self {
         Self {
@@ -142,7 +142,7 @@ impl ServerErrorsAsFailures {
     }
 }
 
-impl<A> ServerErrorsAsFailures<A> {
+impl<A> HttpFailures<A> {
     /// Also treat `429 Too Many Requests` as a failure.
     pub fn with_too_many_requests(mut self) -> Self {
         self.too_many_requests = true;
@@ -150,8 +150,8 @@ impl<A> ServerErrorsAsFailures<A> {
     }
 
     /// Classify another response type, reading its status with `status`.
-    pub fn with_status<A2>(self, status: A2) -> ServerErrorsAsFailures<A2> {
-        ServerErrorsAsFailures {
+    pub fn with_status<A2>(self, status: A2) -> HttpFailures<A2> {
+        HttpFailures {
             status,
             too_many_requests: self.too_many_requests,
         }
@@ -165,15 +165,15 @@ impl<A> ServerErrorsAsFailures<A> {
     }
 }
 
-impl<A> fmt::Debug for ServerErrorsAsFailures<A> {
+impl<A> fmt::Debug for HttpFailures<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerErrorsAsFailures")
+        f.debug_struct("HttpFailures")
             .field("too_many_requests", &self.too_many_requests)
             .finish_non_exhaustive()
     }
 }
 
-impl<T, E, A> Classify<T, E> for ServerErrorsAsFailures<A>
+impl<T, E, A> Classify<T, E> for HttpFailures<A>
 where
     A: StatusOf<T>,
 {
@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn server_errors() {
-        let c = ServerErrorsAsFailures::new();
+        let c = HttpFailures::new();
         for (code, expected) in [
             (200, Outcome::Success),
             (404, Outcome::Success),

@@ -117,12 +117,12 @@ async fn a_trip_a_recovery_checks_and_a_drain_are_recorded() {
 
     // A recovery: attempt 1 fails, attempt 2 succeeds and closes the breaker.
     for _ in 0..1_000 {
-        if recovery.status().failures == 1 {
+        if recovery.status().failed_attempts == 1 {
             break;
         }
         tokio::task::yield_now().await;
     }
-    assert_eq!(recovery.status().failures, 1, "attempt 1 failed");
+    assert_eq!(recovery.status().failed_attempts, 1, "attempt 1 failed");
     up.store(true, Ordering::SeqCst);
     recovery.wait_idle_or_cooling().await;
     let d = [("dependency", "model_server")];

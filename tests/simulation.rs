@@ -548,22 +548,22 @@ impl MttrWatch {
 
     /// Notes the recoveries recorded since the last look (at `now`).
     fn observe(&mut self, status: &Status, now: Instant) {
-        if status.successes < self.successes {
+        if status.recoveries < self.successes {
             self.error.get_or_insert((
                 "recovery-counters-monotonic",
                 format!(
                     "recovery successes went down from {} to {} (seen by the observer task)",
-                    self.successes, status.successes
+                    self.successes, status.recoveries
                 ),
             ));
             return;
         }
-        for k in 0..status.successes - self.successes {
+        for k in 0..status.recoveries - self.successes {
             let prev = if k == 0 { self.last_end } else { Some(now) };
             self.pending.push((prev, now));
         }
-        if status.successes > self.successes {
-            self.successes = status.successes;
+        if status.recoveries > self.successes {
+            self.successes = status.recoveries;
             self.last_end = Some(now);
         }
     }
@@ -604,7 +604,7 @@ impl MttrWatch {
                          ({} outages, {} openings, {} successes)",
                         self.outages.len(),
                         self.openings.len(),
-                        status.successes
+                        status.recoveries
                     ),
                 ));
             }
@@ -779,9 +779,9 @@ fn same_status(a: &Status, b: &Status) -> bool {
         a.attempt,
         a.max_attempts,
         &a.last_error,
-        a.successes,
-        a.failures,
-        a.exhaustions,
+        a.recoveries,
+        a.failed_attempts,
+        a.exhausted_cycles,
         a.mttr,
         a.cooldown_remaining,
     ) == (
@@ -789,9 +789,9 @@ fn same_status(a: &Status, b: &Status) -> bool {
         b.attempt,
         b.max_attempts,
         &b.last_error,
-        b.successes,
-        b.failures,
-        b.exhaustions,
+        b.recoveries,
+        b.failed_attempts,
+        b.exhausted_cycles,
         b.mttr,
         b.cooldown_remaining,
     )
@@ -1059,9 +1059,9 @@ impl Sim {
         });
         let prev = &self.prev_status;
         self.ensure(
-            status.successes >= prev.successes
-                && status.failures >= prev.failures
-                && status.exhaustions >= prev.exhaustions,
+            status.recoveries >= prev.recoveries
+                && status.failed_attempts >= prev.failed_attempts
+                && status.exhausted_cycles >= prev.exhausted_cycles,
             "recovery-counters-monotonic",
             || format!("from {prev:?} to {status:?}"),
         );
@@ -1075,22 +1075,22 @@ impl Sim {
             self.world.action_dropped.load(SeqCst),
         );
         self.ensure(
-            status.failures <= errs + dropped,
+            status.failed_attempts <= errs + dropped,
             "attempt-failures-real",
             || {
                 format!(
                     "{} failed attempts reported, the action failed {errs} times and was cut {dropped} times",
-                    status.failures
+                    status.failed_attempts
                 )
             },
         );
         self.ensure(
-            status.exhaustions * u64::from(status.max_attempts) <= status.failures,
+            status.exhausted_cycles * u64::from(status.max_attempts) <= status.failed_attempts,
             "exhaustion-needs-failed-attempts",
             || format!("{status:?}"),
         );
         self.ensure(
-            (status.failures > 0) == status.last_error.is_some()
+            (status.failed_attempts > 0) == status.last_error.is_some()
                 && status.last_error.as_ref().is_none_or(|e| e.len() <= 256),
             "last-error",
             || format!("{status:?}"),
@@ -1105,9 +1105,14 @@ impl Sim {
         );
         let alerts = self.world.alerts.load(SeqCst);
         self.ensure(
-            alerts == status.exhaustions,
+            alerts == status.exhausted_cycles,
             "alert-once-per-exhaustion",
-            || format!("{alerts} alerts for {} exhaustions", status.exhaustions),
+            || {
+                format!(
+                    "{alerts} alerts for {} exhaustions",
+                    status.exhausted_cycles
+                )
+            },
         );
 
         self.observe_mttr(&status);
@@ -1477,7 +1482,7 @@ impl Sim {
             }
             Step::Trigger => {
                 let pre = self.recovery.status().state;
-                let outcome = self.recovery.trigger();
+                let outcome = self.recovery.trigger_manual();
                 let post = self.recovery.status().state;
                 let expected = Self::expected_trigger(pre, true);
                 self.ensure(
@@ -1716,9 +1721,9 @@ impl Sim {
                 && r["state"] == st1.state.as_str()
                 && r["attempts"] == st1.attempt
                 && r["max_attempts"] == st1.max_attempts
-                && r["successes"] == st1.successes
-                && r["failures"] == st1.failures
-                && r["exhaustions"] == st1.exhaustions
+                && r["successes"] == st1.recoveries
+                && r["failures"] == st1.failed_attempts
+                && r["exhaustions"] == st1.exhausted_cycles
                 && r["last_error"] == serde_json::json!(st1.last_error)
                 && rel["graceful_shutdown"]["in_flight"] == self.drain.in_flight()
                 && rel["graceful_shutdown"]["draining"] == draining,
@@ -2174,8 +2179,8 @@ async fn run_schedule(
                 breaker.state(),
                 status.state,
                 status.attempt,
-                status.successes,
-                status.failures,
+                status.recoveries,
+                status.failed_attempts,
                 status.mttr,
                 sim.world.action_started.load(SeqCst),
             );
@@ -2187,10 +2192,10 @@ async fn run_schedule(
     let status = sim.recovery.status();
     let mut cov = std::mem::take(&mut sim.coverage);
     cov.seeds = 1;
-    cov.seeds_exhausted = u64::from(status.exhaustions > 0);
+    cov.seeds_exhausted = u64::from(status.exhausted_cycles > 0);
     cov.seeds_with_mttr = u64::from(status.mttr.is_some());
-    cov.recoveries = status.successes;
-    cov.failed_attempts = status.failures;
+    cov.recoveries = status.recoveries;
+    cov.failed_attempts = status.failed_attempts;
     cov.attempts_cut = sim.world.action_dropped.load(SeqCst);
     {
         let mut total = COVERAGE.lock().unwrap();

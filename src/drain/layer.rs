@@ -25,45 +25,45 @@ use crate::lease::Credits;
 /// servers drop its body unpolled. An `Err` from the inner service is cut
 /// off: no response was sent.
 #[derive(Clone, Debug)]
-pub struct DrainLayer {
+pub struct DrainHttpLayer {
     drain: Drain,
 }
 
-impl DrainLayer {
+impl DrainHttpLayer {
     pub(crate) fn new(drain: Drain) -> Self {
         Self { drain }
     }
 }
 
-impl<S> Layer<S> for DrainLayer {
-    type Service = DrainService<S>;
+impl<S> Layer<S> for DrainHttpLayer {
+    type Service = DrainHttp<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        DrainService {
+        DrainHttp {
             inner,
             credits: Credits::new(self.drain.shared.clone()),
         }
     }
 }
 
-/// The service of [`DrainLayer`].
+/// The service of [`DrainHttpLayer`].
 #[derive(Clone)]
-pub struct DrainService<S> {
+pub struct DrainHttp<S> {
     inner: S,
     /// The drain's state, and the requests' hold on it (no reference count
     /// per request: see `crate::lease`).
     credits: Credits<Shared>,
 }
 
-impl<S: fmt::Debug> fmt::Debug for DrainService<S> {
+impl<S: fmt::Debug> fmt::Debug for DrainHttp<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DrainService")
+        f.debug_struct("DrainHttp")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
 }
 
-impl<S> DrainService<S> {
+impl<S> DrainHttp<S> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -75,7 +75,7 @@ impl<S> DrainService<S> {
     }
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for DrainService<S>
+impl<S, ReqB, ResB> Service<Request<ReqB>> for DrainHttp<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     ResB: Body,
@@ -152,7 +152,7 @@ pin_project! {
 }
 
 pin_project! {
-    /// Response future of [`DrainService`].
+    /// Response future of [`DrainHttp`].
     pub struct ResponseFuture<F> {
         #[pin]
         kind: Kind<F>,

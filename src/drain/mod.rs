@@ -141,9 +141,13 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use self::layer::{
-    DrainBody, DrainClient, DrainClientLayer, DrainLayer, DrainRpc, DrainRpcLayer, DrainService,
-    ResponseFuture, RpcResponseFuture,
+    DrainBody, DrainClient, DrainClientLayer, DrainHttp, DrainHttpLayer, DrainRpc, DrainRpcLayer,
 };
+
+/// The response futures of the drain's services.
+pub mod future {
+    pub use super::layer::{ResponseFuture, RpcResponseFuture};
+}
 
 const SERVING: u8 = 0;
 const PRE_DRAIN: u8 = 1;
@@ -599,8 +603,8 @@ impl Drain {
 
     /// The layer for HTTP services: counts each request until its response
     /// body ends, answers `503` while draining. Keep admin routes outside it.
-    pub fn layer(&self) -> DrainLayer {
-        DrainLayer::new(self.clone())
+    pub fn layer(&self) -> DrainHttpLayer {
+        DrainHttpLayer::new(self.clone())
     }
 
     /// The layer for non-HTTP services: counts each call until its future

@@ -172,7 +172,7 @@ impl Dependency {
     }
 }
 
-/// The error of [`ReliabilityBuilder::build`].
+/// The error of [`Builder::build`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BuildError {
@@ -195,12 +195,12 @@ impl std::error::Error for BuildError {}
 
 /// Builds a [`Reliability`].
 #[derive(Debug, Default)]
-pub struct ReliabilityBuilder {
+pub struct Builder {
     deps: Vec<Dependency>,
     history: Option<usize>,
 }
 
-impl ReliabilityBuilder {
+impl Builder {
     /// Adds a dependency.
     pub fn dependency(mut self, dependency: Dependency) -> Self {
         self.deps.push(dependency);
@@ -333,8 +333,8 @@ pub struct Reliability {
 
 impl Reliability {
     /// Starts a set.
-    pub fn builder() -> ReliabilityBuilder {
-        ReliabilityBuilder::default()
+    pub fn builder() -> Builder {
+        Builder::default()
     }
 
     /// The dependencies, in the order they were added.

@@ -32,7 +32,7 @@ use crate::lease::{Credits, Lease};
 /// Not recognised: a refusal converted into another error type that does
 /// not keep it as its `source()` (`anyhow::Error`, `io::Error::other`, a
 /// `Box<dyn Error>` without `Send + Sync`). Keep the refusal reachable, or
-/// classify such outcomes yourself with [`RecoveryLayer::classify`].
+/// classify such outcomes yourself with [`RecoveryTriggerLayer::classify`].
 pub fn is_refusal<E: 'static>(error: &E) -> bool {
     let any = error as &dyn Any;
     if is_own_refusal(any) {
@@ -79,12 +79,12 @@ fn chain_has_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
 /// around any error type, or a drain's) is ignored: the breaker already
 /// reports its own opening. Put this layer outside a breaker, if there is one.
 #[derive(Clone)]
-pub struct RecoveryLayer<C = ErrorsAsFailures> {
+pub struct RecoveryTriggerLayer<C = ErrorsAsFailures> {
     recovery: Recovery,
     classify: C,
 }
 
-impl RecoveryLayer {
+impl RecoveryTriggerLayer {
     pub(crate) fn new(recovery: Recovery) -> Self {
         Self {
             recovery,
@@ -93,29 +93,29 @@ impl RecoveryLayer {
     }
 }
 
-impl<C> RecoveryLayer<C> {
+impl<C> RecoveryTriggerLayer<C> {
     /// Classifies outcomes with `classify`.
-    pub fn classify<C2>(self, classify: C2) -> RecoveryLayer<C2> {
-        RecoveryLayer {
+    pub fn classify<C2>(self, classify: C2) -> RecoveryTriggerLayer<C2> {
+        RecoveryTriggerLayer {
             recovery: self.recovery,
             classify,
         }
     }
 }
 
-impl<C> fmt::Debug for RecoveryLayer<C> {
+impl<C> fmt::Debug for RecoveryTriggerLayer<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RecoveryLayer")
+        f.debug_struct("RecoveryTriggerLayer")
             .field("recovery", &self.recovery.name())
             .finish_non_exhaustive()
     }
 }
 
-impl<S, C: Clone> Layer<S> for RecoveryLayer<C> {
-    type Service = RecoveryService<S, C>;
+impl<S, C: Clone> Layer<S> for RecoveryTriggerLayer<C> {
+    type Service = RecoveryTrigger<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RecoveryService {
+        RecoveryTrigger {
             inner,
             recovery: self.recovery.clone(),
             credits: Credits::new(self.recovery.shared_arc().clone()),
@@ -124,9 +124,9 @@ impl<S, C: Clone> Layer<S> for RecoveryLayer<C> {
     }
 }
 
-/// The service of [`RecoveryLayer`].
+/// The service of [`RecoveryTriggerLayer`].
 #[derive(Clone)]
-pub struct RecoveryService<S, C> {
+pub struct RecoveryTrigger<S, C> {
     inner: S,
     /// Keeps the recovery (its task) running while the service exists.
     recovery: Recovery,
@@ -136,7 +136,7 @@ pub struct RecoveryService<S, C> {
     classify: C,
 }
 
-impl<S, C> RecoveryService<S, C> {
+impl<S, C> RecoveryTrigger<S, C> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -153,16 +153,16 @@ impl<S, C> RecoveryService<S, C> {
     }
 }
 
-impl<S: fmt::Debug, C> fmt::Debug for RecoveryService<S, C> {
+impl<S: fmt::Debug, C> fmt::Debug for RecoveryTrigger<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RecoveryService")
+        f.debug_struct("RecoveryTrigger")
             .field("inner", &self.inner)
             .field("recovery", &self.recovery.name())
             .finish_non_exhaustive()
     }
 }
 
-impl<S, C, Req> Service<Req> for RecoveryService<S, C>
+impl<S, C, Req> Service<Req> for RecoveryTrigger<S, C>
 where
     S: Service<Req>,
     S::Error: 'static,
@@ -187,7 +187,7 @@ where
 }
 
 pin_project! {
-    /// Response future of [`RecoveryService`].
+    /// Response future of [`RecoveryTrigger`].
     pub struct ResponseFuture<F, C> {
         #[pin]
         future: F,

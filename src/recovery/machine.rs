@@ -179,9 +179,9 @@ pub(crate) struct Machine {
     suspect: bool,
     pub(crate) last_attempt_at: Option<Instant>,
     pub(crate) last_error: Option<String>,
-    pub(crate) successes: u64,
+    pub(crate) recoveries: u64,
     pub(crate) failed_attempts: u64,
-    pub(crate) exhaustions: u64,
+    pub(crate) exhausted_cycles: u64,
     pub(crate) mttr: VecDeque<Duration>,
 }
 
@@ -200,9 +200,9 @@ impl Machine {
             suspect: false,
             last_attempt_at: None,
             last_error: None,
-            successes: 0,
+            recoveries: 0,
             failed_attempts: 0,
-            exhaustions: 0,
+            exhausted_cycles: 0,
             mttr: VecDeque::new(),
         }
     }
@@ -480,7 +480,7 @@ impl Machine {
                     });
                 } else {
                     self.phase = Phase::Exhausted;
-                    self.exhaustions += 1;
+                    self.exhausted_cycles += 1;
                     effects.push(Effect::Log(Log::Exhausted));
                     effects.push(Effect::Alert);
                 }
@@ -509,7 +509,7 @@ impl Machine {
 
     /// Ends the outage: one success and one MTTR sample.
     fn record_recovery(&mut self, now: Instant) {
-        self.successes += 1;
+        self.recoveries += 1;
         self.last_outage_end = Some(now);
         if let Some(since) = self.down_since.take() {
             if self.mttr.len() == MTTR_SAMPLES {

@@ -20,9 +20,9 @@
 //!   never lose an opening;
 //! - a failing health check ([`Recovery::report_check`], what the health
 //!   monitor calls);
-//! - a [`RecoveryLayer`] on a client that has no breaker, after
+//! - a [`RecoveryTriggerLayer`] on a client that has no breaker, after
 //!   `trigger_after` consecutive failures (default 3);
-//! - [`Recovery::trigger`] by hand (the admin endpoint).
+//! - [`Recovery::trigger_manual`] by hand (the admin endpoint).
 //!
 //! Triggers coalesce: one cycle runs at a time, and each trigger says what
 //! became of it ([`TriggerOutcome`]).
@@ -47,9 +47,9 @@
 //! assert_eq!(recovery.status().state, RecoveryState::Recovering);
 //! recovery.wait_idle_or_cooling().await;
 //! assert_eq!(breaker.state(), State::Closed);
-//! assert_eq!(recovery.status().successes, 1);
+//! assert_eq!(recovery.status().recoveries, 1);
 //! // Cooling down: an automatic trigger now is deferred, a manual one runs.
-//! assert_eq!(recovery.trigger(), TriggerOutcome::Started);
+//! assert_eq!(recovery.trigger_manual(), TriggerOutcome::Started);
 //! # }
 //! ```
 //!
@@ -119,7 +119,12 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 pub use self::backoff::Backoff;
-pub use self::layer::{RecoveryLayer, RecoveryService, ResponseFuture};
+pub use self::layer::{RecoveryTrigger, RecoveryTriggerLayer};
+
+/// The response future of [`RecoveryTrigger`].
+pub mod future {
+    pub use super::layer::ResponseFuture;
+}
 
 use self::machine::{Effect, Event, Kind, Machine, Rules};
 use crate::circuit_breaker::core::Signal;
@@ -239,11 +244,11 @@ pub struct Status {
     pub last_error: Option<String>,
     /// Recoveries: outages that ended (by our cycle or by themselves), plus
     /// cycles that succeeded with no outage known (a manual trigger).
-    pub successes: u64,
+    pub recoveries: u64,
     /// Failed attempts.
-    pub failures: u64,
+    pub failed_attempts: u64,
     /// Cycles that ended exhausted.
-    pub exhaustions: u64,
+    pub exhausted_cycles: u64,
     /// Mean time to recover (dependency down to back) over the last 20
     /// recoveries.
     pub mttr: Option<Duration>,
@@ -363,7 +368,7 @@ pub(crate) struct Shared {
     /// Wakes waiters on the state (`wait_*`).
     changed: Notify,
     stopped: AtomicBool,
-    /// Consecutive failures seen by `RecoveryLayer`s and `call`.
+    /// Consecutive failures seen by `RecoveryTriggerLayer`s and `call`.
     layer_failures: AtomicU32,
     /// The layer triggered and no call has succeeded since.
     layer_down: AtomicBool,
@@ -425,7 +430,7 @@ impl Recovery {
 
     /// A manual trigger: starts a cycle unless one is running, bypassing the
     /// cooldown and leaving `exhausted` (from attempt 1).
-    pub fn trigger(&self) -> TriggerOutcome {
+    pub fn trigger_manual(&self) -> TriggerOutcome {
         self.shared().trigger(Kind::Manual)
     }
 
@@ -461,12 +466,12 @@ impl Recovery {
 
     /// A layer that triggers this recovery after consecutive failures of the
     /// client it wraps (for clients without a breaker).
-    pub fn layer(&self) -> RecoveryLayer {
-        RecoveryLayer::new(self.clone())
+    pub fn layer(&self) -> RecoveryTriggerLayer {
+        RecoveryTriggerLayer::new(self.clone())
     }
 
     /// Runs `future`, counting its failure (`Err`) towards the layer's
-    /// consecutive-failure trigger, like a [`RecoveryLayer`] would. A refusal
+    /// consecutive-failure trigger, like a [`RecoveryTriggerLayer`] would. A refusal
     /// made by this crate (a breaker's rejection, around any error type, or
     /// a drain's) is not counted: see [`is_refusal`].
     pub async fn call<F, T, E>(&self, future: F) -> Result<T, E>
@@ -531,7 +536,7 @@ impl crate::lease::Leased for Shared {
 }
 
 impl Shared {
-    /// An outcome of a call through a [`RecoveryLayer`].
+    /// An outcome of a call through a [`RecoveryTriggerLayer`].
     pub(crate) fn record(&self, outcome: crate::classify::Outcome) {
         let shared = self;
         match outcome {
@@ -615,9 +620,9 @@ impl Shared {
                 .last_attempt_at
                 .map(|t| wall - now.saturating_duration_since(t)),
             last_error: m.last_error.clone().map(cap),
-            successes: m.successes,
-            failures: m.failed_attempts,
-            exhaustions: m.exhaustions,
+            recoveries: m.recoveries,
+            failed_attempts: m.failed_attempts,
+            exhausted_cycles: m.exhausted_cycles,
             mttr: m.mttr(),
             cooldown_remaining: m.cooldown_remaining(now),
         }
@@ -696,7 +701,7 @@ impl Builder {
         self
     }
 
-    /// Consecutive failures a [`RecoveryLayer`] counts before triggering
+    /// Consecutive failures a [`RecoveryTriggerLayer`] counts before triggering
     /// (default 3).
     ///
     /// # Panics

@@ -67,7 +67,7 @@ struct World {
     start: Instant,
     /// The attempt the machine asked for and has not cancelled.
     pending: Option<(u64, u32)>,
-    /// Outages ended so far (successes that closed an outage or a cycle).
+    /// Outages ended so far (recoveries that closed an outage or a cycle).
     alerts: u64,
 }
 
@@ -222,7 +222,7 @@ fn check(world: &mut World, step: Step, path: &[Step]) {
         .filter(|e| **e == Effect::Alert)
         .count() as u64;
     world.alerts += alerts;
-    assert_eq!(world.alerts, m.exhaustions, "{}", ctx());
+    assert_eq!(world.alerts, m.exhausted_cycles, "{}", ctx());
     if alerts == 1 {
         assert_eq!(after, RecoveryState::Exhausted, "{}", ctx());
         assert_eq!(m.attempt, MAX_ATTEMPTS, "{}", ctx());
@@ -230,13 +230,13 @@ fn check(world: &mut World, step: Step, path: &[Step]) {
 
     // Counters are monotonic, one recovery at most per event, and each MTTR
     // sample lies within the time that has passed.
-    assert!(m.successes >= before.successes, "{}", ctx());
-    assert!(m.successes - before.successes <= 1, "{}", ctx());
+    assert!(m.recoveries >= before.recoveries, "{}", ctx());
+    assert!(m.recoveries - before.recoveries <= 1, "{}", ctx());
     assert!(m.failed_attempts >= before.failed_attempts, "{}", ctx());
-    assert!(m.mttr.len() as u64 <= m.successes, "{}", ctx());
+    assert!(m.mttr.len() as u64 <= m.recoveries, "{}", ctx());
     let elapsed = now - world.start;
     assert!(m.mttr.iter().all(|d| *d <= elapsed), "{}", ctx());
-    if m.successes > before.successes && before.down_since().is_some() {
+    if m.recoveries > before.recoveries && before.down_since().is_some() {
         assert_eq!(m.down_since(), None, "the outage ended: {}", ctx());
         let sample = *m.mttr.back().expect("a sample");
         assert_eq!(
@@ -260,10 +260,10 @@ fn check(world: &mut World, step: Step, path: &[Step]) {
     if back {
         assert_eq!(m.down_since(), None, "{}", ctx());
         if let Some(since) = before.down_since() {
-            assert_eq!(m.successes, before.successes + 1, "{}", ctx());
+            assert_eq!(m.recoveries, before.recoveries + 1, "{}", ctx());
             assert_eq!(m.mttr.back(), Some(&(now - since)), "{}", ctx());
         } else {
-            assert_eq!(m.successes, before.successes, "{}", ctx());
+            assert_eq!(m.recoveries, before.recoveries, "{}", ctx());
         }
     }
     // An outage that ended by itself while nothing ran leaves no cycle.
@@ -386,7 +386,7 @@ async fn a_reopening_between_our_success_and_our_close_is_not_a_second_outage() 
         Instant::now(),
     );
     assert!(r.effects.contains(&Effect::CloseBreaker));
-    assert_eq!(st.machine.successes, 1);
+    assert_eq!(st.machine.recoveries, 1);
     // Another thread, before the task carries out CloseBreaker: the open wait
     // is over, a probe fails (HalfOpen -> Open).
     manual.advance(S);
@@ -421,8 +421,8 @@ async fn a_reopening_between_our_success_and_our_close_is_not_a_second_outage() 
     }
     assert!(
         !started,
-        "a deferred trigger was honoured for a closed breaker: successes {}, mttr {:?}",
-        st.machine.successes,
+        "a deferred trigger was honoured for a closed breaker: recoveries {}, mttr {:?}",
+        st.machine.recoveries,
         st.machine.mttr()
     );
 }

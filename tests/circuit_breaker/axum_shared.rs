@@ -11,7 +11,7 @@ use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use tower::ServiceExt;
 use tower_recovery::circuit_breaker::{Breaker, State};
-use tower_recovery::classify::ServerErrorsAsFailures;
+use tower_recovery::classify::HttpFailures;
 
 #[tokio::test]
 async fn router_layer_shares_one_breaker_across_oneshot_calls() {
@@ -29,7 +29,7 @@ async fn router_layer_shares_one_breaker_across_oneshot_calls() {
         .layer(
             breaker
                 .layer()
-                .classify(ServerErrorsAsFailures::new())
+                .classify(HttpFailures::new())
                 .reject_with_response(),
         );
 

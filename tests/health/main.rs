@@ -301,7 +301,7 @@ async fn a_failing_check_triggers_recovery_and_a_passing_one_ends_exhaustion() {
         RecoveryState::Idle,
         "healed by the passing check"
     );
-    assert_eq!(recovery.status().successes, 1);
+    assert_eq!(recovery.status().recoveries, 1);
     monitor.stop().await;
 }
 

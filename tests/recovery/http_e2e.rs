@@ -85,7 +85,7 @@ async fn real_upstream_goes_down_and_is_recovered() {
 
     // Let at least two attempts fail against the closed port.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while recovery.status().failures < 2 {
+    while recovery.status().failed_attempts < 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "attempts did not run"

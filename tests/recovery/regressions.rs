@@ -74,7 +74,7 @@ fn a_deferred_trigger_meeting_an_overdue_half_open_timeout_does_not_deadlock() {
             let admitted = b.try_acquire();
             assert_eq!(admitted.is_ok(), projected == State::HalfOpen);
             drop(admitted);
-            recovery.trigger();
+            recovery.trigger_manual();
             recovery.status()
         });
         done_tx.send(()).unwrap();
@@ -160,7 +160,7 @@ async fn an_outage_that_heals_during_the_cooldown_ends_there() {
     tokio::time::advance(10 * S).await;
     b.try_acquire().unwrap().success(); // healed by its own probe at 10 s
     let status = recovery.status();
-    assert_eq!(status.successes, 2, "the second outage ended by itself");
+    assert_eq!(status.recoveries, 2, "the second outage ended by itself");
     assert_eq!(status.mttr, Some(5 * S), "mean of 0 s and 10 s");
     // An hour later: a new outage, recovered at once.
     tokio::time::advance(Duration::from_secs(3_600)).await;
@@ -169,7 +169,7 @@ async fn an_outage_that_heals_during_the_cooldown_ends_there() {
     recovery.wait_idle_or_cooling().await;
     assert_eq!(Instant::now(), t0);
     let status = recovery.status();
-    assert_eq!(status.successes, 3);
+    assert_eq!(status.recoveries, 3);
     assert_eq!(
         status.mttr,
         Some(10 * S / 3),
@@ -200,16 +200,16 @@ async fn each_outage_is_counted_once() {
     recovery.wait_idle_or_cooling().await;
     assert_eq!(b.state(), State::Closed);
     let status = recovery.status();
-    assert_eq!(status.successes, 1, "one outage, one recovery");
+    assert_eq!(status.recoveries, 1, "one outage, one recovery");
     assert_eq!(status.mttr, Some(21 * S), "the outage's true length");
     // Later passing checks and the breaker's close add nothing.
     assert_eq!(recovery.report_check(true), None);
-    assert_eq!(recovery.status().successes, 1);
+    assert_eq!(recovery.status().recoveries, 1);
 }
 
 // ===== found in review =====
 
-/// Review: an automatic trigger during the cooldown (a `RecoveryLayer`,
+/// Review: an automatic trigger during the cooldown (a `RecoveryTriggerLayer`,
 /// `trigger_automatic`) set the outage start; the deferral was dropped at the
 /// end of the cooldown and the start never cleared, so an instant recovery
 /// an hour later was recorded as half an hour. Now a sign that the
@@ -232,18 +232,22 @@ async fn a_deferred_trigger_whose_outage_ends_in_the_cooldown_leaves_nothing_ope
     tokio::time::sleep(10 * S).await;
     assert_eq!(recovery.report_check(true), None, "back: the outage ends");
     let s = recovery.status();
-    assert_eq!((s.successes, s.mttr), (2, Some(5 * S)), "samples 0 s, 10 s");
+    assert_eq!(
+        (s.recoveries, s.mttr),
+        (2, Some(5 * S)),
+        "samples 0 s, 10 s"
+    );
     tokio::time::sleep(51 * S).await; // cooldown over: deferral dropped
     assert_eq!(recovery.status().state, RecoveryState::Idle);
     tokio::time::sleep(3_600 * S).await;
     b.try_acquire().unwrap().failure(); // a new outage, recovered at once
     recovery.wait_idle_or_cooling().await;
     let s = recovery.status();
-    assert_eq!(s.successes, 3);
+    assert_eq!(s.recoveries, 3);
     assert_eq!(s.mttr, Some(10 * S / 3), "samples 0 s, 10 s, 0 s: {s:?}");
 }
 
-/// The same without a breaker (the seed's database, a `RecoveryLayer`
+/// The same without a breaker (the seed's database, a `RecoveryTriggerLayer`
 /// only): a deferred layer trigger with no sign of recovery since is
 /// honoured at the end of the cooldown (it used to be dropped, leaving a
 /// failing database alone); the first call that succeeds afterwards is the
@@ -287,7 +291,7 @@ async fn a_deferred_layer_trigger_is_honoured_unless_a_call_succeeded() {
     up.store(true, Ordering::SeqCst);
     assert!(db.ready().await.unwrap().call(()).await.is_ok());
     let s = recovery.status();
-    assert_eq!((s.state, s.successes), (RecoveryState::Idle, 2));
+    assert_eq!((s.state, s.recoveries), (RecoveryState::Idle, 2));
     assert_eq!(s.mttr, Some(33 * S), "samples 0 s and 66 s (t = 0 to 66)");
     tokio::time::sleep(61 * S).await;
     assert_eq!(runs.load(Ordering::SeqCst), 3, "no attempt after the sign");
@@ -331,7 +335,7 @@ async fn probe_failing_as_the_attempt_succeeds_reopens_the_recorded_outage() {
     tokio::time::sleep(S / 10).await;
     assert_eq!(b.state(), State::Closed);
     let s = recovery.status();
-    assert_eq!(s.successes, 1);
+    assert_eq!(s.recoveries, 1);
     assert_eq!(s.mttr, Some(2 * S), "{s:?}");
     tokio::time::sleep(61 * S).await; // cooldown over
     tokio::time::sleep(3_600 * S).await;
@@ -339,7 +343,7 @@ async fn probe_failing_as_the_attempt_succeeds_reopens_the_recorded_outage() {
     b.try_acquire().unwrap().failure();
     recovery.wait_idle_or_cooling().await;
     let s = recovery.status();
-    assert_eq!(s.successes, 2, "{s:?}");
+    assert_eq!(s.recoveries, 2, "{s:?}");
     assert_eq!(s.mttr, Some(S), "samples 2 s and 0 s: {s:?}");
 }
 
@@ -361,11 +365,11 @@ async fn a_panicking_action_does_not_kill_the_recovery() {
         }
     })
     .spawn();
-    assert_eq!(recovery.trigger(), TriggerOutcome::Started);
+    assert_eq!(recovery.trigger_manual(), TriggerOutcome::Started);
     tokio::time::sleep(60 * S).await;
     let s = recovery.status();
     assert_ne!(s.state, RecoveryState::Recovering, "stuck: {s:?}");
-    assert_eq!(recovery.trigger(), TriggerOutcome::Started);
+    assert_eq!(recovery.trigger_manual(), TriggerOutcome::Started);
     tokio::time::sleep(60 * S).await;
     assert!(runs.load(Ordering::SeqCst) >= 2, "never ran again");
 }
@@ -413,7 +417,7 @@ async fn a_heal_then_force_open_is_not_replayed_as_a_new_outage() {
         0,
         "no action for a healed outage: {s:?}"
     );
-    assert_eq!(s.successes, 1, "the outage ended by itself: {s:?}");
+    assert_eq!(s.recoveries, 1, "the outage ended by itself: {s:?}");
     assert_eq!(s.state, RecoveryState::Idle, "{s:?}");
 }
 
@@ -435,7 +439,10 @@ async fn two_outages_between_two_looks_are_two_outages() {
     b.try_acquire().unwrap().failure(); // outage 2
     settle().await;
     let s = recovery.status();
-    assert_eq!(s.successes, 2, "outage 1 healed, outage 2 recovered: {s:?}");
+    assert_eq!(
+        s.recoveries, 2,
+        "outage 1 healed, outage 2 recovered: {s:?}"
+    );
 }
 
 /// Found by the simulation (seed 1093): a reset of a breaker that was
@@ -457,7 +464,7 @@ async fn a_reset_of_a_closed_breaker_is_no_heal() {
     b.try_acquire().unwrap().failure(); // an outage begins now
     settle().await;
     let s = recovery.status();
-    assert_eq!(s.successes, 1, "one outage, recovered: {s:?}");
+    assert_eq!(s.recoveries, 1, "one outage, recovered: {s:?}");
     assert_eq!(s.mttr, Some(Duration::ZERO), "not the breaker's age: {s:?}");
 }
 
@@ -489,7 +496,7 @@ async fn open_force_reset(rushed: bool) -> u64 {
     let s = recovery.status();
     assert_eq!(b.state(), State::Closed);
     assert_ne!(s.state, RecoveryState::Recovering);
-    s.successes
+    s.recoveries
 }
 
 #[tokio::test(start_paused = true)]
@@ -544,10 +551,10 @@ async fn one_breaker_outage_is_one_recovery_with_the_layer_too() {
     assert_eq!(b.state(), State::Closed);
     let s = recovery.status();
     assert_eq!(
-        s.successes,
+        s.recoveries,
         1,
         "one breaker outage, {} recoveries (after the first probe: {:?}); runs {}",
-        s.successes,
+        s.recoveries,
         after_probe,
         runs.load(Ordering::SeqCst)
     );

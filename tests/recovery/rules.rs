@@ -74,8 +74,8 @@ const S: Duration = Duration::from_secs(1);
 async fn triggers_coalesce_and_say_what_became_of_them() {
     let script = Script::default();
     let recovery = Recovery::builder("db", script.action()).spawn();
-    assert_eq!(recovery.trigger(), TriggerOutcome::Started);
-    assert_eq!(recovery.trigger(), TriggerOutcome::AlreadyRunning);
+    assert_eq!(recovery.trigger_manual(), TriggerOutcome::Started);
+    assert_eq!(recovery.trigger_manual(), TriggerOutcome::AlreadyRunning);
     assert_eq!(
         recovery.trigger_automatic("test"),
         TriggerOutcome::AlreadyRunning
@@ -86,7 +86,7 @@ async fn triggers_coalesce_and_say_what_became_of_them() {
     assert_eq!(recovery.trigger_automatic("test"), TriggerOutcome::Ignored);
     script.set_healthy(true);
     assert_eq!(
-        recovery.trigger(),
+        recovery.trigger_manual(),
         TriggerOutcome::Started,
         "manual leaves exhausted"
     );
@@ -100,7 +100,7 @@ async fn backoff_delays_are_zero_two_and_four_seconds() {
     let script = Script::default();
     let recovery = Recovery::builder("model_server", script.action()).spawn();
     let t0 = Instant::now();
-    recovery.trigger();
+    recovery.trigger_manual();
     recovery.wait_idle_or_cooling().await;
     assert_eq!(script.offsets(t0), [Duration::ZERO, 2 * S, 6 * S]);
     let status = recovery.status();
@@ -108,7 +108,7 @@ async fn backoff_delays_are_zero_two_and_four_seconds() {
         (status.state, status.attempt, status.max_attempts),
         (RecoveryState::Exhausted, 3, 3)
     );
-    assert_eq!(status.failures, 3);
+    assert_eq!(status.failed_attempts, 3);
     assert_eq!(status.last_error.as_deref(), Some("Connection refused"));
 
     // Custom backoff and attempts.
@@ -118,7 +118,7 @@ async fn backoff_delays_are_zero_two_and_four_seconds() {
         .backoff(Backoff::new(Duration::from_millis(100), 3.0))
         .spawn();
     let t0 = Instant::now();
-    recovery.trigger();
+    recovery.trigger_manual();
     recovery.wait_idle_or_cooling().await;
     let ms = |n| Duration::from_millis(n);
     assert_eq!(script.offsets(t0), [ms(0), ms(300), ms(1200), ms(3900)]);
@@ -130,7 +130,7 @@ async fn a_hung_attempt_fails_at_the_attempt_timeout() {
     script.hang.store(true, Ordering::SeqCst);
     let recovery = Recovery::builder("db", script.action()).spawn();
     let t0 = Instant::now();
-    recovery.trigger();
+    recovery.trigger_manual();
     eventually("attempt 1 started", || script.attempts() == 1).await;
     tokio::time::sleep(Duration::from_millis(10_001)).await;
     let status = recovery.status();
@@ -154,7 +154,7 @@ async fn success_closes_the_breaker_and_starts_the_cooldown() {
         RecoveryState::Recovering,
         "the breaker's opening is seen at once"
     );
-    eventually("attempt 1 ran", || recovery.status().failures == 1).await;
+    eventually("attempt 1 ran", || recovery.status().failed_attempts == 1).await;
     // Attempt 1 fails; the dependency comes back before attempt 2.
     tokio::time::sleep(S).await;
     assert_eq!(b.state(), State::Open, "left open on failure");
@@ -163,7 +163,7 @@ async fn success_closes_the_breaker_and_starts_the_cooldown() {
     assert_eq!(b.state(), State::Closed);
     let status = recovery.status();
     assert_eq!(status.state, RecoveryState::CoolingDown);
-    assert_eq!(status.successes, 1);
+    assert_eq!(status.recoveries, 1);
     assert_eq!(status.cooldown_remaining, Some(Duration::from_secs(60)));
     assert_eq!(
         status.mttr,
@@ -189,9 +189,9 @@ async fn forced_open_is_never_changed_by_recovery() {
         .watch(&b)
         .spawn();
     b.force_open();
-    assert_eq!(recovery.trigger(), TriggerOutcome::Started);
+    assert_eq!(recovery.trigger_manual(), TriggerOutcome::Started);
     recovery.wait_idle_or_cooling().await;
-    assert_eq!(recovery.status().successes, 1);
+    assert_eq!(recovery.status().recoveries, 1);
     assert_eq!(b.state(), State::ForcedOpen);
 }
 
@@ -266,7 +266,7 @@ async fn exhaustion_alerts_once_and_ignores_automatic_triggers() {
     tokio::time::sleep(Duration::from_secs(120)).await;
     assert_eq!(script.attempts(), 3);
     assert_eq!(alerts.load(Ordering::SeqCst), 1, "fires once");
-    assert_eq!(recovery.status().exhaustions, 1);
+    assert_eq!(recovery.status().exhausted_cycles, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -286,7 +286,7 @@ async fn the_breaker_healing_by_itself_ends_exhaustion_and_is_recorded() {
     assert_eq!(b.state(), State::Closed);
     let status = recovery.status();
     assert_eq!(status.state, RecoveryState::Idle);
-    assert_eq!(status.successes, 1);
+    assert_eq!(status.recoveries, 1);
     assert_eq!(status.mttr, Some(30 * S));
 }
 
@@ -295,7 +295,10 @@ async fn a_passing_health_check_cancels_a_running_cycle() {
     let script = Script::default();
     let recovery = Recovery::builder("db", script.action()).spawn();
     assert_eq!(recovery.report_check(false), Some(TriggerOutcome::Started));
-    eventually("attempt 1 failed", || recovery.status().failures == 1).await;
+    eventually("attempt 1 failed", || {
+        recovery.status().failed_attempts == 1
+    })
+    .await;
     tokio::time::sleep(S).await; // attempt 1 failed, waiting 2 s
     assert_eq!(recovery.report_check(true), None);
     assert_eq!(recovery.status().state, RecoveryState::Idle);
@@ -307,10 +310,10 @@ async fn a_passing_health_check_cancels_a_running_cycle() {
 async fn manual_trigger_after_exhaustion_starts_at_attempt_one() {
     let script = Script::default();
     let recovery = Recovery::builder("db", script.action()).spawn();
-    recovery.trigger();
+    recovery.trigger_manual();
     recovery.wait_idle_or_cooling().await;
     let t1 = Instant::now();
-    assert_eq!(recovery.trigger(), TriggerOutcome::Started);
+    assert_eq!(recovery.trigger_manual(), TriggerOutcome::Started);
     recovery.wait_idle_or_cooling().await;
     assert_eq!(script.offsets(t1)[3..], [Duration::ZERO, 2 * S, 6 * S]);
     recovery.reset();
@@ -395,7 +398,7 @@ async fn dropping_every_handle_stops_the_task() {
     let script = Script::default();
     let recovery = Recovery::builder("db", script.action()).spawn();
     let clone = recovery.clone();
-    recovery.trigger();
+    recovery.trigger_manual();
     eventually("attempt 1 started", || script.attempts() == 1).await;
     drop(recovery);
     drop(clone);
@@ -445,7 +448,10 @@ async fn logs_reproduce_the_seed_lines() {
         .watch(&b)
         .spawn();
     trip(&b);
-    eventually("attempt 1 failed", || recovery.status().failures == 1).await;
+    eventually("attempt 1 failed", || {
+        recovery.status().failed_attempts == 1
+    })
+    .await;
     script.set_healthy(true);
     recovery.wait_idle_or_cooling().await;
 
