@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::time::advance;
 
 use super::*;
+use crate::classify::Outcome;
 
 fn fail(b: &Breaker, n: usize) {
     for _ in 0..n {

@@ -1,0 +1,226 @@
+//! Configuring a breaker: trip rule, window, open duration, probes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Breaker;
+use super::core::{Config, Core, TripRule, WindowKind};
+use crate::clock::{Clock, saturating_nanos};
+
+/// Configures a [`Breaker`].
+///
+/// Setters panic on values that make no sense (a zero threshold, a rate
+/// outside `(0, 1]`); values from outside the program should be validated
+/// first (the `config` module does this for environment variables).
+#[derive(Clone, Debug)]
+pub struct Builder {
+    name: Arc<str>,
+    consecutive: u32,
+    window: WindowKind,
+    failure_rate: f64,
+    minimum_calls: u64,
+    slow: Option<(Duration, f64)>,
+    open: Duration,
+    multiplier: f64,
+    open_max: Duration,
+    healthy_period: Duration,
+    permits: u16,
+    half_open_max_wait: Option<Duration>,
+    clock: Option<Clock>,
+}
+
+impl Builder {
+    pub(super) fn new(name: Arc<str>) -> Self {
+        Self {
+            name,
+            consecutive: 5,
+            window: WindowKind::None,
+            failure_rate: 0.5,
+            minimum_calls: 10,
+            slow: None,
+            open: Duration::from_secs(30),
+            multiplier: 1.0,
+            open_max: Duration::from_secs(30),
+            healthy_period: Duration::from_secs(60),
+            permits: 1,
+            half_open_max_wait: None,
+            clock: None,
+        }
+    }
+
+    /// Trip after `n` consecutive failures (the default, with `n = 5`).
+    /// Replaces a window set before.
+    ///
+    /// # Panics
+    /// If `n` is zero.
+    pub fn consecutive_failures(mut self, n: u32) -> Self {
+        assert!(n > 0, "consecutive_failures must be at least 1");
+        self.consecutive = n;
+        self.window = WindowKind::None;
+        self
+    }
+
+    /// Trip on the failure rate of the last `size` calls.
+    ///
+    /// # Panics
+    /// If `size` is zero or above 2^24.
+    pub fn count_window(mut self, size: u32) -> Self {
+        assert!(
+            (1..=1 << 24).contains(&size),
+            "count_window size must be in 1..=16777216"
+        );
+        self.window = WindowKind::Count(size);
+        self
+    }
+
+    /// Trip on the failure rate of the calls of the last `length` of time,
+    /// kept in `buckets` buckets of `length / buckets` each.
+    ///
+    /// # Panics
+    /// If `buckets` is zero or above 1024, or a bucket would be shorter than
+    /// a microsecond.
+    pub fn time_window(mut self, length: Duration, buckets: u32) -> Self {
+        assert!(
+            (1..=1024).contains(&buckets),
+            "time_window buckets must be in 1..=1024"
+        );
+        let width = saturating_nanos(length) / u64::from(buckets);
+        assert!(
+            width >= 1_000,
+            "time_window buckets must be at least 1 µs wide"
+        );
+        self.window = WindowKind::Time { width, buckets };
+        self
+    }
+
+    /// Failure rate in `(0, 1]` at which a window trips (default 0.5).
+    ///
+    /// # Panics
+    /// If `rate` is outside `(0, 1]`.
+    pub fn failure_rate(mut self, rate: f64) -> Self {
+        assert!(rate > 0.0 && rate <= 1.0, "failure_rate must be in (0, 1]");
+        self.failure_rate = rate;
+        self
+    }
+
+    /// Calls a window must hold before its rates are evaluated (default 10).
+    /// A count window smaller than this evaluates once it is full instead
+    /// (the minimum is capped at the window's size, as in Resilience4j), so
+    /// a breaker can always open.
+    ///
+    /// # Panics
+    /// If `n` is zero.
+    pub fn minimum_calls(mut self, n: u64) -> Self {
+        assert!(n > 0, "minimum_calls must be at least 1");
+        self.minimum_calls = n;
+        self
+    }
+
+    /// Calls taking at least `threshold` are slow; a window trips when the
+    /// slow-call rate reaches `rate`. Needs a window.
+    ///
+    /// # Panics
+    /// If `rate` is outside `(0, 1]`.
+    pub fn slow_calls(mut self, threshold: Duration, rate: f64) -> Self {
+        assert!(
+            rate > 0.0 && rate <= 1.0,
+            "slow-call rate must be in (0, 1]"
+        );
+        self.slow = Some((threshold, rate));
+        self
+    }
+
+    /// How long the circuit stays open before a probe (default 30 s).
+    pub fn open_duration(mut self, open: Duration) -> Self {
+        self.open = open;
+        if self.multiplier <= 1.0 || self.open_max < open {
+            self.open_max = open;
+        }
+        self
+    }
+
+    /// Each re-open without an intervening healthy period multiplies the open
+    /// duration by `multiplier`, up to `max`.
+    ///
+    /// # Panics
+    /// If `multiplier` is below 1.0 or not finite.
+    pub fn open_growth(mut self, multiplier: f64, max: Duration) -> Self {
+        assert!(
+            multiplier.is_finite() && multiplier >= 1.0,
+            "open_growth multiplier must be >= 1.0"
+        );
+        self.multiplier = multiplier;
+        self.open_max = max.max(self.open);
+        self
+    }
+
+    /// How long the breaker must stay closed for the open duration to go back
+    /// to its base (default 60 s).
+    pub fn healthy_period(mut self, period: Duration) -> Self {
+        self.healthy_period = period;
+        self
+    }
+
+    /// Probes admitted in half-open, and successes needed to close (default 1).
+    ///
+    /// # Panics
+    /// If `permits` is zero.
+    pub fn half_open_permits(mut self, permits: u16) -> Self {
+        assert!(permits > 0, "half_open_permits must be at least 1");
+        self.permits = permits;
+        self
+    }
+
+    /// Re-open if half-open lasts longer than `wait` (probes hung).
+    pub fn half_open_max_wait(mut self, wait: Duration) -> Self {
+        self.half_open_max_wait = Some(wait);
+        self
+    }
+
+    /// The clock (default [`Clock::tokio`]).
+    pub fn clock(mut self, clock: impl Into<Clock>) -> Self {
+        self.clock = Some(clock.into());
+        self
+    }
+
+    /// Builds the breaker.
+    ///
+    /// # Panics
+    /// If slow calls are configured without a window.
+    pub fn build(self) -> Breaker {
+        let ppm = |rate: f64| ((rate * 1_000_000.0).round() as u64).max(1);
+        let rule = match self.window {
+            WindowKind::None => {
+                assert!(
+                    self.slow.is_none(),
+                    "slow_calls needs a count_window or a time_window"
+                );
+                TripRule::Consecutive(self.consecutive)
+            }
+            WindowKind::Count(size) => TripRule::Rate {
+                minimum_calls: self.minimum_calls.min(u64::from(size)),
+                failure_ppm: ppm(self.failure_rate),
+                slow_ppm: self.slow.map(|(_, rate)| ppm(rate)),
+            },
+            WindowKind::Time { .. } => TripRule::Rate {
+                minimum_calls: self.minimum_calls,
+                failure_ppm: ppm(self.failure_rate),
+                slow_ppm: self.slow.map(|(_, rate)| ppm(rate)),
+            },
+        };
+        let cfg = Config {
+            rule,
+            window: self.window,
+            slow_nanos: self.slow.map(|(d, _)| saturating_nanos(d)),
+            open_base: saturating_nanos(self.open),
+            open_multiplier: self.multiplier,
+            open_max: saturating_nanos(self.open_max),
+            healthy_period: saturating_nanos(self.healthy_period),
+            permits: self.permits,
+            half_open_max_wait: self.half_open_max_wait.map(saturating_nanos),
+        };
+        Breaker {
+            core: Arc::new(Core::new(self.name, cfg, self.clock.unwrap_or_default())),
+        }
+    }
+}
