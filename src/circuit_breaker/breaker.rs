@@ -85,8 +85,16 @@ impl Breaker {
         }
     }
 
-    /// Back to `Closed` from any state: window cleared, open-duration growth
-    /// back to base, new generation.
+    /// Back to `Closed`: the window and the consecutive count cleared, the
+    /// open-duration growth back to base.
+    ///
+    /// From `Open`, `HalfOpen`, `ForcedOpen` or `Disabled` this is a
+    /// transition (a new generation, published and logged). On a breaker
+    /// already `Closed` it is not: nothing is published on
+    /// [`subscribe`](Self::subscribe), the generation stays, calls in
+    /// flight still count. A watching recovery still learns that the
+    /// dependency was declared healthy, which ends a cycle a health check
+    /// or a layer started.
     pub fn reset(&self) {
         self.core.force(State::Closed, Cause::Reset);
     }

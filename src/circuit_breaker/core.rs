@@ -301,7 +301,9 @@ pub(crate) struct Core {
     events: std::sync::OnceLock<broadcast::Sender<Transition>>,
     signal: watch::Sender<Signal>,
     /// Transitions made but not yet sent, in generation order.
-    outbox: Mutex<VecDeque<(Transition, Signal)>>,
+    /// Transitions (and heals of a reset while `Closed`, which are not
+    /// transitions) with the signal after each, in order.
+    outbox: Mutex<VecDeque<(Option<Transition>, Signal)>>,
     publishing: AtomicBool,
     locked: Mutex<Locked>,
 }
@@ -914,7 +916,42 @@ impl Core {
             locked.level = 0;
         }
         let word = self.state.0.load(Ordering::Acquire);
+        if cause == Cause::Reset && state_of(word) == State::Closed {
+            return self.reset_closed(locked, word, now);
+        }
         self.apply(locked, word, to, cause, now, None);
+    }
+
+    /// A reset of a `Closed` breaker is not a transition: the window, the
+    /// consecutive count and the open-duration growth are cleared, and the
+    /// generation, the transition stream and the transition count stay as
+    /// they are. It still tells a watching recovery that a person declared
+    /// the dependency healthy (a heal), which ends a cycle a health check or
+    /// a layer started.
+    fn reset_closed(&self, mut locked: MutexGuard<'_, Locked>, word: u64, now: u64) {
+        match &self.window {
+            Window::None => {}
+            Window::Count(ring) => ring.clear(),
+            Window::Time(buckets) => buckets.clear(),
+        }
+        self.consecutive.0.store(cons_tag(word), Ordering::Release);
+        self.next_open.store(self.open_nanos(0), Ordering::Release);
+        locked.closed_at = now;
+        let mut signal = locked.signal;
+        signal.word = word;
+        signal.closed_at = tokio::time::Instant::now();
+        signal.heals += 1;
+        signal.healed_gen = generation(word);
+        signal.healed_outage_start = None;
+        locked.signal = signal;
+        lock(&self.outbox).push_back((None, signal));
+        drop(locked);
+        self.publish();
+        let name = &*self.name;
+        tracing::info!(
+            breaker = name,
+            "Circuit breaker '{name}': reset while CLOSED (counts cleared)"
+        );
     }
 
     /// Closes an `Open` or `HalfOpen` breaker because its dependency works
@@ -1063,8 +1100,6 @@ impl Core {
                 locked.outage_start = Some(at);
             }
         }
-        // A reset of a closed breaker still counts (it ends a cycle a check
-        // or a layer started) but ends no opening.
         if to == State::Closed {
             signal.closed_at = tokio::time::Instant::now();
             if cause != Cause::Recovered {
@@ -1088,7 +1123,7 @@ impl Core {
         };
         // Queued in generation order under the lock; sent (which wakes the
         // receivers, running their wakers) after it is released.
-        lock(&self.outbox).push_back((event.clone(), signal));
+        lock(&self.outbox).push_back((Some(event.clone()), signal));
         drop(locked);
         self.publish();
 
@@ -1129,7 +1164,7 @@ impl Core {
                 // be released before the sends run wakers.
                 let next = lock(&self.outbox).pop_front();
                 let Some((event, signal)) = next else { break };
-                if let Some(events) = self.events.get() {
+                if let (Some(event), Some(events)) = (event, self.events.get()) {
                     let _ = events.send(event);
                 }
                 self.signal.send_replace(signal);

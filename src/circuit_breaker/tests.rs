@@ -430,6 +430,42 @@ async fn reset_clears_window_growth_and_bumps_generation() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn resetting_a_closed_breaker_clears_counts_but_is_not_a_transition() {
+    let b = Breaker::builder("dep")
+        .count_window(10)
+        .minimum_calls(4)
+        .build();
+    let mut events = b.subscribe();
+    let generation = b.generation();
+    fail(&b, 3);
+    let in_flight = b.try_acquire().expect("admitted");
+    assert_eq!(b.counts().window_failures, 3);
+    assert_eq!(b.counts().consecutive_failures, 3);
+    b.reset();
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.generation(), generation, "no new generation");
+    assert_eq!(b.snapshot().transitions, 0, "no transition counted");
+    assert_eq!(
+        b.counts(),
+        Counts::default(),
+        "window and consecutive cleared"
+    );
+    assert_eq!(
+        events.try_recv().unwrap_err(),
+        TryRecvError::Empty,
+        "nothing published"
+    );
+    // A call admitted before the reset still counts: same generation.
+    in_flight.failure();
+    assert_eq!(b.counts().window_failures, 1);
+    // The cleared window needs its minimum again before it can trip.
+    fail(&b, 2);
+    assert_eq!(b.state(), State::Closed);
+    fail(&b, 1);
+    assert_eq!(b.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
 async fn open_duration_grows_to_its_cap_and_returns_after_a_healthy_period() {
     let b = Breaker::builder("dep")
         .consecutive_failures(1)

@@ -412,7 +412,15 @@ proptest! {
                 Op::Reset => {
                     breaker.reset();
                     model.level = 0;
-                    model.go(State::Closed);
+                    if model.state == State::Closed {
+                        // Not a transition: counts cleared, same generation.
+                        model.consecutive = 0;
+                        model.count.clear();
+                        model.time.clear();
+                        model.closed_at = model.now;
+                    } else {
+                        model.go(State::Closed);
+                    }
                 }
                 Op::ForceOpen => {
                     breaker.force_open();
