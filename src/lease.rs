@@ -5,8 +5,8 @@
 //! recovery, a drain) alive until it records its outcome: it may outlive the
 //! service that made it (`Oneshot` drops the service as it calls). An `Arc`
 //! clone per call costs two atomic read-modify-writes on one cache line
-//! that every caller shares: about 14 ns on one thread of the machine the
-//! benches ran on, and hundreds when threads on two cores contend for it.
+//! that every caller shares, which threads on several cores contend for
+//! (the figures are in the README's "Performance" and the CHANGELOG).
 //!
 //! Instead a service takes references in batches. One strong count of the
 //! state's `Arc` stands for [`BATCH`] credits. Each call takes a credit
@@ -28,8 +28,8 @@
 //! what they hold, that is when they work for other state mapped to the
 //! same slot of their cache, or exit. At most [`WAYS`] dropped states are
 //! held per thread. A thread that works for more than `WAYS` states in turn
-//! evicts entries, and each eviction is one shared read-modify-write. Leased state must therefore do nothing observable when
-//! dropped (a recovery's task stops when its `Owner` handle drops, which is
+//! evicts entries, and each eviction is one shared read-modify-write.
+//! Leased state must therefore do nothing observable when dropped (a recovery's task stops when its `Owner` handle drops, which is
 //! never leased).
 
 #![allow(unsafe_code)]
