@@ -1,7 +1,9 @@
 //! Metric names recorded through the [`metrics`](https://docs.rs/metrics)
 //! facade (feature `metrics`), so any exporter (Prometheus, StatsD, ...)
-//! works. Every metric is labelled by dependency name. Nothing is recorded,
-//! and nothing costs, when the feature is off.
+//! works. A breaker's metrics are labelled by its name, a dependency's by
+//! the dependency's. Nothing is recorded, and nothing costs, when the
+//! feature is off. [`describe`] gives the recorder the help texts and units
+//! of the table below.
 //!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
@@ -36,6 +38,74 @@ pub const DRAIN_COMPLETED: &str = "tower_recovery_drain_completed_total";
 pub const CHECK_DURATION: &str = "tower_recovery_health_check_duration_seconds";
 /// Health checks run by the monitor.
 pub const CHECKS: &str = "tower_recovery_health_checks_total";
+
+/// Describes every metric above to the recorder in use: its unit and help
+/// text (Prometheus exporters render them as `# HELP` lines).
+///
+/// Descriptions go to the recorder installed when this is called, so call it
+/// once, after installing yours. The metrics themselves are recorded with or
+/// without it.
+///
+/// ```
+/// use metrics_exporter_prometheus::PrometheusBuilder;
+///
+/// let recorder = PrometheusBuilder::new().build_recorder();
+/// let handle = recorder.handle();
+/// metrics::with_local_recorder(&recorder, || {
+///     tower_recovery::metrics::describe();
+///     metrics::counter!(tower_recovery::metrics::BREAKER_FAILURES, "breaker" => "db").increment(1);
+/// });
+/// let text = handle.render();
+/// assert!(text.contains("# HELP tower_recovery_breaker_failures_total Failures"));
+/// ```
+pub fn describe() {
+    use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        BREAKER_FAILURES,
+        Unit::Count,
+        "Failures observed by the circuit breaker, by breaker"
+    );
+    describe_counter!(
+        BREAKER_REJECTIONS,
+        Unit::Count,
+        "Calls the circuit breaker rejected, by breaker"
+    );
+    describe_counter!(
+        BREAKER_TRANSITIONS,
+        Unit::Count,
+        "Circuit breaker state transitions, by breaker, from and to"
+    );
+    describe_gauge!(
+        BREAKER_STATE,
+        "Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled"
+    );
+    describe_counter!(
+        RECOVERY_ATTEMPTS,
+        Unit::Count,
+        "Recovery attempts started, by dependency"
+    );
+    describe_counter!(
+        RECOVERY_OUTCOMES,
+        Unit::Count,
+        "Recovery outcomes (success, failure, exhausted, healed), by dependency"
+    );
+    describe_gauge!(
+        DRAIN_IN_FLIGHT,
+        Unit::Count,
+        "Requests in flight through drain layers"
+    );
+    describe_counter!(DRAIN_COMPLETED, Unit::Count, "Drains completed");
+    describe_histogram!(
+        CHECK_DURATION,
+        Unit::Seconds,
+        "Health check latency, by dependency"
+    );
+    describe_counter!(
+        CHECKS,
+        Unit::Count,
+        "Health checks run by the monitor, by dependency and status"
+    );
+}
 
 /// Metric handles registered with the recorder in use, re-registered when
 /// the recorder changes: a part built before the application installs its

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -97,7 +98,7 @@ pub(crate) fn model_server(delay: Duration) -> Router {
 }
 
 /// The ASR/OCR server: `/health`, `/v1/models` (whisper, dots_ocr),
-/// `/v1/transcribe` (echoes the body as text).
+/// `/v1/transcribe` (echoes the body as text, trimmed; bodies up to 32 MiB).
 pub(crate) fn asr_ocr_server() -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
@@ -111,6 +112,7 @@ pub(crate) fn asr_ocr_server() -> Router {
             "/v1/transcribe",
             post(|body: Bytes| async move {
                 axum::Json(json!({ "text": String::from_utf8_lossy(&body).trim().to_string() }))
-            }),
+            })
+            .layer(DefaultBodyLimit::max(32 * 1024 * 1024)),
         )
 }

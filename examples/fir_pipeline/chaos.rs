@@ -1,0 +1,27 @@
+//! `--chaos`: the embedded model server stops for 20 s every 45 s.
+
+use std::time::Duration;
+
+use crate::upstreams::StandIn;
+
+/// Stops and restarts `model_server` in a loop, for as long as the process
+/// runs.
+pub(crate) fn start(model_server: Option<StandIn>) {
+    let Some(stand_in) = model_server else {
+        tracing::warn!("--chaos needs the embedded model server (MODEL_SERVER_URL is set)");
+        return;
+    };
+    tracing::warn!("chaos: the embedded model server stops for 20 s every 45 s");
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(25)).await;
+            tracing::warn!("chaos: stopping the model server");
+            stand_in.stop();
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            tracing::warn!("chaos: starting the model server again");
+            if let Err(e) = stand_in.restart().await {
+                tracing::error!("chaos: restart failed: {e}");
+            }
+        }
+    });
+}
