@@ -3,6 +3,8 @@
 
 mod database;
 mod gate;
+mod limits;
+mod metrics;
 mod restart;
 mod support;
 mod upstreams;
@@ -33,6 +35,11 @@ mod cli {
         assert_eq!(code, Some(0));
         assert!(
             stdout.contains("--chaos") && stdout.contains("HOST"),
+            "{stdout}"
+        );
+        // The body limits are documented.
+        assert!(
+            stdout.contains("up to 2 MiB") && stdout.contains("up to 25 MiB"),
             "{stdout}"
         );
         let (code, _, stderr) = run(&["--chaso"], &[]);
@@ -142,6 +149,85 @@ mod errors {
             .filter(|l| l.contains("INFO") && l.contains("finished processing request"))
             .count();
         assert!(lines >= 5, "{lines} access lines in:\n{log}");
+    }
+}
+
+mod database_errors {
+    //! A database that refuses connections is named as such, with its URL
+    //! and without its password: not as sqlx's "pool timed out".
+    use std::time::Duration;
+
+    use crate::support::{Demo, TOKEN, eventually, free_port, post_fir, temp_dir};
+
+    const PASSWORD: &str = "hunter2-secret";
+
+    #[tokio::test]
+    async fn a_refused_connection_is_named_without_the_password() {
+        let dir = temp_dir("refused-database");
+        // Nothing listens here: connections are refused.
+        let closed = free_port();
+        let demo = Demo::spawn(
+            free_port(),
+            dir.join("demo.log"),
+            &[(
+                "DATABASE_URL",
+                format!("mysql://root:{PASSWORD}@127.0.0.1:{closed}/test"),
+            )],
+        );
+        let shown = format!("mysql://root:***@127.0.0.1:{closed}/test");
+        let http = reqwest::Client::new();
+
+        // The health output (shown with the token) names cause and URL.
+        let output = eventually(Duration::from_secs(30), "the database check", || {
+            let request = http.get(demo.url("/health")).bearer_auth(TOKEN);
+            async move {
+                let health: serde_json::Value = request.send().await.ok()?.json().await.ok()?;
+                let check = &health["checks"]["database:connectivity"][0];
+                let output = check["output"]
+                    .as_str()
+                    .filter(|_| check["status"] == "fail")?;
+                Some(output.to_string())
+            }
+        })
+        .await;
+        assert_eq!(
+            output,
+            format!("cannot connect to {shown}: connection refused")
+        );
+
+        // The API answers 503 with the cause (the URL stays in the log).
+        let (status, body) = post_fir(&http, &demo, "stolen bicycle").await.unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(
+            body["error"], "database unavailable: connection refused",
+            "{body}"
+        );
+
+        // The recovery attempt names it too.
+        let trigger = http
+            .post(demo.url("/reliability/auto-recovery/database/trigger"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(trigger.status(), 202);
+        let failed =
+            format!("Database recovery failed: cannot connect to {shown}: connection refused");
+        eventually(Duration::from_secs(15), "the recovery log line", || {
+            let found = demo.log_text().contains(&failed);
+            async move { found.then_some(()) }
+        })
+        .await;
+
+        let log = demo.log_text();
+        assert!(
+            log.contains(&format!(
+                "error=cannot connect to {shown}: connection refused"
+            )),
+            "the request path's log line:\n{log}"
+        );
+        assert!(!log.contains(PASSWORD), "password in the log:\n{log}");
+        assert!(!log.contains("pool timed out"), "{log}");
     }
 }
 
