@@ -355,6 +355,13 @@ fn recovery_json(r: &Status, show: bool) -> Value {
         "failures": r.failed_attempts,
         "exhaustions": r.exhausted_cycles,
         "mttr_seconds": r.mttr.map(secs),
+        "mode": match r.mode {
+            crate::recovery::Mode::Strict => "strict",
+            crate::recovery::Mode::Adaptive(_) => "adaptive",
+        },
+        "cooldown_remaining_seconds": r.cooldown_remaining.map(secs),
+        "next_retry_in_seconds": r.next_retry_in.map(secs),
+        "recent_recoveries": r.recent_recoveries,
     })
 }
 

@@ -7,8 +7,9 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `RECOVERY_INTERVAL` | 60 | cooldown between recovery cycles, seconds |
-//! | `MAX_RECOVERY_ATTEMPTS` | 3 | attempts per cycle before manual intervention |
+//! | `RECOVERY_INTERVAL` | 60 | cooldown between recovery cycles, seconds (adaptive: its maximum) |
+//! | `MAX_RECOVERY_ATTEMPTS` | 3 | attempts per cycle before the cycle is exhausted |
+//! | `RECOVERY_MODE` | `adaptive` | `adaptive` (retry exhausted cycles, adaptive cooldown) or `strict` (the seed's: manual intervention after an exhausted cycle) |
 //! | `RECOVERY_BACKOFF` | 2.0 | backoff multiplier between attempts (>= 1.0) |
 //! | `RECOVERY_ATTEMPT_TIMEOUT` | 10 | time allowed for one attempt, seconds |
 //! | `STARTUP_TIMEOUT` | 300 | max wait for required dependencies, seconds |
@@ -52,6 +53,10 @@ pub struct Settings {
     pub recovery_interval: Duration,
     /// `MAX_RECOVERY_ATTEMPTS`.
     pub max_recovery_attempts: u32,
+    /// `RECOVERY_MODE=strict`: the seed's rules (see
+    /// [`recovery::Mode`](crate::recovery::Mode)); `adaptive` (the default)
+    /// is false.
+    pub strict_recovery: bool,
     /// `RECOVERY_BACKOFF`: multiplier between attempts.
     pub recovery_backoff: f64,
     /// `RECOVERY_ATTEMPT_TIMEOUT`.
@@ -77,6 +82,7 @@ impl Default for Settings {
         Self {
             recovery_interval: Duration::from_secs(60),
             max_recovery_attempts: 3,
+            strict_recovery: false,
             recovery_backoff: 2.0,
             recovery_attempt_timeout: Duration::from_secs(10),
             startup_timeout: Duration::from_secs(300),
@@ -144,9 +150,10 @@ impl std::error::Error for ConfigErrors {}
 
 /// Where `variable` (with `prefix`) sits in the table of settings.
 fn rank(variable: &str, prefix: &str) -> usize {
-    const ORDER: [&str; 11] = [
+    const ORDER: [&str; 12] = [
         "RECOVERY_INTERVAL",
         "MAX_RECOVERY_ATTEMPTS",
+        "RECOVERY_MODE",
         "RECOVERY_BACKOFF",
         "RECOVERY_ATTEMPT_TIMEOUT",
         "STARTUP_TIMEOUT",
@@ -253,6 +260,19 @@ impl Settings {
             d.recovery_interval,
         );
         let max_recovery_attempts = r.count("MAX_RECOVERY_ATTEMPTS", 3, u64::from(u32::MAX));
+        let strict_recovery = {
+            let (variable, value) = r.raw("RECOVERY_MODE");
+            match value.as_deref().map(|v| v.trim().to_ascii_lowercase()) {
+                None => Ok(false),
+                Some(v) if v == "adaptive" => Ok(false),
+                Some(v) if v == "strict" => Ok(true),
+                Some(_) => Err(invalid(
+                    variable,
+                    value.as_deref().unwrap_or_default(),
+                    "adaptive or strict",
+                )),
+            }
+        };
         let backoff = {
             let (variable, value) = r.raw("RECOVERY_BACKOFF");
             match value {
@@ -311,6 +331,7 @@ impl Settings {
             }
         };
         let max_recovery_attempts = max_recovery_attempts.map_err(|e| errors.push(e)).ok();
+        let strict_recovery = strict_recovery.map_err(|e| errors.push(e)).ok();
         let backoff = backoff.map_err(|e| errors.push(e)).ok();
         let health_history_size = health_history_size.map_err(|e| errors.push(e)).ok();
         let admin_token = admin_token.map_err(|e| errors.push(e)).ok();
@@ -322,6 +343,7 @@ impl Settings {
         Ok(Self {
             recovery_interval,
             max_recovery_attempts: max_recovery_attempts.unwrap_or(3) as u32,
+            strict_recovery: strict_recovery.unwrap_or(false),
             recovery_backoff: backoff.unwrap_or(d.recovery_backoff),
             recovery_attempt_timeout,
             startup_timeout,
@@ -339,5 +361,16 @@ impl Settings {
     #[cfg(feature = "recovery")]
     pub fn backoff(&self) -> crate::recovery::Backoff {
         crate::recovery::Backoff::new(Duration::from_secs(1), self.recovery_backoff)
+    }
+
+    /// The recovery mode `RECOVERY_MODE` names: adaptive (the default, with
+    /// its default settings) or strict.
+    #[cfg(feature = "recovery")]
+    pub fn recovery_mode(&self) -> crate::recovery::Mode {
+        if self.strict_recovery {
+            crate::recovery::Mode::Strict
+        } else {
+            crate::recovery::Mode::default()
+        }
     }
 }

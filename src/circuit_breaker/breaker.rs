@@ -120,6 +120,15 @@ impl Breaker {
         self.core.close_if_down()
     }
 
+    /// Ends the open wait now: an `Open` breaker becomes `HalfOpen` and
+    /// admits its probes at once, instead of when its open duration is
+    /// over. Returns whether it did (false in any other state). What the
+    /// health monitor calls when a check of an open breaker's dependency
+    /// passes: the probes then test the path real calls take.
+    pub fn probe_now(&self) -> bool {
+        self.core.probe_now()
+    }
+
     /// An ordered stream of this breaker's transitions from now on, bounded
     /// at 64: see [`Transitions::recv`].
     pub fn subscribe(&self) -> Transitions {

@@ -969,6 +969,26 @@ impl Core {
         true
     }
 
+    /// Ends the open wait of an `Open` breaker at once: `HalfOpen`, its
+    /// probes admitted from now. Returns whether it did.
+    pub(crate) fn probe_now(&self) -> bool {
+        let now = self.clock.now_nanos();
+        let locked = lock(&self.locked);
+        let word = self.state.0.load(Ordering::Acquire);
+        if code(word) != OPEN {
+            return false;
+        }
+        self.apply(
+            locked,
+            word,
+            State::HalfOpen,
+            Cause::ProbeRequested,
+            now,
+            None,
+        );
+        true
+    }
+
     /// What keeps the coarse clock ticking for an open wait about to begin,
     /// where the coarse clock can stand in for this breaker's (its clock is
     /// tokio's, not paused, and a ticker thread runs). Taken before the

@@ -71,6 +71,9 @@ pub enum Cause {
     SlowCallRate,
     /// The open wait elapsed.
     OpenWaitElapsed,
+    /// [`Breaker::probe_now`]: the dependency answered a health check, so
+    /// the open wait ended early.
+    ProbeRequested,
     /// A half-open probe failed.
     ProbeFailed,
     /// Enough half-open probes succeeded.
@@ -95,6 +98,7 @@ impl fmt::Display for Cause {
             Cause::FailureRate => "failure rate",
             Cause::SlowCallRate => "slow-call rate",
             Cause::OpenWaitElapsed => "open wait elapsed",
+            Cause::ProbeRequested => "probe requested",
             Cause::ProbeFailed => "probe failed",
             Cause::ProbesSucceeded => "probes succeeded",
             Cause::HalfOpenTimeout => "half-open wait elapsed",

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::MissedTickBehavior;
+use tokio::time::Instant;
 
 use super::{MonitorInfo, Reliability};
 
@@ -14,6 +14,11 @@ use super::{MonitorInfo, Reliability};
 /// a failing check triggers the dependency's recovery, a passing one lets it
 /// return to idle. Stop it with [`Monitor::stop`] (the drain does, at its
 /// end); dropping it stops it too, without waiting.
+///
+/// A dependency that is down is checked more often (see
+/// [`Dependency::probe_while_down`](super::Dependency::probe_while_down)),
+/// and a passing check of a dependency whose breaker is open lets the
+/// breaker admit its half-open probe at once.
 pub struct Monitor {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -102,14 +107,16 @@ async fn watch_one(
     interval: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let dep = reliability.inner.entries[index].dep.clone();
+    let mut next = Instant::now();
+    // Checks made in a row while down: the fast interval doubles with each.
+    let mut down_checks: u32 = 0;
     loop {
         tokio::select! {
-            _ = ticker.tick() => {}
+            () = tokio::time::sleep_until(next) => {}
             _ = stopped.changed() => return,
         }
+        let started = Instant::now();
         let result = tokio::select! {
             result = dep.check.run(dep.timeout) => result,
             _ = stopped.changed() => return,
@@ -136,5 +143,32 @@ async fn watch_one(
         if let Some(recovery) = &dep.recovery {
             recovery.report_check(up);
         }
+        #[allow(unused_mut)]
+        let mut down = !up;
+        #[cfg(feature = "circuit-breaker")]
+        if let Some(breaker) = &dep.breaker {
+            if up && breaker.probe_now() {
+                tracing::info!(
+                    dependency = &*dep.name,
+                    "Health check passed for '{}' while its circuit breaker is open: probing now",
+                    dep.name
+                );
+            }
+            use crate::circuit_breaker::State;
+            down |= matches!(breaker.state(), State::Open | State::HalfOpen);
+        }
+        let delay = match dep.probe_while_down {
+            Some((first, max)) if down => {
+                let grown = first.saturating_mul(1 << down_checks.min(20));
+                down_checks = down_checks.saturating_add(1);
+                grown.min(max).min(interval)
+            }
+            _ => {
+                down_checks = 0;
+                interval
+            }
+        };
+        // Like an interval that delays missed ticks: never a burst.
+        next = (started + delay).max(Instant::now());
     }
 }

@@ -29,6 +29,8 @@ fn shared() -> Arc<Shared> {
             machine: Machine::new(Rules {
                 max_attempts: 3,
                 cooldown: Duration::from_secs(60),
+                adaptive: None,
+                jitter_seed: 0,
             }),
             seen: Seen::default(),
             effects: Vec::new(),

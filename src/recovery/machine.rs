@@ -89,12 +89,27 @@ pub(crate) enum Effect {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Log {
     Opened,
-    Started { reason: Reason },
-    Attempt { attempt: u32 },
-    AttemptFailed { attempt: u32, error: String },
+    Started {
+        reason: Reason,
+    },
+    Attempt {
+        attempt: u32,
+    },
+    AttemptFailed {
+        attempt: u32,
+        error: String,
+    },
     Succeeded,
-    Exhausted,
-    Healed { was: RecoveryState, how: Reason },
+    /// A cycle ended exhausted; `retry_in` when another cycle will follow
+    /// by itself (adaptive), `alert` when this exhaustion alerts.
+    Exhausted {
+        retry_in: Option<Duration>,
+        alert: bool,
+    },
+    Healed {
+        was: RecoveryState,
+        how: Reason,
+    },
     DeferredDropped,
 }
 
@@ -110,6 +125,7 @@ pub(crate) enum Reason {
     CheckPassed,
     CallSucceeded,
     Deferred,
+    RetryAfterExhaustion,
 }
 
 impl Reason {
@@ -124,6 +140,7 @@ impl Reason {
             Reason::CheckPassed => "health check passed",
             Reason::CallSucceeded => "a call succeeded",
             Reason::Deferred => "deferred trigger, dependency still down",
+            Reason::RetryAfterExhaustion => "retry after an exhausted cycle, dependency still down",
         }
     }
 }
@@ -139,7 +156,40 @@ pub(crate) struct Reply {
 #[derive(Clone, Debug)]
 pub(crate) struct Rules {
     pub(crate) max_attempts: u32,
+    /// The cooldown after a successful cycle; in adaptive mode its maximum.
     pub(crate) cooldown: Duration,
+    /// Adaptive mode; `None` is the seed's strict rules.
+    pub(crate) adaptive: Option<Adaptive>,
+    /// Seeds the retry jitter (a recovery's own, so replicas spread out).
+    pub(crate) jitter_seed: u64,
+}
+
+/// The adaptive rules (see [`super::Adaptive`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Adaptive {
+    pub(crate) retry_first: Duration,
+    pub(crate) retry_max: Duration,
+    pub(crate) healthy_period: Duration,
+    pub(crate) min_cooldown: Duration,
+    pub(crate) flapping_window: Duration,
+}
+
+/// Recent recoveries kept to measure flapping (within the window).
+const RECENT_MAX: usize = 64;
+
+/// `delay` spread by up to ±10% (in whole milliseconds), the same for the
+/// same `seed` and `salt`.
+pub(crate) fn jittered(delay: Duration, seed: u64, salt: u64) -> Duration {
+    // splitmix64
+    let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let unit = (z >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
+    // Whole milliseconds, tokio's timer resolution: the delay reported is
+    // the delay waited.
+    let millis = (delay.as_secs_f64() * (0.9 + 0.2 * unit) * 1000.0).round();
+    Duration::from_millis(millis as u64)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,7 +202,11 @@ enum Phase {
     CoolingDown {
         until: Instant,
     },
-    Exhausted,
+    /// `retry_at`: when the next cycle starts by itself if the dependency
+    /// is still down (adaptive); `None` waits for a person (strict).
+    Exhausted {
+        retry_at: Option<Instant>,
+    },
 }
 
 /// The recovery's state and counters.
@@ -183,6 +237,13 @@ pub(crate) struct Machine {
     pub(crate) failed_attempts: u64,
     pub(crate) exhausted_cycles: u64,
     pub(crate) mttr: VecDeque<Duration>,
+    /// Retries after exhaustion so far (their delay grows); back to 0 when
+    /// an outage begins a healthy period after the last one, and on reset.
+    retry_level: u32,
+    /// The exhaustion alert was sent for the open outage (adaptive: once).
+    alerted: bool,
+    /// Ends of recent recoveries, within the flapping window (adaptive).
+    recent: VecDeque<Instant>,
 }
 
 impl Machine {
@@ -204,6 +265,9 @@ impl Machine {
             failed_attempts: 0,
             exhausted_cycles: 0,
             mttr: VecDeque::new(),
+            retry_level: 0,
+            alerted: false,
+            recent: VecDeque::new(),
         }
     }
 
@@ -221,8 +285,33 @@ impl Machine {
                     RecoveryState::Idle
                 }
             }
-            Phase::Exhausted => RecoveryState::Exhausted,
+            Phase::Exhausted { retry_at: Some(at) } if now >= at && self.is_down() => {
+                RecoveryState::Recovering
+            }
+            Phase::Exhausted { retry_at: Some(at) } if now >= at => RecoveryState::Idle,
+            Phase::Exhausted { .. } => RecoveryState::Exhausted,
         }
+    }
+
+    /// When exhausted (adaptive): time left until the next cycle starts by
+    /// itself, if the dependency is still down then.
+    pub(crate) fn retry_remaining(&self, now: Instant) -> Option<Duration> {
+        match self.phase {
+            Phase::Exhausted { retry_at: Some(at) } if now < at => Some(at - now),
+            _ => None,
+        }
+    }
+
+    /// Recoveries that ended within the flapping window before `now`.
+    pub(crate) fn recent_recoveries(&self, now: Instant) -> usize {
+        let window = self
+            .rules
+            .adaptive
+            .map_or(Duration::ZERO, |a| a.flapping_window);
+        self.recent
+            .iter()
+            .filter(|end| now.saturating_duration_since(**end) < window)
+            .count()
     }
 
     /// When cooling down: time left at `now`.
@@ -238,6 +327,7 @@ impl Machine {
     pub(crate) fn deadline(&self) -> Option<Instant> {
         match self.phase {
             Phase::CoolingDown { until } => Some(until),
+            Phase::Exhausted { retry_at } => retry_at,
             _ => None,
         }
     }
@@ -309,7 +399,7 @@ impl Machine {
                     // it: run a cycle (whose success closes the breaker)
                     // instead of waiting for the breaker's own probe.
                     match self.phase {
-                        Phase::Idle | Phase::Exhausted => {
+                        Phase::Idle | Phase::Exhausted { .. } => {
                             self.start(Reason::CheckPassedBreakerOpen, now, &mut reply.effects);
                             reply.outcome = Some(TriggerOutcome::Started);
                         }
@@ -343,7 +433,7 @@ impl Machine {
                 self.breaker_down = true;
                 if self.down_since.is_none() {
                     let at = at.min(now);
-                    self.down_since = Some(self.last_outage_end.map_or(at, |end| at.max(end)));
+                    self.outage_begins(self.last_outage_end.map_or(at, |end| at.max(end)));
                 }
                 reply.effects.push(Effect::Log(Log::Opened));
                 reply.outcome = Some(self.trigger(
@@ -382,6 +472,8 @@ impl Machine {
                 self.phase = Phase::Idle;
                 self.attempt = 0;
                 self.deferred = false;
+                self.retry_level = 0;
+                self.alerted = false;
             }
             Event::Tick => {}
         }
@@ -391,6 +483,15 @@ impl Machine {
     /// The cooldown's end: idle, and a deferred trigger honoured only if the
     /// dependency is still down.
     fn tick(&mut self, now: Instant, effects: &mut Vec<Effect>) {
+        if let Phase::Exhausted { retry_at: Some(at) } = self.phase {
+            if now >= at {
+                if self.is_down() {
+                    self.start(Reason::RetryAfterExhaustion, now, effects);
+                } else {
+                    self.phase = Phase::Idle;
+                }
+            }
+        }
         if let Phase::CoolingDown { until } = self.phase {
             if now >= until {
                 self.phase = Phase::Idle;
@@ -418,12 +519,12 @@ impl Machine {
         if kind == Kind::Automatic {
             self.suspect = true;
             if self.down_since.is_none() {
-                self.down_since = Some(now);
+                self.outage_begins(now);
             }
         }
         match self.phase {
             Phase::Recovering { .. } => TriggerOutcome::AlreadyRunning,
-            Phase::Exhausted if kind == Kind::Automatic => TriggerOutcome::Ignored,
+            Phase::Exhausted { .. } if kind == Kind::Automatic => TriggerOutcome::Ignored,
             Phase::CoolingDown { .. } if kind == Kind::Automatic => {
                 self.deferred = true;
                 TriggerOutcome::Deferred
@@ -433,6 +534,48 @@ impl Machine {
                 TriggerOutcome::Started
             }
         }
+    }
+
+    /// An outage begins `at`: the retry delay starts over if the last one
+    /// ended a healthy period ago (or none did).
+    fn outage_begins(&mut self, at: Instant) {
+        self.down_since = Some(at);
+        if let Some(adaptive) = self.rules.adaptive {
+            let healthy = self
+                .last_outage_end
+                .is_none_or(|end| at.saturating_duration_since(end) >= adaptive.healthy_period);
+            if healthy {
+                self.retry_level = 0;
+            }
+        }
+    }
+
+    /// The cooldown after a success at `now` (the recovery already
+    /// recorded): adaptive, the minimum doubled for each other recovery in
+    /// the flapping window, up to the configured cooldown.
+    fn cooldown(&self, now: Instant) -> Duration {
+        let Some(adaptive) = self.rules.adaptive else {
+            return self.rules.cooldown;
+        };
+        let others = self.recent_recoveries(now).saturating_sub(1).min(32) as i32;
+        let grown = adaptive.min_cooldown.as_secs_f64() * 2f64.powi(others);
+        if grown >= self.rules.cooldown.as_secs_f64() {
+            self.rules.cooldown
+        } else {
+            Duration::from_secs_f64(grown).min(self.rules.cooldown)
+        }
+    }
+
+    /// The delay before the next retry after an exhausted cycle.
+    fn retry_delay(&self, adaptive: Adaptive) -> Duration {
+        let level = self.retry_level.min(32) as i32;
+        let grown = adaptive.retry_first.as_secs_f64() * 2f64.powi(level);
+        let base = if grown >= adaptive.retry_max.as_secs_f64() {
+            adaptive.retry_max
+        } else {
+            Duration::from_secs_f64(grown)
+        };
+        jittered(base, self.rules.jitter_seed, self.cycle)
     }
 
     fn start(&mut self, reason: Reason, _now: Instant, effects: &mut Vec<Effect>) {
@@ -457,13 +600,13 @@ impl Machine {
         self.attempt = attempt;
         match result {
             Ok(()) => {
-                self.phase = Phase::CoolingDown {
-                    until: now + self.rules.cooldown,
-                };
                 self.last_check_failed = false;
                 self.breaker_down = false;
                 self.suspect = false;
                 self.record_recovery(now);
+                self.phase = Phase::CoolingDown {
+                    until: now + self.cooldown(now),
+                };
                 effects.push(Effect::Log(Log::Succeeded));
                 effects.push(Effect::CloseBreaker);
             }
@@ -479,10 +622,22 @@ impl Machine {
                         attempt: next,
                     });
                 } else {
-                    self.phase = Phase::Exhausted;
+                    let retry_in = self.rules.adaptive.map(|a| self.retry_delay(a));
+                    if retry_in.is_some() {
+                        self.retry_level = self.retry_level.saturating_add(1);
+                    }
+                    self.phase = Phase::Exhausted {
+                        retry_at: retry_in.map(|d| now + d),
+                    };
                     self.exhausted_cycles += 1;
-                    effects.push(Effect::Log(Log::Exhausted));
-                    effects.push(Effect::Alert);
+                    // Strict: every exhausted cycle alerts (each needed a
+                    // person). Adaptive: the first of an outage does.
+                    let alert = self.rules.adaptive.is_none() || !self.alerted;
+                    self.alerted = true;
+                    effects.push(Effect::Log(Log::Exhausted { retry_in, alert }));
+                    if alert {
+                        effects.push(Effect::Alert);
+                    }
                 }
             }
         }
@@ -498,7 +653,7 @@ impl Machine {
                 self.phase = Phase::Idle;
                 effects.push(Effect::Cancel);
             }
-            Phase::Exhausted => self.phase = Phase::Idle,
+            Phase::Exhausted { .. } => self.phase = Phase::Idle,
             Phase::Idle | Phase::CoolingDown { .. } => {}
         }
         if self.down_since.is_some() {
@@ -511,6 +666,17 @@ impl Machine {
     fn record_recovery(&mut self, now: Instant) {
         self.recoveries += 1;
         self.last_outage_end = Some(now);
+        self.alerted = false;
+        if let Some(adaptive) = self.rules.adaptive {
+            while self.recent.len() == RECENT_MAX
+                || self.recent.front().is_some_and(|end| {
+                    now.saturating_duration_since(*end) >= adaptive.flapping_window
+                })
+            {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(now);
+        }
         if let Some(since) = self.down_since.take() {
             if self.mttr.len() == MTTR_SAMPLES {
                 self.mttr.pop_front();

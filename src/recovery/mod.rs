@@ -66,12 +66,58 @@
 //!   is deferred to its end and honoured then only if the dependency is still
 //!   down (breaker not closed, or the last check failed). A manual trigger
 //!   bypasses the cooldown.
-//! - **All attempts failed**: `exhausted`, "manual intervention required"; the
-//!   alert hook fires once; automatic triggers are ignored. The breaker keeps
-//!   probing on its own schedule, so it may heal by itself: whenever it closes
-//!   by any path, or a health check passes, a running cycle is cancelled,
-//!   `exhausted` returns to `idle` and the recovery is recorded. A manual
-//!   trigger or [`Recovery::reset`] starts again at attempt 1.
+//! - **All attempts failed**: `exhausted`; the alert hook fires (once per
+//!   outage, see [`Mode`]) and automatic triggers are ignored. In the
+//!   default [adaptive](Mode::Adaptive) mode another cycle starts by itself
+//!   after a growing delay (30 s doubling to 10 min, ±10% jitter, like
+//!   Kubernetes' restart backoff) while the dependency is still down; in
+//!   [strict](Mode::Strict) mode (the seed's) nothing runs until a person
+//!   acts: "manual intervention required". Either way the breaker keeps
+//!   probing on its own schedule, so it may heal by itself: whenever it
+//!   closes by any path, or a health check passes, a running cycle is
+//!   cancelled, `exhausted` returns to `idle` and the recovery is recorded.
+//!   A manual trigger or [`Recovery::reset`] starts again at attempt 1.
+//!
+//! # Adaptive recovery
+//!
+//! The seed's two limitations, "after 3 failed attempts manual intervention
+//! is required" and "a 60-second cooldown between cycles", are the
+//! [strict](Mode::Strict) mode. The default [adaptive](Mode::Adaptive) mode
+//! changes both:
+//!
+//! - an exhausted cycle is retried while the dependency is still down, on a
+//!   growing interval that starts over once the dependency has been healthy
+//!   for a while (10 min), and the alert fires once per outage;
+//! - the cooldown follows the failure pattern: short (5 s) after a one-off
+//!   failure, doubling with each other recovery in the last hour, up to the
+//!   configured cooldown for a flapping dependency.
+//!
+//! With the health monitor, a dependency that is down is also probed on a
+//! short interval (see [`Dependency::probe_while_down`](crate::health::Dependency::probe_while_down)), and a
+//! passing probe lets its breaker admit its half-open probe at once.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_recovery::recovery::{Adaptive, Mode, Recovery, RecoveryState};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let recovery = Recovery::builder("storage", || async {
+//!     Err::<(), _>(std::io::Error::other("connection refused"))
+//! })
+//! .max_attempts(1)
+//! .mode(Mode::Adaptive(Adaptive::default().retry_exhausted(
+//!     Duration::from_secs(30),
+//!     Duration::from_secs(600),
+//! )))
+//! .spawn();
+//! recovery.trigger_automatic("storage check failed");
+//! recovery.wait_for(|s| s == RecoveryState::Exhausted).await;
+//! let next = recovery.status().next_retry_in.expect("adaptive retries");
+//! assert!(next >= Duration::from_secs(27) && next <= Duration::from_secs(33));
+//! // Strict mode would wait for a person here.
+//! # }
+//! ```
 //!
 //! One outage is one recovery: the outage starts at the first sign the
 //! dependency is down and ends at the first sign it is back (our cycle
@@ -227,6 +273,78 @@ impl fmt::Display for TriggerOutcome {
     }
 }
 
+/// What a recovery does between and after cycles.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    /// The seed's rules: a fixed cooldown after a success, and after an
+    /// exhausted cycle nothing until a person acts (a manual trigger or a
+    /// reset) or the dependency is seen back. Every exhausted cycle alerts.
+    Strict,
+    /// Retries after exhaustion and a cooldown that follows the failure
+    /// pattern (the default; see the [module docs](self#adaptive-recovery)).
+    Adaptive(Adaptive),
+}
+
+impl Default for Mode {
+    fn default() -> Self {
+        Mode::Adaptive(Adaptive::default())
+    }
+}
+
+/// The settings of [`Mode::Adaptive`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Adaptive {
+    pub(crate) inner: machine::Adaptive,
+}
+
+impl Default for Adaptive {
+    fn default() -> Self {
+        Self {
+            inner: machine::Adaptive {
+                retry_first: Duration::from_secs(30),
+                retry_max: Duration::from_secs(600),
+                healthy_period: Duration::from_secs(600),
+                min_cooldown: Duration::from_secs(5),
+                flapping_window: Duration::from_secs(3600),
+            },
+        }
+    }
+}
+
+impl Adaptive {
+    /// After an exhausted cycle, the next one starts `first` later (while
+    /// the dependency is still down), each further one twice as late, up to
+    /// `max`; every delay is spread by ±10%. Defaults 30 s and 10 min.
+    ///
+    /// # Panics
+    /// If `first` is zero or `max < first`.
+    pub fn retry_exhausted(mut self, first: Duration, max: Duration) -> Self {
+        assert!(
+            !first.is_zero() && max >= first,
+            "retry_exhausted needs 0 < first <= max"
+        );
+        self.inner.retry_first = first;
+        self.inner.retry_max = max;
+        self
+    }
+
+    /// How long the dependency must stay healthy before the retry delay
+    /// starts over at its first value (default 10 min).
+    pub fn healthy_period(mut self, period: Duration) -> Self {
+        self.inner.healthy_period = period;
+        self
+    }
+
+    /// The cooldown after a success is `min`, doubled for each other
+    /// recovery within `window` before it, up to the builder's
+    /// [`cooldown`](Builder::cooldown). Defaults 5 s and 1 h.
+    pub fn cooldown(mut self, min: Duration, window: Duration) -> Self {
+        self.inner.min_cooldown = min;
+        self.inner.flapping_window = window;
+        self
+    }
+}
+
 /// A point-in-time view of a recovery, for reports.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Status {
@@ -234,6 +352,8 @@ pub struct Status {
     pub name: Arc<str>,
     /// Current state.
     pub state: RecoveryState,
+    /// The rules it follows.
+    pub mode: Mode,
     /// Attempt of the running (or last) cycle, 0 when none ran yet.
     pub attempt: u32,
     /// Attempts per cycle.
@@ -254,11 +374,18 @@ pub struct Status {
     pub mttr: Option<Duration>,
     /// When cooling down: time left.
     pub cooldown_remaining: Option<Duration>,
+    /// When exhausted in adaptive mode: time until the next cycle starts by
+    /// itself (if the dependency is still down then).
+    pub next_retry_in: Option<Duration>,
+    /// Recoveries that ended in the last flapping window (adaptive; 0 in
+    /// strict mode): what the cooldown grows with.
+    pub recent_recoveries: usize,
 }
 
 type Alert = Box<dyn Fn(&Status) + Send + Sync>;
 
 struct Config {
+    mode: Mode,
     max_attempts: u32,
     backoff: Backoff,
     attempt_timeout: Duration,
@@ -614,6 +741,7 @@ impl Shared {
         Status {
             name: self.name.clone(),
             state: m.state(now),
+            mode: self.cfg.mode,
             attempt: m.attempt,
             max_attempts: self.cfg.max_attempts,
             last_attempt_at: m
@@ -625,6 +753,8 @@ impl Shared {
             exhausted_cycles: m.exhausted_cycles,
             mttr: m.mttr(),
             cooldown_remaining: m.cooldown_remaining(now),
+            next_retry_in: m.retry_remaining(now),
+            recent_recoveries: m.recent_recoveries(now),
         }
     }
 }
@@ -662,6 +792,7 @@ impl Builder {
                 Box::pin(async move { fut.await.map_err(|e| cap(e.to_string())) })
             }),
             cfg: Config {
+                mode: Mode::default(),
                 max_attempts: 3,
                 backoff: Backoff::default(),
                 attempt_timeout: Duration::from_secs(10),
@@ -673,7 +804,7 @@ impl Builder {
         }
     }
 
-    /// Attempts per cycle before "manual intervention required" (default 3).
+    /// Attempts per cycle before the cycle ends exhausted (default 3).
     ///
     /// # Panics
     /// If `n` is zero.
@@ -695,9 +826,16 @@ impl Builder {
         self
     }
 
-    /// Cooldown after a successful cycle (default 60 s).
+    /// Cooldown after a successful cycle (default 60 s); in adaptive mode
+    /// the most it grows to for a flapping dependency.
     pub fn cooldown(mut self, cooldown: Duration) -> Self {
         self.cooldown = cooldown;
+        self
+    }
+
+    /// Adaptive (the default) or the seed's strict rules.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.cfg.mode = mode;
         self
     }
 
@@ -720,7 +858,8 @@ impl Builder {
         self
     }
 
-    /// Called once each time a cycle ends exhausted, on the recovery's task.
+    /// Called when a cycle ends exhausted, on the recovery's task: once per
+    /// outage in adaptive mode, for every exhausted cycle in strict mode.
     pub fn on_exhausted<F>(mut self, alert: F) -> Self
     where
         F: Fn(&Status) + Send + Sync + 'static,
@@ -746,9 +885,20 @@ impl Builder {
                 heals: signal.heals,
             }
         });
+        let jitter_seed = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write(self.name.as_bytes());
+            h.finish()
+        };
         let mut machine = Machine::new(Rules {
             max_attempts: self.cfg.max_attempts,
             cooldown: self.cooldown,
+            adaptive: match self.cfg.mode {
+                Mode::Strict => None,
+                Mode::Adaptive(a) => Some(a.inner),
+            },
+            jitter_seed,
         });
         if let Some(b) = &self.breaker {
             // A breaker already open when the recovery starts: the

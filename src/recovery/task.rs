@@ -252,13 +252,27 @@ fn log(shared: &Shared, log: Log, name: &str, max: u32) {
             count(shared, "success");
             tracing::info!(dependency = name, "Recovery successful for: {name}")
         }
-        Log::Exhausted => {
+        Log::Exhausted { retry_in, alert } => {
             count(shared, "exhausted");
             tracing::error!(dependency = name, "Recovery failed for: {name}");
-            tracing::error!(
-                dependency = name,
-                "Recovery for '{name}' exhausted {max} attempts: manual intervention required"
-            );
+            match retry_in {
+                None => tracing::error!(
+                    dependency = name,
+                    "Recovery for '{name}' exhausted {max} attempts: manual intervention required"
+                ),
+                Some(after) if alert => tracing::error!(
+                    dependency = name,
+                    retry_in_s = after.as_secs_f64(),
+                    "Recovery for '{name}' exhausted {max} attempts: retrying in {:.0}s while it is down",
+                    after.as_secs_f64()
+                ),
+                Some(after) => tracing::warn!(
+                    dependency = name,
+                    retry_in_s = after.as_secs_f64(),
+                    "Recovery for '{name}' exhausted {max} attempts again: retrying in {:.0}s",
+                    after.as_secs_f64()
+                ),
+            }
         }
         Log::Healed { was, how } => {
             count(shared, "healed");

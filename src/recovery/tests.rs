@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::machine::{Effect, Event, Kind, Machine, Rules};
+use super::machine::{Adaptive, Effect, Event, Kind, Machine, Rules};
 use super::{RecoveryState, Seen, State, TriggerOutcome};
 use crate::circuit_breaker::Breaker;
 use crate::clock::ManualClock;
@@ -17,6 +17,23 @@ const S: Duration = Duration::from_secs(1);
 
 const MAX_ATTEMPTS: u32 = 2;
 const COOLDOWN: Duration = Duration::from_secs(60);
+/// Adaptive rules small enough for the steps to cross them.
+const ADAPTIVE: Adaptive = Adaptive {
+    retry_first: Duration::from_secs(30),
+    retry_max: Duration::from_secs(60),
+    healthy_period: Duration::from_secs(90),
+    min_cooldown: Duration::from_secs(5),
+    flapping_window: Duration::from_secs(120),
+};
+
+fn rules(adaptive: bool) -> Rules {
+    Rules {
+        max_attempts: MAX_ATTEMPTS,
+        cooldown: COOLDOWN,
+        adaptive: adaptive.then_some(ADAPTIVE),
+        jitter_seed: 7,
+    }
+}
 
 /// The events the enumeration draws from. Attempt events are aimed at the
 /// attempt the machine asked for last (or, when none is pending, at an old
@@ -67,8 +84,11 @@ struct World {
     start: Instant,
     /// The attempt the machine asked for and has not cancelled.
     pending: Option<(u64, u32)>,
-    /// Outages ended so far (recoveries that closed an outage or a cycle).
+    /// Alerts sent so far.
     alerts: u64,
+    /// Alerts sent since the last recovery or reset.
+    outage_alerts: u64,
+    adaptive: bool,
 }
 
 fn check(world: &mut World, step: Step, path: &[Step]) {
@@ -212,7 +232,14 @@ fn check(world: &mut World, step: Step, path: &[Step]) {
     if closes {
         assert!(matches!(step, Step::AttemptOk), "{}", ctx());
         assert_eq!(after, RecoveryState::CoolingDown, "{}", ctx());
-        assert_eq!(m.cooldown_remaining(now), Some(COOLDOWN), "{}", ctx());
+        let expected = if world.adaptive {
+            // The minimum, doubled per other recovery in the window, capped.
+            let others = m.recent_recoveries(now) as u32 - 1;
+            (ADAPTIVE.min_cooldown * 2u32.pow(others)).min(COOLDOWN)
+        } else {
+            COOLDOWN
+        };
+        assert_eq!(m.cooldown_remaining(now), Some(expected), "{}", ctx());
     }
 
     // Exhaustion: the alert fires once per exhausted cycle.
@@ -222,7 +249,31 @@ fn check(world: &mut World, step: Step, path: &[Step]) {
         .filter(|e| **e == Effect::Alert)
         .count() as u64;
     world.alerts += alerts;
-    assert_eq!(world.alerts, m.exhausted_cycles, "{}", ctx());
+    if m.recoveries > before.recoveries || matches!(step, Step::Reset) {
+        world.outage_alerts = 0;
+    }
+    let exhausted = m.exhausted_cycles - before.exhausted_cycles;
+    assert!(exhausted <= 1, "{}", ctx());
+    if world.adaptive {
+        // Adaptive: the first exhaustion of an outage alerts, later ones
+        // of the same outage do not; each retries later by itself.
+        let first = world.outage_alerts == 0;
+        assert_eq!(alerts, exhausted * u64::from(first), "{}", ctx());
+        if exhausted == 1 {
+            let next = m.retry_remaining(now).expect("a retry is planned");
+            assert!(
+                next >= ADAPTIVE.retry_first.mul_f64(0.9)
+                    && next <= ADAPTIVE.retry_max.mul_f64(1.1),
+                "retry in {next:?}: {}",
+                ctx()
+            );
+        }
+    } else {
+        // Strict: every exhausted cycle alerts, and none retries.
+        assert_eq!(world.alerts, m.exhausted_cycles, "{}", ctx());
+        assert_eq!(m.retry_remaining(now), None, "{}", ctx());
+    }
+    world.outage_alerts += alerts;
     if alerts == 1 {
         assert_eq!(after, RecoveryState::Exhausted, "{}", ctx());
         assert_eq!(m.attempt, MAX_ATTEMPTS, "{}", ctx());
@@ -309,26 +360,148 @@ fn explore(world: &World, path: &mut Vec<Step>, depth: usize, count: &mut u64) {
     }
 }
 
-#[test]
-fn every_event_sequence_keeps_the_rules() {
+fn explore_all(adaptive: bool, default_depth: usize) {
     let depth = std::env::var("RECOVERY_MACHINE_DEPTH")
         .ok()
         .and_then(|d| d.parse().ok())
-        .unwrap_or(6);
+        .unwrap_or(default_depth);
     let start = Instant::now();
     let world = World {
-        machine: Machine::new(Rules {
-            max_attempts: MAX_ATTEMPTS,
-            cooldown: COOLDOWN,
-        }),
+        machine: Machine::new(rules(adaptive)),
         now: start,
         start,
         pending: None,
         alerts: 0,
+        outage_alerts: 0,
+        adaptive,
     };
     let mut count = 0;
     explore(&world, &mut Vec::new(), depth, &mut count);
     assert_eq!(count, (STEPS.len() as u64).pow(depth as u32));
+}
+
+#[test]
+fn every_event_sequence_keeps_the_strict_rules() {
+    explore_all(false, 6);
+}
+
+#[test]
+fn every_event_sequence_keeps_the_adaptive_rules() {
+    explore_all(true, 6);
+}
+
+/// Adaptive: exhausted cycles of one outage retry on a growing, jittered
+/// interval, alert once, and the interval starts over after a healthy
+/// period.
+#[test]
+fn exhausted_cycles_retry_on_a_growing_interval_and_alert_once() {
+    let t0 = Instant::now();
+    let mut m = Machine::new(Rules {
+        max_attempts: 1,
+        ..rules(true)
+    });
+    let mut now = t0;
+    let mut alerts = 0;
+    let mut delays = Vec::new();
+    let _ = m.on(Event::Check { passed: false }, now);
+    for _ in 0..6 {
+        let cycle = m.cycle();
+        let _ = m.on(Event::AttemptStarted { cycle, attempt: 1 }, now);
+        let r = m.on(
+            Event::AttemptDone {
+                cycle,
+                attempt: 1,
+                result: Err("refused".into()),
+            },
+            now,
+        );
+        alerts += r.effects.iter().filter(|e| **e == Effect::Alert).count();
+        let next = m.retry_remaining(now).expect("retry planned");
+        delays.push(next);
+        now += next;
+        let r = m.on(Event::Tick, now);
+        assert!(
+            r.effects
+                .iter()
+                .any(|e| matches!(e, Effect::Attempt { .. })),
+            "still down: the retry starts a cycle"
+        );
+    }
+    assert_eq!(alerts, 1, "one alert per outage");
+    let secs: Vec<f64> = delays.iter().map(Duration::as_secs_f64).collect();
+    // 30 s, then 60 s (the cap), each within ±10%.
+    assert!((27.0..=33.0).contains(&secs[0]), "{secs:?}");
+    assert!(
+        secs[1..].iter().all(|s| (54.0..=66.0).contains(s)),
+        "{secs:?}"
+    );
+    assert!(secs.windows(2).any(|w| w[0] != w[1]), "jittered: {secs:?}");
+    // The dependency comes back; after the healthy period the next outage
+    // starts over at the first delay.
+    let _ = m.on(Event::Check { passed: true }, now);
+    assert_eq!(m.state(now), RecoveryState::Idle);
+    now += ADAPTIVE.healthy_period;
+    let _ = m.on(Event::Check { passed: false }, now);
+    let cycle = m.cycle();
+    let _ = m.on(Event::AttemptStarted { cycle, attempt: 1 }, now);
+    let r = m.on(
+        Event::AttemptDone {
+            cycle,
+            attempt: 1,
+            result: Err("refused".into()),
+        },
+        now,
+    );
+    assert!(r.effects.contains(&Effect::Alert), "a new outage alerts");
+    let next = m.retry_remaining(now).unwrap().as_secs_f64();
+    assert!((27.0..=33.0).contains(&next), "{next}");
+}
+
+/// Adaptive: the cooldown is short after a one-off failure and grows for a
+/// dependency that keeps failing within the window.
+#[test]
+fn the_cooldown_grows_with_recent_recoveries() {
+    let hour = Adaptive {
+        flapping_window: Duration::from_secs(3600),
+        ..ADAPTIVE
+    };
+    let mut m = Machine::new(Rules {
+        adaptive: Some(hour),
+        ..rules(true)
+    });
+    let mut now = Instant::now();
+    let mut cooldowns = Vec::new();
+    for _ in 0..6 {
+        let _ = m.on(Event::Trigger(Kind::Automatic), now);
+        let cycle = m.cycle();
+        let _ = m.on(Event::AttemptStarted { cycle, attempt: 1 }, now);
+        let _ = m.on(
+            Event::AttemptDone {
+                cycle,
+                attempt: 1,
+                result: Ok(()),
+            },
+            now,
+        );
+        let cooldown = m.cooldown_remaining(now).unwrap();
+        cooldowns.push(cooldown.as_secs());
+        now += cooldown;
+    }
+    assert_eq!(cooldowns, [5, 10, 20, 40, 60, 60]);
+    // Quiet for longer than the window: short again.
+    now += hour.flapping_window;
+    let _ = m.on(Event::Trigger(Kind::Automatic), now);
+    let cycle = m.cycle();
+    let _ = m.on(Event::AttemptStarted { cycle, attempt: 1 }, now);
+    let _ = m.on(
+        Event::AttemptDone {
+            cycle,
+            attempt: 1,
+            result: Ok(()),
+        },
+        now,
+    );
+    assert_eq!(m.cooldown_remaining(now), Some(ADAPTIVE.min_cooldown));
 }
 
 /// Found in the second review: a probe failing between our attempt's
@@ -348,7 +521,7 @@ async fn a_reopening_between_our_success_and_our_close_is_not_a_second_outage() 
     let mut st = State {
         machine: Machine::new(Rules {
             max_attempts: 3,
-            cooldown: Duration::from_secs(60),
+            ..rules(false)
         }),
         seen: Seen {
             generation: sig.word >> 3,

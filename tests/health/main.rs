@@ -216,7 +216,7 @@ async fn history_is_bounded_at_its_size() {
     let dep = Switch::up();
     let set = Reliability::builder()
         .history_size(5)
-        .dependency(Dependency::new("db", dep.check()))
+        .dependency(Dependency::new("db", dep.check()).no_probe_while_down())
         .build()
         .unwrap();
     let monitor = Monitor::start(&set, 10 * S);
@@ -240,7 +240,7 @@ async fn history_is_bounded_at_its_size() {
 async fn uptime_and_availability_are_exact() {
     let dep = Switch::up();
     let set = Reliability::builder()
-        .dependency(Dependency::new("db", dep.check()))
+        .dependency(Dependency::new("db", dep.check()).no_probe_while_down())
         .build()
         .unwrap();
     let monitor = Monitor::start(&set, 10 * S);
@@ -408,4 +408,102 @@ async fn checks_report_values_outputs_and_service_probes() {
         (bad.status, bad.output.as_deref()),
         (HealthStatus::Fail, Some("refused"))
     );
+}
+
+/// A check that records when it ran (since `t0`, whole seconds) and
+/// passes while `up` is set.
+fn timed(t0: Instant, up: Arc<AtomicBool>, runs: Arc<std::sync::Mutex<Vec<u64>>>) -> HealthCheck {
+    HealthCheck::new(move || {
+        let (up, runs) = (up.clone(), runs.clone());
+        async move {
+            runs.lock().unwrap().push(t0.elapsed().as_secs());
+            if up.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("connection refused")
+            }
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_down_dependency_is_probed_on_a_short_growing_interval() {
+    let t0 = Instant::now();
+    let up = Arc::new(AtomicBool::new(true));
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let set = Reliability::builder()
+        .dependency(Dependency::new("db", timed(t0, up.clone(), runs.clone())))
+        .build()
+        .unwrap();
+    let monitor = Monitor::start(&set, 30 * S);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    up.store(false, Ordering::SeqCst);
+    // The check at 30 s fails: then 1 s, 2 s, 4 s, 5 s, 5 s... while down.
+    tokio::time::sleep_until(t0 + Duration::from_millis(52_500)).await;
+    up.store(true, Ordering::SeqCst);
+    // Seen back by the check at 57 s; then the monitor's 30 s again.
+    tokio::time::sleep_until(t0 + Duration::from_millis(120_500)).await;
+    monitor.stop().await;
+    assert_eq!(
+        *runs.lock().unwrap(),
+        [0, 30, 31, 33, 37, 42, 47, 52, 57, 87, 117]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_probing_while_down_the_interval_stays() {
+    let t0 = Instant::now();
+    let up = Arc::new(AtomicBool::new(false));
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let set = Reliability::builder()
+        .dependency(
+            Dependency::new("db", timed(t0, up.clone(), runs.clone())).no_probe_while_down(),
+        )
+        .build()
+        .unwrap();
+    let monitor = Monitor::start(&set, 30 * S);
+    tokio::time::sleep_until(t0 + Duration::from_millis(60_500)).await;
+    monitor.stop().await;
+    assert_eq!(*runs.lock().unwrap(), [0, 30, 60]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_passing_check_lets_an_open_breaker_probe_at_once() {
+    use tower_recovery::circuit_breaker::State;
+    let t0 = Instant::now();
+    let up = Arc::new(AtomicBool::new(false));
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let breaker = Breaker::builder("model_server")
+        .consecutive_failures(1)
+        .open_duration(60 * S)
+        .build();
+    let set = Reliability::builder()
+        .dependency(
+            Dependency::new("model_server", timed(t0, up.clone(), runs.clone())).breaker(&breaker),
+        )
+        .build()
+        .unwrap();
+    let monitor = Monitor::start(&set, 30 * S);
+    breaker.try_acquire().unwrap().failure();
+    assert_eq!(breaker.state(), State::Open);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "failing checks change nothing"
+    );
+    up.store(true, Ordering::SeqCst);
+    // Down (breaker open): checks at 0, 1, 3, 7. The one at 7 s passes.
+    tokio::time::sleep_until(t0 + Duration::from_millis(7_500)).await;
+    assert_eq!(
+        breaker.state(),
+        State::HalfOpen,
+        "probing at 7 s, not at 60 s"
+    );
+    let probe = breaker.try_acquire().expect("the probe is admitted");
+    assert!(probe.is_probe());
+    probe.success();
+    assert_eq!(breaker.state(), State::Closed);
+    monitor.stop().await;
+    assert_eq!(*runs.lock().unwrap(), [0, 1, 3, 7]);
 }

@@ -15,3 +15,14 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
     }
     panic!("never happened: {what}");
 }
+
+/// A recovery under the seed's strict rules (fixed cooldown, stop when
+/// exhausted): what these tests pin down. The adaptive default has its own
+/// tests in `rules.rs`.
+fn strict<A: tower_recovery::recovery::RecoveryAction>(
+    name: &str,
+    action: A,
+) -> tower_recovery::recovery::Builder {
+    tower_recovery::recovery::Recovery::builder(name, action)
+        .mode(tower_recovery::recovery::Mode::Strict)
+}

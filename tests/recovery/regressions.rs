@@ -9,7 +9,7 @@ use crate::eventually;
 use tokio::time::Instant;
 use tower_recovery::circuit_breaker::{Breaker, CallError, State};
 use tower_recovery::clock::ManualClock;
-use tower_recovery::recovery::{Recovery, RecoveryState, TriggerOutcome, is_refusal};
+use tower_recovery::recovery::{RecoveryState, TriggerOutcome, is_refusal};
 
 const S: Duration = Duration::from_secs(1);
 
@@ -49,7 +49,7 @@ fn a_deferred_trigger_meeting_an_overdue_half_open_timeout_does_not_deadlock() {
                 .half_open_max_wait(S)
                 .build();
             let (up, runs) = (Arc::new(AtomicBool::new(true)), Arc::default());
-            let recovery = Recovery::builder("model_server", action(&up, &runs))
+            let recovery = crate::strict("model_server", action(&up, &runs))
                 .watch(&b)
                 .cooldown(5 * S)
                 .spawn();
@@ -100,7 +100,7 @@ async fn rejections_around_any_error_type_are_not_counted() {
     struct DbError; // not even `std::error::Error`
     let b = Breaker::builder("database").consecutive_failures(1).build();
     let (up, runs) = (Arc::new(AtomicBool::new(false)), Arc::default());
-    let recovery = Recovery::builder("database", action(&up, &runs))
+    let recovery = crate::strict("database", action(&up, &runs))
         .trigger_after(2)
         .spawn();
     let r: Result<(), CallError<DbError>> =
@@ -149,7 +149,7 @@ async fn an_outage_that_heals_during_the_cooldown_ends_there() {
         .open_duration(10 * S)
         .build();
     let (up, runs) = (Arc::new(AtomicBool::new(true)), Arc::default());
-    let recovery = Recovery::builder("model_server", action(&up, &runs))
+    let recovery = crate::strict("model_server", action(&up, &runs))
         .watch(&b)
         .cooldown(60 * S)
         .spawn();
@@ -187,7 +187,7 @@ async fn each_outage_is_counted_once() {
         .open_duration(30 * S)
         .build();
     let (up, runs) = (Arc::new(AtomicBool::new(false)), Arc::default());
-    let recovery = Recovery::builder("model_server", action(&up, &runs))
+    let recovery = crate::strict("model_server", action(&up, &runs))
         .watch(&b)
         .spawn();
     let t0 = Instant::now();
@@ -218,7 +218,7 @@ async fn each_outage_is_counted_once() {
 #[tokio::test(start_paused = true)]
 async fn a_deferred_trigger_whose_outage_ends_in_the_cooldown_leaves_nothing_open() {
     let b = Breaker::builder("db").consecutive_failures(1).build();
-    let recovery = Recovery::builder("db", || async { Ok::<_, std::io::Error>(()) })
+    let recovery = crate::strict("db", || async { Ok::<_, std::io::Error>(()) })
         .watch(&b)
         .cooldown(60 * S)
         .spawn();
@@ -257,7 +257,7 @@ async fn a_deferred_layer_trigger_is_honoured_unless_a_call_succeeded() {
     use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
     let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let runs = Arc::new(AtomicUsize::new(0));
-    let recovery = Recovery::builder("db", action(&up, &runs))
+    let recovery = crate::strict("db", action(&up, &runs))
         .cooldown(60 * S)
         .trigger_after(1)
         .spawn();
@@ -311,7 +311,7 @@ async fn probe_failing_as_the_attempt_succeeds_reopens_the_recorded_outage() {
         .build();
     let runs = Arc::new(AtomicUsize::new(0));
     let (b2, runs2) = (b.clone(), runs.clone());
-    let recovery = Recovery::builder("model_server", move || {
+    let recovery = crate::strict("model_server", move || {
         let n = runs2.fetch_add(1, Ordering::SeqCst);
         let b = b2.clone();
         async move {
@@ -355,7 +355,7 @@ async fn probe_failing_as_the_attempt_succeeds_reopens_the_recorded_outage() {
 async fn a_panicking_action_does_not_kill_the_recovery() {
     let runs = Arc::new(AtomicUsize::new(0));
     let r2 = runs.clone();
-    let recovery = Recovery::builder("db", move || {
+    let recovery = crate::strict("db", move || {
         let n = r2.fetch_add(1, Ordering::SeqCst);
         async move {
             if n == 0 {
@@ -403,7 +403,7 @@ async fn a_heal_then_force_open_is_not_replayed_as_a_new_outage() {
         .clock(manual.clone())
         .build();
     let runs = Arc::new(AtomicUsize::new(0));
-    let recovery = Recovery::builder("m", counting(&runs)).watch(&b).spawn();
+    let recovery = crate::strict("m", counting(&runs)).watch(&b).spawn();
     settle().await;
     b.try_acquire().unwrap().failure(); // Closed -> Open
     manual.advance(S);
@@ -431,7 +431,7 @@ async fn two_outages_between_two_looks_are_two_outages() {
         .clock(manual.clone())
         .build();
     let runs = Arc::new(AtomicUsize::new(0));
-    let recovery = Recovery::builder("m", counting(&runs)).watch(&b).spawn();
+    let recovery = crate::strict("m", counting(&runs)).watch(&b).spawn();
     settle().await;
     b.try_acquire().unwrap().failure(); // outage 1
     manual.advance(S);
@@ -457,7 +457,7 @@ async fn a_reset_of_a_closed_breaker_is_no_heal() {
         .clock(manual.clone())
         .build();
     let runs = Arc::new(AtomicUsize::new(0));
-    let recovery = Recovery::builder("m", counting(&runs)).watch(&b).spawn();
+    let recovery = crate::strict("m", counting(&runs)).watch(&b).spawn();
     settle().await;
     tokio::time::sleep(1312 * S / 1000).await;
     b.reset(); // closed already
@@ -479,7 +479,7 @@ async fn open_force_reset(rushed: bool) -> u64 {
         .open_duration(S)
         .clock(manual.clone())
         .build();
-    let recovery = Recovery::builder("m", std::future::pending::<Result<(), &'static str>>)
+    let recovery = crate::strict("m", std::future::pending::<Result<(), &'static str>>)
         .watch(&b)
         .spawn();
     settle().await;
@@ -523,7 +523,7 @@ async fn one_breaker_outage_is_one_recovery_with_the_layer_too() {
         .build();
     let runs = Arc::new(AtomicUsize::new(0));
     let r2 = runs.clone();
-    let recovery = Recovery::builder("m", move || {
+    let recovery = crate::strict("m", move || {
         r2.fetch_add(1, Ordering::SeqCst);
         std::future::ready(Err::<(), _>("still down"))
     })

@@ -7,7 +7,7 @@ use crate::eventually;
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_recovery::circuit_breaker::{Breaker, State};
-use tower_recovery::recovery::{Backoff, Recovery, RecoveryState, TriggerOutcome};
+use tower_recovery::recovery::{Backoff, RecoveryState, TriggerOutcome};
 
 /// An action whose attempts succeed or fail as `healthy` says, recording when
 /// each attempt started.
@@ -73,7 +73,7 @@ const S: Duration = Duration::from_secs(1);
 #[tokio::test(start_paused = true)]
 async fn triggers_coalesce_and_say_what_became_of_them() {
     let script = Script::default();
-    let recovery = Recovery::builder("db", script.action()).spawn();
+    let recovery = crate::strict("db", script.action()).spawn();
     assert_eq!(recovery.trigger_manual(), TriggerOutcome::Started);
     assert_eq!(recovery.trigger_manual(), TriggerOutcome::AlreadyRunning);
     assert_eq!(
@@ -98,7 +98,7 @@ async fn triggers_coalesce_and_say_what_became_of_them() {
 #[tokio::test(start_paused = true)]
 async fn backoff_delays_are_zero_two_and_four_seconds() {
     let script = Script::default();
-    let recovery = Recovery::builder("model_server", script.action()).spawn();
+    let recovery = crate::strict("model_server", script.action()).spawn();
     let t0 = Instant::now();
     recovery.trigger_manual();
     recovery.wait_idle_or_cooling().await;
@@ -113,7 +113,7 @@ async fn backoff_delays_are_zero_two_and_four_seconds() {
 
     // Custom backoff and attempts.
     let script = Script::default();
-    let recovery = Recovery::builder("x", script.action())
+    let recovery = crate::strict("x", script.action())
         .max_attempts(4)
         .backoff(Backoff::new(Duration::from_millis(100), 3.0))
         .spawn();
@@ -128,7 +128,7 @@ async fn backoff_delays_are_zero_two_and_four_seconds() {
 async fn a_hung_attempt_fails_at_the_attempt_timeout() {
     let script = Script::default();
     script.hang.store(true, Ordering::SeqCst);
-    let recovery = Recovery::builder("db", script.action()).spawn();
+    let recovery = crate::strict("db", script.action()).spawn();
     let t0 = Instant::now();
     recovery.trigger_manual();
     eventually("attempt 1 started", || script.attempts() == 1).await;
@@ -145,7 +145,7 @@ async fn a_hung_attempt_fails_at_the_attempt_timeout() {
 async fn success_closes_the_breaker_and_starts_the_cooldown() {
     let b = breaker();
     let script = Script::default();
-    let recovery = Recovery::builder("model_server", script.action())
+    let recovery = crate::strict("model_server", script.action())
         .watch(&b)
         .spawn();
     trip(&b);
@@ -185,7 +185,7 @@ async fn forced_open_is_never_changed_by_recovery() {
     let b = breaker();
     let script = Script::default();
     script.set_healthy(true);
-    let recovery = Recovery::builder("model_server", script.action())
+    let recovery = crate::strict("model_server", script.action())
         .watch(&b)
         .spawn();
     b.force_open();
@@ -201,7 +201,7 @@ async fn deferred_trigger_is_honoured_only_if_still_down() {
     let b = breaker();
     let script = Script::default();
     script.set_healthy(true);
-    let recovery = Recovery::builder("model_server", script.action())
+    let recovery = crate::strict("model_server", script.action())
         .watch(&b)
         .spawn();
     trip(&b);
@@ -229,7 +229,7 @@ async fn deferred_trigger_is_honoured_only_if_still_down() {
     let b = breaker();
     let script = Script::default();
     script.set_healthy(true);
-    let recovery = Recovery::builder("model_server", script.action())
+    let recovery = crate::strict("model_server", script.action())
         .watch(&b)
         .spawn();
     trip(&b);
@@ -247,7 +247,7 @@ async fn exhaustion_alerts_once_and_ignores_automatic_triggers() {
     let script = Script::default();
     let alerts = Arc::new(AtomicUsize::new(0));
     let counter = alerts.clone();
-    let recovery = Recovery::builder("model_server", script.action())
+    let recovery = crate::strict("model_server", script.action())
         .watch(&b)
         .on_exhausted(move |status| {
             assert_eq!(status.state, RecoveryState::Exhausted);
@@ -273,7 +273,7 @@ async fn exhaustion_alerts_once_and_ignores_automatic_triggers() {
 async fn the_breaker_healing_by_itself_ends_exhaustion_and_is_recorded() {
     let b = breaker();
     let script = Script::default();
-    let recovery = Recovery::builder("model_server", script.action())
+    let recovery = crate::strict("model_server", script.action())
         .watch(&b)
         .spawn();
     let t0 = Instant::now();
@@ -293,7 +293,7 @@ async fn the_breaker_healing_by_itself_ends_exhaustion_and_is_recorded() {
 #[tokio::test(start_paused = true)]
 async fn a_passing_health_check_cancels_a_running_cycle() {
     let script = Script::default();
-    let recovery = Recovery::builder("db", script.action()).spawn();
+    let recovery = crate::strict("db", script.action()).spawn();
     assert_eq!(recovery.report_check(false), Some(TriggerOutcome::Started));
     eventually("attempt 1 failed", || {
         recovery.status().failed_attempts == 1
@@ -309,7 +309,7 @@ async fn a_passing_health_check_cancels_a_running_cycle() {
 #[tokio::test(start_paused = true)]
 async fn manual_trigger_after_exhaustion_starts_at_attempt_one() {
     let script = Script::default();
-    let recovery = Recovery::builder("db", script.action()).spawn();
+    let recovery = crate::strict("db", script.action()).spawn();
     recovery.trigger_manual();
     recovery.wait_idle_or_cooling().await;
     let t1 = Instant::now();
@@ -328,7 +328,7 @@ async fn manual_trigger_after_exhaustion_starts_at_attempt_one() {
 async fn mttr_is_the_mean_of_recent_recoveries() {
     let b = breaker();
     let script = Script::default();
-    let recovery = Recovery::builder("model_server", script.action())
+    let recovery = crate::strict("model_server", script.action())
         .watch(&b)
         .cooldown(S)
         .spawn();
@@ -351,7 +351,7 @@ async fn mttr_is_the_mean_of_recent_recoveries() {
 #[tokio::test(start_paused = true)]
 async fn recovery_layer_triggers_after_consecutive_failures() {
     let script = Script::default();
-    let recovery = Recovery::builder("db", script.action()).spawn();
+    let recovery = crate::strict("db", script.action()).spawn();
     let mut db = ServiceBuilder::new()
         .layer(recovery.layer())
         .service(service_fn(|fail: bool| async move {
@@ -375,7 +375,7 @@ async fn recovery_layer_triggers_after_consecutive_failures() {
     // Breaker rejections behind it are not counted.
     let breaker = breaker();
     trip(&breaker);
-    let recovery = Recovery::builder("db2", Script::default().action()).spawn();
+    let recovery = crate::strict("db2", Script::default().action()).spawn();
     let mut guarded = ServiceBuilder::new()
         .layer(recovery.layer())
         .layer(breaker.layer())
@@ -396,7 +396,7 @@ async fn recovery_layer_triggers_after_consecutive_failures() {
 #[tokio::test(start_paused = true)]
 async fn dropping_every_handle_stops_the_task() {
     let script = Script::default();
-    let recovery = Recovery::builder("db", script.action()).spawn();
+    let recovery = crate::strict("db", script.action()).spawn();
     let clone = recovery.clone();
     recovery.trigger_manual();
     eventually("attempt 1 started", || script.attempts() == 1).await;
@@ -444,7 +444,7 @@ async fn logs_reproduce_the_seed_lines() {
 
     let b = breaker();
     let script = Script::default();
-    let recovery = Recovery::builder("model_server", script.action())
+    let recovery = crate::strict("model_server", script.action())
         .watch(&b)
         .spawn();
     trip(&b);
@@ -479,7 +479,7 @@ async fn logs_reproduce_the_seed_lines() {
 async fn a_passing_check_while_the_breaker_is_open_runs_the_action_to_close_it() {
     let b = breaker();
     let script = Script::default();
-    let recovery = Recovery::builder("model_server", script.action())
+    let recovery = crate::strict("model_server", script.action())
         .watch(&b)
         .spawn();
     trip(&b);
@@ -495,4 +495,89 @@ async fn a_passing_check_while_the_breaker_is_open_runs_the_action_to_close_it()
     assert_eq!(recovery.status().state, RecoveryState::CoolingDown);
     // With the breaker closed, a passing check triggers nothing.
     assert_eq!(recovery.report_check(true), None);
+}
+
+/// Adaptive (the default): an exhausted cycle is retried by itself while
+/// the breaker says the dependency is down, on a growing jittered interval,
+/// with one alert for the outage; the retry that succeeds closes the
+/// breaker.
+#[tokio::test(start_paused = true)]
+async fn adaptive_exhaustion_retries_while_down_and_alerts_once() {
+    use tower_recovery::recovery::{Adaptive, Mode, Recovery};
+    let b = Breaker::builder("model_server")
+        .consecutive_failures(1)
+        .open_duration(Duration::from_secs(3600))
+        .build();
+    let script = Script::default();
+    let alerts = Arc::new(AtomicUsize::new(0));
+    let counter = alerts.clone();
+    let recovery = Recovery::builder("model_server", script.action())
+        .watch(&b)
+        .backoff(Backoff::new(S, 2.0))
+        .mode(Mode::Adaptive(
+            Adaptive::default().retry_exhausted(30 * S, 60 * S),
+        ))
+        .on_exhausted(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        })
+        .spawn();
+    let t0 = Instant::now();
+    trip(&b);
+    recovery.wait_for(|s| s == RecoveryState::Exhausted).await;
+    let first = recovery.status().next_retry_in.expect("a retry is planned");
+    assert!((27 * S..=33 * S).contains(&first), "{first:?}");
+    assert_eq!(recovery.trigger_automatic("again"), TriggerOutcome::Ignored);
+    // The retry runs a whole cycle, which fails again: one alert only, and
+    // the next retry is twice as late (60 s, the cap).
+    recovery.wait_for(|s| s == RecoveryState::Recovering).await;
+    recovery.wait_for(|s| s == RecoveryState::Exhausted).await;
+    assert_eq!(script.attempts(), 6);
+    assert_eq!(recovery.status().exhausted_cycles, 2);
+    assert_eq!(alerts.load(Ordering::SeqCst), 1, "one alert per outage");
+    let second = recovery.status().next_retry_in.unwrap();
+    assert!((54 * S..=66 * S).contains(&second), "{second:?}");
+    // The dependency is back before that retry: its first attempt succeeds
+    // and closes the breaker, long before its hour-long open wait ends.
+    script.set_healthy(true);
+    recovery.wait_for(|s| s == RecoveryState::CoolingDown).await;
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(script.attempts(), 7);
+    let offsets = script.offsets(t0);
+    assert_eq!(
+        offsets[..3],
+        [Duration::ZERO, 2 * S, 6 * S],
+        "cycle 1 with backoff"
+    );
+    assert_eq!(
+        offsets[3] - offsets[2],
+        first,
+        "cycle 2 after the retry delay"
+    );
+    let status = recovery.status();
+    assert_eq!(status.recoveries, 1);
+    // Cooldown after a one-off failure: the adaptive minimum.
+    assert_eq!(status.cooldown_remaining, Some(5 * S));
+}
+
+/// Strict (the seed's rules): an exhausted cycle waits for a person.
+#[tokio::test(start_paused = true)]
+async fn strict_exhaustion_waits_for_a_person() {
+    let b = breaker();
+    let script = Script::default();
+    let recovery = crate::strict("model_server", script.action())
+        .watch(&b)
+        .spawn();
+    trip(&b);
+    recovery.wait_for(|s| s == RecoveryState::Exhausted).await;
+    assert_eq!(recovery.status().next_retry_in, None);
+    // The breaker's probes keep failing: nothing runs for an hour.
+    for _ in 0..120 {
+        tokio::time::sleep(30 * S).await;
+        if let Ok(probe) = b.try_acquire() {
+            probe.failure();
+        }
+    }
+    assert_eq!(script.attempts(), 3);
+    assert_eq!(recovery.status().state, RecoveryState::Exhausted);
+    assert_eq!(recovery.trigger_manual(), TriggerOutcome::Started);
 }
