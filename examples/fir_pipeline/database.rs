@@ -185,7 +185,7 @@ impl Database {
                 DbError {
                     connect: false,
                     cause: format!(
-                        "{} (the database accepts connections: all {} pooled ones are busy)",
+                        "{} (the database accepts connections: the pool is full, {} in use)",
                         describe(&error),
                         self.max_connections
                     ),
