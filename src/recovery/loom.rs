@@ -19,6 +19,7 @@ fn shared() -> Arc<Shared> {
     Arc::new(Shared {
         name: "loom".into(),
         cfg: Config {
+            mode: super::Mode::Strict,
             max_attempts: 3,
             backoff: Backoff::default(),
             attempt_timeout: Duration::from_secs(10),
