@@ -3,6 +3,7 @@
 //! once, with exit status 2.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 use std::time::SystemTime;
 
 use tower_recovery::config::Settings;
@@ -17,7 +18,8 @@ fn usage() -> String {
         "\
 usage: cargo run --example fir_pipeline [-- --chaos]
 
-  --chaos      stop the embedded model server for 20 s every 45 s (or FIR_CHAOS=1)
+  --chaos      stop the embedded model server for 20 s every 45 s (or FIR_CHAOS=1;
+               FIR_CHAOS_UP and FIR_CHAOS_DOWN set the seconds up and down)
   -h, --help   this text
 
 routes: POST /fir (JSON {{\"complaint\": \"...\"}}, body up to {json} MiB),
@@ -28,7 +30,8 @@ environment: HOST (default 127.0.0.1; 0.0.0.0 to listen on every interface),
 PORT (default 8000), DATABASE_URL (default: a SQLite file in the temporary
 directory), MODEL_SERVER_URL and ASR_OCR_SERVER_URL (default: embedded
 stand-ins), ADMIN_TOKEN, and the settings of tower_recovery::config
-(RECOVERY_INTERVAL, HEALTH_CHECK_INTERVAL, ...).",
+(RECOVERY_INTERVAL, MAX_RECOVERY_ATTEMPTS, RECOVERY_MODE=adaptive|strict,
+HEALTH_CHECK_INTERVAL, ...).",
         json = mib(JSON_BODY_LIMIT),
         audio = mib(AUDIO_BODY_LIMIT),
     )
@@ -63,6 +66,9 @@ pub(crate) struct Config {
     pub(crate) host: IpAddr,
     pub(crate) port: u16,
     pub(crate) chaos: bool,
+    /// `--chaos`: how long the model server runs, then stays stopped.
+    pub(crate) chaos_up: Duration,
+    pub(crate) chaos_down: Duration,
 }
 
 impl Config {
@@ -96,6 +102,22 @@ impl Config {
                 problems.push(e);
                 false
             });
+        let mut seconds = |name: &str, default: u64| match std::env::var(name) {
+            Err(_) => Duration::from_secs(default),
+            Ok(v) => match v.trim().parse::<f64>() {
+                Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 => {
+                    Duration::from_secs_f64(secs)
+                }
+                _ => {
+                    problems.push(format!(
+                        "invalid {name}={v:?}: expected seconds, more than 0 and at most 86400"
+                    ));
+                    Duration::from_secs(default)
+                }
+            },
+        };
+        let chaos_up = seconds("FIR_CHAOS_UP", 25);
+        let chaos_down = seconds("FIR_CHAOS_DOWN", 20);
         let Some(settings) = settings.filter(|_| problems.is_empty()) else {
             for problem in &problems {
                 eprintln!("configuration error: {problem}");
@@ -107,6 +129,8 @@ impl Config {
             host,
             port,
             chaos,
+            chaos_up,
+            chaos_down,
         }
     }
 
@@ -146,9 +170,12 @@ impl Config {
             health_check_interval_s = s.health_check_interval.as_secs_f64(),
             recovery_interval_s = s.recovery_interval.as_secs_f64(),
             max_recovery_attempts = s.max_recovery_attempts,
+            recovery_mode = if s.strict_recovery { "strict" } else { "adaptive" },
             shutdown_grace_period_s = s.shutdown_grace_period.as_secs_f64(),
             admin_token = if s.admin_token.is_some() { "from ADMIN_TOKEN" } else { "generated" },
             chaos = self.chaos,
+            chaos_up_s = self.chaos.then_some(self.chaos_up.as_secs_f64()),
+            chaos_down_s = self.chaos.then_some(self.chaos_down.as_secs_f64()),
             "effective configuration"
         );
     }

@@ -113,11 +113,12 @@ async fn main() -> Result<(), BoxError> {
 
     let model_breaker = Breaker::new("model_server");
     let asr_breaker = Breaker::new("asr_ocr_server");
-    let (attempts, backoff, attempt_timeout, cooldown) = (
+    let (attempts, backoff, attempt_timeout, cooldown, mode) = (
         settings.max_recovery_attempts,
         settings.backoff(),
         settings.recovery_attempt_timeout,
         settings.recovery_interval,
+        settings.recovery_mode(),
     );
     let model_recovery = Recovery::builder("model_server", {
         let (http, base) = (http.clone(), model_url.clone());
@@ -128,6 +129,7 @@ async fn main() -> Result<(), BoxError> {
     .backoff(backoff)
     .attempt_timeout(attempt_timeout)
     .cooldown(cooldown)
+    .mode(mode)
     .on_exhausted(|s| {
         tracing::error!(
             "ALERT: recovery of {} exhausted: {:?}",
@@ -152,6 +154,7 @@ async fn main() -> Result<(), BoxError> {
     .backoff(backoff)
     .attempt_timeout(attempt_timeout)
     .cooldown(cooldown)
+    .mode(mode)
     .spawn();
     let db_recovery = Recovery::builder("database", {
         let db = db.clone();
@@ -164,6 +167,7 @@ async fn main() -> Result<(), BoxError> {
     .backoff(backoff)
     .attempt_timeout(attempt_timeout)
     .cooldown(cooldown)
+    .mode(mode)
     .spawn();
 
     // 2. Register dependencies.
@@ -310,7 +314,7 @@ async fn main() -> Result<(), BoxError> {
     println!("  curl -s http://{addr}/metrics\n");
 
     if config.chaos {
-        chaos::start(model_stand_in.clone());
+        chaos::start(model_stand_in.clone(), config.chaos_up, config.chaos_down);
     }
 
     // 5. Serve until drained; bound axum's own shutdown by the drain.

@@ -112,8 +112,32 @@ async fn watch_one(
     // Checks made in a row while down: the fast interval doubles with each.
     let mut down_checks: u32 = 0;
     loop {
+        // Created before the state is read, so no transition is missed.
+        #[cfg(feature = "circuit-breaker")]
+        let changed = dep.breaker.as_ref().map(|b| b.changed());
+        #[cfg(not(feature = "circuit-breaker"))]
+        let changed: Option<std::future::Pending<()>> = None;
+        let breaker_changed = async move {
+            match changed {
+                Some(changed) => changed.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
+            () = breaker_changed => {
+                // The breaker opened between checks: the dependency is down
+                // from now, so probe it on the short interval from now.
+                #[cfg(feature = "circuit-breaker")]
+                if let (Some(breaker), Some((first, _))) = (&dep.breaker, dep.probe_while_down) {
+                    let soon = Instant::now() + first.min(interval);
+                    if breaker.state() == crate::circuit_breaker::State::Open && soon < next {
+                        next = soon;
+                        down_checks = 1;
+                    }
+                }
+                continue;
+            }
             _ = stopped.changed() => return,
         }
         let started = Instant::now();

@@ -142,6 +142,15 @@ async fn reliability_document_field_by_field() {
         "no token: shown"
     );
     assert_eq!(r.mttr_seconds, None);
+    assert_eq!(r.mode, "adaptive");
+    assert_eq!(
+        (r.cooldown_remaining_seconds, r.recent_recoveries),
+        (None, 0)
+    );
+    let retry = r
+        .next_retry_in_seconds
+        .expect("adaptive: a retry is planned");
+    assert!((27.0..=33.0).contains(&retry), "{retry}");
     assert_eq!(doc.recovery.len(), 2);
     assert!(doc.health_monitor.running);
     assert_eq!(doc.health_monitor.interval_seconds, Some(30.0));
@@ -160,7 +169,16 @@ async fn reliability_document_field_by_field() {
         ),
         (false, 0)
     );
-    assert_eq!(doc.status, "warn", "breaker open");
+    // The breaker's opening woke the monitor, which checked the model
+    // server at once (1 s later) instead of at its next 30 s tick: it is
+    // down, and required.
+    let model = &doc.health_monitor.dependencies["model_server"];
+    assert!(
+        model.consecutive_failures >= 1,
+        "{:?}",
+        model.consecutive_failures
+    );
+    assert_eq!(doc.status, "fail", "a required dependency is down");
     monitor.stop().await;
 }
 

@@ -162,6 +162,10 @@ pub(crate) struct RecoveryDoc {
     pub(crate) failures: u64,
     pub(crate) exhaustions: u64,
     pub(crate) mttr_seconds: Option<f64>,
+    pub(crate) mode: String,
+    pub(crate) cooldown_remaining_seconds: Option<f64>,
+    pub(crate) next_retry_in_seconds: Option<f64>,
+    pub(crate) recent_recoveries: u64,
 }
 
 #[derive(Debug, Deserialize)]

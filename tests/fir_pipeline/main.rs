@@ -1,6 +1,7 @@
 //! The seed's failure scenarios against the real demo binary, real sockets
 //! and a real MariaDB server: each scenario prints the downtime it measured.
 
+mod adaptive;
 mod database;
 mod gate;
 mod limits;

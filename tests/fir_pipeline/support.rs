@@ -55,8 +55,19 @@ pub(crate) struct Demo {
 
 impl Demo {
     pub(crate) fn spawn(port: u16, log: PathBuf, env: &[(&str, String)]) -> Self {
+        Self::spawn_with_args(port, log, &[], env)
+    }
+
+    /// [`Demo::spawn`] with command-line arguments.
+    pub(crate) fn spawn_with_args(
+        port: u16,
+        log: PathBuf,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Self {
         let mut cmd = Command::new(demo_binary());
-        cmd.env_clear()
+        cmd.args(args)
+            .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("PORT", port.to_string())
             .env("ADMIN_TOKEN", TOKEN)

@@ -507,3 +507,29 @@ async fn a_passing_check_lets_an_open_breaker_probe_at_once() {
     monitor.stop().await;
     assert_eq!(*runs.lock().unwrap(), [0, 1, 3, 7]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_opening_between_checks_starts_the_short_interval() {
+    let t0 = Instant::now();
+    let up = Arc::new(AtomicBool::new(true));
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let breaker = Breaker::builder("model_server")
+        .consecutive_failures(1)
+        .open_duration(600 * S)
+        .build();
+    let set = Reliability::builder()
+        .dependency(
+            Dependency::new("model_server", timed(t0, up.clone(), runs.clone())).breaker(&breaker),
+        )
+        .build()
+        .unwrap();
+    let monitor = Monitor::start(&set, 30 * S);
+    tokio::time::sleep_until(t0 + 10 * S).await;
+    // Calls fail and open the breaker at 10 s, long before the monitor's
+    // next check at 30 s would have seen it.
+    up.store(false, Ordering::SeqCst);
+    breaker.try_acquire().unwrap().failure();
+    tokio::time::sleep_until(t0 + Duration::from_millis(22_500)).await;
+    monitor.stop().await;
+    assert_eq!(*runs.lock().unwrap(), [0, 11, 13, 17, 22]);
+}
