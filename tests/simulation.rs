@@ -1479,6 +1479,9 @@ impl Sim {
                 self.manual = Some(State::Disabled);
             }
             Step::Reset => {
+                // A reset of a closed breaker is no transition, and tells a
+                // recovery nothing.
+                let was_closed = breaker.state() == State::Closed;
                 breaker.reset();
                 self.manual = None;
                 let (state, status) = (breaker.state(), self.recovery.status());
@@ -1486,10 +1489,11 @@ impl Sim {
                     format!("{state:?}")
                 });
                 self.ensure(
-                    !matches!(
-                        status.state,
-                        RecoveryState::Recovering | RecoveryState::Exhausted
-                    ),
+                    was_closed
+                        || !matches!(
+                            status.state,
+                            RecoveryState::Recovering | RecoveryState::Exhausted
+                        ),
                     "breaker-close-ends-cycle",
                     || {
                         format!(

@@ -92,9 +92,8 @@ impl Breaker {
     /// transition (a new generation, published and logged). On a breaker
     /// already `Closed` it is not: nothing is published on
     /// [`subscribe`](Self::subscribe), the generation stays, calls in
-    /// flight still count. A watching recovery still learns that the
-    /// dependency was declared healthy, which ends a cycle a health check
-    /// or a layer started.
+    /// flight still count, and a watching recovery is told nothing (reset
+    /// it too, as the admin route does, to end a cycle it runs).
     pub fn reset(&self) {
         self.core.force(State::Closed, Cause::Reset);
     }

@@ -301,9 +301,8 @@ pub(crate) struct Core {
     events: std::sync::OnceLock<broadcast::Sender<Transition>>,
     signal: watch::Sender<Signal>,
     /// Transitions made but not yet sent, in generation order.
-    /// Transitions (and heals of a reset while `Closed`, which are not
-    /// transitions) with the signal after each, in order.
-    outbox: Mutex<VecDeque<(Option<Transition>, Signal)>>,
+    /// Transitions with the signal after each, in order.
+    outbox: Mutex<VecDeque<(Transition, Signal)>>,
     publishing: AtomicBool,
     locked: Mutex<Locked>,
 }
@@ -924,10 +923,9 @@ impl Core {
 
     /// A reset of a `Closed` breaker is not a transition: the window, the
     /// consecutive count and the open-duration growth are cleared, and the
-    /// generation, the transition stream and the transition count stay as
-    /// they are. It still tells a watching recovery that a person declared
-    /// the dependency healthy (a heal), which ends a cycle a health check or
-    /// a layer started.
+    /// generation, the transition stream, the transition count and the
+    /// signal a recovery watches stay as they are (a breaker that was
+    /// closed says nothing new about its dependency).
     fn reset_closed(&self, mut locked: MutexGuard<'_, Locked>, word: u64, now: u64) {
         match &self.window {
             Window::None => {}
@@ -937,16 +935,7 @@ impl Core {
         self.consecutive.0.store(cons_tag(word), Ordering::Release);
         self.next_open.store(self.open_nanos(0), Ordering::Release);
         locked.closed_at = now;
-        let mut signal = locked.signal;
-        signal.word = word;
-        signal.closed_at = tokio::time::Instant::now();
-        signal.heals += 1;
-        signal.healed_gen = generation(word);
-        signal.healed_outage_start = None;
-        locked.signal = signal;
-        lock(&self.outbox).push_back((None, signal));
         drop(locked);
-        self.publish();
         let name = &*self.name;
         tracing::info!(
             breaker = name,
@@ -958,11 +947,18 @@ impl Core {
     /// again. The check and the transition are one step under the lock, so a
     /// concurrent `force_open` is never overwritten and a probe that closed
     /// the breaker first is not followed by a second close.
+    ///
+    /// A `ForcedOpen` or `Disabled` breaker stays so, but forgets the start
+    /// of the outage it saw: it is over, so the reset that ends the manual
+    /// state later does not report it as healed then.
     pub(crate) fn close_if_down(&self) -> bool {
         let now = self.clock.now_nanos();
-        let locked = lock(&self.locked);
+        let mut locked = lock(&self.locked);
         let word = self.state.0.load(Ordering::Acquire);
         if !matches!(code(word), OPEN | HALF_OPEN) {
+            if matches!(state_of(word), State::ForcedOpen | State::Disabled) {
+                locked.outage_start = None;
+            }
             return false;
         }
         self.apply(locked, word, State::Closed, Cause::Recovered, now, None);
@@ -1143,7 +1139,7 @@ impl Core {
         };
         // Queued in generation order under the lock; sent (which wakes the
         // receivers, running their wakers) after it is released.
-        lock(&self.outbox).push_back((Some(event.clone()), signal));
+        lock(&self.outbox).push_back((event.clone(), signal));
         drop(locked);
         self.publish();
 
@@ -1184,7 +1180,7 @@ impl Core {
                 // be released before the sends run wakers.
                 let next = lock(&self.outbox).pop_front();
                 let Some((event, signal)) = next else { break };
-                if let (Some(event), Some(events)) = (event, self.events.get()) {
+                if let Some(events) = self.events.get() {
                     let _ = events.send(event);
                 }
                 self.signal.send_replace(signal);

@@ -348,8 +348,7 @@ impl Machine {
         self.down_since
     }
 
-    /// The end of the last outage recorded (for the exhaustive test).
-    #[cfg(test)]
+    /// The end of the last outage recorded.
     pub(crate) fn last_outage_end(&self) -> Option<Instant> {
         self.last_outage_end
     }

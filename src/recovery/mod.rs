@@ -430,9 +430,16 @@ impl State {
         }
         let opened = signal.opens > self.seen.opens;
         let healed = signal.heals > self.seen.heals;
+        // An outage that began before the last one recorded ended was
+        // recorded already: our cycle ended it while the breaker could not
+        // be closed (forced open or disabled), so the breaker still holds
+        // its start.
+        let last_end = self.machine.last_outage_end();
         let healed_outage = |events: &mut Vec<Event>, open: bool| {
             if let (true, Some(at)) = (open, signal.healed_outage_start) {
-                events.push(Event::BreakerOpened { at });
+                if last_end.is_none_or(|end| at >= end) {
+                    events.push(Event::BreakerOpened { at });
+                }
             }
             events.push(Event::BreakerHealed {
                 at: signal.closed_at,

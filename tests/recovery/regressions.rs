@@ -559,3 +559,42 @@ async fn one_breaker_outage_is_one_recovery_with_the_layer_too() {
         runs.load(Ordering::SeqCst)
     );
 }
+
+/// Found by the simulation (seed 9881 of 16,000): our cycle ended an outage
+/// while the breaker was forced open (so it could not be closed, and still
+/// held the outage's start). Much later a reset closed it and a failure
+/// opened it again before the recovery's task looked: the heal carried the
+/// old start, and the recovery counted the outage a second time, from its
+/// start to the reset (an MTTR of 100 s for an outage recovered at once).
+#[tokio::test(start_paused = true)]
+async fn an_outage_our_cycle_ended_under_a_forced_open_breaker_is_not_counted_again() {
+    let b = Breaker::builder("m")
+        .consecutive_failures(1)
+        .open_duration(3600 * S)
+        .build();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let recovery = crate::strict("m", counting(&runs)).watch(&b).spawn();
+    b.try_acquire().unwrap().failure();
+    b.force_open();
+    eventually("the cycle ran", || runs.load(Ordering::SeqCst) == 1).await;
+    recovery.wait_idle_or_cooling().await;
+    let status = recovery.status();
+    assert_eq!((status.recoveries, status.mttr), (1, Some(Duration::ZERO)));
+    assert_eq!(
+        b.state(),
+        State::ForcedOpen,
+        "our close left it forced open"
+    );
+    tokio::time::advance(100 * S).await;
+    // Before the task looks: reset (a heal) and a new opening.
+    b.reset();
+    b.try_acquire().unwrap().failure();
+    let status = recovery.status();
+    assert_eq!(status.recoveries, 1, "{status:?}");
+    assert_eq!(status.mttr, Some(Duration::ZERO), "{status:?}");
+    // And once the task has looked too.
+    recovery.wait_idle_or_cooling().await;
+    let status = recovery.status();
+    assert_eq!(status.recoveries, 2, "the new outage, recovered at once");
+    assert_eq!(status.mttr, Some(Duration::ZERO), "{status:?}");
+}
