@@ -252,8 +252,12 @@ async fn health(State(admin): AdminState, headers: HeaderMap) -> Response {
     let mut checks = Map::new();
     let mut breakers = Map::new();
     let mut recoveries = Map::new();
+    let mut root_causes = Map::new();
     for dep in &report.dependencies {
-        let entry = match &dep.last {
+        if let Some(root) = &dep.root_cause {
+            root_causes.insert(dep.name.to_string(), json!(root.as_ref()));
+        }
+        let mut entry = match &dep.last {
             Some(last) => json!({
                 "status": last.status.as_str(),
                 "componentType": "component",
@@ -270,6 +274,10 @@ async fn health(State(admin): AdminState, headers: HeaderMap) -> Response {
                 "required": dep.required,
             }),
         };
+        if let (Some(root), Some(entry)) = (&dep.root_cause, entry.as_object_mut()) {
+            // The dependency it needs that is down: why this one is.
+            entry.insert("rootCause".into(), json!(root.as_ref()));
+        }
         checks.insert(
             format!("{}:connectivity", dep.name),
             Value::Array(vec![entry]),
@@ -287,6 +295,7 @@ async fn health(State(admin): AdminState, headers: HeaderMap) -> Response {
         "checks": checks,
         "circuit_breakers": breakers,
         "recovery": recoveries,
+        "root_causes": root_causes,
         "draining": draining,
     });
     let code = if status == HealthStatus::Fail || draining {
@@ -362,6 +371,7 @@ fn recovery_json(r: &Status, show: bool) -> Value {
         "cooldown_remaining_seconds": r.cooldown_remaining.map(secs),
         "next_retry_in_seconds": r.next_retry_in.map(secs),
         "recent_recoveries": r.recent_recoveries,
+        "waiting_for": r.waiting_for.as_deref(),
     })
 }
 
@@ -372,6 +382,8 @@ fn monitor_json(dep: &DependencyReport) -> Value {
         "checks": dep.checks,
         "consecutive_failures": dep.consecutive_failures,
         "last_status": dep.last.as_ref().map(|l| l.status.as_str()),
+        "needs": dep.needs.iter().map(|n| n.as_ref()).collect::<Vec<_>>(),
+        "root_cause": dep.root_cause.as_deref(),
     })
 }
 

@@ -31,7 +31,8 @@ PORT (default 8000), DATABASE_URL (default: a SQLite file in the temporary
 directory), MODEL_SERVER_URL and ASR_OCR_SERVER_URL (default: embedded
 stand-ins), ADMIN_TOKEN, and the settings of tower_recovery::config
 (RECOVERY_INTERVAL, MAX_RECOVERY_ATTEMPTS, RECOVERY_MODE=adaptive|strict,
-HEALTH_CHECK_INTERVAL, ...).",
+HEALTH_CHECK_INTERVAL, ...). FIR_MODEL_NEEDS_DATABASE=1 declares that the
+model server needs the database: its recovery then waits for the database's.",
         json = mib(JSON_BODY_LIMIT),
         audio = mib(AUDIO_BODY_LIMIT),
     )
@@ -69,6 +70,9 @@ pub(crate) struct Config {
     /// `--chaos`: how long the model server runs, then stays stopped.
     pub(crate) chaos_up: Duration,
     pub(crate) chaos_down: Duration,
+    /// `FIR_MODEL_NEEDS_DATABASE`: the model server needs the database
+    /// (its storage), so its recovery waits for the database's.
+    pub(crate) model_needs_database: bool,
 }
 
 impl Config {
@@ -102,6 +106,10 @@ impl Config {
                 problems.push(e);
                 false
             });
+        let model_needs_database = flag("FIR_MODEL_NEEDS_DATABASE").unwrap_or_else(|e| {
+            problems.push(e);
+            false
+        });
         let mut seconds = |name: &str, default: u64| match std::env::var(name) {
             Err(_) => Duration::from_secs(default),
             Ok(v) => match v.trim().parse::<f64>() {
@@ -131,6 +139,7 @@ impl Config {
             chaos,
             chaos_up,
             chaos_down,
+            model_needs_database,
         }
     }
 
@@ -173,6 +182,7 @@ impl Config {
             recovery_mode = if s.strict_recovery { "strict" } else { "adaptive" },
             shutdown_grace_period_s = s.shutdown_grace_period.as_secs_f64(),
             admin_token = if s.admin_token.is_some() { "from ADMIN_TOKEN" } else { "generated" },
+            model_needs_database = self.model_needs_database,
             chaos = self.chaos,
             chaos_up_s = self.chaos.then_some(self.chaos_up.as_secs_f64()),
             chaos_down_s = self.chaos.then_some(self.chaos_down.as_secs_f64()),

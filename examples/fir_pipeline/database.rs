@@ -166,7 +166,12 @@ impl Database {
         if !matches!(error, sqlx::Error::PoolTimedOut) {
             return self.error(&error);
         }
-        let mut explained = self.explained.lock().await;
+        // One explanation at a time; requests that find one under way use
+        // the last one known, or the error as it is, rather than queue
+        // behind a connection attempt.
+        let Ok(mut explained) = self.explained.try_lock() else {
+            return self.error(&error);
+        };
         if let Some((at, known)) = &*explained {
             if at.elapsed() < EXPLAIN_FOR {
                 return known.clone();
@@ -181,11 +186,11 @@ impl Database {
                 url: self.shown.clone(),
             },
             Ok(Ok(conn)) => {
-                let _ = conn.close().await;
+                let _ = tokio::time::timeout(EXPLAIN_TIMEOUT, conn.close()).await;
                 DbError {
                     connect: false,
                     cause: format!(
-                        "{} (the database accepts connections: the pool is full, {} in use)",
+                        "{} (the database accepts connections: the pool of {} is busy)",
                         describe(&error),
                         self.max_connections
                     ),
@@ -283,18 +288,41 @@ fn sqlite_file(url: &str) -> Option<String> {
 
 /// `url` without its password (`mysql://user:***@host/db`).
 pub(crate) fn redact_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split(':').next().unwrap_or_default();
-                if userinfo.contains(':') {
-                    format!("{scheme}://{user}:***@{host}")
-                } else {
-                    url.to_string()
-                }
-            }
-            None => url.to_string(),
-        },
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    // The authority ends at the first '/', '?' or '#'; the userinfo at the
+    // last '@' in it (a password may hold '@', as URL parsers read it).
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..end].rfind('@') else {
+        return url.to_string();
+    };
+    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn the_password_is_hidden_whatever_it_holds() {
+        assert_eq!(
+            redact_url("mysql://root:p@ss@db:3306/fir"),
+            "mysql://root:***@db:3306/fir"
+        );
+        assert_eq!(
+            redact_url("mysql://root:s3cret@127.0.0.1/test"),
+            "mysql://root:***@127.0.0.1/test"
+        );
+        assert_eq!(
+            redact_url("mysql://root@127.0.0.1/test"),
+            "mysql://root@127.0.0.1/test"
+        );
+        assert_eq!(redact_url("sqlite:///tmp/a@b.db"), "sqlite:///tmp/a@b.db");
+        assert_eq!(redact_url("no scheme"), "no scheme");
     }
 }

@@ -78,6 +78,19 @@ use database::Database;
 use handlers::{App, api_error, json_errors};
 use upstreams::{MODEL, asr_ocr_server, guarded_client, model_server, probe};
 
+/// The exhaustion alert: a log line naming the root cause (the
+/// prerequisite the recovery waits for, or the dependency itself).
+fn alert(status: &tower_recovery::recovery::Status) {
+    let root = status.waiting_for.as_deref().unwrap_or(&status.name);
+    tracing::error!(
+        dependency = &*status.name,
+        root_cause = root,
+        "ALERT: recovery of {} exhausted (root cause: {root}): {}",
+        status.name,
+        status.last_error.as_deref().unwrap_or("no error recorded")
+    );
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     // Arguments first: `--help` and mistakes are answered before anything
@@ -130,13 +143,7 @@ async fn main() -> Result<(), BoxError> {
     .attempt_timeout(attempt_timeout)
     .cooldown(cooldown)
     .mode(mode)
-    .on_exhausted(|s| {
-        tracing::error!(
-            "ALERT: recovery of {} exhausted: {:?}",
-            s.name,
-            s.last_error
-        )
-    })
+    .on_exhausted(alert)
     .spawn();
     let asr_recovery = Recovery::builder("asr_ocr_server", {
         let (http, base) = (http.clone(), asr_ocr_url.clone());
@@ -150,6 +157,7 @@ async fn main() -> Result<(), BoxError> {
         }
     })
     .watch(&asr_breaker)
+    .on_exhausted(alert)
     .max_attempts(attempts)
     .backoff(backoff)
     .attempt_timeout(attempt_timeout)
@@ -168,6 +176,7 @@ async fn main() -> Result<(), BoxError> {
     .attempt_timeout(attempt_timeout)
     .cooldown(cooldown)
     .mode(mode)
+    .on_exhausted(alert)
     .spawn();
 
     // 2. Register dependencies.
@@ -180,14 +189,19 @@ async fn main() -> Result<(), BoxError> {
     };
     let reliability = Reliability::builder()
         .history_size(settings.health_history_size)
-        .dependency(
-            Dependency::new(
+        .dependency({
+            let model = Dependency::new(
                 "model_server",
                 upstreams::health_check(&http, model_url.clone()),
             )
             .breaker(&model_breaker)
-            .recovery(&model_recovery),
-        )
+            .recovery(&model_recovery);
+            if config.model_needs_database {
+                model.needs("database")
+            } else {
+                model
+            }
+        })
         .dependency(
             Dependency::new(
                 "asr_ocr_server",

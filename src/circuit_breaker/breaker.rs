@@ -219,7 +219,9 @@ impl Breaker {
         result.map_err(CallError::Inner)
     }
 
-    /// Waits until the breaker's state changes (any transition).
+    /// Waits until the breaker changes: any transition, or a half-open
+    /// probe permit given back. (A reset of a closed breaker is no
+    /// transition and wakes nobody.)
     pub fn changed(&self) -> impl Future<Output = ()> + Send + 'static {
         self.core.changed.clone().notified_owned()
     }

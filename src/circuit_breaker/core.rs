@@ -641,7 +641,48 @@ impl Core {
         };
         if let Some(cause) = cause {
             let now = self.clock.now_nanos();
-            self.transition(ticket.word, State::Open, cause, now);
+            self.trip(ticket.word, cause, now);
+        }
+    }
+
+    /// Closed -> Open because a threshold was reached, if it still is under
+    /// the lock: a reset of the closed breaker (which is no transition, so
+    /// leaves the state word as it was) may have cleared the counts since
+    /// they were read, and a trip decided on counts from before the reset
+    /// must not land after it.
+    #[cold]
+    fn trip(&self, expected: u64, cause: Cause, now: u64) {
+        let ticking = self.open_ticking();
+        let locked = lock(&self.locked);
+        if self.state.0.load(Ordering::Acquire) != expected || !self.still_trips(expected) {
+            return;
+        }
+        self.apply(locked, expected, State::Open, cause, now, ticking);
+    }
+
+    /// Whether the counts of the closed state `word` reach a threshold now.
+    fn still_trips(&self, word: u64) -> bool {
+        match self.cfg.rule {
+            TripRule::Consecutive(limit) => {
+                // A read-modify-write reads the latest count: a plain load
+                // may return one from before a concurrent reset's store.
+                let c = self.consecutive.0.fetch_add(0, Ordering::AcqRel);
+                c & !COUNT_MASK == cons_tag(word) && (c & COUNT_MASK) >= u64::from(limit)
+            }
+            TripRule::Rate {
+                minimum_calls,
+                failure_ppm,
+                slow_ppm,
+            } => {
+                let w = match &self.window {
+                    Window::None => return true,
+                    Window::Count(ring) => ring.counts(),
+                    Window::Time(buckets) => buckets.counts(self.window_now(true)),
+                };
+                w.calls >= minimum_calls
+                    && (at_least(w.failures, failure_ppm, w.calls)
+                        || slow_ppm.is_some_and(|ppm| at_least(w.slow, ppm, w.calls)))
+            }
         }
     }
 
@@ -932,7 +973,9 @@ impl Core {
             Window::Count(ring) => ring.clear(),
             Window::Time(buckets) => buckets.clear(),
         }
-        self.consecutive.0.store(cons_tag(word), Ordering::Release);
+        // A read-modify-write, so that it is ordered after every count
+        // already added (a trip re-checks the count under the lock).
+        self.consecutive.0.swap(cons_tag(word), Ordering::AcqRel);
         self.next_open.store(self.open_nanos(0), Ordering::Release);
         locked.closed_at = now;
         drop(locked);

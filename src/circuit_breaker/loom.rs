@@ -104,6 +104,32 @@ fn a_trip_makes_exactly_one_transition() {
 }
 
 #[test]
+fn a_trip_decided_before_a_reset_of_the_closed_breaker_does_not_land_after_it() {
+    model(|| {
+        let b = Breaker::builder("loom")
+            .consecutive_failures(2)
+            .clock(ManualClock::new())
+            .build();
+        b.try_acquire().unwrap().failure();
+        let second = b.try_acquire().unwrap();
+        let resetter = {
+            let b = b.clone();
+            thread::spawn(move || b.reset())
+        };
+        second.failure();
+        resetter.join().unwrap();
+        let snap = b.snapshot();
+        // Failure (trip) then reset: Open, then Closed (2 transitions).
+        // Reset then failure: one failure counted, Closed. The failure
+        // counted, then the reset cleared it before the trip took the lock:
+        // the trip is called off. Never Open.
+        assert_eq!(snap.state, State::Closed, "{snap:?}");
+        let seen = (snap.transitions, snap.counts.consecutive_failures);
+        assert!(matches!(seen, (2, 0) | (0, 1) | (0, 0)), "{snap:?}");
+    });
+}
+
+#[test]
 fn an_outcome_of_an_earlier_generation_is_dropped() {
     model(|| {
         let b = Breaker::builder("loom")

@@ -96,6 +96,8 @@ pub struct Dependency {
     timeout: Duration,
     /// While down: the monitor's first and longest interval.
     probe_while_down: Option<(Duration, Duration)>,
+    /// Dependencies this one needs to work.
+    needs: Vec<Arc<str>>,
     #[cfg(feature = "circuit-breaker")]
     breaker: Option<Breaker>,
     #[cfg(feature = "recovery")]
@@ -111,6 +113,7 @@ impl Dependency {
             required: true,
             timeout: Duration::from_secs(5),
             probe_while_down: Some((Duration::from_secs(1), Duration::from_secs(5))),
+            needs: Vec::new(),
             #[cfg(feature = "circuit-breaker")]
             breaker: None,
             #[cfg(feature = "recovery")]
@@ -151,6 +154,26 @@ impl Dependency {
         );
         self.probe_while_down = Some((first, max));
         self
+    }
+
+    /// Declares that this dependency needs `prerequisite` (another
+    /// dependency of the same set) to work: the model server needs its
+    /// storage. Then, while `prerequisite` is down (its last check failed,
+    /// its breaker is open or half-open, or its recovery is running or
+    /// exhausted), this dependency's recovery attempts wait for it instead
+    /// of failing against it, and trigger its recovery (N dependents, one
+    /// trigger: triggers coalesce); they go on when it is back. Reports name
+    /// the root cause ([`DependencyReport::root_cause`],
+    /// [`Status::waiting_for`](crate::recovery::Status::waiting_for)). The
+    /// set refuses unknown names and cycles when it is built.
+    pub fn needs(mut self, prerequisite: impl Into<Arc<str>>) -> Self {
+        self.needs.push(prerequisite.into());
+        self
+    }
+
+    /// What [`needs`](Self::needs) declared.
+    pub fn prerequisites(&self) -> &[Arc<str>] {
+        &self.needs
     }
 
     /// Checks the dependency on the monitor's interval whether it is up or
@@ -208,6 +231,16 @@ pub enum BuildError {
     DuplicateName(String),
     /// A history of zero results keeps nothing.
     ZeroHistory,
+    /// A dependency needs one the set does not have.
+    UnknownPrerequisite {
+        /// The dependency that declared it.
+        dependency: String,
+        /// The name it needs.
+        needs: String,
+    },
+    /// Dependencies need each other in a cycle (listed in order, the first
+    /// repeated at the end): none could recover first.
+    Cycle(Vec<String>),
 }
 
 impl fmt::Display for BuildError {
@@ -215,6 +248,15 @@ impl fmt::Display for BuildError {
         match self {
             BuildError::DuplicateName(name) => write!(f, "dependency name {name:?} is used twice"),
             BuildError::ZeroHistory => f.write_str("history size must be at least 1"),
+            BuildError::UnknownPrerequisite { dependency, needs } => write!(
+                f,
+                "dependency {dependency:?} needs {needs:?}, which is not in the set"
+            ),
+            BuildError::Cycle(path) => write!(
+                f,
+                "dependencies need each other in a cycle: {}",
+                path.join(" -> ")
+            ),
         }
     }
 }
@@ -253,7 +295,8 @@ impl Builder {
                 return Err(BuildError::DuplicateName(dep.name.to_string()));
             }
         }
-        Ok(Reliability {
+        let needs = prerequisite_indices(&self.deps)?;
+        let reliability = Reliability {
             inner: Arc::new(Inner {
                 entries: self
                     .deps
@@ -263,13 +306,74 @@ impl Builder {
                         state: Mutex::new(DepState::new(history)),
                     })
                     .collect(),
+                needs,
                 history,
                 started: AtomicBool::new(false),
                 started_notify: Notify::new(),
                 monitor: Mutex::new(None),
             }),
-        })
+        };
+        #[cfg(feature = "recovery")]
+        reliability.gate_recoveries();
+        Ok(reliability)
     }
+}
+
+/// Each dependency's prerequisites as indices; refuses unknown names and
+/// cycles.
+fn prerequisite_indices(deps: &[Dependency]) -> Result<Vec<Vec<usize>>, BuildError> {
+    let index = |name: &str| deps.iter().position(|d| &*d.name == name);
+    let needs = deps
+        .iter()
+        .map(|dep| {
+            dep.needs
+                .iter()
+                .map(|p| {
+                    index(p).ok_or_else(|| BuildError::UnknownPrerequisite {
+                        dependency: dep.name.to_string(),
+                        needs: p.to_string(),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // Depth-first, colouring: 0 unseen, 1 on the path, 2 done.
+    fn visit(
+        at: usize,
+        needs: &[Vec<usize>],
+        colour: &mut [u8],
+        path: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
+        colour[at] = 1;
+        path.push(at);
+        for &next in &needs[at] {
+            if colour[next] == 1 {
+                let start = path.iter().position(|&p| p == next).unwrap_or(0);
+                let mut cycle = path[start..].to_vec();
+                cycle.push(next);
+                return Some(cycle);
+            }
+            if colour[next] == 0 {
+                if let Some(cycle) = visit(next, needs, colour, path) {
+                    return Some(cycle);
+                }
+            }
+        }
+        path.pop();
+        colour[at] = 2;
+        None
+    }
+    let mut colour = vec![0u8; deps.len()];
+    for start in 0..deps.len() {
+        if colour[start] == 0 {
+            if let Some(cycle) = visit(start, &needs, &mut colour, &mut Vec::new()) {
+                return Err(BuildError::Cycle(
+                    cycle.iter().map(|&i| deps[i].name.to_string()).collect(),
+                ));
+            }
+        }
+    }
+    Ok(needs)
 }
 
 /// One recorded result, as small as the history needs.
@@ -288,6 +392,8 @@ struct DepState {
     last_at: Option<Instant>,
     last_up: bool,
     up: Duration,
+    /// When the last history sample was taken.
+    sampled_at: Option<Instant>,
 }
 
 impl DepState {
@@ -301,6 +407,7 @@ impl DepState {
             last_at: None,
             last_up: false,
             up: Duration::ZERO,
+            sampled_at: None,
         }
     }
 
@@ -343,6 +450,8 @@ struct MonitorInfo {
 #[derive(Debug)]
 struct Inner {
     entries: Vec<Entry>,
+    /// Each entry's prerequisites (indices; acyclic).
+    needs: Vec<Vec<usize>>,
     history: usize,
     started: AtomicBool,
     started_notify: Notify,
@@ -421,15 +530,29 @@ impl Reliability {
     }
 
     /// Records a monitor result for the dependency at `index`.
-    fn record(&self, index: usize, result: CheckResult) {
+    ///
+    /// The history takes one sample per `slot`: a result less than `slot`
+    /// after the last sample replaces it (the latest result of the slot
+    /// stands), so that checks made more often while a dependency is down
+    /// do not outweigh the others in the uptime.
+    fn record(&self, index: usize, result: CheckResult, slot: Duration) {
         let entry = &self.inner.entries[index];
         let now = Instant::now();
         let up = result.status.is_up();
         let mut state = lock(&entry.state);
-        if state.history.len() == self.inner.history {
-            state.history.pop_front();
+        let same_slot = state
+            .sampled_at
+            .is_some_and(|at| now.saturating_duration_since(at) < slot);
+        match state.history.back_mut() {
+            Some(last) if same_slot => last.up = up,
+            _ => {
+                if state.history.len() == self.inner.history {
+                    state.history.pop_front();
+                }
+                state.history.push_back(Sample { up });
+                state.sampled_at = Some(now);
+            }
         }
-        state.history.push_back(Sample { up });
         if let Some(last_at) = state.last_at {
             if state.last_up {
                 let since = now.saturating_duration_since(last_at);
@@ -503,6 +626,8 @@ impl Reliability {
                 DependencyReport {
                     name: dep.name.clone(),
                     required: dep.required,
+                    needs: dep.needs.clone(),
+                    root_cause: None,
                     last,
                     checks,
                     consecutive_failures,
@@ -515,6 +640,13 @@ impl Reliability {
                 }
             })
             .collect();
+        // Root causes from this one reading of every dependency.
+        let mut dependencies = dependencies;
+        let down: Vec<bool> = dependencies.iter().map(DependencyReport::is_down).collect();
+        for index in 0..dependencies.len() {
+            dependencies[index].root_cause = root_cause(&self.inner.needs, index, &mut |p| down[p])
+                .map(|root| dependencies[root].name.clone());
+        }
         let monitor = *lock(&self.inner.monitor);
         HealthReport {
             status,
@@ -522,6 +654,87 @@ impl Reliability {
             monitor_running: monitor.is_some_and(|m| m.running),
             monitor_interval: monitor.map(|m| m.interval),
             dependencies,
+        }
+    }
+}
+
+#[cfg(feature = "recovery")]
+impl Inner {
+    /// Whether the dependency at `index` is down: its last check failed,
+    /// its breaker is open or half-open, or its recovery is running or
+    /// exhausted. Takes its own lock only to copy the last result, and
+    /// asks the other components with no lock held.
+    fn is_down(&self, index: usize) -> bool {
+        let entry = &self.entries[index];
+        let failed = lock(&entry.state)
+            .last
+            .as_ref()
+            .is_some_and(|r| !r.status.is_up());
+        #[allow(unused_mut)]
+        let mut down = failed;
+        #[cfg(feature = "circuit-breaker")]
+        if let Some(b) = &entry.dep.breaker {
+            down |= call_out(|| matches!(b.state(), State::Open | State::HalfOpen));
+        }
+        #[cfg(feature = "recovery")]
+        if let Some(r) = &entry.dep.recovery {
+            use crate::recovery::RecoveryState;
+            down |= call_out(|| {
+                matches!(
+                    r.status().state,
+                    RecoveryState::Recovering | RecoveryState::Exhausted
+                )
+            });
+        }
+        down
+    }
+}
+
+/// The deepest prerequisite of `index` that is down, following only
+/// prerequisites that are down: the root cause.
+fn root_cause(
+    needs: &[Vec<usize>],
+    index: usize,
+    down: &mut dyn FnMut(usize) -> bool,
+) -> Option<usize> {
+    for &p in &needs[index] {
+        if down(p) {
+            return Some(root_cause(needs, p, down).unwrap_or(p));
+        }
+    }
+    None
+}
+
+#[cfg(feature = "recovery")]
+impl Reliability {
+    /// Makes each recovery of a dependency with prerequisites wait for them
+    /// (see [`Dependency::needs`]). The gate holds the set weakly: the
+    /// recovery keeps nothing of it alive.
+    fn gate_recoveries(&self) {
+        for (index, entry) in self.inner.entries.iter().enumerate() {
+            let Some(recovery) = &entry.dep.recovery else {
+                continue;
+            };
+            if self.inner.needs[index].is_empty() {
+                continue;
+            }
+            let set = Arc::downgrade(&self.inner);
+            let gate = Box::new(move || {
+                let inner = set.upgrade()?;
+                let root = root_cause(&inner.needs, index, &mut |p| inner.is_down(p))?;
+                let dep = &inner.entries[root].dep;
+                Some(crate::recovery::Blocker {
+                    name: dep.name.clone(),
+                    recovery: dep.recovery.clone(),
+                })
+            });
+            if !recovery.set_gate(gate) {
+                tracing::warn!(
+                    dependency = &*entry.dep.name,
+                    "its recovery already waits for the prerequisites of another set; \
+                     this set's are not applied"
+                );
+            }
         }
     }
 }
@@ -543,6 +756,11 @@ pub struct DependencyReport {
     pub name: Arc<str>,
     /// Whether it blocks startup.
     pub required: bool,
+    /// The dependencies it needs ([`Dependency::needs`]).
+    pub needs: Vec<Arc<str>>,
+    /// When a dependency it needs is down: the deepest one down along
+    /// its prerequisites, the root cause of its trouble.
+    pub root_cause: Option<Arc<str>>,
     /// The last check result (gate or monitor).
     pub last: Option<CheckResult>,
     /// Monitor checks run.
@@ -560,6 +778,28 @@ pub struct DependencyReport {
     /// The recovery's status, if one belongs to it.
     #[cfg(feature = "recovery")]
     pub recovery: Option<Status>,
+}
+
+impl DependencyReport {
+    /// Down by this reading: its last check failed, its breaker is open or
+    /// half-open, or its recovery is running or exhausted.
+    pub fn is_down(&self) -> bool {
+        #[allow(unused_mut)]
+        let mut down = self.last.as_ref().is_some_and(|r| !r.status.is_up());
+        #[cfg(feature = "circuit-breaker")]
+        if let Some(b) = &self.breaker {
+            down |= matches!(b.state, State::Open | State::HalfOpen);
+        }
+        #[cfg(feature = "recovery")]
+        if let Some(r) = &self.recovery {
+            use crate::recovery::RecoveryState;
+            down |= matches!(
+                r.state,
+                RecoveryState::Recovering | RecoveryState::Exhausted
+            );
+        }
+        down
+    }
 }
 
 /// The data model of `/health` and `/reliability`.

@@ -101,6 +101,36 @@ impl Drop for Monitor {
     }
 }
 
+/// A wake-up on the breaker's next change, created before its state is
+/// read, so no transition between the read and the wait is missed.
+type Changed = Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>;
+
+#[cfg(feature = "circuit-breaker")]
+fn breaker_changed(dep: &super::Dependency) -> Changed {
+    dep.breaker
+        .as_ref()
+        .map(|b| Box::pin(b.changed()) as std::pin::Pin<Box<_>>)
+}
+
+#[cfg(not(feature = "circuit-breaker"))]
+fn breaker_changed(_: &super::Dependency) -> Changed {
+    None
+}
+
+/// Whether the dependency's breaker is open or half-open.
+#[cfg(feature = "circuit-breaker")]
+fn breaker_open(dep: &super::Dependency) -> bool {
+    use crate::circuit_breaker::State;
+    dep.breaker
+        .as_ref()
+        .is_some_and(|b| matches!(b.state(), State::Open | State::HalfOpen))
+}
+
+#[cfg(not(feature = "circuit-breaker"))]
+fn breaker_open(_: &super::Dependency) -> bool {
+    false
+}
+
 async fn watch_one(
     reliability: Reliability,
     index: usize,
@@ -109,33 +139,36 @@ async fn watch_one(
 ) {
     let dep = reliability.inner.entries[index].dep.clone();
     let mut next = Instant::now();
-    // Checks made in a row while down: the fast interval doubles with each.
+    // Checks failed in a row: the fast interval doubles with each.
     let mut down_checks: u32 = 0;
+    let mut changed = breaker_changed(&dep);
+    let mut was_open = breaker_open(&dep);
     loop {
-        // Created before the state is read, so no transition is missed.
-        #[cfg(feature = "circuit-breaker")]
-        let changed = dep.breaker.as_ref().map(|b| b.changed());
-        #[cfg(not(feature = "circuit-breaker"))]
-        let changed: Option<std::future::Pending<()>> = None;
-        let breaker_changed = async move {
-            match changed {
+        let wake = async {
+            match changed.as_mut() {
                 Some(changed) => changed.await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
-            () = breaker_changed => {
-                // The breaker opened between checks: the dependency is down
-                // from now, so probe it on the short interval from now.
-                #[cfg(feature = "circuit-breaker")]
-                if let (Some(breaker), Some((first, _))) = (&dep.breaker, dep.probe_while_down) {
-                    let soon = Instant::now() + first.min(interval);
-                    if breaker.state() == crate::circuit_breaker::State::Open && soon < next {
-                        next = soon;
-                        down_checks = 1;
+            () = wake => {
+                // Re-armed before the state is read.
+                changed = breaker_changed(&dep);
+                let open = breaker_open(&dep);
+                // The breaker opened (from closed) between checks: the
+                // dependency is down from now, so check it soon. A re-opening
+                // after a failed probe changes nothing: it is down already.
+                if open && !was_open {
+                    if let Some((first, _)) = dep.probe_while_down {
+                        let soon = Instant::now() + first.min(interval);
+                        if soon < next {
+                            next = soon;
+                            down_checks = 1;
+                        }
                     }
                 }
+                was_open = open;
                 continue;
             }
             _ = stopped.changed() => return,
@@ -162,15 +195,18 @@ async fn watch_one(
                 dep.name
             );
         }
-        reliability.record(index, result);
+        // The history keeps about one result per interval, so that checks
+        // made more often while down do not outweigh the others.
+        reliability.record(index, result, interval / 2);
         #[cfg(feature = "recovery")]
         if let Some(recovery) = &dep.recovery {
             recovery.report_check(up);
         }
-        #[allow(unused_mut)]
-        let mut down = !up;
+        changed = breaker_changed(&dep);
         #[cfg(feature = "circuit-breaker")]
         if let Some(breaker) = &dep.breaker {
+            // Once per check, so at most once per interval while checks
+            // pass and calls fail (an endpoint up, the model not loaded).
             if up && breaker.probe_now() {
                 tracing::info!(
                     dependency = &*dep.name,
@@ -178,11 +214,12 @@ async fn watch_one(
                     dep.name
                 );
             }
-            use crate::circuit_breaker::State;
-            down |= matches!(breaker.state(), State::Open | State::HalfOpen);
         }
+        was_open = breaker_open(&dep);
+        // A passing check says the dependency answers: back to the
+        // interval, whatever the breaker's probes will find.
         let delay = match dep.probe_while_down {
-            Some((first, max)) if down => {
+            Some((first, max)) if !up => {
                 let grown = first.saturating_mul(1 << down_checks.min(20));
                 down_checks = down_checks.saturating_add(1);
                 grown.min(max).min(interval)
@@ -193,6 +230,10 @@ async fn watch_one(
             }
         };
         // Like an interval that delays missed ticks: never a burst.
-        next = (started + delay).max(Instant::now());
+        let now = Instant::now();
+        next = started
+            .checked_add(delay)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
+            .max(now);
     }
 }

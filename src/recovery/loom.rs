@@ -42,6 +42,8 @@ fn shared() -> Arc<Shared> {
         layer_failures: AtomicU32::new(0),
         layer_down: AtomicBool::new(false),
         returned: crate::sync::atomic::AtomicU64::new(0),
+        gate: std::sync::OnceLock::new(),
+        waiting_for: Mutex::new(None),
     })
 }
 

@@ -398,9 +398,16 @@ impl Machine {
                     // it: run a cycle (whose success closes the breaker)
                     // instead of waiting for the breaker's own probe.
                     match self.phase {
-                        Phase::Idle | Phase::Exhausted { .. } => {
+                        Phase::Idle => {
                             self.start(Reason::CheckPassedBreakerOpen, now, &mut reply.effects);
                             reply.outcome = Some(TriggerOutcome::Started);
+                        }
+                        // Exhausted: the retry schedule (adaptive) or a
+                        // person (strict) decides; checks that pass while
+                        // calls fail must not run cycle after cycle. The
+                        // monitor lets the breaker probe instead.
+                        Phase::Exhausted { .. } => {
+                            reply.outcome = Some(TriggerOutcome::Ignored);
                         }
                         Phase::Recovering { .. } => {
                             reply.outcome = Some(TriggerOutcome::AlreadyRunning);
@@ -487,7 +494,11 @@ impl Machine {
                 if self.is_down() {
                     self.start(Reason::RetryAfterExhaustion, now, effects);
                 } else {
+                    // No sign the dependency is still down: whatever sign
+                    // said it is back ended the outage; none is left open.
                     self.phase = Phase::Idle;
+                    self.down_since = None;
+                    self.alerted = false;
                 }
             }
         }
@@ -539,6 +550,7 @@ impl Machine {
     /// ended a healthy period ago (or none did).
     fn outage_begins(&mut self, at: Instant) {
         self.down_since = Some(at);
+        self.alerted = false;
         if let Some(adaptive) = self.rules.adaptive {
             let healthy = self
                 .last_outage_end

@@ -219,7 +219,10 @@ pub enum RecoveryState {
     Recovering,
     /// A cycle succeeded recently; automatic triggers wait for the end.
     CoolingDown,
-    /// Every attempt of the last cycle failed: manual intervention required.
+    /// Every attempt of the last cycle failed: in adaptive mode the next
+    /// cycle starts by itself later if the dependency is still down; in
+    /// strict mode only a person starts one (manual intervention required).
+    /// Either way a sign that the dependency is back ends it.
     Exhausted,
 }
 
@@ -250,8 +253,9 @@ pub enum TriggerOutcome {
     AlreadyRunning,
     /// Cooling down: considered again at the end of the cooldown.
     Deferred,
-    /// Exhausted: automatic triggers are ignored until a manual one or a
-    /// reset.
+    /// Exhausted: automatic triggers are ignored; the next cycle starts at
+    /// the retry (adaptive), by a manual trigger or a reset, or the
+    /// exhaustion ends when the dependency is seen back.
     Ignored,
 }
 
@@ -275,6 +279,7 @@ impl fmt::Display for TriggerOutcome {
 
 /// What a recovery does between and after cycles.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Mode {
     /// The seed's rules: a fixed cooldown after a success, and after an
     /// exhausted cycle nothing until a person acts (a manual trigger or a
@@ -292,9 +297,22 @@ impl Default for Mode {
 }
 
 /// The settings of [`Mode::Adaptive`].
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, PartialEq)]
 pub struct Adaptive {
     pub(crate) inner: machine::Adaptive,
+}
+
+impl fmt::Debug for Adaptive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let a = &self.inner;
+        f.debug_struct("Adaptive")
+            .field("retry_first", &a.retry_first)
+            .field("retry_max", &a.retry_max)
+            .field("healthy_period", &a.healthy_period)
+            .field("min_cooldown", &a.min_cooldown)
+            .field("flapping_window", &a.flapping_window)
+            .finish()
+    }
 }
 
 impl Default for Adaptive {
@@ -380,6 +398,11 @@ pub struct Status {
     /// Recoveries that ended in the last flapping window (adaptive; 0 in
     /// strict mode): what the cooldown grows with.
     pub recent_recoveries: usize,
+    /// The prerequisite the next attempt waits for (the root cause of the
+    /// outage), when the dependency set declares prerequisites (see
+    /// [`Dependency::needs`](crate::health::Dependency::needs)) and one is
+    /// down.
+    pub waiting_for: Option<Arc<str>>,
 }
 
 type Alert = Box<dyn Fn(&Status) + Send + Sync>;
@@ -508,6 +531,23 @@ pub(crate) struct Shared {
     layer_down: AtomicBool,
     /// Call credits given back through the shared tally (see `crate::lease`).
     returned: crate::sync::atomic::AtomicU64,
+    /// The prerequisites an attempt waits for, set by the dependency set
+    /// that declares them. Holds no handle that keeps anything running.
+    gate: std::sync::OnceLock<Gate>,
+    /// The prerequisite an attempt is waiting for now.
+    waiting_for: Mutex<Option<Arc<str>>>,
+}
+
+/// Says which prerequisite an attempt must wait for (the root cause: the
+/// deepest one down), if any.
+pub(crate) type Gate = Box<dyn Fn() -> Option<Blocker> + Send + Sync>;
+
+/// A prerequisite that is down.
+pub(crate) struct Blocker {
+    /// Its name.
+    pub(crate) name: Arc<str>,
+    /// Its recovery, triggered once for every dependent that waits.
+    pub(crate) recovery: Option<Recovery>,
 }
 
 /// What the user gave the recovery to run: owned by the task alone, and
@@ -598,6 +638,14 @@ impl Recovery {
         self.shared().status()
     }
 
+    /// Makes every attempt wait while `gate` names a prerequisite that is
+    /// down. Set once, by the dependency set that declares prerequisites;
+    /// false if one was set already.
+    #[cfg(feature = "health")]
+    pub(crate) fn set_gate(&self, gate: Gate) -> bool {
+        self.shared().gate.set(gate).is_ok()
+    }
+
     /// A layer that triggers this recovery after consecutive failures of the
     /// client it wraps (for clients without a breaker).
     pub fn layer(&self) -> RecoveryTriggerLayer {
@@ -647,8 +695,10 @@ impl Recovery {
             if pred(shared.status().state) || shared.stopped.load(Ordering::Acquire) {
                 return;
             }
-            // A cooldown ends by time alone: wake for it too.
-            match shared.status().cooldown_remaining {
+            // A cooldown, or the wait for a retry, ends by time alone:
+            // wake for it too.
+            let status = shared.status();
+            match status.cooldown_remaining.or(status.next_retry_in) {
                 Some(left) => {
                     tokio::select! {
                         () = &mut notified => {}
@@ -762,6 +812,7 @@ impl Shared {
             cooldown_remaining: m.cooldown_remaining(now),
             next_retry_in: m.retry_remaining(now),
             recent_recoveries: m.recent_recoveries(now),
+            waiting_for: lock(&self.waiting_for).clone(),
         }
     }
 }
@@ -930,6 +981,8 @@ impl Builder {
             layer_failures: AtomicU32::new(0),
             layer_down: AtomicBool::new(false),
             returned: crate::sync::atomic::AtomicU64::new(0),
+            gate: std::sync::OnceLock::new(),
+            waiting_for: Mutex::new(None),
         });
         let user = User {
             action: self.action,

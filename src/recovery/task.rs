@@ -7,6 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::time::Duration;
+
 use tokio::time::{Instant, Sleep};
 
 use super::machine::{Effect, Event, Log};
@@ -14,11 +16,17 @@ use super::{BoxFuture, RecoveryState, Shared, User};
 use crate::sync::atomic::Ordering;
 use crate::sync::lock;
 
-/// The attempt under way: its backoff wait, then the action.
+/// How often an attempt that waits for a prerequisite looks again.
+const GATE_POLL: Duration = Duration::from_millis(200);
+
+/// The attempt under way: its backoff wait, the wait for its prerequisites,
+/// then the action.
 struct Running {
     cycle: u64,
     attempt: u32,
     wait: Option<Pin<Box<Sleep>>>,
+    /// The prerequisite waited for, once announced.
+    waiting: Option<Arc<str>>,
     started: bool,
     action: Option<BoxFuture>,
 }
@@ -30,10 +38,39 @@ enum Step {
 
 impl Running {
     /// The next step of the attempt. Cancel-safe: progress lives in `self`.
-    async fn step(&mut self) -> Step {
+    async fn step(&mut self, shared: &Shared) -> Step {
         if !self.started {
             if let Some(wait) = &mut self.wait {
                 wait.await;
+                self.wait = None;
+            }
+            if let Some(gate) = shared.gate.get() {
+                // Called with no lock held: it reads other components.
+                while let Some(blocker) = gate() {
+                    if self.waiting.as_ref() != Some(&blocker.name) {
+                        waiting_for(shared, Some(blocker.name.clone()));
+                        let name = &*shared.name;
+                        tracing::warn!(
+                            dependency = name,
+                            waiting_for = &*blocker.name,
+                            "Recovery of '{name}' waits for '{}', which it needs and which is down",
+                            blocker.name
+                        );
+                        if let Some(recovery) = &blocker.recovery {
+                            recovery.trigger_automatic(&format!("needed by {name}"));
+                        }
+                        self.waiting = Some(blocker.name);
+                    }
+                    tokio::time::sleep(GATE_POLL).await;
+                }
+                if let Some(was) = self.waiting.take() {
+                    waiting_for(shared, None);
+                    let name = &*shared.name;
+                    tracing::info!(
+                        dependency = name,
+                        "'{was}' is back: recovery of '{name}' goes on"
+                    );
+                }
             }
             self.started = true;
             return Step::Started;
@@ -45,11 +82,17 @@ impl Running {
     }
 }
 
-async fn step(running: &mut Option<Running>) -> Step {
+async fn step(running: &mut Option<Running>, shared: &Shared) -> Step {
     match running {
-        Some(r) => r.step().await,
+        Some(r) => r.step(shared).await,
         None => std::future::pending().await,
     }
+}
+
+/// Publishes the prerequisite an attempt waits for.
+fn waiting_for(shared: &Shared, name: Option<Arc<str>>) {
+    *lock(&shared.waiting_for) = name;
+    shared.changed.notify_waiters();
 }
 
 pub(super) async fn run(shared: Arc<Shared>, user: User) {
@@ -101,7 +144,7 @@ pub(super) async fn run(shared: Arc<Shared>, user: User) {
             () = &mut woken => {}
             () = breaker_changed => {}
             () = cooldown_end => {}
-            step = step(&mut running) => {
+            step = step(&mut running, &shared) => {
                 let r = running.as_ref().expect("a step comes from an attempt");
                 let (cycle, attempt) = (r.cycle, r.attempt);
                 let started = matches!(step, Step::Started);
@@ -189,15 +232,23 @@ fn carry_out(shared: &Arc<Shared>, user: &User, effect: Effect, running: &mut Op
                 );
                 Box::pin(tokio::time::sleep(delay))
             });
+            if running.as_ref().is_some_and(|r| r.waiting.is_some()) {
+                waiting_for(shared, None);
+            }
             *running = Some(Running {
                 cycle,
                 attempt,
                 wait,
+                waiting: None,
                 started: false,
                 action: None,
             });
         }
-        Effect::Cancel => *running = None,
+        Effect::Cancel => {
+            if running.take().is_some_and(|r| r.waiting.is_some()) {
+                waiting_for(shared, None);
+            }
+        }
         Effect::CloseBreaker => {
             let breaker = shared.breaker.as_ref().and_then(|(weak, _)| weak.upgrade());
             if breaker.is_some_and(|b| b.close()) {

@@ -249,7 +249,8 @@ fn check(world: &mut World, step: Step, path: &[Step]) {
         .filter(|e| **e == Effect::Alert)
         .count() as u64;
     world.alerts += alerts;
-    if m.recoveries > before.recoveries || matches!(step, Step::Reset) {
+    let outage_began = before.down_since().is_none() && m.down_since().is_some();
+    if m.recoveries > before.recoveries || matches!(step, Step::Reset) || outage_began {
         world.outage_alerts = 0;
     }
     let exhausted = m.exhausted_cycles - before.exhausted_cycles;

@@ -382,3 +382,81 @@ async fn the_bearer_scheme_is_case_insensitive() {
         assert_eq!(res.status(), 401, "{refused:?}");
     }
 }
+
+/// A dependency that needs another: `/health` names the root cause, and
+/// `/reliability` says what its recovery waits for.
+#[tokio::test(start_paused = true)]
+async fn the_root_cause_is_named_in_health_and_reliability() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use tower_recovery::admin::Admin;
+    use tower_recovery::drain::Drain;
+    use tower_recovery::health::{Dependency, HealthCheck, Reliability};
+    use tower_recovery::recovery::Recovery;
+
+    let storage_up = Arc::new(AtomicBool::new(false));
+    let storage_check = {
+        let up = storage_up.clone();
+        HealthCheck::new(move || {
+            let up = up.load(Ordering::SeqCst);
+            async move {
+                if up {
+                    Ok(())
+                } else {
+                    Err("connection refused")
+                }
+            }
+        })
+    };
+    let model = Recovery::builder("model_server", || async { Ok::<_, String>(()) }).spawn();
+    let set = Reliability::builder()
+        .dependency(Dependency::new("storage", storage_check))
+        .dependency(
+            Dependency::new(
+                "model_server",
+                HealthCheck::new(|| async { Ok::<_, String>(()) }),
+            )
+            .needs("storage")
+            .recovery(&model),
+        )
+        .build()
+        .unwrap();
+    let drain = Drain::default();
+    let router = Admin::new(&set, &drain).router::<()>();
+    set.check_all().await;
+    model.trigger_automatic("calls failed");
+    model
+        .wait_for(|_| model.status().waiting_for.is_some())
+        .await;
+
+    let (res, body) = call(&router, "GET", "/health", None).await;
+    assert_eq!(res.status(), 503, "storage is required and down");
+    let doc: HealthDoc = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        doc.root_causes.get("model_server").map(String::as_str),
+        Some("storage")
+    );
+    assert_eq!(doc.root_causes.len(), 1, "storage is its own cause");
+    let check = &doc.checks["model_server:connectivity"][0];
+    assert_eq!(check.root_cause.as_deref(), Some("storage"));
+
+    let (_, body) = call(&router, "GET", "/reliability", None).await;
+    let doc: ReliabilityDoc = serde_json::from_str(&body).unwrap();
+    let r = &doc.recovery["model_server"];
+    assert_eq!(
+        (r.state.as_str(), r.waiting_for.as_deref()),
+        ("recovering", Some("storage"))
+    );
+    let m = &doc.health_monitor.dependencies["model_server"];
+    assert_eq!(m.needs, ["storage"]);
+    assert_eq!(m.root_cause.as_deref(), Some("storage"));
+
+    // Storage is back: the recovery goes on and the cause is gone.
+    storage_up.store(true, Ordering::SeqCst);
+    set.check_all().await;
+    model.wait_idle_or_cooling().await;
+    let (res, body) = call(&router, "GET", "/health", None).await;
+    assert_eq!(res.status(), 200);
+    let doc: HealthDoc = serde_json::from_str(&body).unwrap();
+    assert!(doc.root_causes.is_empty());
+}

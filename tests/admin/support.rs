@@ -127,6 +127,8 @@ pub(crate) struct CheckDoc {
     pub(crate) time: Option<String>,
     pub(crate) output: Option<String>,
     pub(crate) required: bool,
+    #[serde(rename = "rootCause")]
+    pub(crate) root_cause: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +138,7 @@ pub(crate) struct HealthDoc {
     pub(crate) checks: HashMap<String, Vec<CheckDoc>>,
     pub(crate) circuit_breakers: HashMap<String, String>,
     pub(crate) recovery: HashMap<String, String>,
+    pub(crate) root_causes: HashMap<String, String>,
     pub(crate) draining: bool,
 }
 
@@ -166,6 +169,7 @@ pub(crate) struct RecoveryDoc {
     pub(crate) cooldown_remaining_seconds: Option<f64>,
     pub(crate) next_retry_in_seconds: Option<f64>,
     pub(crate) recent_recoveries: u64,
+    pub(crate) waiting_for: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +180,8 @@ pub(crate) struct MonitoredDoc {
     pub(crate) checks: u64,
     pub(crate) consecutive_failures: u32,
     pub(crate) last_status: Option<String>,
+    pub(crate) needs: Vec<String>,
+    pub(crate) root_cause: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

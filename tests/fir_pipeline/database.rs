@@ -221,3 +221,146 @@ async fn database_connection_loss() {
     drop(db);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Issue 13, coordination: the model server is declared to need storage
+/// (`FIR_MODEL_NEEDS_DATABASE=1`; storage is a private MariaDB). Both stop.
+/// The model server's recovery waits for storage instead of failing
+/// against it, `/health` names storage as the root cause, one alert fires
+/// (storage's); storage recovers first, the model server after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_and_model_server_down_recover_in_dependency_order() {
+    let dir = temp_dir("mariadb_order");
+    let Some(mut db) = MariaDb::install(&dir) else {
+        assert!(
+            std::env::var_os("REQUIRE_MARIADB").is_none(),
+            "REQUIRE_MARIADB is set but mariadbd / mariadb-install-db are not on the PATH"
+        );
+        eprintln!(
+            "SKIPPED storage_and_model_server_down_recover_in_dependency_order: mariadbd not found"
+        );
+        return;
+    };
+    db.start();
+    db.sql("CREATE DATABASE fir");
+    let model = Upstream::start(model_server(Duration::ZERO)).await.unwrap();
+    let asr = Upstream::start(asr_ocr_server()).await.unwrap();
+    let demo = Demo::spawn(
+        free_port(),
+        dir.join("demo.log"),
+        &[
+            ("MODEL_SERVER_URL", model.url()),
+            ("ASR_OCR_SERVER_URL", asr.url()),
+            (
+                "DATABASE_URL",
+                format!("mysql://root@127.0.0.1:{}/fir", db.port),
+            ),
+            ("FIR_MODEL_NEEDS_DATABASE", "1".into()),
+            ("MAX_RECOVERY_ATTEMPTS", "2".into()),
+        ],
+    );
+    demo.ready(Duration::from_secs(60)).await;
+    let http = reqwest::Client::new();
+    let (status, body) = post_fir(&http, &demo, "before").await.unwrap();
+    assert_eq!(status, 201, "{body}");
+
+    // Storage goes first, and its recovery gives up (one alert)...
+    db.kill();
+    eventually(
+        Duration::from_secs(30),
+        "storage's recovery exhausted",
+        || async {
+            let r = reliability(&http, &demo).await;
+            (r["recovery"]["database"]["state"] == "exhausted").then_some(())
+        },
+    )
+    .await;
+    // ...then the model server: its breaker opens on failed calls.
+    model.stop();
+    eventually(
+        Duration::from_secs(15),
+        "the model server's breaker open",
+        || async {
+            let _ = post_fir(&http, &demo, "while both are down").await;
+            let r = reliability(&http, &demo).await;
+            (r["circuit_breakers"]["model_server"]["state"] == "open").then_some(())
+        },
+    )
+    .await;
+    // Its recovery waits for storage; the root cause is named.
+    eventually(
+        Duration::from_secs(15),
+        "the model server waiting",
+        || async {
+            let r = reliability(&http, &demo).await;
+            (r["recovery"]["model_server"]["waiting_for"] == "database").then_some(())
+        },
+    )
+    .await;
+    let health: serde_json::Value = http
+        .get(demo.url("/health"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "fail");
+    assert_eq!(
+        health["root_causes"]["model_server"], "database",
+        "{health}"
+    );
+    assert_eq!(
+        health["checks"]["model_server:connectivity"][0]["rootCause"],
+        "database"
+    );
+    // The model server comes back while storage is still down: nothing
+    // runs against it yet (no traffic either, so its breaker stays open or
+    // half-open).
+    model.restart().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await; // a window in which nothing may happen
+    let log = demo.log_text();
+    assert!(
+        !log.contains("Triggering recovery for: model_server"),
+        "the model server's recovery ran while storage was down"
+    );
+    // Storage returns: its recovery first, the model server's after it.
+    db.start();
+    eventually(
+        Duration::from_secs(30),
+        "the model server recovered",
+        || async {
+            let r = reliability(&http, &demo).await;
+            (r["circuit_breakers"]["model_server"]["state"] == "closed"
+                && r["recovery"]["model_server"]["waiting_for"].is_null())
+            .then_some(())
+        },
+    )
+    .await;
+    let (status, body) = post_fir(&http, &demo, "after both came back")
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let log = demo.log_text();
+    let at = |line: &str| {
+        log.find(line)
+            .unwrap_or_else(|| panic!("log lacks {line:?}:\n{log}"))
+    };
+    let storage_back = at("Dependency 'database' is healthy again");
+    let goes_on = at("'database' is back: recovery of 'model_server' goes on");
+    let model_back = at("Recovery successful for: model_server");
+    assert!(
+        storage_back < goes_on && goes_on < model_back,
+        "storage first, the model server after"
+    );
+    assert!(log.contains("Recovery of 'model_server' waits for 'database'"));
+    let alerts: Vec<&str> = log.lines().filter(|l| l.contains("ALERT:")).collect();
+    assert_eq!(alerts.len(), 1, "one alert: {alerts:?}");
+    assert!(
+        alerts[0].contains("recovery of database exhausted (root cause: database)"),
+        "{alerts:?}"
+    );
+    drop(demo);
+    drop(db);
+    let _ = std::fs::remove_dir_all(dir);
+}

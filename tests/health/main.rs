@@ -493,19 +493,61 @@ async fn a_passing_check_lets_an_open_breaker_probe_at_once() {
         "failing checks change nothing"
     );
     up.store(true, Ordering::SeqCst);
-    // Down (breaker open): checks at 0, 1, 3, 7. The one at 7 s passes.
-    tokio::time::sleep_until(t0 + Duration::from_millis(7_500)).await;
+    // Failing checks at 0 and 1 s; the one at 3 s passes.
+    tokio::time::sleep_until(t0 + Duration::from_millis(3_500)).await;
     assert_eq!(
         breaker.state(),
         State::HalfOpen,
-        "probing at 7 s, not at 60 s"
+        "probing at 3 s, not at 60 s"
     );
+    // No traffic yet: the breaker stays half-open, and the monitor goes back
+    // to its interval (the dependency answered), not checking every 5 s.
+    tokio::time::sleep_until(t0 + Duration::from_millis(32_500)).await;
+    assert_eq!(*runs.lock().unwrap(), [0, 1, 3]);
     let probe = breaker.try_acquire().expect("the probe is admitted");
     assert!(probe.is_probe());
     probe.success();
     assert_eq!(breaker.state(), State::Closed);
     monitor.stop().await;
-    assert_eq!(*runs.lock().unwrap(), [0, 1, 3, 7]);
+    assert_eq!(*runs.lock().unwrap(), [0, 1, 3]);
+}
+
+/// Checks that pass while calls fail (the endpoint answers, the model is
+/// not loaded): the monitor lets the breaker probe once per check, at its
+/// interval, not once per failed probe.
+#[tokio::test(start_paused = true)]
+async fn passing_checks_do_not_cancel_the_open_wait_again_and_again() {
+    let t0 = Instant::now();
+    let up = Arc::new(AtomicBool::new(true));
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let breaker = Breaker::builder("model_server")
+        .consecutive_failures(1)
+        .open_duration(30 * S)
+        .build();
+    let set = Reliability::builder()
+        .dependency(
+            Dependency::new("model_server", timed(t0, up.clone(), runs.clone())).breaker(&breaker),
+        )
+        .build()
+        .unwrap();
+    let monitor = Monitor::start(&set, 30 * S);
+    let mut probes = 0;
+    // Traffic every 100 ms for 120 s; every call fails.
+    for _ in 0..1_200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(permit) = breaker.try_acquire() {
+            probes += u32::from(permit.is_probe());
+            permit.failure();
+        }
+    }
+    monitor.stop().await;
+    let checks = runs.lock().unwrap().len();
+    assert!(
+        checks <= 8,
+        "{checks} checks in 120 s: {:?}",
+        runs.lock().unwrap()
+    );
+    assert!(probes <= 10, "{probes} probes in 120 s");
 }
 
 #[tokio::test(start_paused = true)]
@@ -532,4 +574,174 @@ async fn a_breaker_opening_between_checks_starts_the_short_interval() {
     tokio::time::sleep_until(t0 + Duration::from_millis(22_500)).await;
     monitor.stop().await;
     assert_eq!(*runs.lock().unwrap(), [0, 11, 13, 17, 22]);
+}
+
+mod coordination {
+    //! Dependencies that need others: recovery in dependency order, one
+    //! trigger for a shared prerequisite, the root cause named, cycles
+    //! refused.
+
+    use super::*;
+    use tower_recovery::recovery::{Mode, TriggerOutcome};
+
+    #[test]
+    fn unknown_prerequisites_and_cycles_are_refused_when_the_set_is_built() {
+        let ok = || HealthCheck::new(|| async { Ok::<_, String>(()) });
+        let err = Reliability::builder()
+            .dependency(Dependency::new("model_server", ok()).needs("storage"))
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "dependency \"model_server\" needs \"storage\", which is not in the set"
+        );
+        let err = Reliability::builder()
+            .dependency(Dependency::new("a", ok()).needs("b"))
+            .dependency(Dependency::new("b", ok()).needs("c"))
+            .dependency(Dependency::new("c", ok()).needs("a"))
+            .dependency(Dependency::new("d", ok()))
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            err,
+            BuildError::Cycle(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+        );
+        assert_eq!(
+            err.to_string(),
+            "dependencies need each other in a cycle: a -> b -> c -> a"
+        );
+        let err = Reliability::builder()
+            .dependency(Dependency::new("a", ok()).needs("a"))
+            .build()
+            .unwrap_err();
+        assert_eq!(err, BuildError::Cycle(vec!["a".into(), "a".into()]));
+        // A diamond is no cycle.
+        Reliability::builder()
+            .dependency(Dependency::new("asr", ok()).needs("cache").needs("storage"))
+            .dependency(Dependency::new("cache", ok()).needs("storage"))
+            .dependency(Dependency::new("storage", ok()))
+            .build()
+            .unwrap();
+    }
+
+    /// An action that succeeds while `up` holds, recording when it ran.
+    fn action(
+        up: &Arc<AtomicBool>,
+        runs: &Arc<std::sync::Mutex<Vec<Instant>>>,
+    ) -> impl Fn() -> std::future::Ready<Result<(), &'static str>> + Send + Sync + 'static {
+        let (up, runs) = (up.clone(), runs.clone());
+        move || {
+            runs.lock().unwrap().push(Instant::now());
+            std::future::ready(if up.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("connection refused")
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dependents_wait_for_their_prerequisite_trigger_it_once_and_go_on_after_it() {
+        let t0 = Instant::now();
+        let storage_up = Arc::new(AtomicBool::new(false));
+        let (storage_runs, model_runs, asr_runs) = Default::default();
+        let storage = Recovery::builder("storage", action(&storage_up, &storage_runs))
+            .max_attempts(1)
+            .mode(Mode::Strict)
+            .spawn();
+        let always = Arc::new(AtomicBool::new(true));
+        let model = Recovery::builder("model_server", action(&always, &model_runs)).spawn();
+        let asr = Recovery::builder("asr_ocr", action(&always, &asr_runs)).spawn();
+        let storage_check = {
+            let up = storage_up.clone();
+            HealthCheck::new(move || {
+                let up = up.load(Ordering::SeqCst);
+                async move {
+                    if up {
+                        Ok(())
+                    } else {
+                        Err("connection refused")
+                    }
+                }
+            })
+        };
+        let ok = || HealthCheck::new(|| async { Ok::<_, String>(()) });
+        let set = Reliability::builder()
+            .dependency(Dependency::new("storage", storage_check).recovery(&storage))
+            .dependency(
+                Dependency::new("model_server", ok())
+                    .needs("storage")
+                    .recovery(&model),
+            )
+            .dependency(
+                Dependency::new("asr_ocr", ok())
+                    .needs("storage")
+                    .recovery(&asr),
+            )
+            .build()
+            .unwrap();
+        // Storage is down (the startup check saw it); both dependents fail.
+        set.check_all().await;
+        assert_eq!(
+            model.trigger_automatic("calls failed"),
+            TriggerOutcome::Started
+        );
+        assert_eq!(
+            asr.trigger_automatic("calls failed"),
+            TriggerOutcome::Started
+        );
+        model
+            .wait_for(|_| model.status().waiting_for.is_some())
+            .await;
+        asr.wait_for(|_| asr.status().waiting_for.is_some()).await;
+        storage.wait_for(|s| s == RecoveryState::Exhausted).await;
+        assert_eq!(model.status().waiting_for.as_deref(), Some("storage"));
+        assert_eq!(asr.status().waiting_for.as_deref(), Some("storage"));
+        assert_eq!(model.status().state, RecoveryState::Recovering);
+        assert_eq!(
+            storage_runs.lock().unwrap().len(),
+            1,
+            "two dependents waiting, one storage cycle"
+        );
+        // Time passes: the dependents make no attempt against a dependency
+        // that cannot work without storage.
+        tokio::time::sleep(60 * S).await;
+        assert!(model_runs.lock().unwrap().is_empty());
+        assert!(asr_runs.lock().unwrap().is_empty());
+        let report = set.report();
+        let root = |name: &str| {
+            report
+                .dependencies
+                .iter()
+                .find(|d| &*d.name == name)
+                .unwrap()
+                .root_cause
+                .clone()
+        };
+        assert_eq!(root("model_server").as_deref(), Some("storage"));
+        assert_eq!(root("asr_ocr").as_deref(), Some("storage"));
+        assert_eq!(root("storage"), None, "the root cause itself");
+        // Storage comes back: its recovery first, then the dependents.
+        storage_up.store(true, Ordering::SeqCst);
+        let back = Instant::now();
+        assert_eq!(storage.trigger_manual(), TriggerOutcome::Started);
+        set.check_all().await;
+        model.wait_idle_or_cooling().await;
+        asr.wait_idle_or_cooling().await;
+        let storage_ok = storage_runs.lock().unwrap()[1];
+        let model_at = model_runs.lock().unwrap()[0];
+        assert!(
+            storage_ok >= back && model_at >= storage_ok,
+            "storage first"
+        );
+        assert!(
+            model_at - back <= Duration::from_millis(200),
+            "the dependent goes on within one look (200 ms): {:?}",
+            model_at - back
+        );
+        assert_eq!(model.status().waiting_for, None);
+        assert_eq!(model.status().recoveries, 1);
+        assert_eq!(asr_runs.lock().unwrap().len(), 1);
+        assert!(t0 <= back);
+    }
 }
