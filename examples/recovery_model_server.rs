@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::{BoxError, ServiceBuilder, ServiceExt, service_fn};
 use tower_recovery::circuit_breaker::{Breaker, Rejected, State};
-use tower_recovery::classify::HttpFailures;
+use tower_recovery::classify::HttpErrorsAsFailures;
 use tower_recovery::recovery::{Backoff, Recovery};
 
 const MODEL: &str = "fir-draft-7b";
@@ -86,16 +86,15 @@ async fn main() -> Result<(), BoxError> {
     .backoff(Backoff::new(Duration::from_millis(500), 2.0))
     .spawn();
 
-    let client = ServiceBuilder::new()
-        .layer(
-            breaker
-                .layer()
-                .classify(HttpFailures::new().with_status(|r: &reqwest::Response| r.status())),
-        )
-        .service(service_fn(move |path: &'static str| {
-            let request = http.get(format!("{base}{path}"));
-            async move { request.send().await }
-        }));
+    let client =
+        ServiceBuilder::new()
+            .layer(breaker.layer().classify(
+                HttpErrorsAsFailures::new().with_status(|r: &reqwest::Response| r.status()),
+            ))
+            .service(service_fn(move |path: &'static str| {
+                let request = http.get(format!("{base}{path}"));
+                async move { request.send().await }
+            }));
 
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(3)).await;

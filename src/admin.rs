@@ -354,7 +354,49 @@ fn breaker_json(b: &Snapshot) -> Value {
     })
 }
 
-fn recovery_json(r: &Status, show: bool) -> Value {
+fn period_json(p: &crate::recovery::Period) -> Value {
+    json!({
+        "outages": p.outages,
+        "downtime_seconds": secs(p.downtime),
+        "mttr_seconds": p.mttr.map(secs),
+        "cycles_succeeded": p.cycles_succeeded,
+        "cycles_exhausted": p.cycles_exhausted,
+        "success_rate": p.success_rate,
+        "attempts_per_recovery": p.attempts_per_recovery,
+    })
+}
+
+/// The track record, and the error budget against `target` (percent):
+/// the downtime the target allows over the time observed, less the
+/// downtime since start.
+fn track_record_json(r: &crate::recovery::TrackRecord, target: f64) -> Value {
+    let observed = secs(r.observed);
+    let allowed = (1.0 - target / 100.0).max(0.0) * observed;
+    let used = secs(r.since_start.downtime);
+    let availability = (observed > 0.0).then(|| (1.0 - used / observed) * 100.0);
+    json!({
+        "since_start": period_json(&r.since_start),
+        "last_hour": period_json(&r.last_hour),
+        "observed_seconds": observed,
+        "open_outage_seconds": r.open_outage.map(secs),
+        "time_in_state_seconds": {
+            "idle": secs(r.time_idle),
+            "recovering": secs(r.time_recovering),
+            "cooling_down": secs(r.time_cooling_down),
+            "exhausted": secs(r.time_exhausted),
+        },
+        "availability_percent": availability,
+        "error_budget": {
+            "target_percent": target,
+            "allowed_seconds": allowed,
+            "used_seconds": used,
+            "left_seconds": allowed - used,
+            "left_percent": (allowed > 0.0).then(|| (allowed - used) / allowed * 100.0),
+        },
+    })
+}
+
+fn recovery_json(r: &Status, show: bool, target: f64) -> Value {
     json!({
         "state": r.state.as_str(),
         "attempts": r.attempt,
@@ -372,6 +414,7 @@ fn recovery_json(r: &Status, show: bool) -> Value {
         "next_retry_in_seconds": r.next_retry_in.map(secs),
         "recent_recoveries": r.recent_recoveries,
         "waiting_for": r.waiting_for.as_deref(),
+        "track_record": track_record_json(&r.record, target),
     })
 }
 
@@ -398,7 +441,10 @@ async fn reliability(State(admin): AdminState, headers: HeaderMap) -> Response {
             breakers.insert(dep.name.to_string(), breaker_json(b));
         }
         if let Some(r) = &dep.recovery {
-            recoveries.insert(dep.name.to_string(), recovery_json(r, show));
+            recoveries.insert(
+                dep.name.to_string(),
+                recovery_json(r, show, admin.uptime_target),
+            );
         }
         monitored.insert(dep.name.to_string(), monitor_json(dep));
     }

@@ -11,7 +11,7 @@
 //! Provided classifiers:
 //!
 //! - [`ErrorsAsFailures`], the default: `Err` is a failure, `Ok` a success.
-//! - [`HttpFailures`]: `Err` and `5xx` are failures; optionally
+//! - [`HttpErrorsAsFailures`]: `Err` and `5xx` are failures; optionally
 //!   `429 Too Many Requests` too. Works on [`http::Response`] out of the box
 //!   and on any other response type (reqwest's, say) through a status accessor.
 //! - Any closure `Fn(&Result<T, E>) -> Outcome`.
@@ -20,9 +20,9 @@
 //!
 //! ```
 //! use http::{Response, StatusCode};
-//! use tower_recovery::classify::{Classify, Outcome, HttpFailures};
+//! use tower_recovery::classify::{Classify, Outcome, HttpErrorsAsFailures};
 //!
-//! let classify = HttpFailures::new().with_too_many_requests();
+//! let classify = HttpErrorsAsFailures::new().with_too_many_requests();
 //! let ok: Result<_, std::io::Error> = Ok(Response::new(()));
 //! assert_eq!(classify.classify(&ok), Outcome::Success);
 //!
@@ -34,7 +34,7 @@
 //!
 //! // Another response type: tell the classifier where its status is.
 //! struct MyResponse { code: u16 }
-//! let mine = HttpFailures::new()
+//! let mine = HttpErrorsAsFailures::new()
 //!     .with_status(|r: &MyResponse| StatusCode::from_u16(r.code).unwrap());
 //! let bad: Result<_, std::io::Error> = Ok(MyResponse { code: 502 });
 //! assert_eq!(mine.classify(&bad), Outcome::Failure);
@@ -127,12 +127,12 @@ where
 /// Every other status, including `4xx`, is a success: the dependency answered
 /// and the fault, if any, is the caller's.
 #[derive(Clone, Copy, Default)]
-pub struct HttpFailures<A = HttpStatus> {
+pub struct HttpErrorsAsFailures<A = HttpStatus> {
     status: A,
     too_many_requests: bool,
 }
 
-impl HttpFailures {
+impl HttpErrorsAsFailures {
     /// Classifies [`http::Response`]s: `5xx` and `Err` are failures.
     pub const fn new() -> Self {
         Self {
@@ -142,7 +142,7 @@ impl HttpFailures {
     }
 }
 
-impl<A> HttpFailures<A> {
+impl<A> HttpErrorsAsFailures<A> {
     /// Also treat `429 Too Many Requests` as a failure.
     pub fn with_too_many_requests(mut self) -> Self {
         self.too_many_requests = true;
@@ -150,8 +150,8 @@ impl<A> HttpFailures<A> {
     }
 
     /// Classify another response type, reading its status with `status`.
-    pub fn with_status<A2>(self, status: A2) -> HttpFailures<A2> {
-        HttpFailures {
+    pub fn with_status<A2>(self, status: A2) -> HttpErrorsAsFailures<A2> {
+        HttpErrorsAsFailures {
             status,
             too_many_requests: self.too_many_requests,
         }
@@ -165,15 +165,15 @@ impl<A> HttpFailures<A> {
     }
 }
 
-impl<A> fmt::Debug for HttpFailures<A> {
+impl<A> fmt::Debug for HttpErrorsAsFailures<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpFailures")
+        f.debug_struct("HttpErrorsAsFailures")
             .field("too_many_requests", &self.too_many_requests)
             .finish_non_exhaustive()
     }
 }
 
-impl<T, E, A> Classify<T, E> for HttpFailures<A>
+impl<T, E, A> Classify<T, E> for HttpErrorsAsFailures<A>
 where
     A: StatusOf<T>,
 {
@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn server_errors() {
-        let c = HttpFailures::new();
+        let c = HttpErrorsAsFailures::new();
         for (code, expected) in [
             (200, Outcome::Success),
             (404, Outcome::Success),

@@ -30,6 +30,10 @@ pub const BREAKER_STATE: &str = "tower_recovery_breaker_state";
 pub const RECOVERY_ATTEMPTS: &str = "tower_recovery_recovery_attempts_total";
 /// Recovery outcomes.
 pub const RECOVERY_OUTCOMES: &str = "tower_recovery_recovery_outcomes_total";
+/// Histogram: how long each outage lasted, from its first sign to the
+/// first sign the dependency is back (`dependency`); its sum over its
+/// count is the MTTR, its count the outages.
+pub const OUTAGE_DURATION: &str = "tower_recovery_outage_duration_seconds";
 /// Requests in flight through drain layers.
 pub const DRAIN_IN_FLIGHT: &str = "tower_recovery_drain_in_flight";
 /// Drains completed.
@@ -88,6 +92,11 @@ pub fn describe() {
         RECOVERY_OUTCOMES,
         Unit::Count,
         "Recovery outcomes (success, failure, exhausted, healed), by dependency"
+    );
+    describe_histogram!(
+        OUTAGE_DURATION,
+        Unit::Seconds,
+        "Outage durations (time to recover), by dependency"
     );
     describe_gauge!(
         DRAIN_IN_FLIGHT,

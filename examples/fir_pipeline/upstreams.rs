@@ -7,7 +7,7 @@ use std::time::Duration;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder};
 use tower_recovery::circuit_breaker::Breaker;
-use tower_recovery::classify::HttpFailures;
+use tower_recovery::classify::HttpErrorsAsFailures;
 use tower_recovery::drain::Drain;
 use tower_recovery::health::HealthCheck;
 
@@ -41,18 +41,17 @@ pub(crate) type Client = BoxCloneSyncService<reqwest::Request, reqwest::Response
 /// failures), a timeout, and the drain's client layer.
 pub(crate) fn guarded_client(http: &reqwest::Client, breaker: &Breaker, drain: &Drain) -> Client {
     let http = http.clone();
-    let svc = ServiceBuilder::new()
-        .layer(drain.client_layer())
-        .layer(
-            breaker
-                .layer()
-                .classify(HttpFailures::new().with_status(|r: &reqwest::Response| r.status())),
-        )
-        .timeout(Duration::from_secs(30))
-        .service_fn(move |req: reqwest::Request| {
-            let http = http.clone();
-            async move { http.execute(req).await.map_err(BoxError::from) }
-        });
+    let svc =
+        ServiceBuilder::new()
+            .layer(drain.client_layer())
+            .layer(breaker.layer().classify(
+                HttpErrorsAsFailures::new().with_status(|r: &reqwest::Response| r.status()),
+            ))
+            .timeout(Duration::from_secs(30))
+            .service_fn(move |req: reqwest::Request| {
+                let http = http.clone();
+                async move { http.execute(req).await.map_err(BoxError::from) }
+            });
     BoxCloneSyncService::new(svc)
 }
 

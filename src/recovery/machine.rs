@@ -81,6 +81,8 @@ pub(crate) enum Effect {
     CloseBreaker,
     /// Call the exhaustion alert once.
     Alert,
+    /// An outage ended after lasting this long (for metrics).
+    Outage(Duration),
     /// A line for the log.
     Log(Log),
 }
@@ -177,6 +179,111 @@ pub(crate) struct Adaptive {
 /// Recent recoveries kept to measure flapping (within the window).
 const RECENT_MAX: usize = 64;
 
+/// The window of the "last hour" figures.
+pub(crate) const LAST_HOUR: Duration = Duration::from_secs(3600);
+/// Events kept for the last hour's figures.
+const LEDGER_MAX: usize = 1024;
+
+/// Something the figures count, and when it happened.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Entry {
+    /// An outage ended, having lasted this long.
+    Outage(Duration),
+    /// A cycle succeeded after this many attempts.
+    CycleOk(u32),
+    /// A cycle ended exhausted.
+    CycleExhausted,
+}
+
+/// What the recovery's figures are made of: totals since the machine's
+/// first event, the last hour's events, and the time spent in each state.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Ledger {
+    /// The first event's time: what "since start" means.
+    pub(crate) since: Option<Instant>,
+    /// Time up to which `in_state` is counted.
+    accounted_at: Option<Instant>,
+    /// Idle, recovering, cooling down, exhausted.
+    pub(crate) in_state: [Duration; 4],
+    pub(crate) outages: u64,
+    pub(crate) downtime: Duration,
+    pub(crate) cycles_ok: u64,
+    pub(crate) cycles_exhausted: u64,
+    /// Attempts of the cycles that succeeded.
+    pub(crate) attempts_ok: u64,
+    recent: VecDeque<(Instant, Entry)>,
+}
+
+/// Figures over a span of time.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Span {
+    pub(crate) outages: u64,
+    pub(crate) downtime: Duration,
+    pub(crate) cycles_ok: u64,
+    pub(crate) cycles_exhausted: u64,
+    pub(crate) attempts_ok: u64,
+}
+
+fn state_index(state: RecoveryState) -> usize {
+    match state {
+        RecoveryState::Idle => 0,
+        RecoveryState::Recovering => 1,
+        RecoveryState::CoolingDown => 2,
+        RecoveryState::Exhausted => 3,
+    }
+}
+
+impl Ledger {
+    fn note(&mut self, now: Instant, entry: Entry) {
+        while self.recent.len() >= LEDGER_MAX
+            || self
+                .recent
+                .front()
+                .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= LAST_HOUR)
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((now, entry));
+    }
+
+    /// The last hour before `now` (outages ended in it; the open one is
+    /// the caller's to add).
+    pub(crate) fn last_hour(&self, now: Instant) -> Span {
+        let mut span = Span::default();
+        for (at, entry) in &self.recent {
+            if now.saturating_duration_since(*at) >= LAST_HOUR {
+                continue;
+            }
+            match *entry {
+                Entry::Outage(d) => {
+                    span.outages += 1;
+                    // Only the part of it inside the hour.
+                    let start = at.checked_sub(d).unwrap_or(*at);
+                    let from = start.max(now.checked_sub(LAST_HOUR).unwrap_or(start));
+                    span.downtime += at.saturating_duration_since(from);
+                }
+                Entry::CycleOk(n) => {
+                    span.cycles_ok += 1;
+                    span.attempts_ok += u64::from(n);
+                }
+                Entry::CycleExhausted => span.cycles_exhausted += 1,
+            }
+        }
+        span
+    }
+
+    /// Since the first event.
+    pub(crate) fn since_start(&self) -> Span {
+        Span {
+            outages: self.outages,
+            downtime: self.downtime,
+            cycles_ok: self.cycles_ok,
+            cycles_exhausted: self.cycles_exhausted,
+            attempts_ok: self.attempts_ok,
+        }
+    }
+}
+
 /// `delay` spread by up to ±10% (in whole milliseconds), the same for the
 /// same `seed` and `salt`.
 pub(crate) fn jittered(delay: Duration, seed: u64, salt: u64) -> Duration {
@@ -244,6 +351,8 @@ pub(crate) struct Machine {
     alerted: bool,
     /// Ends of recent recoveries, within the flapping window (adaptive).
     recent: VecDeque<Instant>,
+    /// The figures (outages, downtime, cycles, time in each state).
+    pub(crate) ledger: Ledger,
 }
 
 impl Machine {
@@ -268,6 +377,7 @@ impl Machine {
             retry_level: 0,
             alerted: false,
             recent: VecDeque::new(),
+            ledger: Ledger::default(),
         }
     }
 
@@ -373,6 +483,7 @@ impl Machine {
     #[must_use = "the effects must be carried out"]
     pub(crate) fn on(&mut self, event: Event, now: Instant) -> Reply {
         let mut reply = Reply::default();
+        self.account(now);
         self.tick(now, &mut reply.effects);
         match event {
             Event::Trigger(kind) => {
@@ -546,6 +657,44 @@ impl Machine {
         }
     }
 
+    /// Counts the time since the last event in the state the machine was
+    /// in, splitting it where time alone moved it on (a cooldown's end, a
+    /// retry falling due).
+    fn account(&mut self, now: Instant) {
+        let ledger = &mut self.ledger;
+        let Some(from) = ledger.accounted_at else {
+            ledger.since = Some(now);
+            ledger.accounted_at = Some(now);
+            return;
+        };
+        if now <= from {
+            return;
+        }
+        let boundary = match self.phase {
+            Phase::CoolingDown { until } => Some(until),
+            Phase::Exhausted { retry_at } => retry_at,
+            _ => None,
+        }
+        .filter(|b| *b > from && *b < now);
+        let before = state_index(self.state(from));
+        let after = state_index(self.state(now));
+        let ledger = &mut self.ledger;
+        match boundary {
+            Some(b) => {
+                ledger.in_state[before] += b - from;
+                ledger.in_state[after] += now - b;
+            }
+            None => ledger.in_state[before] += now - from,
+        }
+        ledger.accounted_at = Some(now);
+    }
+
+    /// The downtime of the outage still open at `now`, if one is.
+    pub(crate) fn open_outage(&self, now: Instant) -> Option<Duration> {
+        self.down_since
+            .map(|since| now.saturating_duration_since(since))
+    }
+
     /// An outage begins `at`: the retry delay starts over if the last one
     /// ended a healthy period ago (or none did).
     fn outage_begins(&mut self, at: Instant) {
@@ -614,7 +763,12 @@ impl Machine {
                 self.last_check_failed = false;
                 self.breaker_down = false;
                 self.suspect = false;
-                self.record_recovery(now);
+                self.ledger.cycles_ok += 1;
+                self.ledger.attempts_ok += u64::from(attempt);
+                self.ledger.note(now, Entry::CycleOk(attempt));
+                if let Some(lasted) = self.record_recovery(now) {
+                    effects.push(Effect::Outage(lasted));
+                }
                 self.phase = Phase::CoolingDown {
                     until: now + self.cooldown(now),
                 };
@@ -641,6 +795,8 @@ impl Machine {
                         retry_at: retry_in.map(|d| now + d),
                     };
                     self.exhausted_cycles += 1;
+                    self.ledger.cycles_exhausted += 1;
+                    self.ledger.note(now, Entry::CycleExhausted);
                     // Strict: every exhausted cycle alerts (each needed a
                     // person). Adaptive: the first of an outage does.
                     let alert = self.rules.adaptive.is_none() || !self.alerted;
@@ -668,13 +824,16 @@ impl Machine {
             Phase::Idle | Phase::CoolingDown { .. } => {}
         }
         if self.down_since.is_some() {
-            self.record_recovery(at);
+            if let Some(lasted) = self.record_recovery(at) {
+                effects.push(Effect::Outage(lasted));
+            }
             effects.push(Effect::Log(Log::Healed { was, how }));
         }
     }
 
-    /// Ends the outage: one success and one MTTR sample.
-    fn record_recovery(&mut self, now: Instant) {
+    /// Ends the outage: one success and one MTTR sample. Returns how long
+    /// the outage lasted, when one was open.
+    fn record_recovery(&mut self, now: Instant) -> Option<Duration> {
         self.recoveries += 1;
         self.last_outage_end = Some(now);
         self.alerted = false;
@@ -688,11 +847,21 @@ impl Machine {
             }
             self.recent.push_back(now);
         }
-        if let Some(since) = self.down_since.take() {
-            if self.mttr.len() == MTTR_SAMPLES {
-                self.mttr.pop_front();
-            }
-            self.mttr.push_back(now.saturating_duration_since(since));
+        let since = self.down_since.take()?;
+        let lasted = now.saturating_duration_since(since);
+        if self.mttr.len() == MTTR_SAMPLES {
+            self.mttr.pop_front();
         }
+        self.mttr.push_back(lasted);
+        // Downtime counts from when the machine first saw an event at the
+        // earliest (an outage the breaker saw begin earlier is longer).
+        let observed = self
+            .ledger
+            .since
+            .map_or(lasted, |first| now.saturating_duration_since(first));
+        self.ledger.outages += 1;
+        self.ledger.downtime += lasted.min(observed);
+        self.ledger.note(now, Entry::Outage(lasted.min(observed)));
+        Some(lasted)
     }
 }

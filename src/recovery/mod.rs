@@ -363,6 +363,67 @@ impl Adaptive {
     }
 }
 
+/// A recovery's track record (seed enhancement 4): outages, downtime,
+/// MTTR, success rate and attempts per recovery, since it started and over
+/// the last hour, and the time it spent in each state.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TrackRecord {
+    /// Since the recovery started.
+    pub since_start: Period,
+    /// Over the last hour.
+    pub last_hour: Period,
+    /// How long the recovery has been running.
+    pub observed: Duration,
+    /// How long the outage still open has lasted so far, if one is.
+    pub open_outage: Option<Duration>,
+    /// Time spent idle since start.
+    pub time_idle: Duration,
+    /// Time spent recovering (attempts and their backoff) since start.
+    pub time_recovering: Duration,
+    /// Time spent cooling down since start.
+    pub time_cooling_down: Duration,
+    /// Time spent exhausted since start.
+    pub time_exhausted: Duration,
+}
+
+/// Figures over a period of time.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Period {
+    /// Outages that ended in the period.
+    pub outages: u64,
+    /// Time down in the period: the outages that ended in it, and the one
+    /// still open.
+    pub downtime: Duration,
+    /// Mean time to recover over the outages that ended in the period.
+    pub mttr: Option<Duration>,
+    /// Cycles that succeeded.
+    pub cycles_succeeded: u64,
+    /// Cycles that ended exhausted.
+    pub cycles_exhausted: u64,
+    /// Succeeded over ended cycles (a cancelled cycle is neither).
+    pub success_rate: Option<f64>,
+    /// Mean attempts of the cycles that succeeded.
+    pub attempts_per_recovery: Option<f64>,
+}
+
+impl Period {
+    fn from_span(span: machine::Span, open: Duration) -> Self {
+        let ended = span.cycles_ok + span.cycles_exhausted;
+        Period {
+            outages: span.outages,
+            downtime: span.downtime + open,
+            mttr: (span.outages > 0).then(|| {
+                Duration::from_secs_f64(span.downtime.as_secs_f64() / span.outages as f64)
+            }),
+            cycles_succeeded: span.cycles_ok,
+            cycles_exhausted: span.cycles_exhausted,
+            success_rate: (ended > 0).then(|| span.cycles_ok as f64 / ended as f64),
+            attempts_per_recovery: (span.cycles_ok > 0)
+                .then(|| span.attempts_ok as f64 / span.cycles_ok as f64),
+        }
+    }
+}
+
 /// A point-in-time view of a recovery, for reports.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Status {
@@ -403,6 +464,9 @@ pub struct Status {
     /// [`Dependency::needs`](crate::health::Dependency::needs)) and one is
     /// down.
     pub waiting_for: Option<Arc<str>>,
+    /// The track record: outages, downtime, MTTR, success rate, time in
+    /// each state, since start and over the last hour.
+    pub record: TrackRecord,
 }
 
 type Alert = Box<dyn Fn(&Status) + Send + Sync>;
@@ -813,7 +877,30 @@ impl Shared {
             next_retry_in: m.retry_remaining(now),
             recent_recoveries: m.recent_recoveries(now),
             waiting_for: lock(&self.waiting_for).clone(),
+            record: track_record(m, now),
         }
+    }
+}
+
+/// The machine's figures as a track record at `now`.
+fn track_record(m: &Machine, now: Instant) -> TrackRecord {
+    let ledger = &m.ledger;
+    let observed = ledger
+        .since
+        .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+    let open = m.open_outage(now);
+    // The open outage's part inside what was observed, and the last hour.
+    let open_seen = open.map_or(Duration::ZERO, |d| d.min(observed));
+    let [idle, recovering, cooling, exhausted] = ledger.in_state;
+    TrackRecord {
+        since_start: Period::from_span(ledger.since_start(), open_seen),
+        last_hour: Period::from_span(ledger.last_hour(now), open_seen.min(machine::LAST_HOUR)),
+        observed,
+        open_outage: open,
+        time_idle: idle,
+        time_recovering: recovering,
+        time_cooling_down: cooling,
+        time_exhausted: exhausted,
     }
 }
 

@@ -264,6 +264,11 @@ fn carry_out(shared: &Arc<Shared>, user: &User, effect: Effect, running: &mut Op
             }
         }
         Effect::Log(log) => self::log(shared, log, name, max),
+        Effect::Outage(_lasted) => {
+            #[cfg(feature = "metrics")]
+            metrics::histogram!(crate::metrics::OUTAGE_DURATION, "dependency" => name.to_string())
+                .record(_lasted.as_secs_f64());
+        }
     }
 }
 

@@ -151,6 +151,35 @@ async fn reliability_document_field_by_field() {
         .next_retry_in_seconds
         .expect("adaptive: a retry is planned");
     assert!((27.0..=33.0).contains(&retry), "{retry}");
+    // The track record: one exhausted cycle, the outage still open since
+    // the breaker opened at 31 s; the error budget against 99.9%.
+    let t = &r.track_record;
+    let since = &t["since_start"];
+    assert_eq!(
+        (
+            since["outages"].as_u64(),
+            since["cycles_exhausted"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
+    assert_eq!(since["success_rate"], 0.0);
+    let open = t["open_outage_seconds"]
+        .as_f64()
+        .expect("an outage is open");
+    let observed = t["observed_seconds"].as_f64().unwrap();
+    assert_eq!(since["downtime_seconds"].as_f64(), Some(open));
+    let budget = &t["error_budget"];
+    assert_eq!(budget["target_percent"], 99.9);
+    let allowed = budget["allowed_seconds"].as_f64().unwrap();
+    assert!((allowed - observed * 0.001).abs() < 1e-6, "{budget}");
+    assert_eq!(budget["used_seconds"].as_f64(), Some(open));
+    assert!(budget["left_seconds"].as_f64().unwrap() < 0.0, "{budget}");
+    let in_state = &t["time_in_state_seconds"];
+    let total: f64 = ["idle", "recovering", "cooling_down", "exhausted"]
+        .iter()
+        .map(|k| in_state[*k].as_f64().unwrap())
+        .sum();
+    assert!((total - observed).abs() < 1e-6, "{in_state} vs {observed}");
     assert_eq!(doc.recovery.len(), 2);
     assert!(doc.health_monitor.running);
     assert_eq!(doc.health_monitor.interval_seconds, Some(30.0));

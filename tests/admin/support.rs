@@ -170,6 +170,7 @@ pub(crate) struct RecoveryDoc {
     pub(crate) next_retry_in_seconds: Option<f64>,
     pub(crate) recent_recoveries: u64,
     pub(crate) waiting_for: Option<String>,
+    pub(crate) track_record: serde_json::Value,
 }
 
 #[derive(Debug, Deserialize)]

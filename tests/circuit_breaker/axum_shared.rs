@@ -11,7 +11,7 @@ use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use tower::ServiceExt;
 use tower_recovery::circuit_breaker::{Breaker, State};
-use tower_recovery::classify::HttpFailures;
+use tower_recovery::classify::HttpErrorsAsFailures;
 
 #[tokio::test]
 async fn router_layer_shares_one_breaker_across_oneshot_calls() {
@@ -29,7 +29,7 @@ async fn router_layer_shares_one_breaker_across_oneshot_calls() {
         .layer(
             breaker
                 .layer()
-                .classify(HttpFailures::new())
+                .classify(HttpErrorsAsFailures::new())
                 .reject_with_response(),
         );
 

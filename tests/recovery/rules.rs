@@ -476,7 +476,7 @@ async fn logs_reproduce_the_seed_lines() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_passing_check_while_the_breaker_is_open_runs_the_action_to_close_it() {
+async fn a_passing_check_while_the_breaker_is_open_runs_the_action_unless_exhausted() {
     let b = breaker();
     let script = Script::default();
     let recovery = crate::strict("model_server", script.action())
@@ -487,8 +487,14 @@ async fn a_passing_check_while_the_breaker_is_open_runs_the_action_to_close_it()
     assert_eq!(recovery.status().state, RecoveryState::Exhausted);
     assert_eq!(b.state(), State::Open);
     script.set_healthy(true);
-    // The dependency's health check passes: out of exhaustion, and a cycle
-    // runs whose success closes the breaker, long before its 30 s probe.
+    // Exhausted: a passing check starts no cycle (checks may pass while
+    // calls fail; the monitor lets the breaker probe instead), so a strict
+    // recovery waits for a person.
+    assert_eq!(recovery.report_check(true), Some(TriggerOutcome::Ignored));
+    assert_eq!(recovery.status().state, RecoveryState::Exhausted);
+    // Idle (a person reset it): the passing check runs a cycle whose
+    // success closes the breaker, long before its 30 s probe.
+    recovery.reset();
     assert_eq!(recovery.report_check(true), Some(TriggerOutcome::Started));
     recovery.wait_idle_or_cooling().await;
     assert_eq!(b.state(), State::Closed);
@@ -580,4 +586,72 @@ async fn strict_exhaustion_waits_for_a_person() {
     assert_eq!(script.attempts(), 3);
     assert_eq!(recovery.status().state, RecoveryState::Exhausted);
     assert_eq!(recovery.trigger_manual(), TriggerOutcome::Started);
+}
+
+/// Issue 13, recovery metrics: the track record since start and over the
+/// last hour, and the time in each state, exactly, on paused time.
+#[tokio::test(start_paused = true)]
+async fn the_track_record_counts_outages_cycles_and_time_in_each_state() {
+    let b = breaker();
+    let script = Script::default();
+    let recovery = crate::strict("model_server", script.action())
+        .watch(&b)
+        .max_attempts(2)
+        .backoff(Backoff::new(S, 2.0))
+        .cooldown(60 * S)
+        .spawn();
+    let t0 = Instant::now();
+    tokio::time::sleep(10 * S).await; // idle for 10 s
+    trip(&b); // outage 1 begins at 10 s: attempt 1 fails at once
+    eventually("attempt 1 failed", || {
+        recovery.status().failed_attempts == 1
+    })
+    .await;
+    script.set_healthy(true); // attempt 2, at 12 s, succeeds
+    recovery.wait_for(|s| s == RecoveryState::CoolingDown).await;
+    assert_eq!(Instant::now() - t0, 12 * S);
+    let r = recovery.status().record;
+    assert_eq!(r.since_start.outages, 1);
+    assert_eq!(r.since_start.downtime, 2 * S);
+    assert_eq!(r.since_start.mttr, Some(2 * S));
+    assert_eq!(r.since_start.cycles_succeeded, 1);
+    assert_eq!(r.since_start.success_rate, Some(1.0));
+    assert_eq!(r.since_start.attempts_per_recovery, Some(2.0));
+    assert_eq!(r.last_hour, r.since_start);
+    // A second outage ends exhausted, then by itself (the breaker heals).
+    tokio::time::sleep_until(t0 + 100 * S).await;
+    script.set_healthy(false);
+    trip(&b); // outage 2 begins at 100 s
+    recovery.wait_for(|s| s == RecoveryState::Exhausted).await; // at 102 s
+    tokio::time::sleep_until(t0 + 130 * S).await; // the open wait ends at 130 s
+    b.try_acquire().unwrap().success(); // the breaker's probe closes it
+    let r = recovery.status().record;
+    assert_eq!(r.open_outage, None);
+    assert_eq!(r.since_start.outages, 2);
+    assert_eq!(r.since_start.downtime, 32 * S);
+    assert_eq!(r.since_start.mttr, Some(16 * S));
+    assert_eq!(
+        (
+            r.since_start.cycles_succeeded,
+            r.since_start.cycles_exhausted
+        ),
+        (1, 1)
+    );
+    assert_eq!(r.since_start.success_rate, Some(0.5));
+    assert_eq!(r.since_start.attempts_per_recovery, Some(2.0));
+    // Idle 0-10 and 72-100 and from 130; recovering 10-12 and 100-102;
+    // cooling down 12-72; exhausted 102-130.
+    assert_eq!(r.observed, 130 * S);
+    assert_eq!(r.time_recovering, 4 * S);
+    assert_eq!(r.time_cooling_down, 60 * S);
+    assert_eq!(r.time_exhausted, 28 * S);
+    assert_eq!(r.time_idle, 38 * S);
+    // An hour later the last hour is empty; since start keeps it all.
+    tokio::time::sleep_until(t0 + 130 * S + 3600 * S).await;
+    let r = recovery.status().record;
+    assert_eq!(r.last_hour.outages, 0);
+    assert_eq!(r.last_hour.downtime, Duration::ZERO);
+    assert_eq!(r.last_hour.success_rate, None);
+    assert_eq!(r.since_start.outages, 2);
+    assert_eq!(r.time_idle, 38 * S + 3600 * S);
 }
