@@ -43,7 +43,7 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -218,29 +218,6 @@ fn error(status: StatusCode, message: &str) -> Response {
     json_response(status, "application/json", &json!({ "error": message }))
 }
 
-fn rfc3339(time: SystemTime) -> String {
-    let secs = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3_600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -263,7 +240,7 @@ async fn health(State(admin): AdminState, headers: HeaderMap) -> Response {
                 "componentType": "component",
                 "observedValue": last.observed_value,
                 "observedUnit": last.observed_unit,
-                "time": rfc3339(last.time),
+                "time": crate::util::rfc3339(last.time),
                 "output": if show { last.output.clone() } else { None },
                 "required": dep.required,
             }),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use std::time::SystemTime;
 
 use tower_recovery::config::Settings;
+use tower_recovery::recovery::{WebhookAlert, WebhookBuilder};
 
 use crate::database::Database;
 use crate::handlers::{AUDIO_BODY_LIMIT, JSON_BODY_LIMIT};
@@ -32,7 +33,8 @@ directory), MODEL_SERVER_URL and ASR_OCR_SERVER_URL (default: embedded
 stand-ins), ADMIN_TOKEN, and the settings of tower_recovery::config
 (RECOVERY_INTERVAL, MAX_RECOVERY_ATTEMPTS, RECOVERY_MODE=adaptive|strict,
 HEALTH_CHECK_INTERVAL, ...). FIR_MODEL_NEEDS_DATABASE=1 declares that the
-model server needs the database: its recovery then waits for the database's.",
+model server needs the database: its recovery then waits for the database's.
+ALERT_WEBHOOK_URL=http://host:port/path POSTs each recovery alert as JSON.",
         json = mib(JSON_BODY_LIMIT),
         audio = mib(AUDIO_BODY_LIMIT),
     )
@@ -73,6 +75,8 @@ pub(crate) struct Config {
     /// `FIR_MODEL_NEEDS_DATABASE`: the model server needs the database
     /// (its storage), so its recovery waits for the database's.
     pub(crate) model_needs_database: bool,
+    /// `ALERT_WEBHOOK_URL`: where recovery alerts are POSTed as JSON.
+    pub(crate) alert_webhook: Option<WebhookBuilder>,
 }
 
 impl Config {
@@ -106,6 +110,16 @@ impl Config {
                 problems.push(e);
                 false
             });
+        let alert_webhook = match std::env::var("ALERT_WEBHOOK_URL") {
+            Err(_) => None,
+            Ok(url) => match WebhookAlert::builder(url.trim()) {
+                Ok(builder) => Some(builder),
+                Err(e) => {
+                    problems.push(format!("ALERT_WEBHOOK_URL: {e}"));
+                    None
+                }
+            },
+        };
         let model_needs_database = flag("FIR_MODEL_NEEDS_DATABASE").unwrap_or_else(|e| {
             problems.push(e);
             false
@@ -140,6 +154,7 @@ impl Config {
             chaos_up,
             chaos_down,
             model_needs_database,
+            alert_webhook,
         }
     }
 
@@ -183,6 +198,7 @@ impl Config {
             shutdown_grace_period_s = s.shutdown_grace_period.as_secs_f64(),
             admin_token = if s.admin_token.is_some() { "from ADMIN_TOKEN" } else { "generated" },
             model_needs_database = self.model_needs_database,
+            alert_webhook = self.alert_webhook.is_some(),
             chaos = self.chaos,
             chaos_up_s = self.chaos.then_some(self.chaos_up.as_secs_f64()),
             chaos_down_s = self.chaos.then_some(self.chaos_down.as_secs_f64()),

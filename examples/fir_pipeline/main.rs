@@ -71,25 +71,12 @@ use tower_recovery::admin::Admin;
 use tower_recovery::circuit_breaker::Breaker;
 use tower_recovery::drain::Drain;
 use tower_recovery::health::{Dependency, HealthCheck, Monitor, Reliability};
-use tower_recovery::recovery::Recovery;
+use tower_recovery::recovery::{LogAlert, Recovery, WebhookAlert};
 
 use config::Config;
 use database::Database;
 use handlers::{App, api_error, json_errors};
 use upstreams::{MODEL, asr_ocr_server, guarded_client, model_server, probe};
-
-/// The exhaustion alert: a log line naming the root cause (the
-/// prerequisite the recovery waits for, or the dependency itself).
-fn alert(status: &tower_recovery::recovery::Status) {
-    let root = status.waiting_for.as_deref().unwrap_or(&status.name);
-    tracing::error!(
-        dependency = &*status.name,
-        root_cause = root,
-        "ALERT: recovery of {} exhausted (root cause: {root}): {}",
-        status.name,
-        status.last_error.as_deref().unwrap_or("no error recorded")
-    );
-}
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -126,6 +113,8 @@ async fn main() -> Result<(), BoxError> {
 
     let model_breaker = Breaker::new("model_server");
     let asr_breaker = Breaker::new("asr_ocr_server");
+    // Alerts: a log line each, and a JSON POST to ALERT_WEBHOOK_URL if set.
+    let webhook: Option<WebhookAlert> = config.alert_webhook.clone().map(|b| b.build());
     let (attempts, backoff, attempt_timeout, cooldown, mode) = (
         settings.max_recovery_attempts,
         settings.backoff(),
@@ -143,7 +132,8 @@ async fn main() -> Result<(), BoxError> {
     .attempt_timeout(attempt_timeout)
     .cooldown(cooldown)
     .mode(mode)
-    .on_exhausted(alert)
+    .alert(LogAlert)
+    .alert(webhook.clone())
     .spawn();
     let asr_recovery = Recovery::builder("asr_ocr_server", {
         let (http, base) = (http.clone(), asr_ocr_url.clone());
@@ -157,7 +147,8 @@ async fn main() -> Result<(), BoxError> {
         }
     })
     .watch(&asr_breaker)
-    .on_exhausted(alert)
+    .alert(LogAlert)
+    .alert(webhook.clone())
     .max_attempts(attempts)
     .backoff(backoff)
     .attempt_timeout(attempt_timeout)
@@ -176,7 +167,8 @@ async fn main() -> Result<(), BoxError> {
     .attempt_timeout(attempt_timeout)
     .cooldown(cooldown)
     .mode(mode)
-    .on_exhausted(alert)
+    .alert(LogAlert)
+    .alert(webhook.clone())
     .spawn();
 
     // 2. Register dependencies.

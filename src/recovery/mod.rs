@@ -145,6 +145,7 @@
 //! (attempt 1/3)`, `Applying backoff delay: 2.0s`, `Recovery successful for:
 //! model_server`, `Recovery failed for: model_server`.
 
+pub mod alert;
 mod backoff;
 mod layer;
 #[cfg(all(test, tower_recovery_loom))]
@@ -153,6 +154,8 @@ mod machine;
 mod task;
 #[cfg(all(test, not(tower_recovery_loom)))]
 mod tests;
+#[cfg(feature = "webhook")]
+mod webhook;
 
 use crate::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::fmt;
@@ -164,8 +167,12 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+pub use self::alert::{Alert, AlertEvent, LogAlert};
 pub use self::backoff::Backoff;
 pub use self::layer::{RecoveryTrigger, RecoveryTriggerLayer};
+#[cfg(feature = "webhook")]
+#[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
+pub use self::webhook::{InvalidWebhookUrl, WebhookAlert, WebhookBuilder, WebhookStats};
 
 /// The response future of [`RecoveryTrigger`].
 pub mod future {
@@ -469,7 +476,7 @@ pub struct Status {
     pub record: TrackRecord,
 }
 
-type Alert = Box<dyn Fn(&Status) + Send + Sync>;
+type AlertHook = Box<dyn Fn(&Status) + Send + Sync>;
 
 struct Config {
     mode: Mode,
@@ -619,7 +626,8 @@ pub(crate) struct Blocker {
 /// a while longer: `crate::lease`).
 pub(super) struct User {
     pub(super) action: Box<dyn Fn() -> BoxFuture + Send + Sync>,
-    pub(super) alert: Option<Alert>,
+    pub(super) alert: Option<AlertHook>,
+    pub(super) sinks: Vec<Box<dyn Alert>>,
 }
 
 /// Keeps the background task alive; dropped with the last handle.
@@ -916,7 +924,8 @@ pub struct Builder {
     cfg: Config,
     cooldown: Duration,
     breaker: Option<Breaker>,
-    alert: Option<Alert>,
+    alert: Option<AlertHook>,
+    sinks: Vec<Box<dyn Alert>>,
 }
 
 impl fmt::Debug for Builder {
@@ -946,6 +955,7 @@ impl Builder {
             cooldown: Duration::from_secs(60),
             breaker: None,
             alert: None,
+            sinks: Vec::new(),
         }
     }
 
@@ -1013,6 +1023,15 @@ impl Builder {
         self
     }
 
+    /// Sends an [`AlertEvent`] to `sink` when a cycle ends exhausted (once
+    /// per outage in adaptive mode): a closure, [`LogAlert`], or a
+    /// `WebhookAlert`. May be called more than once; every sink gets every
+    /// alert.
+    pub fn alert(mut self, sink: impl Alert) -> Self {
+        self.sinks.push(Box::new(sink));
+        self
+    }
+
     /// Starts the background task.
     ///
     /// # Panics
@@ -1074,6 +1093,7 @@ impl Builder {
         let user = User {
             action: self.action,
             alert: self.alert,
+            sinks: self.sinks,
         };
         tokio::spawn(task::run(shared.clone(), user));
         Recovery {

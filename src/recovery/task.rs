@@ -256,10 +256,19 @@ fn carry_out(shared: &Arc<Shared>, user: &User, effect: Effect, running: &mut Op
             }
         }
         Effect::Alert => {
+            if user.alert.is_none() && user.sinks.is_empty() {
+                return;
+            }
+            let status = shared.status();
             if let Some(alert) = &user.alert {
-                let status = shared.status();
                 if catch_unwind(AssertUnwindSafe(|| alert(&status))).is_err() {
                     tracing::error!(dependency = name, "the exhaustion alert hook panicked");
+                }
+            }
+            let event = super::AlertEvent::exhausted(&status);
+            for sink in &user.sinks {
+                if catch_unwind(AssertUnwindSafe(|| sink.alert(&event))).is_err() {
+                    tracing::error!(dependency = name, "an alert sink panicked");
                 }
             }
         }

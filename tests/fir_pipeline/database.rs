@@ -244,6 +244,24 @@ async fn storage_and_model_server_down_recover_in_dependency_order() {
     db.sql("CREATE DATABASE fir");
     let model = Upstream::start(model_server(Duration::ZERO)).await.unwrap();
     let asr = Upstream::start(asr_ocr_server()).await.unwrap();
+    // A local receiver of the demo's alert webhook.
+    let posted_alerts = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let webhook_url = format!("http://{}/alerts", receiver.local_addr().unwrap());
+    tokio::spawn({
+        let alerts = posted_alerts.clone();
+        let app = axum::Router::new().route(
+            "/alerts",
+            axum::routing::post(move |body: String| async move {
+                alerts
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&body).unwrap());
+                axum::http::StatusCode::NO_CONTENT
+            }),
+        );
+        async move { axum::serve(receiver, app).await.unwrap() }
+    });
     let demo = Demo::spawn(
         free_port(),
         dir.join("demo.log"),
@@ -255,6 +273,7 @@ async fn storage_and_model_server_down_recover_in_dependency_order() {
                 format!("mysql://root@127.0.0.1:{}/fir", db.port),
             ),
             ("FIR_MODEL_NEEDS_DATABASE", "1".into()),
+            ("ALERT_WEBHOOK_URL", webhook_url),
             ("MAX_RECOVERY_ATTEMPTS", "2".into()),
         ],
     );
@@ -360,7 +379,24 @@ async fn storage_and_model_server_down_recover_in_dependency_order() {
         alerts[0].contains("recovery of database exhausted (root cause: database)"),
         "{alerts:?}"
     );
+    // The same alert, once, through the webhook.
+    let posted = alerts_posted(&posted_alerts).await;
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert_eq!(posted[0]["dependency"], "database");
+    assert_eq!(posted[0]["root_cause"], "database");
+    assert_eq!(posted[0]["kind"], "exhausted");
     drop(demo);
     drop(db);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The alerts the receiver got, once at least one has arrived.
+async fn alerts_posted(
+    alerts: &std::sync::Mutex<Vec<serde_json::Value>>,
+) -> Vec<serde_json::Value> {
+    eventually(Duration::from_secs(10), "an alert posted", || async {
+        let got = alerts.lock().unwrap().clone();
+        (!got.is_empty()).then_some(got)
+    })
+    .await
 }

@@ -3,6 +3,8 @@
 mod http_e2e;
 mod regressions;
 mod rules;
+#[cfg(feature = "webhook")]
+mod webhook;
 
 /// Lets the recovery's task run until `cond` holds; fails the test, naming
 /// `what`, if it does not within 1,000 scheduler turns (time stands still).
