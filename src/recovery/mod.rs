@@ -147,6 +147,7 @@
 
 pub mod alert;
 mod backoff;
+mod ladder;
 mod layer;
 #[cfg(all(test, tower_recovery_loom))]
 mod loom;
@@ -169,6 +170,7 @@ use tokio::time::Instant;
 
 pub use self::alert::{Alert, AlertEvent, LogAlert};
 pub use self::backoff::Backoff;
+pub use self::ladder::Ladder;
 pub use self::layer::{RecoveryTrigger, RecoveryTriggerLayer};
 #[cfg(feature = "webhook")]
 #[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
@@ -201,6 +203,19 @@ pub trait RecoveryAction: Send + Sync + 'static {
 
     /// Makes one attempt.
     fn recover(&self) -> Self::Future;
+
+    /// Makes attempt `attempt` (1-based) of a cycle. The default is
+    /// [`recover`](Self::recover); a [`Ladder`] picks its rung by it.
+    fn recover_attempt(&self, attempt: u32) -> Self::Future {
+        let _ = attempt;
+        self.recover()
+    }
+
+    /// The attempts a cycle of this action makes, if it knows better than
+    /// the builder's default (a [`Ladder`]: the sum of its rungs').
+    fn attempts(&self) -> Option<u32> {
+        None
+    }
 }
 
 impl<F, Fut, E> RecoveryAction for F
@@ -625,7 +640,7 @@ pub(crate) struct Blocker {
 /// dropped when it stops, not with `Shared` (which calls in flight may hold
 /// a while longer: `crate::lease`).
 pub(super) struct User {
-    pub(super) action: Box<dyn Fn() -> BoxFuture + Send + Sync>,
+    pub(super) action: Box<dyn Fn(u32) -> BoxFuture + Send + Sync>,
     pub(super) alert: Option<AlertHook>,
     pub(super) sinks: Vec<Box<dyn Alert>>,
 }
@@ -920,7 +935,7 @@ fn cap(text: String) -> String {
 /// Configures a [`Recovery`].
 pub struct Builder {
     name: Arc<str>,
-    action: Box<dyn Fn() -> BoxFuture + Send + Sync>,
+    action: Box<dyn Fn(u32) -> BoxFuture + Send + Sync>,
     cfg: Config,
     cooldown: Duration,
     breaker: Option<Breaker>,
@@ -938,16 +953,17 @@ impl fmt::Debug for Builder {
 
 impl Builder {
     fn new<A: RecoveryAction>(name: Arc<str>, action: A) -> Self {
+        let attempts = action.attempts().unwrap_or(3).max(1);
         let action = Arc::new(action);
         Self {
             name,
-            action: Box::new(move || {
-                let fut = action.recover();
+            action: Box::new(move |attempt| {
+                let fut = action.recover_attempt(attempt);
                 Box::pin(async move { fut.await.map_err(|e| cap(e.to_string())) })
             }),
             cfg: Config {
                 mode: Mode::default(),
-                max_attempts: 3,
+                max_attempts: attempts,
                 backoff: Backoff::default(),
                 attempt_timeout: Duration::from_secs(10),
                 trigger_after: 3,

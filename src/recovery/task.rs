@@ -168,7 +168,9 @@ pub(super) async fn run(shared: Arc<Shared>, user: User) {
                 match running.as_mut() {
                     // The machine still wants this attempt: run the action
                     // now (never for a cycle cancelled meanwhile).
-                    Some(r) if current && started => r.action = Some(start_action(&shared, &user)),
+                    Some(r) if current && started => {
+                        r.action = Some(start_action(&shared, &user, attempt))
+                    }
                     Some(_) if !current => running = None,
                     _ => {}
                 }
@@ -177,11 +179,11 @@ pub(super) async fn run(shared: Arc<Shared>, user: User) {
     }
 }
 
-fn start_action(shared: &Arc<Shared>, user: &User) -> BoxFuture {
+fn start_action(shared: &Arc<Shared>, user: &User, attempt: u32) -> BoxFuture {
     let limit = shared.cfg.attempt_timeout;
     // A panic in the action (making the future, or polling it) is a failed
     // attempt, not the end of the recovery's task.
-    let attempt = match catch_unwind(AssertUnwindSafe(|| (user.action)())) {
+    let attempt = match catch_unwind(AssertUnwindSafe(|| (user.action)(attempt))) {
         Ok(attempt) => attempt,
         Err(panic) => {
             let error = format!("attempt panicked: {}", panic_message(&*panic));

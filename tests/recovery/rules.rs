@@ -655,3 +655,77 @@ async fn the_track_record_counts_outages_cycles_and_time_in_each_state() {
     assert_eq!(r.since_start.outages, 2);
     assert_eq!(r.time_idle, 38 * S + 3600 * S);
 }
+
+/// Issue 13, escalation ladders: each rung for its own attempts, in
+/// order, and the breaker closed only once the verification probe passes
+/// (an action that returns `Ok` is not enough).
+#[tokio::test(start_paused = true)]
+async fn a_ladder_climbs_its_rungs_and_closes_the_breaker_only_when_verified() {
+    use std::sync::atomic::AtomicBool;
+    use tower_recovery::recovery::Ladder;
+    let b = breaker();
+    let ran = Arc::new(Mutex::new(Vec::<(&'static str, Duration)>::new()));
+    let verified = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let step = |name: &'static str, works: bool| {
+        let ran = ran.clone();
+        move || {
+            ran.lock().unwrap().push((name, Instant::now() - t0));
+            async move { if works { Ok(()) } else { Err("refused") } }
+        }
+    };
+    let ladder = Ladder::new()
+        .rung("reconnect", 2, step("reconnect", false))
+        // Succeeds, but the dependency does not answer yet: not verified.
+        .rung("recreate the pool", 1, step("recreate the pool", true))
+        .rung(
+            "fail over to the standby",
+            2,
+            step("fail over to the standby", true),
+        )
+        .verify({
+            let verified = verified.clone();
+            move || {
+                let ok = verified.load(Ordering::SeqCst);
+                async move {
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err("SELECT 1: connection refused")
+                    }
+                }
+            }
+        });
+    let recovery = crate::strict("database", ladder)
+        .watch(&b)
+        .backoff(Backoff::new(S, 1.0))
+        .spawn();
+    assert_eq!(recovery.status().max_attempts, 5, "2 + 1 + 2");
+    trip(&b);
+    recovery
+        .wait_for(|_| recovery.status().failed_attempts == 3)
+        .await;
+    assert_eq!(
+        recovery.status().last_error.as_deref(),
+        Some(
+            "rung 'recreate the pool' done, but verification failed: SELECT 1: connection refused"
+        )
+    );
+    assert_eq!(b.state(), State::Open, "not verified: not closed");
+    verified.store(true, Ordering::SeqCst); // the standby answers
+    recovery.wait_idle_or_cooling().await;
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(
+        *ran.lock().unwrap(),
+        [
+            ("reconnect", Duration::ZERO),
+            ("reconnect", S),
+            ("recreate the pool", 2 * S),
+            ("fail over to the standby", 3 * S),
+        ]
+    );
+    assert_eq!(
+        recovery.status().record.since_start.attempts_per_recovery,
+        Some(4.0)
+    );
+}
