@@ -251,6 +251,15 @@ async fn health(State(admin): AdminState, headers: HeaderMap) -> Response {
                 "required": dep.required,
             }),
         };
+        if let (Some(d), Some(entry)) = (&dep.degradation, entry.as_object_mut()) {
+            if d.degraded {
+                // Degraded: the check may pass, the calls are getting worse.
+                if entry.get("status") == Some(&json!("pass")) {
+                    entry.insert("status".into(), json!("warn"));
+                }
+                entry.insert("degraded".into(), json!(d.reason));
+            }
+        }
         if let (Some(root), Some(entry)) = (&dep.root_cause, entry.as_object_mut()) {
             // The dependency it needs that is down: why this one is.
             entry.insert("rootCause".into(), json!(root.as_ref()));
@@ -404,6 +413,8 @@ fn monitor_json(dep: &DependencyReport) -> Value {
         "last_status": dep.last.as_ref().map(|l| l.status.as_str()),
         "needs": dep.needs.iter().map(|n| n.as_ref()).collect::<Vec<_>>(),
         "root_cause": dep.root_cause.as_deref(),
+        "degraded": dep.degradation.as_ref().is_some_and(|d| d.degraded),
+        "degraded_reason": dep.degradation.as_ref().and_then(|d| d.reason.clone()),
     })
 }
 

@@ -13,6 +13,8 @@
 //! | `tower_recovery_breaker_state` | gauge | `breaker` | 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled |
 //! | `tower_recovery_recovery_attempts_total` | counter | `dependency` | recovery attempts started |
 //! | `tower_recovery_recovery_outcomes_total` | counter | `dependency`, `outcome` | `success`, `failure` (attempt), `exhausted`, `healed` |
+//! | `tower_recovery_outage_duration_seconds` | histogram | `dependency` | how long each outage lasted (sum / count = MTTR) |
+//! | `tower_recovery_degraded` | gauge | `dependency` | 1 while degraded (an early warning), else 0 |
 //! | `tower_recovery_drain_in_flight` | gauge | | requests in flight through drain layers |
 //! | `tower_recovery_drain_completed_total` | counter | | drains completed |
 //! | `tower_recovery_health_check_duration_seconds` | histogram | `dependency` | check latency |
@@ -34,6 +36,9 @@ pub const RECOVERY_OUTCOMES: &str = "tower_recovery_recovery_outcomes_total";
 /// first sign the dependency is back (`dependency`); its sum over its
 /// count is the MTTR, its count the outages.
 pub const OUTAGE_DURATION: &str = "tower_recovery_outage_duration_seconds";
+/// Gauge: 1 while a dependency is degraded (an `EarlyWarning` threshold is
+/// reached with its breaker closed), else 0 (`dependency`).
+pub const DEGRADED: &str = "tower_recovery_degraded";
 /// Requests in flight through drain layers.
 pub const DRAIN_IN_FLIGHT: &str = "tower_recovery_drain_in_flight";
 /// Drains completed.
@@ -97,6 +102,10 @@ pub fn describe() {
         OUTAGE_DURATION,
         Unit::Seconds,
         "Outage durations (time to recover), by dependency"
+    );
+    describe_gauge!(
+        DEGRADED,
+        "1 while a dependency is degraded (a warning threshold reached, breaker closed), by dependency"
     );
     describe_gauge!(
         DRAIN_IN_FLIGHT,

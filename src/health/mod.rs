@@ -102,6 +102,8 @@ pub struct Dependency {
     breaker: Option<Breaker>,
     #[cfg(feature = "recovery")]
     recovery: Option<Recovery>,
+    #[cfg(feature = "recovery")]
+    early_warning: Option<crate::recovery::EarlyWarning>,
 }
 
 impl Dependency {
@@ -118,6 +120,8 @@ impl Dependency {
             breaker: None,
             #[cfg(feature = "recovery")]
             recovery: None,
+            #[cfg(feature = "recovery")]
+            early_warning: None,
         }
     }
 
@@ -197,6 +201,14 @@ impl Dependency {
     #[cfg(feature = "recovery")]
     pub fn recovery(mut self, recovery: &Recovery) -> Self {
         self.recovery = Some(recovery.clone());
+        self
+    }
+
+    /// Its early warning: while degraded, the dependency reports `warn`
+    /// (and `/health` and `/reliability` say why).
+    #[cfg(feature = "recovery")]
+    pub fn early_warning(mut self, warning: &crate::recovery::EarlyWarning) -> Self {
+        self.early_warning = Some(warning.clone());
         self
     }
 
@@ -622,6 +634,13 @@ impl Reliability {
                     Some(b) if b.state != State::Closed => effective.max(HealthStatus::Warn),
                     _ => effective,
                 };
+                #[cfg(feature = "recovery")]
+                let degradation = dep.early_warning.as_ref().map(|w| call_out(|| w.status()));
+                #[cfg(feature = "recovery")]
+                let effective = match &degradation {
+                    Some(d) if d.degraded => effective.max(HealthStatus::Warn),
+                    _ => effective,
+                };
                 status = status.max(effective);
                 DependencyReport {
                     name: dep.name.clone(),
@@ -637,6 +656,8 @@ impl Reliability {
                     breaker,
                     #[cfg(feature = "recovery")]
                     recovery: dep.recovery.as_ref().map(|r| call_out(|| r.status())),
+                    #[cfg(feature = "recovery")]
+                    degradation,
                 }
             })
             .collect();
@@ -778,6 +799,9 @@ pub struct DependencyReport {
     /// The recovery's status, if one belongs to it.
     #[cfg(feature = "recovery")]
     pub recovery: Option<Status>,
+    /// Its early warning's reading, if one belongs to it.
+    #[cfg(feature = "recovery")]
+    pub degradation: Option<crate::recovery::Degradation>,
 }
 
 impl DependencyReport {

@@ -147,6 +147,7 @@
 
 pub mod alert;
 mod backoff;
+mod early;
 mod ladder;
 mod layer;
 #[cfg(all(test, tower_recovery_loom))]
@@ -170,6 +171,7 @@ use tokio::time::Instant;
 
 pub use self::alert::{Alert, AlertEvent, LogAlert};
 pub use self::backoff::Backoff;
+pub use self::early::{Degradation, EarlyWarning, EarlyWarningBuilder};
 pub use self::ladder::Ladder;
 pub use self::layer::{RecoveryTrigger, RecoveryTriggerLayer};
 #[cfg(feature = "webhook")]

@@ -186,6 +186,11 @@ async fn reliability_document_field_by_field() {
     let m = &doc.health_monitor.dependencies["database"];
     assert_eq!((m.checks, m.consecutive_failures), (2, 0));
     assert_eq!(
+        (m.degraded, m.degraded_reason.as_deref()),
+        (false, None),
+        "no early warning"
+    );
+    assert_eq!(
         (m.uptime_percent, m.availability_percent),
         (Some(100.0), Some(100.0))
     );

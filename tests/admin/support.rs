@@ -129,6 +129,7 @@ pub(crate) struct CheckDoc {
     pub(crate) required: bool,
     #[serde(rename = "rootCause")]
     pub(crate) root_cause: Option<String>,
+    pub(crate) degraded: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,6 +184,8 @@ pub(crate) struct MonitoredDoc {
     pub(crate) last_status: Option<String>,
     pub(crate) needs: Vec<String>,
     pub(crate) root_cause: Option<String>,
+    pub(crate) degraded: bool,
+    pub(crate) degraded_reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -745,3 +745,46 @@ mod coordination {
         assert!(t0 <= back);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_degraded_dependency_reports_warn_with_its_reason() {
+    use tower_recovery::recovery::EarlyWarning;
+    let breaker = Breaker::builder("model_server")
+        .consecutive_failures(5)
+        .build();
+    let warning = EarlyWarning::builder(&breaker)
+        .consecutive_failures(3)
+        .spawn();
+    let set = Reliability::builder()
+        .dependency(
+            Dependency::new(
+                "model_server",
+                HealthCheck::new(|| async { Ok::<_, String>(()) }),
+            )
+            .breaker(&breaker)
+            .early_warning(&warning),
+        )
+        .build()
+        .unwrap();
+    set.check_all().await;
+    assert_eq!(set.status(), HealthStatus::Pass);
+    for _ in 0..3 {
+        breaker.try_acquire().unwrap().failure();
+    }
+    let mut changes = warning.subscribe();
+    changes.changed().await.unwrap();
+    let report = set.report();
+    assert_eq!(
+        report.status,
+        HealthStatus::Warn,
+        "degraded: warn, the check passes"
+    );
+    let d = report.dependencies[0].degradation.clone().unwrap();
+    assert_eq!(
+        d.reason.as_deref(),
+        Some("3 consecutive failures (warning at 3)")
+    );
+    breaker.try_acquire().unwrap().success();
+    changes.changed().await.unwrap();
+    assert_eq!(set.status(), HealthStatus::Pass);
+}

@@ -729,3 +729,67 @@ async fn a_ladder_climbs_its_rungs_and_closes_the_breaker_only_when_verified() {
         Some(4.0)
     );
 }
+
+/// Issue 13, predictive recovery: a failure rate below the trip threshold
+/// but at the warning one marks the dependency degraded and triggers its
+/// recovery while the breaker is still closed; it clears when the rate
+/// falls.
+#[tokio::test(start_paused = true)]
+async fn a_warning_threshold_marks_degraded_and_recovers_before_the_breaker_opens() {
+    use tower_recovery::recovery::EarlyWarning;
+    let b = Breaker::builder("model_server")
+        .count_window(20)
+        .failure_rate(0.5)
+        .minimum_calls(10)
+        .build();
+    let script = Script::default();
+    script.set_healthy(true);
+    let recovery = crate::strict("model_server", script.action())
+        .watch(&b)
+        .spawn();
+    let warning = EarlyWarning::builder(&b)
+        .failure_rate(0.25)
+        .recover(&recovery)
+        .spawn();
+    let mut changes = warning.subscribe();
+    let record = |fail: bool| {
+        let permit = b.try_acquire().unwrap();
+        if fail {
+            permit.failure()
+        } else {
+            permit.success()
+        }
+    };
+    // 2 failures in 10: 20%, below the warning.
+    for i in 0..10 {
+        record(i < 2);
+    }
+    tokio::time::sleep(2 * S).await;
+    assert!(!warning.status().degraded);
+    assert_eq!(script.attempts(), 0);
+    // 4 in 14 (29%): degraded at the next reading, recovery runs early.
+    for _ in 0..2 {
+        record(true);
+    }
+    for _ in 0..2 {
+        record(false);
+    }
+    changes.changed().await.unwrap();
+    let d = warning.status();
+    assert!(d.degraded);
+    assert_eq!(
+        d.reason.as_deref(),
+        Some("failure rate 29% (warning at 25%)")
+    );
+    assert_eq!(d.episodes, 1);
+    assert!(b.state().is_closed(), "the breaker never opened");
+    recovery.wait_idle_or_cooling().await;
+    assert_eq!(script.attempts(), 1, "recovered before the breaker opened");
+    // Successes push the rate down: no longer degraded.
+    for _ in 0..20 {
+        record(false);
+    }
+    changes.changed().await.unwrap();
+    assert!(!warning.status().degraded);
+    assert_eq!(warning.status().episodes, 1);
+}
