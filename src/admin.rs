@@ -371,6 +371,12 @@ fn track_record_json(r: &crate::recovery::TrackRecord, target: f64) -> Value {
             "cooling_down": secs(r.time_cooling_down),
             "exhausted": secs(r.time_exhausted),
         },
+        "last_hour_time_in_state_seconds": {
+            "idle": secs(r.last_hour_in_state[0]),
+            "recovering": secs(r.last_hour_in_state[1]),
+            "cooling_down": secs(r.last_hour_in_state[2]),
+            "exhausted": secs(r.last_hour_in_state[3]),
+        },
         "availability_percent": availability,
         "error_budget": {
             "target_percent": target,

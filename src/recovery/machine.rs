@@ -205,6 +205,8 @@ pub(crate) struct Ledger {
     accounted_at: Option<Instant>,
     /// Idle, recovering, cooling down, exhausted.
     pub(crate) in_state: [Duration; 4],
+    /// The last hour's stretches in one state: start, end, state.
+    stretches: VecDeque<(Instant, Instant, usize)>,
     pub(crate) outages: u64,
     pub(crate) downtime: Duration,
     pub(crate) cycles_ok: u64,
@@ -234,6 +236,35 @@ fn state_index(state: RecoveryState) -> usize {
 }
 
 impl Ledger {
+    /// Records `[from, to)` spent in `state`, merged with the stretch
+    /// before when it is the same state; forgets what ended an hour ago.
+    fn stretch(&mut self, from: Instant, to: Instant, state: usize) {
+        match self.stretches.back_mut() {
+            Some((_, end, s)) if *s == state && *end == from => *end = to,
+            _ => self.stretches.push_back((from, to, state)),
+        }
+        while self.stretches.len() > LEDGER_MAX
+            || self
+                .stretches
+                .front()
+                .is_some_and(|(_, end, _)| to.saturating_duration_since(*end) >= LAST_HOUR)
+        {
+            self.stretches.pop_front();
+        }
+    }
+
+    /// Time in each state over the last hour before `now` (as far as
+    /// accounted).
+    pub(crate) fn in_state_last_hour(&self, now: Instant) -> [Duration; 4] {
+        let start = now.checked_sub(LAST_HOUR);
+        let mut out = [Duration::ZERO; 4];
+        for &(from, to, state) in &self.stretches {
+            let from = start.map_or(from, |s| from.max(s));
+            out[state] += to.saturating_duration_since(from);
+        }
+        out
+    }
+
     fn note(&mut self, now: Instant, entry: Entry) {
         while self.recent.len() >= LEDGER_MAX
             || self
@@ -683,8 +714,13 @@ impl Machine {
             Some(b) => {
                 ledger.in_state[before] += b - from;
                 ledger.in_state[after] += now - b;
+                ledger.stretch(from, b, before);
+                ledger.stretch(b, now, after);
             }
-            None => ledger.in_state[before] += now - from,
+            None => {
+                ledger.in_state[before] += now - from;
+                ledger.stretch(from, now, before);
+            }
         }
         ledger.accounted_at = Some(now);
     }

@@ -408,6 +408,9 @@ pub struct TrackRecord {
     pub time_cooling_down: Duration,
     /// Time spent exhausted since start.
     pub time_exhausted: Duration,
+    /// Time spent in each state over the last hour: idle, recovering,
+    /// cooling down, exhausted.
+    pub last_hour_in_state: [Duration; 4],
 }
 
 /// Figures over a period of time.
@@ -926,6 +929,7 @@ fn track_record(m: &Machine, now: Instant) -> TrackRecord {
         time_recovering: recovering,
         time_cooling_down: cooling,
         time_exhausted: exhausted,
+        last_hour_in_state: ledger.in_state_last_hour(now),
     }
 }
 

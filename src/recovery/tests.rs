@@ -295,6 +295,13 @@ fn check(world: &mut World, step: Step, path: &[Step]) {
         "{}",
         ctx()
     );
+    let observed = now - ledger.since.unwrap();
+    assert_eq!(
+        ledger.in_state_last_hour(now).iter().sum::<Duration>(),
+        observed.min(super::machine::LAST_HOUR),
+        "{}",
+        ctx()
+    );
     assert!(ledger.outages <= m.recoveries, "{}", ctx());
     assert!(ledger.downtime <= now - ledger.since.unwrap(), "{}", ctx());
 

@@ -646,6 +646,7 @@ async fn the_track_record_counts_outages_cycles_and_time_in_each_state() {
     assert_eq!(r.time_cooling_down, 60 * S);
     assert_eq!(r.time_exhausted, 28 * S);
     assert_eq!(r.time_idle, 38 * S);
+    assert_eq!(r.last_hour_in_state, [38 * S, 4 * S, 60 * S, 28 * S]);
     // An hour later the last hour is empty; since start keeps it all.
     tokio::time::sleep_until(t0 + 130 * S + 3600 * S).await;
     let r = recovery.status().record;
@@ -654,6 +655,10 @@ async fn the_track_record_counts_outages_cycles_and_time_in_each_state() {
     assert_eq!(r.last_hour.success_rate, None);
     assert_eq!(r.since_start.outages, 2);
     assert_eq!(r.time_idle, 38 * S + 3600 * S);
+    assert_eq!(
+        r.last_hour_in_state,
+        [3600 * S, Duration::ZERO, Duration::ZERO, Duration::ZERO]
+    );
 }
 
 /// Issue 13, escalation ladders: each rung for its own attempts, in
