@@ -57,6 +57,10 @@ mod cli {
                 ("HOST", "localhostt"),
                 ("FIR_CHAOS", "maybe"),
                 ("HEALTH_CHECK_INTERVAL", "-1"),
+                ("RECOVERY_MODE", "lenient"),
+                ("FIR_CHAOS_DOWN", "0"),
+                ("FIR_MODEL_NEEDS_DATABASE", "perhaps"),
+                ("ALERT_WEBHOOK_URL", "https://pager.example/alerts"),
             ],
         );
         assert_eq!(code, Some(2), "{stderr}");
@@ -65,6 +69,10 @@ mod cli {
             "HOST=\"localhostt\"",
             "FIR_CHAOS=\"maybe\"",
             "HEALTH_CHECK_INTERVAL=\"-1\"",
+            "RECOVERY_MODE=\"lenient\": expected adaptive or strict",
+            "FIR_CHAOS_DOWN=\"0\"",
+            "FIR_MODEL_NEEDS_DATABASE=\"perhaps\"",
+            "ALERT_WEBHOOK_URL: invalid webhook URL \"https://pager.example/alerts\"",
         ] {
             assert!(stderr.contains(named), "{named} not named in:\n{stderr}");
         }
