@@ -416,6 +416,20 @@ fn every_event_sequence_keeps_the_adaptive_rules() {
     explore_all(true, 6);
 }
 
+/// Runs attempt 1 of the current cycle at `now`, with `result`.
+fn attempt_one(m: &mut Machine, now: Instant, result: Result<(), String>) -> super::machine::Reply {
+    let cycle = m.cycle();
+    let _ = m.on(Event::AttemptStarted { cycle, attempt: 1 }, now);
+    m.on(
+        Event::AttemptDone {
+            cycle,
+            attempt: 1,
+            result,
+        },
+        now,
+    )
+}
+
 /// Adaptive: exhausted cycles of one outage retry on a growing, jittered
 /// interval, alert once, and the interval starts over after a healthy
 /// period.
@@ -431,16 +445,7 @@ fn exhausted_cycles_retry_on_a_growing_interval_and_alert_once() {
     let mut delays = Vec::new();
     let _ = m.on(Event::Check { passed: false }, now);
     for _ in 0..6 {
-        let cycle = m.cycle();
-        let _ = m.on(Event::AttemptStarted { cycle, attempt: 1 }, now);
-        let r = m.on(
-            Event::AttemptDone {
-                cycle,
-                attempt: 1,
-                result: Err("refused".into()),
-            },
-            now,
-        );
+        let r = attempt_one(&mut m, now, Err("refused".into()));
         alerts += r.effects.iter().filter(|e| **e == Effect::Alert).count();
         let next = m.retry_remaining(now).expect("retry planned");
         delays.push(next);
@@ -468,16 +473,7 @@ fn exhausted_cycles_retry_on_a_growing_interval_and_alert_once() {
     assert_eq!(m.state(now), RecoveryState::Idle);
     now += ADAPTIVE.healthy_period;
     let _ = m.on(Event::Check { passed: false }, now);
-    let cycle = m.cycle();
-    let _ = m.on(Event::AttemptStarted { cycle, attempt: 1 }, now);
-    let r = m.on(
-        Event::AttemptDone {
-            cycle,
-            attempt: 1,
-            result: Err("refused".into()),
-        },
-        now,
-    );
+    let r = attempt_one(&mut m, now, Err("refused".into()));
     assert!(r.effects.contains(&Effect::Alert), "a new outage alerts");
     let next = m.retry_remaining(now).unwrap().as_secs_f64();
     assert!((27.0..=33.0).contains(&next), "{next}");
@@ -499,16 +495,7 @@ fn the_cooldown_grows_with_recent_recoveries() {
     let mut cooldowns = Vec::new();
     for _ in 0..6 {
         let _ = m.on(Event::Trigger(Kind::Automatic), now);
-        let cycle = m.cycle();
-        let _ = m.on(Event::AttemptStarted { cycle, attempt: 1 }, now);
-        let _ = m.on(
-            Event::AttemptDone {
-                cycle,
-                attempt: 1,
-                result: Ok(()),
-            },
-            now,
-        );
+        let _ = attempt_one(&mut m, now, Ok(()));
         let cooldown = m.cooldown_remaining(now).unwrap();
         cooldowns.push(cooldown.as_secs());
         now += cooldown;
@@ -517,16 +504,7 @@ fn the_cooldown_grows_with_recent_recoveries() {
     // Quiet for longer than the window: short again.
     now += hour.flapping_window;
     let _ = m.on(Event::Trigger(Kind::Automatic), now);
-    let cycle = m.cycle();
-    let _ = m.on(Event::AttemptStarted { cycle, attempt: 1 }, now);
-    let _ = m.on(
-        Event::AttemptDone {
-            cycle,
-            attempt: 1,
-            result: Ok(()),
-        },
-        now,
-    );
+    let _ = attempt_one(&mut m, now, Ok(()));
     assert_eq!(m.cooldown_remaining(now), Some(ADAPTIVE.min_cooldown));
 }
 

@@ -50,6 +50,20 @@ impl MariaDb {
         })
     }
 
+    /// A private server in `dir`, or `None` with a message when its
+    /// binaries are missing (a failure under `REQUIRE_MARIADB`, as in CI).
+    fn install_or_skip(dir: &Path, test: &str) -> Option<Self> {
+        let db = Self::install(dir);
+        if db.is_none() {
+            assert!(
+                std::env::var_os("REQUIRE_MARIADB").is_none(),
+                "REQUIRE_MARIADB is set but mariadbd / mariadb-install-db are not on the PATH"
+            );
+            eprintln!("SKIPPED {test}: mariadbd not found (apt-get install -y mariadb-server)");
+        }
+        db
+    }
+
     fn start(&mut self) {
         let d = self.dir.display();
         let child = Command::new(&self.bin)
@@ -118,14 +132,7 @@ impl Drop for MariaDb {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_connection_loss() {
     let dir = temp_dir("mariadb");
-    let Some(mut db) = MariaDb::install(&dir) else {
-        assert!(
-            std::env::var_os("REQUIRE_MARIADB").is_none(),
-            "REQUIRE_MARIADB is set but mariadbd / mariadb-install-db are not on the PATH"
-        );
-        eprintln!(
-            "SKIPPED database_connection_loss: mariadbd not found (apt-get install -y mariadb-server)"
-        );
+    let Some(mut db) = MariaDb::install_or_skip(&dir, "database_connection_loss") else {
         return;
     };
     db.start();
@@ -230,14 +237,10 @@ async fn database_connection_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_and_model_server_down_recover_in_dependency_order() {
     let dir = temp_dir("mariadb_order");
-    let Some(mut db) = MariaDb::install(&dir) else {
-        assert!(
-            std::env::var_os("REQUIRE_MARIADB").is_none(),
-            "REQUIRE_MARIADB is set but mariadbd / mariadb-install-db are not on the PATH"
-        );
-        eprintln!(
-            "SKIPPED storage_and_model_server_down_recover_in_dependency_order: mariadbd not found"
-        );
+    let Some(mut db) = MariaDb::install_or_skip(
+        &dir,
+        "storage_and_model_server_down_recover_in_dependency_order",
+    ) else {
         return;
     };
     db.start();

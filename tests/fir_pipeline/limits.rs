@@ -1,23 +1,12 @@
 //! Body limits: 2 MiB on the JSON routes, 25 MiB on `POST /fir/audio`.
 
-use std::time::Duration;
-
-use crate::support::{Demo, free_port, temp_dir};
+use crate::support::Demo;
 
 const MIB: usize = 1024 * 1024;
 
 #[tokio::test]
 async fn json_routes_take_2_mib_and_audio_25_mib() {
-    let dir = temp_dir("body-limits");
-    let demo = Demo::spawn(
-        free_port(),
-        dir.join("demo.log"),
-        &[(
-            "DATABASE_URL",
-            format!("sqlite://{}?mode=rwc", dir.join("fir.db").display()),
-        )],
-    );
-    demo.ready(Duration::from_secs(60)).await;
+    let (demo, _dir) = Demo::ready_on_sqlite("body-limits").await;
     let http = reqwest::Client::new();
 
     // Past the JSON limit: 413, as JSON.

@@ -95,22 +95,11 @@ mod cli {
 
 mod errors {
     //! Every error answer of the demo is JSON (issue 12).
-    use std::time::Duration;
-
-    use crate::support::{Demo, free_port, temp_dir};
+    use crate::support::Demo;
 
     #[tokio::test]
     async fn every_error_answer_is_json() {
-        let dir = temp_dir("json-errors");
-        let demo = Demo::spawn(
-            free_port(),
-            dir.join("demo.log"),
-            &[(
-                "DATABASE_URL",
-                format!("sqlite://{}?mode=rwc", dir.join("fir.db").display()),
-            )],
-        );
-        demo.ready(Duration::from_secs(60)).await;
+        let (demo, _dir) = Demo::ready_on_sqlite("json-errors").await;
         let http = reqwest::Client::new();
         let cases = [
             (http.get(demo.url("/no/such/route")), 404),

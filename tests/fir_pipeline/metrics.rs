@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Demo, eventually, free_port, post_fir, temp_dir};
+use crate::support::{Demo, eventually, post_fir};
 
 /// The value of `name{labels}` in Prometheus text, whatever the label order.
 fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -19,16 +19,7 @@ fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 #[tokio::test]
 async fn metrics_are_described_and_requests_counted() {
-    let dir = temp_dir("metrics");
-    let demo = Demo::spawn(
-        free_port(),
-        dir.join("demo.log"),
-        &[(
-            "DATABASE_URL",
-            format!("sqlite://{}?mode=rwc", dir.join("fir.db").display()),
-        )],
-    );
-    demo.ready(Duration::from_secs(60)).await;
+    let (demo, _dir) = Demo::ready_on_sqlite("metrics").await;
     let http = reqwest::Client::new();
 
     let (status, body) = post_fir(&http, &demo, "stolen bicycle").await.unwrap();

@@ -58,6 +58,22 @@ impl Demo {
         Self::spawn_with_args(port, log, &[], env)
     }
 
+    /// The demo on a free port with its own SQLite file in a new temporary
+    /// directory `name`, ready; and that directory.
+    pub(crate) async fn ready_on_sqlite(name: &str) -> (Self, PathBuf) {
+        let dir = temp_dir(name);
+        let demo = Self::spawn(
+            free_port(),
+            dir.join("demo.log"),
+            &[(
+                "DATABASE_URL",
+                format!("sqlite://{}?mode=rwc", dir.join("fir.db").display()),
+            )],
+        );
+        demo.ready(Duration::from_secs(60)).await;
+        (demo, dir)
+    }
+
     /// [`Demo::spawn`] with command-line arguments.
     pub(crate) fn spawn_with_args(
         port: u16,
