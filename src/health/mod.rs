@@ -169,7 +169,9 @@ impl Dependency {
     /// trigger: triggers coalesce); they go on when it is back. Reports name
     /// the root cause ([`DependencyReport::root_cause`],
     /// [`Status::waiting_for`](crate::recovery::Status::waiting_for)). The
-    /// set refuses unknown names and cycles when it is built.
+    /// set refuses unknown names and cycles when it is built. The recovery
+    /// holds the set weakly: once every handle of the set is dropped, its
+    /// prerequisites no longer apply.
     pub fn needs(mut self, prerequisite: impl Into<Arc<str>>) -> Self {
         self.needs.push(prerequisite.into());
         self
@@ -404,8 +406,10 @@ struct DepState {
     last_at: Option<Instant>,
     last_up: bool,
     up: Duration,
-    /// When the last history sample was taken.
-    sampled_at: Option<Instant>,
+    /// The start of the first check: slots are counted from it.
+    sampled_from: Option<Instant>,
+    /// The slot of the last history sample.
+    sampled_slot: Option<u128>,
 }
 
 impl DepState {
@@ -419,7 +423,8 @@ impl DepState {
             last_at: None,
             last_up: false,
             up: Duration::ZERO,
-            sampled_at: None,
+            sampled_from: None,
+            sampled_slot: None,
         }
     }
 
@@ -543,26 +548,26 @@ impl Reliability {
 
     /// Records a monitor result for the dependency at `index`.
     ///
-    /// The history takes one sample per `slot`: a result less than `slot`
-    /// after the last sample replaces it (the latest result of the slot
-    /// stands), so that checks made more often while a dependency is down
-    /// do not outweigh the others in the uptime.
-    fn record(&self, index: usize, result: CheckResult, slot: Duration) {
+    /// The history takes one sample per `slot` (the monitor's interval),
+    /// slots counted from the first check's start: checks made more often
+    /// while a dependency is down share their slot, and a failure in a slot
+    /// stands, so a short outage is never erased by the pass after it.
+    fn record(&self, index: usize, result: CheckResult, slot: Duration, started: Instant) {
         let entry = &self.inner.entries[index];
         let now = Instant::now();
         let up = result.status.is_up();
         let mut state = lock(&entry.state);
-        let same_slot = state
-            .sampled_at
-            .is_some_and(|at| now.saturating_duration_since(at) < slot);
+        let anchor = *state.sampled_from.get_or_insert(started);
+        let n = started.saturating_duration_since(anchor).as_nanos() / slot.as_nanos().max(1);
+        let same_slot = state.sampled_slot == Some(n);
         match state.history.back_mut() {
-            Some(last) if same_slot => last.up = up,
+            Some(last) if same_slot => last.up &= up,
             _ => {
                 if state.history.len() == self.inner.history {
                     state.history.pop_front();
                 }
                 state.history.push_back(Sample { up });
-                state.sampled_at = Some(now);
+                state.sampled_slot = Some(n);
             }
         }
         if let Some(last_at) = state.last_at {
@@ -687,27 +692,17 @@ impl Inner {
     /// asks the other components with no lock held.
     fn is_down(&self, index: usize) -> bool {
         let entry = &self.entries[index];
-        let failed = lock(&entry.state)
-            .last
-            .as_ref()
-            .is_some_and(|r| !r.status.is_up());
-        #[allow(unused_mut)]
-        let mut down = failed;
+        let last = lock(&entry.state).last.as_ref().map(|r| r.status.is_up());
         #[cfg(feature = "circuit-breaker")]
-        if let Some(b) = &entry.dep.breaker {
-            down |= call_out(|| matches!(b.state(), State::Open | State::HalfOpen));
-        }
-        #[cfg(feature = "recovery")]
-        if let Some(r) = &entry.dep.recovery {
-            use crate::recovery::RecoveryState;
-            down |= call_out(|| {
-                matches!(
-                    r.status().state,
-                    RecoveryState::Recovering | RecoveryState::Exhausted
-                )
-            });
-        }
-        down
+        let breaker = entry.dep.breaker.as_ref().map(|b| call_out(|| b.state()));
+        #[cfg(not(feature = "circuit-breaker"))]
+        let breaker = None;
+        let recovery = entry
+            .dep
+            .recovery
+            .as_ref()
+            .map(|r| call_out(|| r.status().state));
+        down_by(last, breaker, recovery)
     }
 }
 
@@ -805,25 +800,65 @@ pub struct DependencyReport {
 }
 
 impl DependencyReport {
-    /// Down by this reading: its last check failed, its breaker is open or
-    /// half-open, or its recovery is running or exhausted.
+    /// Down by this reading: its last check failed, its breaker is open,
+    /// or its recovery is running. A half-open breaker or an exhausted
+    /// recovery counts only when the last check did not pass (a dependency
+    /// that answers its check is not held down by a breaker waiting for
+    /// traffic, or a recovery waiting for a person).
     pub fn is_down(&self) -> bool {
-        #[allow(unused_mut)]
-        let mut down = self.last.as_ref().is_some_and(|r| !r.status.is_up());
+        let last = self.last.as_ref().map(|r| r.status.is_up());
         #[cfg(feature = "circuit-breaker")]
-        if let Some(b) = &self.breaker {
-            down |= matches!(b.state, State::Open | State::HalfOpen);
-        }
+        let breaker = self.breaker.as_ref().map(|b| b.state);
+        #[cfg(not(feature = "circuit-breaker"))]
+        let breaker = None;
         #[cfg(feature = "recovery")]
-        if let Some(r) = &self.recovery {
-            use crate::recovery::RecoveryState;
-            down |= matches!(
-                r.state,
-                RecoveryState::Recovering | RecoveryState::Exhausted
-            );
-        }
-        down
+        let recovery = self.recovery.as_ref().map(|r| r.state);
+        #[cfg(not(feature = "recovery"))]
+        let recovery = None;
+        down_by(last, breaker, recovery)
     }
+}
+
+/// The breaker's state, where one can be known.
+#[cfg(feature = "circuit-breaker")]
+type BreakerState = State;
+#[cfg(not(feature = "circuit-breaker"))]
+type BreakerState = std::convert::Infallible;
+
+/// The recovery's state, where one can be known.
+#[cfg(feature = "recovery")]
+type RecoveryStateOf = crate::recovery::RecoveryState;
+#[cfg(not(feature = "recovery"))]
+type RecoveryStateOf = std::convert::Infallible;
+
+/// Down, from the last check (`Some(up)`), the breaker's state and the
+/// recovery's state (see [`DependencyReport::is_down`]).
+#[allow(unused_variables)]
+fn down_by(
+    last_up: Option<bool>,
+    breaker: Option<BreakerState>,
+    recovery: Option<RecoveryStateOf>,
+) -> bool {
+    if last_up == Some(false) {
+        return true;
+    }
+    let passed = last_up == Some(true);
+    #[cfg(feature = "circuit-breaker")]
+    match breaker {
+        Some(State::Open) => return true,
+        Some(State::HalfOpen) if !passed => return true,
+        _ => {}
+    }
+    #[cfg(feature = "recovery")]
+    {
+        use crate::recovery::RecoveryState;
+        match recovery {
+            Some(RecoveryState::Recovering) => return true,
+            Some(RecoveryState::Exhausted) if !passed => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The data model of `/health` and `/reliability`.

@@ -195,9 +195,10 @@ async fn watch_one(
                 dep.name
             );
         }
-        // The history keeps about one result per interval, so that checks
-        // made more often while down do not outweigh the others.
-        reliability.record(index, result, interval / 2);
+        // The history keeps one result per interval (a failure standing),
+        // so that checks made more often while down do not outweigh the
+        // others.
+        reliability.record(index, result, interval, started);
         #[cfg(feature = "recovery")]
         if let Some(recovery) = &dep.recovery {
             recovery.report_check(up);

@@ -63,8 +63,9 @@ pub struct AlertEvent {
     pub last_error: Option<String>,
     /// When the outage began (wall clock), if one is open.
     pub since: Option<SystemTime>,
-    /// The dependency at the root of the trouble: the prerequisite this one
-    /// waits for, or this one.
+    /// The dependency at the root of the trouble: the deepest prerequisite
+    /// that is down when the alert is made (see
+    /// [`Dependency::needs`](crate::health::Dependency::needs)), or this one.
     pub root_cause: Arc<str>,
     /// Cycles that ended exhausted so far.
     pub exhausted_cycles: u64,
@@ -74,7 +75,7 @@ pub struct AlertEvent {
 
 impl AlertEvent {
     /// The event for a recovery whose cycle just ended exhausted.
-    pub(crate) fn exhausted(status: &Status) -> Self {
+    pub(crate) fn exhausted(status: &Status, root_cause: Option<Arc<str>>) -> Self {
         let at = SystemTime::now();
         Self {
             kind: "exhausted",
@@ -84,10 +85,7 @@ impl AlertEvent {
             max_attempts: status.max_attempts,
             last_error: status.last_error.clone(),
             since: status.record.open_outage.map(|d| at - d),
-            root_cause: status
-                .waiting_for
-                .clone()
-                .unwrap_or_else(|| status.name.clone()),
+            root_cause: root_cause.unwrap_or_else(|| status.name.clone()),
             exhausted_cycles: status.exhausted_cycles,
             at,
         }

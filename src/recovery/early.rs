@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use super::Recovery;
+use super::{Recovery, WeakRecovery};
 use crate::circuit_breaker::{Breaker, State, WeakBreaker};
 
 /// Whether a dependency is degraded, and why.
@@ -93,7 +93,7 @@ pub struct EarlyWarningBuilder {
     consecutive_failures: Option<u32>,
     minimum_calls: u64,
     interval: Duration,
-    recovery: Option<Recovery>,
+    recovery: Option<WeakRecovery>,
 }
 
 impl EarlyWarning {
@@ -169,10 +169,12 @@ impl EarlyWarningBuilder {
         self
     }
 
-    /// Triggers `recovery` (automatically) when the dependency becomes
-    /// degraded: recovery before the breaker opens.
+    /// Triggers `recovery` when the dependency becomes degraded: recovery
+    /// before the breaker opens. The trigger runs a cycle if the recovery
+    /// is idle, and starts no outage (the dependency is degraded, not
+    /// down). Held weakly: the warning keeps no recovery running.
     pub fn recover(mut self, recovery: &Recovery) -> Self {
-        self.recovery = Some(recovery.clone());
+        self.recovery = Some(recovery.downgrade());
         self
     }
 
@@ -191,12 +193,17 @@ impl EarlyWarningBuilder {
 }
 
 impl EarlyWarningBuilder {
-    /// Which warning threshold the breaker's counts reach, if any.
+    /// Which warning threshold the breaker's counts reach, if any: `None`
+    /// when the breaker is not closed, or changed while they were read.
     fn reached(&self, breaker: &Breaker) -> Option<String> {
+        let generation = breaker.generation();
         if !breaker.state().is_closed() {
             return None;
         }
         let counts = breaker.counts();
+        if breaker.generation() != generation {
+            return None;
+        }
         let pct = |r: f64| format!("{:.0}%", r * 100.0);
         if let Some(limit) = self.consecutive_failures {
             if counts.consecutive_failures >= limit {
@@ -238,6 +245,15 @@ async fn watch_counts(cfg: EarlyWarningBuilder, tx: watch::Sender<Degradation>) 
     loop {
         ticker.tick().await;
         let Some(breaker) = cfg.breaker.upgrade() else {
+            // The breaker is gone: nothing is degraded any more.
+            if tx.borrow().degraded {
+                tx.send_modify(|d| {
+                    d.degraded = false;
+                    d.reason = None;
+                    d.since = None;
+                });
+                gauge(&name, 0.0);
+            }
             return;
         };
         let reached = cfg.reached(&breaker);
@@ -258,8 +274,8 @@ async fn watch_counts(cfg: EarlyWarningBuilder, tx: watch::Sender<Degradation>) 
                     d.episodes += 1;
                 });
                 gauge(&name, 1.0);
-                if let Some(recovery) = &cfg.recovery {
-                    let outcome = recovery.trigger_automatic("degraded");
+                if let Some(recovery) = cfg.recovery.as_ref().and_then(WeakRecovery::upgrade) {
+                    let outcome = recovery.trigger_early("degraded");
                     tracing::info!(dependency = &*name, %outcome, "recovery triggered early: degraded");
                 }
             }

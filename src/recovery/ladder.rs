@@ -120,12 +120,12 @@ impl Ladder {
     /// The rung attempt `attempt` (1-based) runs, and which try of that rung
     /// it is.
     fn rung_for(&self, attempt: u32) -> Option<(&Rung, u32, u32)> {
-        let mut first = 1;
+        let mut first: u32 = 1;
         for rung in &self.rungs {
-            if attempt < first + rung.attempts {
+            if attempt < first.saturating_add(rung.attempts) {
                 return Some((rung, attempt - first + 1, rung.attempts));
             }
-            first += rung.attempts;
+            first = first.saturating_add(rung.attempts);
         }
         let last = self.rungs.last()?;
         Some((last, last.attempts, last.attempts))
@@ -163,6 +163,10 @@ impl RecoveryAction for Ladder {
     }
 
     fn attempts(&self) -> Option<u32> {
-        (!self.rungs.is_empty()).then(|| self.rungs.iter().map(|r| r.attempts).sum())
+        (!self.rungs.is_empty()).then(|| {
+            self.rungs
+                .iter()
+                .fold(0u32, |sum, r| sum.saturating_add(r.attempts))
+        })
     }
 }

@@ -33,6 +33,9 @@ pub(crate) enum Kind {
     Manual,
     /// The breaker, the monitor or the layer.
     Automatic,
+    /// An early warning: the dependency is degraded, not down. Runs a
+    /// cycle when idle, and otherwise nothing; starts no outage.
+    Early,
 }
 
 /// Something that happened.
@@ -128,6 +131,7 @@ pub(crate) enum Reason {
     CallSucceeded,
     Deferred,
     RetryAfterExhaustion,
+    Degraded,
 }
 
 impl Reason {
@@ -143,6 +147,7 @@ impl Reason {
             Reason::CallSucceeded => "a call succeeded",
             Reason::Deferred => "deferred trigger, dependency still down",
             Reason::RetryAfterExhaustion => "retry after an exhausted cycle, dependency still down",
+            Reason::Degraded => "degraded (an early warning)",
         }
     }
 }
@@ -208,7 +213,10 @@ pub(crate) struct Ledger {
     /// The last hour's stretches in one state: start, end, state.
     stretches: VecDeque<(Instant, Instant, usize)>,
     pub(crate) outages: u64,
+    /// Time down, counted from the first event at the earliest.
     pub(crate) downtime: Duration,
+    /// The outages' whole lengths (for the MTTR).
+    pub(crate) lengths: Duration,
     pub(crate) cycles_ok: u64,
     pub(crate) cycles_exhausted: u64,
     /// Attempts of the cycles that succeeded.
@@ -221,6 +229,7 @@ pub(crate) struct Ledger {
 pub(crate) struct Span {
     pub(crate) outages: u64,
     pub(crate) downtime: Duration,
+    pub(crate) lengths: Duration,
     pub(crate) cycles_ok: u64,
     pub(crate) cycles_exhausted: u64,
     pub(crate) attempts_ok: u64,
@@ -288,9 +297,11 @@ impl Ledger {
             match *entry {
                 Entry::Outage(d) => {
                     span.outages += 1;
-                    // Only the part of it inside the hour.
+                    span.lengths += d;
+                    // Only the part of it inside the hour, and observed.
                     let start = at.checked_sub(d).unwrap_or(*at);
-                    let from = start.max(now.checked_sub(LAST_HOUR).unwrap_or(start));
+                    let hour = now.checked_sub(LAST_HOUR).unwrap_or(start);
+                    let from = start.max(hour).max(self.since.unwrap_or(start));
                     span.downtime += at.saturating_duration_since(from);
                 }
                 Entry::CycleOk(n) => {
@@ -308,6 +319,7 @@ impl Ledger {
         Span {
             outages: self.outages,
             downtime: self.downtime,
+            lengths: self.lengths,
             cycles_ok: self.cycles_ok,
             cycles_exhausted: self.cycles_exhausted,
             attempts_ok: self.attempts_ok,
@@ -521,6 +533,7 @@ impl Machine {
                 let reason = match kind {
                     Kind::Manual => Reason::Manual,
                     Kind::Automatic => Reason::Automatic,
+                    Kind::Early => Reason::Degraded,
                 };
                 reply.outcome = Some(self.trigger(kind, reason, now, &mut reply.effects));
             }
@@ -676,6 +689,9 @@ impl Machine {
         }
         match self.phase {
             Phase::Recovering { .. } => TriggerOutcome::AlreadyRunning,
+            Phase::Exhausted { .. } | Phase::CoolingDown { .. } if kind == Kind::Early => {
+                TriggerOutcome::Ignored
+            }
             Phase::Exhausted { .. } if kind == Kind::Automatic => TriggerOutcome::Ignored,
             Phase::CoolingDown { .. } if kind == Kind::Automatic => {
                 self.deferred = true;
@@ -897,7 +913,8 @@ impl Machine {
             .map_or(lasted, |first| now.saturating_duration_since(first));
         self.ledger.outages += 1;
         self.ledger.downtime += lasted.min(observed);
-        self.ledger.note(now, Entry::Outage(lasted.min(observed)));
+        self.ledger.lengths += lasted;
+        self.ledger.note(now, Entry::Outage(lasted));
         Some(lasted)
     }
 }

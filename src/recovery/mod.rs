@@ -421,7 +421,8 @@ pub struct Period {
     /// Time down in the period: the outages that ended in it, and the one
     /// still open.
     pub downtime: Duration,
-    /// Mean time to recover over the outages that ended in the period.
+    /// Mean time to recover over the outages that ended in the period,
+    /// each of its whole length (as [`Status::mttr`]).
     pub mttr: Option<Duration>,
     /// Cycles that succeeded.
     pub cycles_succeeded: u64,
@@ -439,9 +440,8 @@ impl Period {
         Period {
             outages: span.outages,
             downtime: span.downtime + open,
-            mttr: (span.outages > 0).then(|| {
-                Duration::from_secs_f64(span.downtime.as_secs_f64() / span.outages as f64)
-            }),
+            mttr: (span.outages > 0)
+                .then(|| Duration::from_secs_f64(span.lengths.as_secs_f64() / span.outages as f64)),
             cycles_succeeded: span.cycles_ok,
             cycles_exhausted: span.cycles_exhausted,
             success_rate: (ended > 0).then(|| span.cycles_ok as f64 / ended as f64),
@@ -650,6 +650,16 @@ pub(super) struct User {
     pub(super) sinks: Vec<Box<dyn Alert>>,
 }
 
+/// A [`Recovery`] that does not keep its task running.
+#[derive(Clone, Debug)]
+pub(crate) struct WeakRecovery(std::sync::Weak<Owner>);
+
+impl WeakRecovery {
+    pub(crate) fn upgrade(&self) -> Option<Recovery> {
+        self.0.upgrade().map(|owner| Recovery { owner })
+    }
+}
+
 /// Keeps the background task alive; dropped with the last handle.
 struct Owner {
     shared: Arc<Shared>,
@@ -704,6 +714,19 @@ impl Recovery {
     /// use): deferred while cooling down, ignored when exhausted.
     pub fn trigger_automatic(&self, reason: &str) -> TriggerOutcome {
         let outcome = self.shared().trigger(Kind::Automatic);
+        tracing::debug!(dependency = self.name(), %outcome, reason, "recovery trigger");
+        outcome
+    }
+
+    /// A handle that does not keep the recovery running.
+    pub(crate) fn downgrade(&self) -> WeakRecovery {
+        WeakRecovery(Arc::downgrade(&self.owner))
+    }
+
+    /// An early warning's trigger: the dependency is degraded, not down.
+    /// Runs a cycle when idle (nothing else); starts no outage.
+    pub(crate) fn trigger_early(&self, reason: &str) -> TriggerOutcome {
+        let outcome = self.shared().trigger(Kind::Early);
         tracing::debug!(dependency = self.name(), %outcome, reason, "recovery trigger");
         outcome
     }
@@ -904,7 +927,13 @@ impl Shared {
             cooldown_remaining: m.cooldown_remaining(now),
             next_retry_in: m.retry_remaining(now),
             recent_recoveries: m.recent_recoveries(now),
-            waiting_for: lock(&self.waiting_for).clone(),
+            // What the task published, while the machine still recovers
+            // (a reset the task has not seen yet ends the wait).
+            waiting_for: if m.state(now) == RecoveryState::Recovering {
+                lock(&self.waiting_for).clone()
+            } else {
+                None
+            },
             record: track_record(m, now),
         }
     }

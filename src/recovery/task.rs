@@ -267,7 +267,10 @@ fn carry_out(shared: &Arc<Shared>, user: &User, effect: Effect, running: &mut Op
                     tracing::error!(dependency = name, "the exhaustion alert hook panicked");
                 }
             }
-            let event = super::AlertEvent::exhausted(&status);
+            // The root cause: the prerequisite that is down, if one is
+            // (asked with no lock held), else the dependency itself.
+            let root = shared.gate.get().and_then(|gate| gate()).map(|b| b.name);
+            let event = super::AlertEvent::exhausted(&status, root);
             for sink in &user.sinks {
                 if catch_unwind(AssertUnwindSafe(|| sink.alert(&event))).is_err() {
                     tracing::error!(dependency = name, "an alert sink panicked");

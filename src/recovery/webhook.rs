@@ -1,9 +1,9 @@
 //! [`WebhookAlert`]: alerts as JSON POSTs to a URL (feature `webhook`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +12,7 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
 use super::{Alert, AlertEvent};
@@ -28,6 +28,11 @@ use super::{Alert, AlertEvent};
 /// - **Rate limit**: at most 10 deliveries a minute; alerts past it are
 ///   dropped and counted, so a storm of failures cannot flood the receiver.
 /// - **Bounded**: 64 alerts wait at most; more are dropped and counted.
+///   Up to 4 are delivered at once, and each is given up 60 s after its
+///   first try at the latest, so a receiver that hangs holds no other
+///   alert back for long.
+/// - The URL is logged without its path or query (a Slack or Teams
+///   webhook carries its secret there).
 ///
 /// Plain HTTP/1.1 (hyper-util's client): for an HTTPS receiver, send
 /// through your own client with a closure sink ([`Alert`] is implemented
@@ -45,13 +50,14 @@ use super::{Alert, AlertEvent};
 pub struct WebhookAlert {
     tx: mpsc::Sender<AlertEvent>,
     counts: Arc<Counts>,
-    url: Uri,
+    /// The URL without path or query, for logs.
+    shown: Arc<str>,
 }
 
 impl fmt::Debug for WebhookAlert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookAlert")
-            .field("url", &self.url)
+            .field("url", &self.shown)
             .field("stats", &self.stats())
             .finish()
     }
@@ -70,6 +76,8 @@ pub struct WebhookStats {
     pub rate_limited: u64,
     /// Dropped because the queue was full.
     pub dropped: u64,
+    /// Being delivered now.
+    pub in_flight: u64,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +87,7 @@ struct Counts {
     deduplicated: AtomicU64,
     rate_limited: AtomicU64,
     dropped: AtomicU64,
+    in_flight: AtomicU64,
 }
 
 /// Configures a [`WebhookAlert`].
@@ -92,6 +101,7 @@ pub struct WebhookBuilder {
     dedup: Duration,
     rate: (u32, Duration),
     queue: usize,
+    give_up: Duration,
 }
 
 /// An error of [`WebhookAlert::builder`]: the URL is not an `http://` URL.
@@ -140,6 +150,7 @@ impl WebhookAlert {
             dedup: Duration::from_secs(300),
             rate: (10, Duration::from_secs(60)),
             queue: 64,
+            give_up: Duration::from_secs(60),
         })
     }
 
@@ -152,6 +163,7 @@ impl WebhookAlert {
             deduplicated: c.deduplicated.load(Ordering::Relaxed),
             rate_limited: c.rate_limited.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
+            in_flight: c.in_flight.load(Ordering::Relaxed),
         }
     }
 }
@@ -168,6 +180,13 @@ impl WebhookBuilder {
     pub fn retries(mut self, retries: u32, backoff: Duration) -> Self {
         self.retries = retries;
         self.backoff = backoff;
+        self
+    }
+
+    /// An alert not delivered this long after its first try is given up
+    /// (default 60 s), whatever retries are left.
+    pub fn give_up_after(mut self, limit: Duration) -> Self {
+        self.give_up = limit;
         self
     }
 
@@ -201,9 +220,9 @@ impl WebhookBuilder {
     pub fn build(self) -> WebhookAlert {
         let (tx, rx) = mpsc::channel(self.queue);
         let counts = Arc::new(Counts::default());
-        let url = self.url.clone();
+        let shown: Arc<str> = shown(&self.url).into();
         tokio::spawn(deliver(self, rx, counts.clone()));
-        WebhookAlert { tx, counts, url }
+        WebhookAlert { tx, counts, shown }
     }
 }
 
@@ -213,7 +232,7 @@ impl Alert for WebhookAlert {
             self.counts.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 dependency = &*event.dependency,
-                url = %self.url,
+                url = &*self.shown,
                 "webhook alert dropped: its queue is full"
             );
         }
@@ -238,27 +257,56 @@ fn body(event: &AlertEvent) -> Bytes {
     Bytes::from(value.to_string())
 }
 
+/// `scheme://authority` of `url`: no path, no query.
+fn shown(url: &Uri) -> String {
+    match (url.scheme_str(), url.authority()) {
+        (Some(scheme), Some(authority)) => format!(
+            "{scheme}://{}",
+            authority.as_str().rsplit('@').next().unwrap_or("")
+        ),
+        _ => "(webhook)".to_string(),
+    }
+}
+
+type Key = (&'static str, Arc<str>, Arc<str>);
+
+/// What was delivered when, and what is being delivered.
+#[derive(Default)]
+struct Dedup {
+    delivered_at: HashMap<Key, Instant>,
+    pending: HashSet<Key>,
+}
+
+/// Deliveries at once.
+const CONCURRENT: usize = 4;
+
 async fn deliver(cfg: WebhookBuilder, mut rx: mpsc::Receiver<AlertEvent>, counts: Arc<Counts>) {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
-    // When each alert (kind, dependency, root cause) was last delivered.
-    let mut delivered_at: HashMap<(&'static str, Arc<str>, Arc<str>), Instant> = HashMap::new();
+    let cfg = Arc::new(cfg);
+    let shown: Arc<str> = shown(&cfg.url).into();
+    let dedup = Arc::new(Mutex::new(Dedup::default()));
+    let slots = Arc::new(Semaphore::new(CONCURRENT));
     let mut recent: VecDeque<Instant> = VecDeque::new();
     while let Some(event) = rx.recv().await {
         let now = Instant::now();
-        let key = (
+        let key: Key = (
             event.kind,
             event.dependency.clone(),
             event.root_cause.clone(),
         );
-        delivered_at.retain(|_, at| now.saturating_duration_since(*at) < cfg.dedup);
-        if delivered_at.contains_key(&key) {
-            counts.deduplicated.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(
-                dependency = &*event.dependency,
-                "webhook alert deduplicated"
-            );
-            continue;
+        {
+            let mut d = dedup.lock().unwrap_or_else(|e| e.into_inner());
+            d.delivered_at
+                .retain(|_, at| now.saturating_duration_since(*at) < cfg.dedup);
+            if d.delivered_at.contains_key(&key) || d.pending.contains(&key) {
+                counts.deduplicated.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    dependency = &*event.dependency,
+                    "webhook alert deduplicated"
+                );
+                continue;
+            }
         }
         let (max, per) = cfg.rate;
         while recent
@@ -276,50 +324,89 @@ async fn deliver(cfg: WebhookBuilder, mut rx: mpsc::Receiver<AlertEvent>, counts
             continue;
         }
         recent.push_back(now);
-        let payload = body(&event);
-        let mut delay = cfg.backoff;
-        let mut outcome = Err(String::new());
-        for attempt in 0..=cfg.retries {
-            if attempt > 0 {
-                tokio::time::sleep(delay).await;
-                delay = delay.saturating_mul(2);
-            }
-            let mut request = Request::builder()
-                .method(Method::POST)
-                .uri(cfg.url.clone())
-                .header(header::CONTENT_TYPE, "application/json");
-            for (name, value) in &cfg.headers {
-                request = request.header(name, value);
-            }
-            let request = request
-                .body(Full::new(payload.clone()))
-                .expect("a valid request: its parts were validated");
-            outcome = match tokio::time::timeout(cfg.timeout, client.request(request)).await {
-                Ok(Ok(response)) if response.status().is_success() => Ok(()),
-                Ok(Ok(response)) => Err(format!("answered {}", response.status())),
-                Ok(Err(e)) => Err(error_chain(&e)),
-                Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
+        dedup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending
+            .insert(key.clone());
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        counts.in_flight.fetch_add(1, Ordering::Relaxed);
+        let (cfg, client, counts, dedup, shown) = (
+            cfg.clone(),
+            client.clone(),
+            counts.clone(),
+            dedup.clone(),
+            shown.clone(),
+        );
+        tokio::spawn(async move {
+            let _slot = slot;
+            let tries = try_all(&cfg, &client, &event);
+            let outcome = match tokio::time::timeout(cfg.give_up, tries).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(format!("given up after {:?}", cfg.give_up)),
             };
-            if outcome.is_ok() {
-                break;
+            {
+                let mut d = dedup.lock().unwrap_or_else(|e| e.into_inner());
+                d.pending.remove(&key);
+                if outcome.is_ok() {
+                    d.delivered_at.insert(key, Instant::now());
+                }
             }
+            counts.in_flight.fetch_sub(1, Ordering::Relaxed);
+            match outcome {
+                Ok(()) => {
+                    counts.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(why) => {
+                    counts.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        dependency = &*event.dependency,
+                        url = &*shown,
+                        "webhook alert not delivered: {why}"
+                    );
+                }
+            }
+        });
+    }
+}
+
+/// Every try of one alert, with the backoff between them.
+async fn try_all(
+    cfg: &WebhookBuilder,
+    client: &Client<HttpConnector, Full<Bytes>>,
+    event: &AlertEvent,
+) -> Result<(), String> {
+    let payload = body(event);
+    let mut delay = cfg.backoff;
+    let mut outcome = Err(String::new());
+    for attempt in 0..=cfg.retries {
+        if attempt > 0 {
+            tokio::time::sleep(delay).await;
+            delay = delay.saturating_mul(2);
         }
-        match outcome {
-            Ok(()) => {
-                counts.delivered.fetch_add(1, Ordering::Relaxed);
-                delivered_at.insert(key, Instant::now());
-            }
-            Err(why) => {
-                counts.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    dependency = &*event.dependency,
-                    url = %cfg.url,
-                    tries = cfg.retries + 1,
-                    "webhook alert not delivered: {why}"
-                );
-            }
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(cfg.url.clone())
+            .header(header::CONTENT_TYPE, "application/json");
+        for (name, value) in &cfg.headers {
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(Full::new(payload.clone()))
+            .expect("a valid request: its parts were validated");
+        outcome = match tokio::time::timeout(cfg.timeout, client.request(request)).await {
+            Ok(Ok(response)) if response.status().is_success() => Ok(()),
+            Ok(Ok(response)) => Err(format!("answered {}", response.status())),
+            Ok(Err(e)) => Err(error_chain(&e)),
+            Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
+        };
+        if outcome.is_ok() {
+            break;
         }
     }
+    outcome.map_err(|why| format!("{why} (tries: {})", cfg.retries + 1))
 }
 
 /// An error and its sources, joined: hyper-util's own message alone says

@@ -640,6 +640,81 @@ mod coordination {
         }
     }
 
+    /// A prerequisite whose check passes is not down because its breaker
+    /// waits half-open for traffic (its dependents being down, none may
+    /// reach it): its dependents do not wait for it forever.
+    #[tokio::test(start_paused = true)]
+    async fn a_half_open_prerequisite_that_answers_its_check_blocks_nobody() {
+        use tower_recovery::circuit_breaker::State;
+        let storage_breaker = Breaker::builder("storage").consecutive_failures(1).build();
+        let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let always = Arc::new(AtomicBool::new(true));
+        let model = Recovery::builder("model_server", action(&always, &runs)).spawn();
+        let ok = || HealthCheck::new(|| async { Ok::<_, String>(()) });
+        let set = Reliability::builder()
+            .dependency(Dependency::new("storage", ok()).breaker(&storage_breaker))
+            .dependency(
+                Dependency::new("model_server", ok())
+                    .needs("storage")
+                    .recovery(&model),
+            )
+            .build()
+            .unwrap();
+        storage_breaker.try_acquire().unwrap().failure();
+        assert!(storage_breaker.probe_now());
+        assert_eq!(storage_breaker.state(), State::HalfOpen);
+        set.check_all().await; // storage answers its check
+        model.trigger_automatic("calls failed");
+        model.wait_idle_or_cooling().await;
+        assert_eq!(
+            runs.lock().unwrap().len(),
+            1,
+            "the model server's recovery ran"
+        );
+        assert_eq!(set.report().dependencies[1].root_cause, None);
+    }
+
+    /// The alert of a dependent names the prerequisite that is down when its
+    /// cycle gives up.
+    #[tokio::test(start_paused = true)]
+    async fn the_alert_names_the_prerequisite_as_the_root_cause() {
+        use tower_recovery::recovery::AlertEvent;
+        let storage = Breaker::builder("storage").consecutive_failures(1).build();
+        let alerts = Arc::new(std::sync::Mutex::new(Vec::<AlertEvent>::new()));
+        // The model server's attempt fails because storage fails meanwhile:
+        // its breaker opens while the attempt runs.
+        let model = Recovery::builder("model_server", {
+            let storage = storage.clone();
+            move || {
+                storage.try_acquire().unwrap().failure();
+                async { Err::<(), _>("model load failed: storage unreachable") }
+            }
+        })
+        .max_attempts(1)
+        .alert({
+            let alerts = alerts.clone();
+            move |e: &AlertEvent| alerts.lock().unwrap().push(e.clone())
+        })
+        .spawn();
+        let ok = || HealthCheck::new(|| async { Ok::<_, String>(()) });
+        let set = Reliability::builder()
+            .dependency(Dependency::new("storage", ok()).breaker(&storage))
+            .dependency(
+                Dependency::new("model_server", ok())
+                    .needs("storage")
+                    .recovery(&model),
+            )
+            .build()
+            .unwrap();
+        model.trigger_automatic("calls failed");
+        model.wait_for(|s| s == RecoveryState::Exhausted).await;
+        let alerts = alerts.lock().unwrap().clone();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(&*alerts[0].dependency, "model_server");
+        assert_eq!(&*alerts[0].root_cause, "storage");
+        drop(set);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn dependents_wait_for_their_prerequisite_trigger_it_once_and_go_on_after_it() {
         let t0 = Instant::now();
@@ -787,4 +862,31 @@ async fn a_degraded_dependency_reports_warn_with_its_reason() {
     breaker.try_acquire().unwrap().success();
     changes.changed().await.unwrap();
     assert_eq!(set.status(), HealthStatus::Pass);
+}
+
+/// The uptime samples one result per interval, a failure standing: the
+/// checks made every 1-5 s while down neither outweigh the others nor let
+/// a pass erase a short outage.
+#[tokio::test(start_paused = true)]
+async fn uptime_takes_one_sample_per_interval_with_failures_standing() {
+    let t0 = Instant::now();
+    let up = Arc::new(AtomicBool::new(true));
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let set = Reliability::builder()
+        .dependency(Dependency::new("db", timed(t0, up.clone(), runs.clone())))
+        .build()
+        .unwrap();
+    let monitor = Monitor::start(&set, 30 * S);
+    tokio::time::sleep_until(t0 + Duration::from_millis(29_500)).await;
+    up.store(false, Ordering::SeqCst);
+    tokio::time::sleep_until(t0 + Duration::from_millis(32_500)).await;
+    up.store(true, Ordering::SeqCst);
+    tokio::time::sleep_until(t0 + 100 * S).await;
+    monitor.stop().await;
+    assert_eq!(*runs.lock().unwrap(), [0, 30, 31, 33, 63, 93]);
+    let db = &set.report().dependencies[0];
+    assert_eq!(db.checks, 6);
+    // Slots [0, 30) up, [30, 60) down (30, 31 failed; 33 passed), [60, 90)
+    // and [90, 120) up.
+    assert_eq!(db.uptime_percent, Some(75.0));
 }

@@ -790,6 +790,10 @@ async fn a_warning_threshold_marks_degraded_and_recovers_before_the_breaker_open
     assert!(b.state().is_closed(), "the breaker never opened");
     recovery.wait_idle_or_cooling().await;
     assert_eq!(script.attempts(), 1, "recovered before the breaker opened");
+    // Degraded is not down: no outage was booked, none is open.
+    let track = recovery.status().record;
+    assert_eq!((track.since_start.outages, track.open_outage), (0, None));
+    assert_eq!(track.since_start.cycles_succeeded, 1);
     // Successes push the rate down: no longer degraded.
     for _ in 0..20 {
         record(false);
@@ -797,4 +801,28 @@ async fn a_warning_threshold_marks_degraded_and_recovers_before_the_breaker_open
     changes.changed().await.unwrap();
     assert!(!warning.status().degraded);
     assert_eq!(warning.status().episodes, 1);
+}
+
+/// A 2 h outage: its MTTR is 2 h in every period; the last hour's downtime
+/// is the hour of it inside the window.
+#[tokio::test(start_paused = true)]
+async fn a_long_outage_keeps_its_whole_length_in_the_mttr() {
+    let b = Breaker::builder("model_server")
+        .consecutive_failures(1)
+        .open_duration(7200 * S)
+        .build();
+    let recovery = crate::strict("model_server", Script::default().action())
+        .watch(&b)
+        .spawn();
+    let t0 = Instant::now();
+    trip(&b);
+    recovery.wait_for(|s| s == RecoveryState::Exhausted).await;
+    tokio::time::sleep_until(t0 + 7200 * S).await;
+    b.try_acquire().unwrap().success(); // the probe closes it: healed
+    let r = recovery.status().record;
+    assert_eq!(recovery.status().mttr, Some(7200 * S));
+    assert_eq!(r.since_start.mttr, Some(7200 * S));
+    assert_eq!(r.last_hour.mttr, Some(7200 * S));
+    assert_eq!(r.since_start.downtime, 7200 * S);
+    assert_eq!(r.last_hour.downtime, 3600 * S);
 }
