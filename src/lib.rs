@@ -17,6 +17,7 @@
 //!   `/reliability` and the admin POSTs, secure by default.
 //! - [`config`]: the settings from environment variables, validated.
 //! - [`classify`]: what counts as a failure (errors, `5xx`, `429`, your own).
+//! - `retry` (feature): a retry policy that never retries a refusal.
 //! - [`clock`]: the time sources, including virtual time for tests.
 //!
 //! # Shape
@@ -71,6 +72,8 @@
 //! | `drain` | yes | [`drain`] |
 //! | `axum` | yes | [`admin`] (needs the others) |
 //! | `metrics` | yes | counters and gauges through the `metrics` facade: see [`metrics`] |
+//! | `webhook` | yes | `recovery::WebhookAlert`: alerts as JSON POSTs |
+//! | `retry` | no | [`retry::RetryPolicy`]: retries that respect the breaker and the drain |
 //! | `tower-http` | no | [`classify::TowerHttpClassifier`] for `tower_http::classify` |
 //! | `full` | no | everything |
 //!
@@ -99,6 +102,8 @@ mod lease;
 pub mod metrics;
 #[cfg(feature = "recovery")]
 pub mod recovery;
+#[cfg(feature = "retry")]
+pub mod retry;
 #[cfg(any(
     feature = "circuit-breaker",
     feature = "drain",

@@ -103,7 +103,11 @@ where
     type Error = E;
 
     fn reject(&self, rejected: Rejection) -> Result<Response<B>, E> {
-        Ok(self.response.response(&rejected))
+        let mut response = self.response.response(&rejected);
+        // Marks the answer as a refusal, so that a retry policy outside the
+        // breaker does not retry it (`crate::retry`).
+        response.extensions_mut().insert(rejected);
+        Ok(response)
     }
 
     #[inline]

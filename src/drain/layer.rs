@@ -233,6 +233,8 @@ where
                 let headers = response.headers_mut();
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                // Marks the answer as a refusal (see `crate::retry`).
+                response.extensions_mut().insert(Draining::new());
                 Poll::Ready(Ok(response))
             }
         }
