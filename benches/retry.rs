@@ -61,7 +61,9 @@ fn retry(c: &mut Criterion) {
     let plain = breaker.layer().layer(inner());
     g.bench_function("breaker", |b| b.iter_custom(|n| run(&plain, n)));
     let retried = RetryLayer::new(RetryPolicy::errors()).layer(breaker.layer().layer(inner()));
-    g.bench_function("retry_policy_and_breaker", |b| b.iter_custom(|n| run(&retried, n)));
+    g.bench_function("retry_policy_and_breaker", |b| {
+        b.iter_custom(|n| run(&retried, n))
+    });
     g.finish();
 }
 
