@@ -7,35 +7,16 @@
 //! `cargo bench --bench generic_path`. `peer-bench/` drives the peers the
 //! same way.
 
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::Barrier;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tower::{Layer, Service, ServiceExt, service_fn};
+use tower::{Layer, Service, ServiceExt};
 use tower_recovery::circuit_breaker::Breaker;
 
-type Output = Result<u8, std::fmt::Error>;
-type Inner = tower::util::ServiceFn<fn(bool) -> std::future::Ready<Output>>;
-
-fn inner() -> Inner {
-    service_fn(|fail: bool| std::future::ready(if fail { Err(std::fmt::Error) } else { Ok(1u8) }))
-}
-
-/// Polls `f` to completion with a no-op waker.
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut f = pin!(f);
-    loop {
-        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::hint::spin_loop();
-    }
-}
+mod support;
+use support::{block_on, inner};
 
 /// One caller: `iters` calls through its own clone of the service.
 async fn caller<S>(mut svc: S, iters: u64, fail: bool)

@@ -7,34 +7,17 @@
 //!
 //! `cargo bench --features retry --bench retry`.
 
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tower::retry::RetryLayer;
-use tower::{Layer, Service, ServiceExt, service_fn};
+use tower::{Layer, Service, ServiceExt};
 use tower_recovery::circuit_breaker::Breaker;
+
+mod support;
+use support::{block_on, inner};
 use tower_recovery::retry::RetryPolicy;
-
-type Output = Result<u8, std::fmt::Error>;
-
-fn inner() -> tower::util::ServiceFn<fn(bool) -> std::future::Ready<Output>> {
-    service_fn(|fail: bool| std::future::ready(if fail { Err(std::fmt::Error) } else { Ok(1u8) }))
-}
-
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut f = pin!(f);
-    loop {
-        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::hint::spin_loop();
-    }
-}
 
 fn run<S>(svc: &S, iters: u64) -> Duration
 where
