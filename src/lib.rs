@@ -85,7 +85,7 @@
 // `repr(transparent)` cast.
 #![deny(unsafe_code)]
 
-#[cfg(feature = "axum")]
+#[cfg(feature = "admin")]
 pub mod admin;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;

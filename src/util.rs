@@ -91,7 +91,7 @@ impl Striped {
 }
 
 /// `time` as RFC 3339 in UTC, to the second (`2026-11-29T19:41:20Z`).
-#[cfg(any(feature = "axum", feature = "webhook"))]
+#[cfg(any(feature = "admin", feature = "webhook"))]
 pub(crate) fn rfc3339(time: std::time::SystemTime) -> String {
     let secs = time
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
