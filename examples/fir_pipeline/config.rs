@@ -17,7 +17,7 @@ fn usage() -> String {
     let mib = |bytes: usize| bytes / (1024 * 1024);
     format!(
         "\
-usage: cargo run --example fir_pipeline [-- --chaos]
+usage: cargo run --example fir_pipeline --features sqlx [-- --chaos]
 
   --chaos      stop the embedded model server for 20 s every 45 s (or FIR_CHAOS=1;
                FIR_CHAOS_UP and FIR_CHAOS_DOWN set the seconds up and down)
