@@ -9,7 +9,7 @@
 //! | `GET /health` | `application/health+json` (IETF draft-inadarei-api-health-check); 200 for pass and warn, 503 for fail and while draining |
 //! | `GET /livez` | 200 while the process runs, draining or not |
 //! | `GET /readyz` | 200 once startup passed and until draining begins, else 503 |
-//! | `GET /reliability` | breakers, recoveries, monitor and drain, as JSON |
+//! | `GET /reliability` | breakers (keyed registries summed up), recoveries, monitor and drain, as JSON |
 //! | `POST /reliability/auto-recovery/{name}/trigger` | 202 with the trigger outcome |
 //! | `POST /reliability/circuit-breaker/{name}/reset` | 200; resets the breaker and its recovery |
 //!
@@ -280,6 +280,7 @@ async fn health(State(admin): AdminState, headers: HeaderMap) -> Response {
         "status": status.as_str(),
         "checks": checks,
         "circuit_breakers": breakers,
+        "keyed_breakers": keyed_json(&admin.reliability),
         "recovery": recoveries,
         "root_causes": root_causes,
         "draining": draining,
@@ -422,6 +423,42 @@ fn monitor_json(dep: &DependencyReport) -> Value {
         "degraded": dep.degradation.as_ref().is_some_and(|d| d.degraded),
         "degraded_reason": dep.degradation.as_ref().and_then(|d| d.reason.clone()),
     })
+}
+
+/// Keys not closed listed per keyed registry in `/reliability`; the rest
+/// are counted.
+const KEYED_LISTED: usize = 20;
+
+/// The keyed registries: totals by state and the keys not closed (bounded).
+fn keyed_json(reliability: &Reliability) -> Value {
+    let mut keyed = Map::new();
+    for s in reliability.keyed(KEYED_LISTED) {
+        let listed: Map<String, Value> = s
+            .not_closed
+            .iter()
+            .map(|b| (b.name.to_string(), breaker_json(b)))
+            .collect();
+        keyed.insert(
+            s.name.to_string(),
+            json!({
+                "keys": s.keys,
+                "max_keys": s.max_keys,
+                "states": {
+                    "closed": s.closed,
+                    "open": s.open,
+                    "half_open": s.half_open,
+                    "forced_open": s.forced_open,
+                    "disabled": s.disabled,
+                },
+                "not_closed": listed,
+                "not_closed_unlisted": s.not_closed_unlisted,
+                "overflow": breaker_json(&s.overflow),
+                "overflowed_calls": s.overflowed,
+                "evicted": s.evicted,
+            }),
+        );
+    }
+    Value::Object(keyed)
 }
 
 async fn reliability(State(admin): AdminState, headers: HeaderMap) -> Response {

@@ -11,6 +11,7 @@
 //! | `tower_recovery_breaker_rejections_total` | counter | `breaker` | calls rejected |
 //! | `tower_recovery_breaker_transitions_total` | counter | `breaker`, `from`, `to` | state transitions |
 //! | `tower_recovery_breaker_state` | gauge | `breaker` | 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled |
+//! | `tower_recovery_keyed_breakers` | gauge | `keyed`, `state` | breakers of a keyed registry in each state (never one series per key) |
 //! | `tower_recovery_recovery_attempts_total` | counter | `dependency` | recovery attempts started |
 //! | `tower_recovery_recovery_outcomes_total` | counter | `dependency`, `outcome` | `success`, `failure` (attempt), `exhausted`, `healed` |
 //! | `tower_recovery_outage_duration_seconds` | histogram | `dependency` | how long each outage lasted (sum / count = MTTR) |
@@ -28,6 +29,12 @@ pub const BREAKER_REJECTIONS: &str = "tower_recovery_breaker_rejections_total";
 pub const BREAKER_TRANSITIONS: &str = "tower_recovery_breaker_transitions_total";
 /// Breaker state gauge.
 pub const BREAKER_STATE: &str = "tower_recovery_breaker_state";
+/// Gauge: the breakers of a keyed registry in each state (`keyed`,
+/// `state`). A keyed registry's breakers add their failures, rejections
+/// and transitions to the series of the registry's name (`breaker`), not
+/// one per key: keys come from requests, and a series per key would grow
+/// without bound.
+pub const KEYED_BREAKERS: &str = "tower_recovery_keyed_breakers";
 /// Recovery attempts.
 pub const RECOVERY_ATTEMPTS: &str = "tower_recovery_recovery_attempts_total";
 /// Recovery outcomes.
@@ -87,6 +94,11 @@ pub fn describe() {
     describe_gauge!(
         BREAKER_STATE,
         "Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled"
+    );
+    describe_gauge!(
+        KEYED_BREAKERS,
+        Unit::Count,
+        "Breakers of a keyed registry in each state, by registry and state"
     );
     describe_counter!(
         RECOVERY_ATTEMPTS,

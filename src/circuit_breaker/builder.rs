@@ -27,6 +27,9 @@ pub struct Builder {
     permits: u16,
     half_open_max_wait: Option<Duration>,
     clock: Option<Clock>,
+    /// The keyed registry this breaker belongs to (for its metrics).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    keyed: Option<Arc<str>>,
 }
 
 impl Builder {
@@ -45,6 +48,7 @@ impl Builder {
             permits: 1,
             half_open_max_wait: None,
             clock: None,
+            keyed: None,
         }
     }
 
@@ -183,6 +187,28 @@ impl Builder {
         self
     }
 
+    /// The name given to [`Breaker::builder`].
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The clock set, or the default one (made now).
+    pub(crate) fn clock_or_default(&self) -> Clock {
+        self.clock.clone().unwrap_or_default()
+    }
+
+    /// The same configuration under another name.
+    pub(crate) fn renamed(mut self, name: Arc<str>) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// Marks the breaker as one of the keyed registry `registry`.
+    pub(crate) fn keyed(mut self, registry: &Arc<str>) -> Self {
+        self.keyed = Some(registry.clone());
+        self
+    }
+
     /// Builds the breaker.
     ///
     /// # Panics
@@ -218,6 +244,10 @@ impl Builder {
             healthy_period: saturating_nanos(self.healthy_period),
             permits: self.permits,
             half_open_max_wait: self.half_open_max_wait.map(saturating_nanos),
+            #[cfg(feature = "metrics")]
+            keyed: self
+                .keyed
+                .map(|registry| Arc::new(super::keyed::Member::new(registry))),
         };
         Breaker {
             core: Arc::new(Core::new(self.name, cfg, self.clock.unwrap_or_default())),

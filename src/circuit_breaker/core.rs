@@ -132,6 +132,10 @@ pub(crate) struct Config {
     pub(crate) healthy_period: u64,
     pub(crate) permits: u16,
     pub(crate) half_open_max_wait: Option<u64>,
+    /// A keyed registry's breaker: metrics labelled by the registry, and its
+    /// keys-per-state gauge kept instead of a state gauge per key.
+    #[cfg(feature = "metrics")]
+    pub(crate) keyed: Option<Arc<super::keyed::Member>>,
 }
 
 #[derive(Debug)]
@@ -377,11 +381,18 @@ impl Core {
         }
     }
 
+    /// The `breaker` label of this breaker's metrics: its name, or its
+    /// keyed registry's (one series per registry, not per key).
+    #[cfg(feature = "metrics")]
+    fn metrics_label(&self) -> &str {
+        self.cfg.keyed.as_ref().map_or(&self.name, |m| m.registry())
+    }
+
     /// Runs `f` with the metric handles of the recorder in use.
     #[cfg(feature = "metrics")]
     #[inline]
     fn metrics<R>(&self, f: impl FnOnce(&Metrics) -> R) -> R {
-        self.metrics.with(|| Metrics::new(&self.name), f)
+        self.metrics.with(|| Metrics::new(self.metrics_label()), f)
     }
 
     // ===== admission =====
@@ -1188,10 +1199,13 @@ impl Core {
 
         #[cfg(feature = "metrics")]
         {
-            self.metrics(|m| m.state.set(code(self.word()) as f64));
+            match &self.cfg.keyed {
+                Some(member) => member.moved(|| state_of(self.word())).report(),
+                None => self.metrics(|m| m.state.set(code(self.word()) as f64)),
+            }
             metrics::counter!(
                 crate::metrics::BREAKER_TRANSITIONS,
-                "breaker" => self.name.to_string(),
+                "breaker" => self.metrics_label().to_string(),
                 "from" => from.as_str(),
                 "to" => to.as_str()
             )

@@ -121,6 +121,11 @@
 //! `state()` reports `HalfOpen`, and the transition itself is made by the
 //! next call that asks for admission.
 //!
+//! # One breaker per key
+//!
+//! For a client of many upstreams, tenants or routes, [`keyed`] keeps a
+//! breaker per key, made on first use, with bounded memory.
+//!
 //! # Cost
 //!
 //! The closed path takes no lock, allocates nothing and boxes no future. In
@@ -133,6 +138,7 @@ pub(crate) mod core;
 pub mod error;
 mod events;
 pub mod future;
+pub mod keyed;
 mod layer;
 mod permit;
 pub mod reject;
