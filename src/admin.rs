@@ -280,7 +280,6 @@ async fn health(State(admin): AdminState, headers: HeaderMap) -> Response {
         "status": status.as_str(),
         "checks": checks,
         "circuit_breakers": breakers,
-        "keyed_breakers": keyed_json(&admin.reliability),
         "recovery": recoveries,
         "root_causes": root_causes,
         "draining": draining,
@@ -484,6 +483,7 @@ async fn reliability(State(admin): AdminState, headers: HeaderMap) -> Response {
         "status": report.status.as_str(),
         "started": report.started,
         "circuit_breakers": breakers,
+        "keyed_breakers": keyed_json(&admin.reliability),
         "recovery": recoveries,
         "health_monitor": {
             "running": report.monitor_running,
