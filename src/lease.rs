@@ -172,7 +172,9 @@ impl<T: Leased> Lease<T> {
     #[inline]
     pub(crate) fn reuse(arc: &Arc<T>) -> Option<Self> {
         let ptr = NonNull::new(Arc::as_ptr(arc).cast_mut()).expect("an Arc is never null");
-        reuse(ptr.cast()).then_some(Lease { ptr })
+        // Made only when a credit was taken: a `Lease` dropped unused
+        // would give back a credit it never had.
+        reuse(ptr.cast()).then(|| Lease { ptr })
     }
 
     /// A lease made from a strong count: it stands for a batch of credits,

@@ -323,3 +323,73 @@ async fn a_key_from_outside_is_cut_in_the_breakers_name() {
     assert!(name.len() <= 2 + 96 + 3 + 1, "{}", name.len());
     assert!(name.ends_with("…]"));
 }
+
+#[test]
+fn many_keys_in_turn_on_several_threads_keep_every_breaker_alive() {
+    // More keys than a thread's cache of call credits holds: every call
+    // takes its credit another way, and the registry's breakers stay
+    // alive and correctly counted (a double free here would abort).
+    let keyed = KeyedBreaker::<u32>::new(Breaker::builder("turns"));
+    let svc = ServiceBuilder::new()
+        .layer(keyed.layer(|k: &u32| *k))
+        .service(service_fn(|_: u32| async {
+            Ok::<_, std::convert::Infallible>(())
+        }));
+    for round in 0..3 {
+        std::thread::scope(|scope| {
+            for t in 0..2u32 {
+                let svc = svc.clone();
+                scope.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async move {
+                        for n in 0..20_000u32 {
+                            svc.clone()
+                                .oneshot((n + t * 7 + round) % 1_000)
+                                .await
+                                .unwrap();
+                        }
+                    });
+                });
+            }
+        });
+    }
+    assert_eq!(keyed.len(), 1_000);
+    drop(svc);
+    drop(keyed);
+}
+
+#[test]
+fn keys_in_turn_past_a_threads_credit_cache_free_nothing_twice() {
+    // Nine keys in turn on one thread, whose cache keeps call credits for
+    // eight breakers: every call misses it and takes a reference count,
+    // and every eviction gives a batch back. A credit given back twice
+    // would free a breaker the registry still holds (this aborted once).
+    const KEYS: u32 = 9;
+    let keyed = KeyedBreaker::<u32>::new(Breaker::builder("turns"));
+    let svc = ServiceBuilder::new()
+        .layer(keyed.layer(|k: &u32| *k))
+        .service(service_fn(|_: u32| {
+            std::future::ready(Ok::<_, std::convert::Infallible>(()))
+        }));
+    for round in 0..40u32 {
+        let svc = svc.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                for n in 0..round * 200 {
+                    svc.clone().oneshot((n + round) % KEYS).await.unwrap();
+                }
+            });
+        })
+        .join()
+        .unwrap();
+    }
+    assert_eq!(keyed.len(), KEYS as usize);
+    for key in 0..KEYS {
+        assert_eq!(keyed.get(&key).state(), State::Closed);
+    }
+}
