@@ -68,7 +68,7 @@ fn bare() -> impl Service<Req, Response = u8, Error = std::fmt::Error, Future: S
 {
     let inner = inner();
     tower::service_fn(move |(_, fail): Req| {
-        let mut inner = inner.clone();
+        let mut inner = inner;
         inner.call(fail)
     })
 }
