@@ -12,6 +12,7 @@
 //! | `tower_recovery_breaker_transitions_total` | counter | `breaker`, `from`, `to` | state transitions |
 //! | `tower_recovery_breaker_state` | gauge | `breaker` | 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled |
 //! | `tower_recovery_recovery_attempts_total` | counter | `dependency` | recovery attempts started |
+//! | `tower_recovery_breaker_shadow_rejections_total` | counter | `breaker` | calls a metrics-only breaker admitted that it would have rejected |
 //! | `tower_recovery_recovery_outcomes_total` | counter | `dependency`, `outcome` | `success`, `failure` (attempt), `exhausted`, `healed` |
 //! | `tower_recovery_outage_duration_seconds` | histogram | `dependency` | how long each outage lasted (sum / count = MTTR) |
 //! | `tower_recovery_degraded` | gauge | `dependency` | 1 while degraded (an early warning), else 0 |
@@ -24,6 +25,8 @@
 pub const BREAKER_FAILURES: &str = "tower_recovery_breaker_failures_total";
 /// Breaker rejections.
 pub const BREAKER_REJECTIONS: &str = "tower_recovery_breaker_rejections_total";
+/// Calls a metrics-only breaker admitted that it would have rejected.
+pub const BREAKER_SHADOW_REJECTIONS: &str = "tower_recovery_breaker_shadow_rejections_total";
 /// Breaker transitions.
 pub const BREAKER_TRANSITIONS: &str = "tower_recovery_breaker_transitions_total";
 /// Breaker state gauge.
@@ -78,6 +81,11 @@ pub fn describe() {
         BREAKER_REJECTIONS,
         Unit::Count,
         "Calls the circuit breaker rejected, by breaker"
+    );
+    describe_counter!(
+        BREAKER_SHADOW_REJECTIONS,
+        Unit::Count,
+        "Calls a metrics-only circuit breaker admitted that it would have rejected, by breaker"
     );
     describe_counter!(
         BREAKER_TRANSITIONS,

@@ -26,6 +26,9 @@ pub struct Builder {
     healthy_period: Duration,
     permits: u16,
     half_open_max_wait: Option<Duration>,
+    retry_after_cap: Option<Duration>,
+    metrics_only: bool,
+    recent_events: usize,
     clock: Option<Clock>,
 }
 
@@ -44,6 +47,9 @@ impl Builder {
             healthy_period: Duration::from_secs(60),
             permits: 1,
             half_open_max_wait: None,
+            retry_after_cap: Some(Duration::from_secs(300)),
+            metrics_only: false,
+            recent_events: 32,
             clock: None,
         }
     }
@@ -177,6 +183,52 @@ impl Builder {
         self
     }
 
+    /// The longest open duration an upstream may ask for with
+    /// `Retry-After` (default 5 min).
+    ///
+    /// When the failure that opens the breaker (or one shortly before it)
+    /// carried a `Retry-After` (read by the classifier: see
+    /// [`Classify::retry_after`]; [`HttpErrorsAsFailures`] reads it on `429`
+    /// and `503`), the breaker stays open until then, capped at `cap`,
+    /// instead of for the configured open duration: the upstream knows when
+    /// it expects to serve again, sooner or later.
+    ///
+    /// [`Classify::retry_after`]: crate::classify::Classify::retry_after
+    /// [`HttpErrorsAsFailures`]: crate::classify::HttpErrorsAsFailures
+    pub fn retry_after_cap(mut self, cap: Duration) -> Self {
+        self.retry_after_cap = Some(cap);
+        self
+    }
+
+    /// Ignore `Retry-After`: every opening lasts the configured duration.
+    pub fn ignore_retry_after(mut self) -> Self {
+        self.retry_after_cap = None;
+        self
+    }
+
+    /// Metrics-only mode: the breaker records, trips, probes and reports as
+    /// usual, but admits every call it would reject (counted in
+    /// [`Snapshot::shadow_rejected`] and the metric
+    /// `tower_recovery_breaker_shadow_rejections_total`). For tuning
+    /// thresholds against production traffic before enforcing them; switch
+    /// enforcement on at runtime with [`Tuning::metrics_only`]. A breaker
+    /// forced open still rejects (a person asked for it), and a recovery
+    /// watching the breaker still acts on its transitions.
+    ///
+    /// [`Snapshot::shadow_rejected`]: super::Snapshot::shadow_rejected
+    /// [`Tuning::metrics_only`]: super::Tuning::metrics_only
+    pub fn metrics_only(mut self) -> Self {
+        self.metrics_only = true;
+        self
+    }
+
+    /// Events kept for [`Breaker::recent_events`] (default 32; 0 keeps
+    /// none).
+    pub fn recent_events(mut self, n: usize) -> Self {
+        self.recent_events = n;
+        self
+    }
+
     /// The clock (default [`Clock::tokio`]).
     pub fn clock(mut self, clock: impl Into<Clock>) -> Self {
         self.clock = Some(clock.into());
@@ -218,6 +270,9 @@ impl Builder {
             healthy_period: saturating_nanos(self.healthy_period),
             permits: self.permits,
             half_open_max_wait: self.half_open_max_wait.map(saturating_nanos),
+            retry_after_cap: self.retry_after_cap.map(saturating_nanos),
+            metrics_only: self.metrics_only,
+            recent_events: self.recent_events,
         };
         Breaker {
             core: Arc::new(Core::new(self.name, cfg, self.clock.unwrap_or_default())),

@@ -138,6 +138,7 @@ mod permit;
 pub mod reject;
 mod service;
 mod state;
+mod tuning;
 mod window;
 
 pub use self::breaker::{Breaker, WeakBreaker};
@@ -151,6 +152,9 @@ pub use self::reject::{
 };
 pub use self::service::CircuitBreaker;
 pub use self::state::{Cause, Counts, Snapshot, State, Transition};
+pub use self::tuning::{
+    BreakerConfig, RecentEvent, RecentKind, TripPolicy, TuneError, Tuning, WindowConfig,
+};
 
 #[cfg(doc)]
 use crate::classify::Classify;

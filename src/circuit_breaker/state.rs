@@ -158,6 +158,7 @@ pub struct Transition {
 
 /// A point-in-time view of a breaker, for reports.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Snapshot {
     /// The breaker's name.
     pub name: Arc<str>,
@@ -178,4 +179,7 @@ pub struct Snapshot {
     pub next_probe_in: Option<Duration>,
     /// When half-open: probe permits free.
     pub available_permits: Option<u16>,
+    /// Metrics-only mode: calls admitted that the breaker would have
+    /// rejected, since creation.
+    pub shadow_rejected: u64,
 }

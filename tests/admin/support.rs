@@ -153,6 +153,30 @@ pub(crate) struct BreakerDoc {
     pub(crate) rejected: u64,
     pub(crate) transitions: u64,
     pub(crate) next_probe_in_seconds: Option<f64>,
+    pub(crate) metrics_only: bool,
+    pub(crate) would_have_rejected: u64,
+    pub(crate) config: BreakerConfigDoc,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub(crate) struct BreakerConfigDoc {
+    pub(crate) trip: String,
+    pub(crate) consecutive_failures: Option<u32>,
+    pub(crate) window: Option<serde_json::Value>,
+    pub(crate) failure_rate: Option<f64>,
+    pub(crate) minimum_calls: Option<u64>,
+    pub(crate) slow_call_threshold_seconds: Option<f64>,
+    pub(crate) slow_call_rate: Option<f64>,
+    pub(crate) open_duration_seconds: f64,
+    pub(crate) open_multiplier: f64,
+    pub(crate) max_open_duration_seconds: f64,
+    pub(crate) healthy_period_seconds: f64,
+    pub(crate) half_open_permits: u16,
+    pub(crate) half_open_max_wait_seconds: Option<f64>,
+    pub(crate) retry_after_cap_seconds: Option<f64>,
+    pub(crate) metrics_only: bool,
 }
 
 #[derive(Debug, Deserialize)]
