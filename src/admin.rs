@@ -393,6 +393,7 @@ fn breaker_json(b: &Snapshot, config: &BreakerConfig) -> Value {
         "next_probe_in_seconds": b.next_probe_in.map(secs),
         "metrics_only": config.metrics_only,
         "would_have_rejected": b.shadow_rejected,
+        "traffic_share": b.traffic_share,
         "config": config_json(config),
     })
 }
@@ -444,6 +445,13 @@ fn config_json(c: &BreakerConfig) -> Value {
     out.insert(
         "half_open_max_wait_seconds".into(),
         json!(c.half_open_max_wait.map(secs)),
+    );
+    out.insert(
+        "half_open_ramp".into(),
+        match c.half_open_ramp {
+            Some((share, over)) => json!({ "initial_share": share, "seconds": secs(over) }),
+            None => Value::Null,
+        },
     );
     out.insert(
         "retry_after_cap_seconds".into(),

@@ -83,6 +83,7 @@ impl Breaker {
             next_probe_in,
             available_permits,
             shadow_rejected: self.core.shadow_rejected(),
+            traffic_share: self.core.traffic_share(),
         }
     }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Breaker;
-use super::core::{Config, Core, TripRule, WindowKind};
+use super::core::{Config, Core, Ramp, TripRule, WindowKind};
 use crate::clock::{Clock, saturating_nanos};
 
 /// Configures a [`Breaker`].
@@ -29,6 +29,7 @@ pub struct Builder {
     retry_after_cap: Option<Duration>,
     metrics_only: bool,
     recent_events: usize,
+    ramp: Option<(f64, Duration)>,
     clock: Option<Clock>,
 }
 
@@ -50,6 +51,7 @@ impl Builder {
             retry_after_cap: Some(Duration::from_secs(300)),
             metrics_only: false,
             recent_events: 32,
+            ramp: None,
             clock: None,
         }
     }
@@ -177,6 +179,33 @@ impl Builder {
         self
     }
 
+    /// A staged half-open: after the open wait, admit a share of calls
+    /// rising linearly from `initial_share` (in `(0, 1]`) to all of them
+    /// over `duration`, instead of a fixed number of probes. A failure
+    /// re-opens the breaker; it closes once the ramp is over and at least
+    /// [`half_open_permits`](Self::half_open_permits) admitted calls
+    /// succeeded (so a ramp without traffic does not close it on no
+    /// evidence). Calls are picked evenly (every tenth at 10%), and a call
+    /// not picked is rejected with a retry hint of at most a second.
+    ///
+    /// A recovering dependency is not hit by every caller at once (a
+    /// thundering herd that can knock it over again), yet serves more than
+    /// a handful of probes while it warms up. Envoy's slow start and
+    /// seatbelt's ramping half-open do the same.
+    ///
+    /// # Panics
+    /// If `initial_share` is outside `(0, 1]`, or with
+    /// [`half_open_max_wait`](Self::half_open_max_wait) (a ramp admits
+    /// more as it goes, so it cannot hang on a few probes).
+    pub fn half_open_ramp(mut self, initial_share: f64, duration: Duration) -> Self {
+        assert!(
+            initial_share > 0.0 && initial_share <= 1.0,
+            "half_open_ramp's initial share must be in (0, 1]"
+        );
+        self.ramp = Some((initial_share, duration));
+        self
+    }
+
     /// Re-open if half-open lasts longer than `wait` (probes hung).
     pub fn half_open_max_wait(mut self, wait: Duration) -> Self {
         self.half_open_max_wait = Some(wait);
@@ -238,8 +267,13 @@ impl Builder {
     /// Builds the breaker.
     ///
     /// # Panics
-    /// If slow calls are configured without a window.
+    /// If slow calls are configured without a window, or a half-open ramp
+    /// with a half-open maximum wait.
     pub fn build(self) -> Breaker {
+        assert!(
+            self.ramp.is_none() || self.half_open_max_wait.is_none(),
+            "half_open_ramp and half_open_max_wait cannot be combined"
+        );
         let ppm = |rate: f64| ((rate * 1_000_000.0).round() as u64).max(1);
         let rule = match self.window {
             WindowKind::None => {
@@ -273,6 +307,10 @@ impl Builder {
             retry_after_cap: self.retry_after_cap.map(saturating_nanos),
             metrics_only: self.metrics_only,
             recent_events: self.recent_events,
+            ramp: self.ramp.map(|(share, duration)| Ramp {
+                initial_ppm: ppm(share).min(1_000_000),
+                duration: saturating_nanos(duration),
+            }),
         };
         Breaker {
             core: Arc::new(Core::new(self.name, cfg, self.clock.unwrap_or_default())),

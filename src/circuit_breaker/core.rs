@@ -139,6 +139,41 @@ pub(crate) struct Config {
     pub(crate) metrics_only: bool,
     /// Transitions kept for `recent_events`.
     pub(crate) recent_events: usize,
+    /// A staged half-open: a rising share of calls instead of fixed probes.
+    pub(crate) ramp: Option<Ramp>,
+}
+
+/// A half-open ramp: the share of calls admitted rises linearly from
+/// `initial_ppm` to all of them over `duration`; the breaker closes once
+/// the ramp is over and enough admitted calls succeeded, and re-opens on a
+/// failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ramp {
+    pub(crate) initial_ppm: u64,
+    pub(crate) duration: u64,
+}
+
+impl Ramp {
+    /// The share admitted `elapsed` into the ramp, in parts per million.
+    fn share_ppm(&self, elapsed: u64) -> u64 {
+        if elapsed >= self.duration || self.duration == 0 {
+            return 1_000_000;
+        }
+        let rise = u128::from(1_000_000 - self.initial_ppm) * u128::from(elapsed)
+            / u128::from(self.duration);
+        self.initial_ppm + rise as u64
+    }
+}
+
+/// Whether the `n`th call of a ramp is admitted at a share of `ppm`: calls
+/// are picked evenly (the `n`th is admitted when the running total of
+/// shares passes a whole call), so the share holds over any run of calls,
+/// not only on average.
+#[inline]
+fn picked(n: u64, ppm: u64) -> bool {
+    let before = u128::from(n) * u128::from(ppm) / 1_000_000;
+    let after = (u128::from(n) + 1) * u128::from(ppm) / 1_000_000;
+    after > before
 }
 
 /// The open-duration settings, read and changed under the transition lock.
@@ -353,6 +388,10 @@ pub(crate) struct Core {
     hinted_until: AtomicU64,
     /// The latest transitions, newest last.
     recent: Mutex<VecDeque<super::RecentEvent>>,
+    /// When the current half-open period began (a ramp's start).
+    half_open_since: AtomicU64,
+    /// Calls that asked for admission in this ramp (picks admissions).
+    ramp_calls: AtomicU64,
     window: Window,
     /// No window and no slow-call detection: a success only resets the
     /// consecutive count.
@@ -437,6 +476,8 @@ impl Core {
             shadow_rejected: AtomicU64::new(0),
             hinted_until: AtomicU64::new(0),
             recent: Mutex::new(VecDeque::new()),
+            half_open_since: AtomicU64::new(0),
+            ramp_calls: AtomicU64::new(0),
             transitions: AtomicU64::new(0),
             id: {
                 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -543,6 +584,21 @@ impl Core {
                         return self.refuse(word, State::Open, Some(until - now), count);
                     }
                     self.transition(word, State::HalfOpen, Cause::OpenWaitElapsed, now);
+                }
+                _ if self.cfg.ramp.is_some() => {
+                    let now = self.clock.now_nanos();
+                    if self.ramp_complete(word, now) {
+                        self.transition(word, State::Closed, Cause::RampCompleted, now);
+                        word = self.state.0.load(Ordering::Acquire);
+                        continue;
+                    }
+                    let (share, left) = self.ramp_share(word, now);
+                    let n = self.ramp_calls.fetch_add(1, Ordering::Relaxed);
+                    if picked(n, share) {
+                        return Ok(Ticket { word, start: 0 });
+                    }
+                    let after = left.clamp(1_000_000, 1_000_000_000);
+                    return self.refuse(word, State::HalfOpen, Some(after), count);
                 }
                 _ => {
                     if self.cfg.half_open_max_wait.is_some() {
@@ -936,6 +992,24 @@ impl Core {
                     self.transition(ticket.word, State::Open, Cause::ProbeFailed, now);
                 }
             }
+            Outcome::Success if self.cfg.ramp.is_some() => {
+                let mut h = self.half_open.0.load(Ordering::Acquire);
+                while ho_matches(h, ticket.word) && ho_successes(h) < 0xffff {
+                    match self.half_open.0.compare_exchange_weak(
+                        h,
+                        h + 1,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => break,
+                        Err(actual) => h = actual,
+                    }
+                }
+                let now = self.clock.now_nanos();
+                if self.ramp_complete(ticket.word, now) {
+                    self.transition(ticket.word, State::Closed, Cause::RampCompleted, now);
+                }
+            }
             Outcome::Success => {
                 let mut h = self.half_open.0.load(Ordering::Acquire);
                 while ho_matches(h, ticket.word) {
@@ -1004,6 +1078,13 @@ impl Core {
                 let until = self.open_until.load(Ordering::Acquire);
                 if now < until {
                     (State::Open, Some(until - now))
+                } else {
+                    (State::HalfOpen, None)
+                }
+            }
+            HALF_OPEN if self.cfg.ramp.is_some() => {
+                if self.ramp_complete(word, now) {
+                    (State::Closed, None)
                 } else {
                     (State::HalfOpen, None)
                 }
@@ -1079,6 +1160,7 @@ impl Core {
             && self.cfg.half_open_max_wait.is_some()
             && now >= self.half_open_until.load(Ordering::Acquire);
         let permits = match state {
+            State::HalfOpen if self.cfg.ramp.is_some() => None,
             // Performed: the permits of this half-open period.
             State::HalfOpen if code(word) == HALF_OPEN && ho_matches(h, word) && !moved_on => {
                 Some(ho_available(h) as u16)
@@ -1278,9 +1360,18 @@ impl Core {
             State::HalfOpen => {
                 let permits = self.permits.load(Ordering::Relaxed);
                 self.period_permits.store(permits, Ordering::Release);
+                // A ramp admits by share, not by permit: none to take or
+                // give back.
+                let available = if self.cfg.ramp.is_some() {
+                    0xffff
+                } else {
+                    permits
+                };
+                self.half_open_since.store(now, Ordering::Release);
+                self.ramp_calls.store(0, Ordering::Relaxed);
                 self.half_open
                     .0
-                    .store(ho_pack(next, permits, 0), Ordering::Release);
+                    .store(ho_pack(next, available, 0), Ordering::Release);
                 let until = self
                     .cfg
                     .half_open_max_wait
@@ -1407,6 +1498,48 @@ impl Core {
         }
     }
 
+    /// Whether the ramp of the half-open state `word` is over at `now`
+    /// and enough of its calls succeeded to close.
+    fn ramp_complete(&self, word: u64, now: u64) -> bool {
+        let Some(ramp) = self.cfg.ramp else {
+            return false;
+        };
+        let h = self.half_open.0.load(Ordering::Acquire);
+        let since = self.half_open_since.load(Ordering::Acquire);
+        ho_matches(h, word)
+            && now.saturating_sub(since) >= ramp.duration
+            && ho_successes(h) >= self.period_permits.load(Ordering::Acquire)
+    }
+
+    /// The share of calls a ramp admits at `now` (parts per million) and
+    /// the time left in it; the initial share where the ramp is projected
+    /// (the open wait elapsed, no call made it half-open yet).
+    fn ramp_share(&self, word: u64, now: u64) -> (u64, u64) {
+        let Some(ramp) = self.cfg.ramp else {
+            return (1_000_000, 0);
+        };
+        if code(word) != HALF_OPEN {
+            return (ramp.initial_ppm, ramp.duration);
+        }
+        let elapsed = now.saturating_sub(self.half_open_since.load(Ordering::Acquire));
+        (
+            ramp.share_ppm(elapsed),
+            ramp.duration.saturating_sub(elapsed),
+        )
+    }
+
+    /// When the breaker is (or will be found) half-open with a ramp: the
+    /// share of calls it admits now, in `[0, 1]`.
+    pub(crate) fn traffic_share(&self) -> Option<f64> {
+        self.cfg.ramp?;
+        let word = self.state.0.load(Ordering::Acquire);
+        let now = self.clock.now_nanos();
+        match self.project_word(word, now).0 {
+            State::HalfOpen => Some(self.ramp_share(word, now).0 as f64 / 1_000_000.0),
+            _ => None,
+        }
+    }
+
     /// Keeps `kind` among the recent events (a bounded buffer, oldest
     /// dropped first).
     fn remember(&self, kind: super::RecentKind) {
@@ -1472,6 +1605,12 @@ impl Core {
             healthy_period: Duration::from_nanos(open.healthy_period),
             half_open_permits: self.permits.load(Ordering::Relaxed) as u16,
             half_open_max_wait: self.cfg.half_open_max_wait.map(Duration::from_nanos),
+            half_open_ramp: self.cfg.ramp.map(|r| {
+                (
+                    r.initial_ppm as f64 / 1_000_000.0,
+                    Duration::from_nanos(r.duration),
+                )
+            }),
             retry_after_cap: self.cfg.retry_after_cap.map(Duration::from_nanos),
             metrics_only: self.metrics_only.load(Ordering::Relaxed),
         }

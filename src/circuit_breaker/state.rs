@@ -78,6 +78,8 @@ pub enum Cause {
     ProbeFailed,
     /// Enough half-open probes succeeded.
     ProbesSucceeded,
+    /// A half-open ramp admitted all calls and enough of them succeeded.
+    RampCompleted,
     /// Half-open lasted longer than its maximum wait.
     HalfOpenTimeout,
     /// [`Breaker::reset`].
@@ -101,6 +103,7 @@ impl fmt::Display for Cause {
             Cause::ProbeRequested => "probe requested",
             Cause::ProbeFailed => "probe failed",
             Cause::ProbesSucceeded => "probes succeeded",
+            Cause::RampCompleted => "ramp completed",
             Cause::HalfOpenTimeout => "half-open wait elapsed",
             Cause::Reset => "reset",
             Cause::Recovered => "recovered",
@@ -182,4 +185,6 @@ pub struct Snapshot {
     /// Metrics-only mode: calls admitted that the breaker would have
     /// rejected, since creation.
     pub shadow_rejected: u64,
+    /// When half-open with a ramp: the share of calls admitted now.
+    pub traffic_share: Option<f64>,
 }

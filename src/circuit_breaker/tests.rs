@@ -975,3 +975,85 @@ async fn recent_events_are_bounded_and_in_order() {
     none.force_open();
     assert!(none.recent_events().is_empty());
 }
+
+// ===== the half-open ramp =====
+
+/// A breaker with a ramp from 10% over 10 s, opened.
+fn ramped() -> Breaker {
+    let b = Breaker::builder("dep")
+        .consecutive_failures(1)
+        .half_open_ramp(0.1, 10 * SEC)
+        .build();
+    fail(&b, 1);
+    b
+}
+
+/// Of `n` calls asking now, how many are admitted (each succeeds).
+fn admitted_of(b: &Breaker, n: usize) -> usize {
+    (0..n)
+        .filter_map(|_| b.try_acquire().ok())
+        .map(|p| p.success())
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ramp_admits_a_rising_share_then_closes() {
+    let b = ramped();
+    let mut events = b.subscribe();
+    advance(30 * SEC).await;
+    assert_eq!(b.snapshot().traffic_share, Some(0.1));
+    assert_eq!(admitted_of(&b, 100), 10, "10% at the start, picked evenly");
+    assert_eq!(b.state(), State::HalfOpen, "successes do not end the ramp");
+    assert_eq!(b.snapshot().available_permits, None);
+    advance(5 * SEC).await;
+    assert_eq!(b.snapshot().traffic_share, Some(0.55));
+    assert_eq!(admitted_of(&b, 100), 55, "55% half way");
+    let r = b.try_acquire().expect_err("the 201st is not picked at 55%");
+    assert!(r.retry_after().unwrap() <= SEC, "a short retry hint");
+    advance(5 * SEC).await;
+    assert_eq!(
+        b.state(),
+        State::Closed,
+        "projected: over, and calls succeeded"
+    );
+    assert_eq!(admitted_of(&b, 10), 10);
+    let causes: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
+        .map(|t| t.cause)
+        .collect();
+    assert_eq!(causes, [Cause::OpenWaitElapsed, Cause::RampCompleted]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_during_the_ramp_reopens() {
+    let b = ramped();
+    advance(30 * SEC).await;
+    let admitted = (0..10).find_map(|_| b.try_acquire().ok()).unwrap();
+    admitted.failure();
+    assert_eq!(b.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ramp_without_traffic_closes_only_on_a_success() {
+    let b = ramped();
+    advance(30 * SEC).await;
+    // One call makes it half-open; it is not picked (the first of ten).
+    assert!(b.try_acquire().is_err());
+    advance(60 * SEC).await;
+    assert_eq!(b.state(), State::HalfOpen, "no success yet: no evidence");
+    let p = b
+        .try_acquire()
+        .expect("all calls admitted once the ramp is over");
+    drop(p);
+    assert_eq!(b.state(), State::HalfOpen, "a dropped call is no success");
+    b.try_acquire().unwrap().success();
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[test]
+#[should_panic(expected = "cannot be combined")]
+fn a_ramp_and_a_half_open_wait_are_refused_together() {
+    let _ = Breaker::builder("dep")
+        .half_open_ramp(0.1, SEC)
+        .half_open_max_wait(SEC)
+        .build();
+}

@@ -29,6 +29,9 @@ pub struct BreakerConfig {
     pub half_open_permits: u16,
     /// The longest half-open period before the breaker re-opens, if any.
     pub half_open_max_wait: Option<Duration>,
+    /// A staged half-open: the initial share of calls admitted and the
+    /// time over which it rises to all of them.
+    pub half_open_ramp: Option<(f64, Duration)>,
     /// The longest open duration an upstream's `Retry-After` may set
     /// (`None`: `Retry-After` is not read).
     pub retry_after_cap: Option<Duration>,

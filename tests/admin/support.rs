@@ -155,6 +155,7 @@ pub(crate) struct BreakerDoc {
     pub(crate) next_probe_in_seconds: Option<f64>,
     pub(crate) metrics_only: bool,
     pub(crate) would_have_rejected: u64,
+    pub(crate) traffic_share: Option<f64>,
     pub(crate) config: BreakerConfigDoc,
 }
 
@@ -175,6 +176,7 @@ pub(crate) struct BreakerConfigDoc {
     pub(crate) healthy_period_seconds: f64,
     pub(crate) half_open_permits: u16,
     pub(crate) half_open_max_wait_seconds: Option<f64>,
+    pub(crate) half_open_ramp: Option<serde_json::Value>,
     pub(crate) retry_after_cap_seconds: Option<f64>,
     pub(crate) metrics_only: bool,
 }
