@@ -25,7 +25,7 @@
 //! `open_duration_seconds`, `open_multiplier`,
 //! `max_open_duration_seconds`, `healthy_period_seconds`,
 //! `half_open_permits` and `metrics_only` (see
-//! [`Tuning`](crate::circuit_breaker::Tuning) for when each applies). The
+//! [`Tuning`] for when each applies). The
 //! change is checked whole: a body that is not a JSON object gets 400; an
 //! unknown setting, a value of the wrong type or out of range gets 422
 //! naming the setting, the value and what was expected, and nothing

@@ -139,10 +139,12 @@ pub fn describe() {
 /// use now. Handles for up to four recorders are kept (past that, the
 /// fourth's are used). A recorder is known by its address: a local recorder
 /// replaced by another at the same address keeps the first one's handles.
+#[cfg(any(feature = "circuit-breaker", feature = "drain"))]
 pub(crate) struct Bound<T> {
     slots: [std::sync::OnceLock<(usize, T)>; 4],
 }
 
+#[cfg(any(feature = "circuit-breaker", feature = "drain"))]
 impl<T> Bound<T> {
     pub(crate) const fn new() -> Self {
         Self {
@@ -192,6 +194,7 @@ impl<T> Bound<T> {
     }
 }
 
+#[cfg(any(feature = "circuit-breaker", feature = "drain"))]
 impl<T> std::fmt::Debug for Bound<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bound").finish_non_exhaustive()
