@@ -13,6 +13,10 @@
 //! | `POST /reliability/auto-recovery/{name}/trigger` | 202 with the trigger outcome |
 //! | `POST /reliability/circuit-breaker/{name}/reset` | 200; resets the breaker and its recovery |
 //!
+//! With the `chaos` feature, `Admin::chaos_router` serves `GET /chaos` and
+//! `GET`/`POST`/`DELETE /chaos/{name}` under the same rules (see
+//! [`chaos`](crate::chaos)).
+//!
 //! # Security
 //!
 //! The POST routes change production behaviour. With a token configured
@@ -177,7 +181,7 @@ impl Admin {
     }
 
     /// `None` when a POST may proceed, else the refusal.
-    fn guard_post(&self, headers: &HeaderMap) -> Option<Response> {
+    pub(crate) fn guard_post(&self, headers: &HeaderMap) -> Option<Response> {
         if self.token.is_some() {
             if self.authorized(headers) {
                 return None;

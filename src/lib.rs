@@ -18,6 +18,8 @@
 //! - [`config`]: the settings from environment variables, validated.
 //! - [`classify`]: what counts as a failure (errors, `5xx`, `429`, your own).
 //! - `retry` (feature): a retry policy that never retries a refusal.
+//! - [`chaos`]: fault injection for rehearsals (error rate, latency,
+//!   response override), switched at runtime, also over the admin routes.
 //! - [`clock`]: the time sources, including virtual time for tests.
 //!
 //! # Shape
@@ -74,6 +76,7 @@
 //! | `metrics` | yes | counters and gauges through the `metrics` facade: see [`metrics`] |
 //! | `webhook` | yes | `recovery::WebhookAlert`: alerts as JSON POSTs |
 //! | `retry` | no | [`retry::RetryPolicy`]: retries that respect the breaker and the drain |
+//! | `chaos` | yes | [`chaos`]: the chaos layer; with `admin`, its routes |
 //! | `tower-http` | no | [`classify::TowerHttpClassifier`] for `tower_http::classify` |
 //! | `full` | no | everything |
 //!
@@ -87,6 +90,8 @@
 
 #[cfg(feature = "admin")]
 pub mod admin;
+#[cfg(feature = "chaos")]
+pub mod chaos;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
 pub mod classify;
