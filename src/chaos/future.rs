@@ -14,11 +14,36 @@ use super::{Injected, OnFault};
 pin_project! {
     #[project = KindProj]
     enum Kind<F> {
+        // Chaos off, or nothing drawn for this call: the inner future alone,
+        // so that the future is no larger than it and polls it directly.
         Called {
             #[pin]
             future: F,
         },
-        Fault {
+        // A delay or a fault was drawn: boxed, off the common path.
+        Planned {
+            planned: Pin<Box<Planned<F>>>,
+        },
+    }
+}
+
+pin_project! {
+    struct Planned<F> {
+        #[pin]
+        delay: Option<Sleep>,
+        #[pin]
+        then: Then<F>,
+    }
+}
+
+pin_project! {
+    #[project = ThenProj]
+    enum Then<F> {
+        Call {
+            #[pin]
+            future: F,
+        },
+        Fail {
             injected: Option<Injected>,
         },
     }
@@ -30,27 +55,36 @@ pin_project! {
     pub struct ResponseFuture<F, O> {
         #[pin]
         kind: Kind<F>,
-        // Boxed: a delay is the rare case, and off the future stays small.
-        delay: Option<Pin<Box<Sleep>>>,
         on_fault: O,
     }
 }
 
 impl<F, O> ResponseFuture<F, O> {
-    pub(crate) fn called(future: F, delay: Option<Duration>, on_fault: O) -> Self {
+    #[inline]
+    pub(crate) fn called(future: F, on_fault: O) -> Self {
         Self {
             kind: Kind::Called { future },
-            delay: delay.map(|d| Box::pin(tokio::time::sleep(d))),
             on_fault,
         }
     }
 
-    pub(crate) fn fault(injected: Injected, delay: Option<Duration>, on_fault: O) -> Self {
+    pub(crate) fn planned(
+        future: Option<F>,
+        injected: Option<Injected>,
+        delay: Option<Duration>,
+        on_fault: O,
+    ) -> Self {
+        let then = match future {
+            Some(future) => Then::Call { future },
+            None => Then::Fail { injected },
+        };
         Self {
-            kind: Kind::Fault {
-                injected: Some(injected),
+            kind: Kind::Planned {
+                planned: Box::pin(Planned {
+                    delay: delay.map(tokio::time::sleep),
+                    then,
+                }),
             },
-            delay: delay.map(|d| Box::pin(tokio::time::sleep(d))),
             on_fault,
         }
     }
@@ -66,16 +100,24 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Some(delay) = this.delay {
-            ready!(delay.as_mut().poll(cx));
-            *this.delay = None;
-        }
-        match this.kind.project() {
+        let then = match this.kind.project() {
             KindProj::Called { future } => {
+                let result = ready!(future.poll(cx));
+                return Poll::Ready(result.map_err(|e| this.on_fault.convert(e)));
+            }
+            KindProj::Planned { planned } => planned.as_mut().project(),
+        };
+        let mut delay = then.delay;
+        if let Some(sleep) = delay.as_mut().as_pin_mut() {
+            ready!(sleep.poll(cx));
+            delay.set(None);
+        }
+        match then.then.project() {
+            ThenProj::Call { future } => {
                 let result = ready!(future.poll(cx));
                 Poll::Ready(result.map_err(|e| this.on_fault.convert(e)))
             }
-            KindProj::Fault { injected } => {
+            ThenProj::Fail { injected } => {
                 let injected = injected
                     .take()
                     .expect("ResponseFuture polled after completion");
@@ -88,7 +130,7 @@ where
 impl<F, O> fmt::Debug for ResponseFuture<F, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("delayed", &self.delay.is_some())
+            .field("planned", &matches!(self.kind, Kind::Planned { .. }))
             .finish_non_exhaustive()
     }
 }

@@ -69,10 +69,12 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let plan = self.chaos.plan();
-        match plan.fault {
-            None => ResponseFuture::called(self.inner.call(req), plan.delay, self.on_fault.clone()),
-            Some(injected) => ResponseFuture::fault(injected, plan.delay, self.on_fault.clone()),
+        if plan.delay.is_none() && plan.fault.is_none() {
+            return ResponseFuture::called(self.inner.call(req), self.on_fault.clone());
         }
+        // A failed call never reaches the inner service.
+        let future = plan.fault.is_none().then(|| self.inner.call(req));
+        ResponseFuture::planned(future, plan.fault, plan.delay, self.on_fault.clone())
     }
 }
 
