@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
-use tower_recovery::chaos::Chaos;
+use tower_recovery::chaos::{Chaos, Injected, OnFault};
 use tower_recovery::circuit_breaker::Breaker;
 use tower_recovery::classify::HttpErrorsAsFailures;
 use tower_recovery::drain::Drain;
@@ -45,16 +45,44 @@ pub(crate) async fn url_or_stand_in(
 pub(crate) type Client = BoxCloneSyncService<reqwest::Request, reqwest::Response, BoxError>;
 
 /// A reqwest client behind `chaos` (off until switched on: one atomic load
-/// per request), which fails requests with `chaos::Injected` errors, as a
-/// refused connection would.
+/// per request). A failed request is an `Injected` error, as a refused
+/// connection would be, or, when the rehearsal sets a `status`, an answer
+/// with that status (see [`DemoFault`]).
 pub(crate) fn transport(http: &reqwest::Client, chaos: &Chaos) -> Client {
     let http = http.clone();
-    BoxCloneSyncService::new(ServiceBuilder::new().layer(chaos.layer()).service_fn(
-        move |req: reqwest::Request| {
-            let http = http.clone();
-            async move { http.execute(req).await.map_err(BoxError::from) }
-        },
-    ))
+    BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            .layer(chaos.layer().on_fault(DemoFault))
+            .service_fn(move |req: reqwest::Request| {
+                let http = http.clone();
+                async move { http.execute(req).await.map_err(BoxError::from) }
+            }),
+    )
+}
+
+/// What a request failed on purpose returns: an answer with the
+/// rehearsal's status if it set one (the response override), else the
+/// `Injected` error.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DemoFault;
+
+impl OnFault<reqwest::Response, BoxError> for DemoFault {
+    type Error = BoxError;
+
+    fn fault(&self, injected: Injected) -> Result<reqwest::Response, BoxError> {
+        match injected.status() {
+            Some(status) => {
+                let mut response = http::Response::new(String::new());
+                *response.status_mut() = status;
+                Ok(reqwest::Response::from(response))
+            }
+            None => Err(Box::new(injected)),
+        }
+    }
+
+    fn convert(&self, error: BoxError) -> BoxError {
+        error
+    }
 }
 
 /// `GET {url}` through `transport`.
