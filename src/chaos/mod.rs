@@ -84,7 +84,8 @@
 //! (a shared random sequence and counters) and, if the rehearsal has an end,
 //! a clock read; a delay allocates its timer. Settings are atomics, read
 //! without a lock; a call that races [`Chaos::start`] may see some settings
-//! of the old rehearsal and some of the new one.
+//! of the old rehearsal and some of the new one, and one that races
+//! [`Chaos::stop`] may still be failed.
 //!
 //! # Randomness
 //!
@@ -95,7 +96,7 @@
 //!
 //! # At runtime, over HTTP
 //!
-//! With the `admin` feature, [`Admin::chaos_router`](crate::admin::Admin::chaos_router)
+//! With the `admin` feature, `admin::Admin::chaos_router`
 //! serves `GET /chaos` and `GET`/`POST`/`DELETE /chaos/{name}` behind the
 //! admin routes' bearer token, so an operator can start and stop a
 //! rehearsal on a running service.
