@@ -34,6 +34,10 @@
 //! among the breaker's recent events. Changes live in memory: a restart
 //! goes back to the configuration the process was built with.
 //!
+//! With the `chaos` feature, `Admin::chaos_router` serves `GET /chaos` and
+//! `GET`/`POST`/`DELETE /chaos/{name}` under the same rules (see
+//! [`chaos`](crate::chaos)).
+//!
 //! # Security
 //!
 //! The POST routes change production behaviour. With a token configured
@@ -231,7 +235,7 @@ impl Admin {
     }
 
     /// `None` when a POST may proceed, else the refusal.
-    fn guard_post(&self, headers: &HeaderMap) -> Option<Response> {
+    pub(crate) fn guard_post(&self, headers: &HeaderMap) -> Option<Response> {
         if self.token.is_some() {
             if self.authorized(headers) {
                 return None;
