@@ -9,9 +9,34 @@
 //! | `GET /health` | `application/health+json` (IETF draft-inadarei-api-health-check); 200 for pass and warn, 503 for fail and while draining |
 //! | `GET /livez` | 200 while the process runs, draining or not |
 //! | `GET /readyz` | 200 once startup passed and until draining begins, else 503 |
-//! | `GET /reliability` | breakers, recoveries, monitor and drain, as JSON |
+//! | `GET /reliability` | breakers (keyed registries summed up), recoveries, monitor and drain, as JSON |
 //! | `POST /reliability/auto-recovery/{name}/trigger` | 202 with the trigger outcome |
 //! | `POST /reliability/circuit-breaker/{name}/reset` | 200; resets the breaker and its recovery |
+//! | `GET /reliability/circuit-breaker/{name}` | the breaker's state, effective configuration and recent events |
+//! | `POST /reliability/circuit-breaker/{name}/force-open` | 200; rejects every call until reset |
+//! | `POST /reliability/circuit-breaker/{name}/disable` | 200; admits every call and records nothing until reset |
+//! | `POST /reliability/circuit-breaker/{name}/config` | 200 with the changes; a JSON object of settings to change (below) |
+//!
+//! # Changing a running breaker
+//!
+//! `POST /reliability/circuit-breaker/{name}/config` takes a JSON object
+//! with any of `consecutive_failures`, `failure_rate`, `minimum_calls`,
+//! `slow_call_rate`, `slow_call_threshold_seconds`,
+//! `open_duration_seconds`, `open_multiplier`,
+//! `max_open_duration_seconds`, `healthy_period_seconds`,
+//! `half_open_permits` and `metrics_only` (see
+//! [`Tuning`] for when each applies). The
+//! change is checked whole: a body that is not a JSON object gets 400; an
+//! unknown setting, a value of the wrong type or out of range gets 422
+//! naming the setting, the value and what was expected, and nothing
+//! changes. The answer lists the changes (`setting old -> new`) and the
+//! configuration now in effect; each change is logged at `warn` and kept
+//! among the breaker's recent events. Changes live in memory: a restart
+//! goes back to the configuration the process was built with.
+//!
+//! With the `chaos` feature, `Admin::chaos_router` serves `GET /chaos` and
+//! `GET`/`POST`/`DELETE /chaos/{name}` under the same rules (see
+//! [`chaos`](crate::chaos)).
 //!
 //! # Security
 //!
@@ -52,7 +77,9 @@ use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Map, Value, json};
 
-use crate::circuit_breaker::Snapshot;
+use crate::circuit_breaker::{
+    BreakerConfig, RecentEvent, RecentKind, Snapshot, TripPolicy, Tuning, WindowConfig,
+};
 use crate::config::Settings;
 use crate::drain::Drain;
 use crate::health::{DependencyReport, HealthStatus, Reliability};
@@ -130,7 +157,38 @@ impl Admin {
             .route("/reliability", get(reliability))
             .route("/reliability/auto-recovery/{name}/trigger", post(trigger))
             .route("/reliability/circuit-breaker/{name}/reset", post(reset))
+            .route("/reliability/circuit-breaker/{name}", get(breaker_detail))
+            .route(
+                "/reliability/circuit-breaker/{name}/force-open",
+                post(force_open),
+            )
+            .route("/reliability/circuit-breaker/{name}/disable", post(disable))
+            .route(
+                "/reliability/circuit-breaker/{name}/config",
+                post(configure),
+            )
             .with_state(state)
+    }
+
+    /// The breaker of the dependency `name`, if both exist.
+    fn breaker_of(&self, name: &str) -> Option<&crate::circuit_breaker::Breaker> {
+        self.reliability.get(name)?.breaker_handle()
+    }
+
+    /// The breaker a POST names, once the request is allowed to change it;
+    /// else the refusal (401, 403 or 404).
+    fn authorized_breaker(
+        &self,
+        headers: &HeaderMap,
+        name: &str,
+    ) -> Result<&crate::circuit_breaker::Breaker, Box<Response>> {
+        let dep = self.authorized_dependency(headers, name)?;
+        dep.breaker_handle().ok_or_else(|| {
+            Box::new(error(
+                StatusCode::NOT_FOUND,
+                &format!("dependency {name:?} has no circuit breaker"),
+            ))
+        })
     }
 
     /// Whether the request carries the configured token.
@@ -177,7 +235,7 @@ impl Admin {
     }
 
     /// `None` when a POST may proceed, else the refusal.
-    fn guard_post(&self, headers: &HeaderMap) -> Option<Response> {
+    pub(crate) fn guard_post(&self, headers: &HeaderMap) -> Option<Response> {
         if self.token.is_some() {
             if self.authorized(headers) {
                 return None;
@@ -328,7 +386,7 @@ async fn readyz(State(admin): AdminState) -> Response {
     )
 }
 
-fn breaker_json(b: &Snapshot) -> Value {
+fn breaker_json(b: &Snapshot, config: &BreakerConfig) -> Value {
     json!({
         "state": b.state.as_str(),
         "failure_count": b.failures,
@@ -337,7 +395,111 @@ fn breaker_json(b: &Snapshot) -> Value {
         "rejected": b.rejected,
         "transitions": b.transitions,
         "next_probe_in_seconds": b.next_probe_in.map(secs),
+        "metrics_only": config.metrics_only,
+        "would_have_rejected": b.shadow_rejected,
+        "traffic_share": b.traffic_share,
+        "config": config_json(config),
     })
+}
+
+/// A breaker's effective configuration, in the names `config` accepts.
+fn config_json(c: &BreakerConfig) -> Value {
+    let mut out = Map::new();
+    match &c.trip {
+        TripPolicy::ConsecutiveFailures(n) => {
+            out.insert("trip".into(), json!("consecutive_failures"));
+            out.insert("consecutive_failures".into(), json!(n));
+        }
+        TripPolicy::FailureRate {
+            window,
+            failure_rate,
+            minimum_calls,
+            slow_calls,
+        } => {
+            out.insert("trip".into(), json!("failure_rate"));
+            let window = match window {
+                WindowConfig::Count(n) => json!({ "calls": n }),
+                WindowConfig::Time { length, buckets } => {
+                    json!({ "seconds": secs(*length), "buckets": buckets })
+                }
+            };
+            out.insert("window".into(), window);
+            out.insert("failure_rate".into(), json!(failure_rate));
+            out.insert("minimum_calls".into(), json!(minimum_calls));
+            if let Some((threshold, rate)) = slow_calls {
+                out.insert(
+                    "slow_call_threshold_seconds".into(),
+                    json!(secs(*threshold)),
+                );
+                out.insert("slow_call_rate".into(), json!(rate));
+            }
+        }
+    }
+    out.insert("open_duration_seconds".into(), json!(secs(c.open_duration)));
+    out.insert("open_multiplier".into(), json!(c.open_multiplier));
+    out.insert(
+        "max_open_duration_seconds".into(),
+        json!(secs(c.max_open_duration)),
+    );
+    out.insert(
+        "healthy_period_seconds".into(),
+        json!(secs(c.healthy_period)),
+    );
+    out.insert("half_open_permits".into(), json!(c.half_open_permits));
+    out.insert(
+        "half_open_max_wait_seconds".into(),
+        json!(c.half_open_max_wait.map(secs)),
+    );
+    out.insert(
+        "half_open_ramp".into(),
+        match c.half_open_ramp {
+            Some((share, over)) => json!({ "initial_share": share, "seconds": secs(over) }),
+            None => Value::Null,
+        },
+    );
+    out.insert(
+        "retry_after_cap_seconds".into(),
+        json!(c.retry_after_cap.map(secs)),
+    );
+    out.insert("metrics_only".into(), json!(c.metrics_only));
+    Value::Object(out)
+}
+
+fn events_json(events: &[RecentEvent]) -> Value {
+    let now = std::time::SystemTime::now();
+    Value::Array(
+        events
+            .iter()
+            .rev()
+            .map(|e| {
+                let mut entry = match &e.kind {
+                    RecentKind::Transition(t) => json!({
+                        "type": "transition",
+                        "from": t.from.as_str(),
+                        "to": t.to.as_str(),
+                        "cause": t.cause.to_string(),
+                        "generation": t.generation,
+                        "open_for_seconds": t.open_for.map(secs),
+                        "consecutive_failures": t.counts.consecutive_failures,
+                        "window_calls": t.counts.window_calls,
+                        "window_failures": t.counts.window_failures,
+                    }),
+                    RecentKind::Tuned(changes) => json!({
+                        "type": "config_changed",
+                        "changes": changes,
+                    }),
+                };
+                if let Some(entry) = entry.as_object_mut() {
+                    entry.insert("time".into(), json!(crate::util::rfc3339(e.at)));
+                    entry.insert(
+                        "seconds_ago".into(),
+                        json!(now.duration_since(e.at).map_or(0.0, |d| d.as_secs_f64())),
+                    );
+                }
+                entry
+            })
+            .collect(),
+    )
 }
 
 fn period_json(p: &crate::recovery::Period) -> Value {
@@ -424,6 +586,56 @@ fn monitor_json(dep: &DependencyReport) -> Value {
     })
 }
 
+/// Keys not closed listed per keyed registry in `/reliability`; the rest
+/// are counted.
+const KEYED_LISTED: usize = 20;
+
+/// A keyed registry's breaker: its state and counts (their configuration
+/// is the registry's template).
+fn keyed_breaker_json(b: &Snapshot) -> Value {
+    json!({
+        "state": b.state.as_str(),
+        "failure_count": b.failures,
+        "consecutive_failures": b.counts.consecutive_failures,
+        "failure_rate": b.counts.failure_rate(),
+        "rejected": b.rejected,
+        "transitions": b.transitions,
+        "next_probe_in_seconds": b.next_probe_in.map(secs),
+    })
+}
+
+/// The keyed registries: totals by state and the keys not closed (bounded).
+fn keyed_json(reliability: &Reliability) -> Value {
+    let mut keyed = Map::new();
+    for s in reliability.keyed(KEYED_LISTED) {
+        let listed: Map<String, Value> = s
+            .not_closed
+            .iter()
+            .map(|b| (b.name.to_string(), keyed_breaker_json(b)))
+            .collect();
+        keyed.insert(
+            s.name.to_string(),
+            json!({
+                "keys": s.keys,
+                "max_keys": s.max_keys,
+                "states": {
+                    "closed": s.closed,
+                    "open": s.open,
+                    "half_open": s.half_open,
+                    "forced_open": s.forced_open,
+                    "disabled": s.disabled,
+                },
+                "not_closed": listed,
+                "not_closed_unlisted": s.not_closed_unlisted,
+                "overflow": keyed_breaker_json(&s.overflow),
+                "overflowed_calls": s.overflowed,
+                "evicted": s.evicted,
+            }),
+        );
+    }
+    Value::Object(keyed)
+}
+
 async fn reliability(State(admin): AdminState, headers: HeaderMap) -> Response {
     let report = admin.reliability.report();
     let show = admin.may_see_errors(&headers);
@@ -431,8 +643,8 @@ async fn reliability(State(admin): AdminState, headers: HeaderMap) -> Response {
     let mut recoveries = Map::new();
     let mut monitored = Map::new();
     for dep in &report.dependencies {
-        if let Some(b) = &dep.breaker {
-            breakers.insert(dep.name.to_string(), breaker_json(b));
+        if let (Some(b), Some(handle)) = (&dep.breaker, admin.breaker_of(&dep.name)) {
+            breakers.insert(dep.name.to_string(), breaker_json(b, &handle.config()));
         }
         if let Some(r) = &dep.recovery {
             recoveries.insert(
@@ -447,6 +659,7 @@ async fn reliability(State(admin): AdminState, headers: HeaderMap) -> Response {
         "status": report.status.as_str(),
         "started": report.started,
         "circuit_breakers": breakers,
+        "keyed_breakers": keyed_json(&admin.reliability),
         "recovery": recoveries,
         "health_monitor": {
             "running": report.monitor_running,
@@ -507,4 +720,206 @@ async fn reset(State(admin): AdminState, Path(name): Path<String>, headers: Head
         "application/json",
         &json!({ "name": name, "circuit_breaker": breaker.state().as_str(), "reset": true }),
     )
+}
+
+async fn breaker_detail(State(admin): AdminState, Path(name): Path<String>) -> Response {
+    let Some(dep) = admin.reliability.get(&name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no dependency named {name:?}"),
+        );
+    };
+    let Some(breaker) = dep.breaker_handle() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("dependency {name:?} has no circuit breaker"),
+        );
+    };
+    let config = breaker.config();
+    let mut body = breaker_json(&breaker.snapshot(), &config);
+    if let Some(body) = body.as_object_mut() {
+        body.insert("name".into(), json!(name));
+        body.insert(
+            "recent_events".into(),
+            events_json(&breaker.recent_events()),
+        );
+    }
+    json_response(StatusCode::OK, "application/json", &body)
+}
+
+/// A manual state set by an operator: forced open or disabled.
+fn manual(
+    admin: &Admin,
+    name: &str,
+    headers: &HeaderMap,
+    apply: fn(&crate::circuit_breaker::Breaker),
+    what: &str,
+) -> Response {
+    let breaker = match admin.authorized_breaker(headers, name) {
+        Ok(breaker) => breaker,
+        Err(refusal) => return *refusal,
+    };
+    apply(breaker);
+    tracing::warn!(dependency = %name, "Circuit breaker {what} by an operator");
+    json_response(
+        StatusCode::OK,
+        "application/json",
+        &json!({ "name": name, "circuit_breaker": breaker.state().as_str() }),
+    )
+}
+
+async fn force_open(
+    State(admin): AdminState,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    manual(
+        &admin,
+        &name,
+        &headers,
+        crate::circuit_breaker::Breaker::force_open,
+        "forced open",
+    )
+}
+
+async fn disable(
+    State(admin): AdminState,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    manual(
+        &admin,
+        &name,
+        &headers,
+        crate::circuit_breaker::Breaker::disable,
+        "disabled",
+    )
+}
+
+/// A refused setting: 422 naming it, the value given and what was
+/// expected.
+fn unprocessable(setting: &str, value: &Value, expected: &str) -> Response {
+    json_response(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "application/json",
+        &json!({
+            "error": format!("{setting} = {value}: expected {expected}"),
+            "setting": setting,
+            "value": value,
+            "expected": expected,
+        }),
+    )
+}
+
+/// The settings of a `config` body, as a [`Tuning`]; else the 422.
+fn tuning_of(body: &Map<String, Value>) -> Result<Tuning, Box<Response>> {
+    let mut tuning = Tuning::new();
+    for (key, value) in body {
+        let bad = |expected: &str| Box::new(unprocessable(key, value, expected));
+        let count = || value.as_u64().ok_or_else(|| bad("a whole number"));
+        let number = || {
+            value
+                .as_f64()
+                .filter(|n| n.is_finite())
+                .ok_or_else(|| bad("a number"))
+        };
+        let seconds = || {
+            value
+                .as_f64()
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .ok_or_else(|| bad("a number of seconds, 0 or more"))
+        };
+        tuning = match key.as_str() {
+            "consecutive_failures" => tuning.consecutive_failures(
+                u32::try_from(count()?).map_err(|_| bad("a whole number below 2^32"))?,
+            ),
+            "failure_rate" => tuning.failure_rate(number()?),
+            "minimum_calls" => tuning.minimum_calls(count()?),
+            "slow_call_rate" => tuning.slow_call_rate(number()?),
+            "slow_call_threshold_seconds" => tuning.slow_call_threshold(seconds()?),
+            "open_duration_seconds" => tuning.open_duration(seconds()?),
+            "open_multiplier" => tuning.open_multiplier(number()?),
+            "max_open_duration_seconds" => tuning.max_open_duration(seconds()?),
+            "healthy_period_seconds" => tuning.healthy_period(seconds()?),
+            "half_open_permits" => tuning.half_open_permits(
+                u16::try_from(count()?).map_err(|_| bad("a whole number below 65536"))?,
+            ),
+            "metrics_only" => {
+                tuning.metrics_only(value.as_bool().ok_or_else(|| bad("true or false"))?)
+            }
+            _ => {
+                return Err(bad(
+                    "one of consecutive_failures, failure_rate, minimum_calls, slow_call_rate, \
+                     slow_call_threshold_seconds, open_duration_seconds, open_multiplier, \
+                     max_open_duration_seconds, healthy_period_seconds, half_open_permits, \
+                     metrics_only (an unknown setting)",
+                ));
+            }
+        };
+    }
+    Ok(tuning)
+}
+
+/// A tuning field's name in the `config` body.
+fn body_name(setting: &str) -> String {
+    match setting {
+        "slow_call_threshold" | "open_duration" | "max_open_duration" | "healthy_period" => {
+            format!("{setting}_seconds")
+        }
+        other => other.to_string(),
+    }
+}
+
+async fn configure(
+    State(admin): AdminState,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let breaker = match admin.authorized_breaker(&headers, &name) {
+        Ok(breaker) => breaker,
+        Err(refusal) => return *refusal,
+    };
+    let settings = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(settings)) => settings,
+        Ok(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "the body must be a JSON object of settings to change",
+            );
+        }
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("the body is not valid JSON: {e}"),
+            );
+        }
+    };
+    let tuning = match tuning_of(&settings) {
+        Ok(tuning) => tuning,
+        Err(refusal) => return *refusal,
+    };
+    match breaker.tune(tuning) {
+        Ok(changes) => {
+            tracing::warn!(
+                dependency = %name,
+                changes = changes.len(),
+                "Circuit breaker configuration changed by an operator"
+            );
+            json_response(
+                StatusCode::OK,
+                "application/json",
+                &json!({
+                    "name": name,
+                    "changes": changes,
+                    "config": config_json(&breaker.config()),
+                }),
+            )
+        }
+        Err(e) => {
+            let setting = body_name(e.setting());
+            let value = settings.get(&setting).cloned().unwrap_or(Value::Null);
+            unprocessable(&setting, &value, e.expected())
+        }
+    }
 }

@@ -84,6 +84,17 @@ pub enum Outcome {
 pub trait Classify<T, E> {
     /// Classify one finished call.
     fn classify(&self, result: &Result<T, E>) -> Outcome;
+
+    /// For a call classified as a [`Failure`](Outcome::Failure): how long
+    /// the dependency asked callers to stay away (an HTTP `Retry-After`).
+    /// A breaker opened by this failure stays open that long (capped; see
+    /// `circuit_breaker::Builder::retry_after_cap`). Asked only of
+    /// failures, so it costs nothing on the success path. The default
+    /// reads nothing.
+    fn retry_after(&self, result: &Result<T, E>) -> Option<std::time::Duration> {
+        let _ = result;
+        None
+    }
 }
 
 impl<T, E, F> Classify<T, E> for F
@@ -153,6 +164,13 @@ impl<T, E> Classify<T, E> for ErrorsAsFailures {
 /// Implemented for [`http::Response`] ([`HttpStatus`]) and for every
 /// `Fn(&T) -> StatusCode`, so a foreign response type needs only a closure.
 pub trait StatusOf<T> {
+    /// The response's `Retry-After`, in seconds, if it has one (the
+    /// default reads none; [`HttpStatus`] reads the header).
+    fn retry_after(&self, response: &T) -> Option<std::time::Duration> {
+        let _ = response;
+        None
+    }
+
     /// The response's status code.
     fn status_of(&self, response: &T) -> StatusCode;
 }
@@ -166,6 +184,21 @@ impl<B> StatusOf<http::Response<B>> for HttpStatus {
     fn status_of(&self, response: &http::Response<B>) -> StatusCode {
         response.status()
     }
+
+    fn retry_after(&self, response: &http::Response<B>) -> Option<std::time::Duration> {
+        retry_after_header(response.headers())
+    }
+}
+
+/// The `Retry-After` of `headers` as delta-seconds (an HTTP date is not
+/// read: servers asking for a pause almost always send seconds).
+pub(crate) fn retry_after_header(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(std::time::Duration::from_secs)
 }
 
 impl<T, F> StatusOf<T> for F
@@ -239,6 +272,21 @@ where
             Ok(response) if self.is_failure(self.status.status_of(response)) => Outcome::Failure,
             Ok(_) => Outcome::Success,
             Err(_) => Outcome::Failure,
+        }
+    }
+
+    /// The `Retry-After` of a `429` or `503` answer.
+    fn retry_after(&self, result: &Result<T, E>) -> Option<std::time::Duration> {
+        match result {
+            Ok(response)
+                if matches!(
+                    self.status.status_of(response),
+                    StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                ) =>
+            {
+                self.status.retry_after(response)
+            }
+            _ => None,
         }
     }
 }

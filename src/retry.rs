@@ -58,7 +58,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use tower::retry::Policy;
 use tower::retry::budget::{Budget, TpsBudget};
 
@@ -201,11 +201,7 @@ fn jitter() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The `Retry-After` of `headers` in seconds (an HTTP date is not read).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
+use crate::classify::retry_after_header as retry_after;
 
 /// Whether `response` was refused by this crate (a breaker or a drain).
 fn refused<B>(response: &Response<B>) -> bool {

@@ -7,8 +7,9 @@ use std::sync::{Arc, Weak};
 
 use super::core::Core;
 use super::{
-    Builder, CallError, Cause, CircuitBreakerEosLayer, CircuitBreakerLayer, Counts, Permit,
-    RejectWithError, Rejection, Snapshot, State, Transitions,
+    BreakerConfig, Builder, CallError, Cause, CircuitBreakerEosLayer, CircuitBreakerLayer, Counts,
+    Permit, RecentEvent, RejectWithError, Rejection, Snapshot, State, Transitions, TuneError,
+    Tuning,
 };
 use crate::classify::{Classify, ErrorsAsFailures};
 
@@ -104,7 +105,35 @@ impl Breaker {
             transitions: self.core.transitions(),
             next_probe_in,
             available_permits,
+            shadow_rejected: self.core.shadow_rejected(),
+            traffic_share: self.core.traffic_share(),
         }
+    }
+
+    /// The configuration in effect now (thresholds and open duration as
+    /// changed by [`tune`](Self::tune)).
+    pub fn config(&self) -> BreakerConfig {
+        self.core.effective()
+    }
+
+    /// Changes thresholds, open duration, probes or metrics-only mode of
+    /// the running breaker (see [`Tuning`] for when each applies). The
+    /// change is checked whole first: an error names the setting, the
+    /// value and what was expected, and nothing applies. Returns the
+    /// changes made, one `setting old -> new` line each (also logged at
+    /// `warn` and kept in [`recent_events`](Self::recent_events)).
+    pub fn tune(&self, tuning: Tuning) -> Result<Vec<String>, TuneError> {
+        let checked = tuning.check(&self.core.effective())?;
+        Ok(self.core.tune(&checked))
+    }
+
+    /// The latest transitions and configuration changes, oldest first (at
+    /// most [`Builder::recent_events`], 32 by default): what happened to
+    /// this breaker lately, for an operator (`/reliability`), unlike
+    /// [`subscribe`](Self::subscribe), which sees only what happens after
+    /// it is called.
+    pub fn recent_events(&self) -> Vec<RecentEvent> {
+        self.core.recent_events()
     }
 
     /// Back to `Closed`: the window and the consecutive count cleared, the

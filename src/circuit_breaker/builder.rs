@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Breaker;
-use super::core::{Config, Core, TripRule, WindowKind};
+use super::core::{Config, Core, Ramp, TripRule, WindowKind};
 use crate::clock::{Clock, saturating_nanos};
 
 /// Configures a [`Breaker`].
@@ -26,7 +26,14 @@ pub struct Builder {
     healthy_period: Duration,
     permits: u16,
     half_open_max_wait: Option<Duration>,
+    retry_after_cap: Option<Duration>,
+    metrics_only: bool,
+    recent_events: usize,
+    ramp: Option<(f64, Duration)>,
     clock: Option<Clock>,
+    /// The keyed registry this breaker belongs to (for its metrics).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    keyed: Option<Arc<str>>,
 }
 
 impl Builder {
@@ -44,7 +51,12 @@ impl Builder {
             healthy_period: Duration::from_secs(60),
             permits: 1,
             half_open_max_wait: None,
+            retry_after_cap: Some(Duration::from_secs(300)),
+            metrics_only: false,
+            recent_events: 32,
+            ramp: None,
             clock: None,
+            keyed: None,
         }
     }
 
@@ -171,9 +183,82 @@ impl Builder {
         self
     }
 
+    /// A staged half-open: after the open wait, admit a share of calls
+    /// rising linearly from `initial_share` (in `(0, 1]`) to all of them
+    /// over `duration`, instead of a fixed number of probes. A failure
+    /// re-opens the breaker; it closes once the ramp is over and at least
+    /// [`half_open_permits`](Self::half_open_permits) admitted calls
+    /// succeeded (so a ramp without traffic does not close it on no
+    /// evidence). Calls are picked evenly (every tenth at 10%), and a call
+    /// not picked is rejected with a retry hint of at most a second.
+    ///
+    /// A recovering dependency is not hit by every caller at once (a
+    /// thundering herd that can knock it over again), yet serves more than
+    /// a handful of probes while it warms up. Envoy's slow start and
+    /// seatbelt's ramping half-open do the same.
+    ///
+    /// # Panics
+    /// If `initial_share` is outside `(0, 1]`, or with
+    /// [`half_open_max_wait`](Self::half_open_max_wait) (a ramp admits
+    /// more as it goes, so it cannot hang on a few probes).
+    pub fn half_open_ramp(mut self, initial_share: f64, duration: Duration) -> Self {
+        assert!(
+            initial_share > 0.0 && initial_share <= 1.0,
+            "half_open_ramp's initial share must be in (0, 1]"
+        );
+        self.ramp = Some((initial_share, duration));
+        self
+    }
+
     /// Re-open if half-open lasts longer than `wait` (probes hung).
     pub fn half_open_max_wait(mut self, wait: Duration) -> Self {
         self.half_open_max_wait = Some(wait);
+        self
+    }
+
+    /// The longest open duration an upstream may ask for with
+    /// `Retry-After` (default 5 min).
+    ///
+    /// When the failure that opens the breaker (or one shortly before it)
+    /// carried a `Retry-After` (read by the classifier: see
+    /// [`Classify::retry_after`]; [`HttpErrorsAsFailures`] reads it on `429`
+    /// and `503`), the breaker stays open until then, capped at `cap`,
+    /// instead of for the configured open duration: the upstream knows when
+    /// it expects to serve again, sooner or later.
+    ///
+    /// [`Classify::retry_after`]: crate::classify::Classify::retry_after
+    /// [`HttpErrorsAsFailures`]: crate::classify::HttpErrorsAsFailures
+    pub fn retry_after_cap(mut self, cap: Duration) -> Self {
+        self.retry_after_cap = Some(cap);
+        self
+    }
+
+    /// Ignore `Retry-After`: every opening lasts the configured duration.
+    pub fn ignore_retry_after(mut self) -> Self {
+        self.retry_after_cap = None;
+        self
+    }
+
+    /// Metrics-only mode: the breaker records, trips, probes and reports as
+    /// usual, but admits every call it would reject (counted in
+    /// [`Snapshot::shadow_rejected`] and the metric
+    /// `tower_recovery_breaker_shadow_rejections_total`). For tuning
+    /// thresholds against production traffic before enforcing them; switch
+    /// enforcement on at runtime with [`Tuning::metrics_only`]. A breaker
+    /// forced open still rejects (a person asked for it), and a recovery
+    /// watching the breaker still acts on its transitions.
+    ///
+    /// [`Snapshot::shadow_rejected`]: super::Snapshot::shadow_rejected
+    /// [`Tuning::metrics_only`]: super::Tuning::metrics_only
+    pub fn metrics_only(mut self) -> Self {
+        self.metrics_only = true;
+        self
+    }
+
+    /// Events kept for [`Breaker::recent_events`] (default 32; 0 keeps
+    /// none).
+    pub fn recent_events(mut self, n: usize) -> Self {
+        self.recent_events = n;
         self
     }
 
@@ -183,11 +268,38 @@ impl Builder {
         self
     }
 
+    /// The name given to [`Breaker::builder`].
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The clock set, or the default one (made now).
+    pub(crate) fn clock_or_default(&self) -> Clock {
+        self.clock.clone().unwrap_or_default()
+    }
+
+    /// The same configuration under another name.
+    pub(crate) fn renamed(mut self, name: Arc<str>) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// Marks the breaker as one of the keyed registry `registry`.
+    pub(crate) fn keyed(mut self, registry: &Arc<str>) -> Self {
+        self.keyed = Some(registry.clone());
+        self
+    }
+
     /// Builds the breaker.
     ///
     /// # Panics
-    /// If slow calls are configured without a window.
+    /// If slow calls are configured without a window, or a half-open ramp
+    /// with a half-open maximum wait.
     pub fn build(self) -> Breaker {
+        assert!(
+            self.ramp.is_none() || self.half_open_max_wait.is_none(),
+            "half_open_ramp and half_open_max_wait cannot be combined"
+        );
         let ppm = |rate: f64| ((rate * 1_000_000.0).round() as u64).max(1);
         let rule = match self.window {
             WindowKind::None => {
@@ -218,6 +330,17 @@ impl Builder {
             healthy_period: saturating_nanos(self.healthy_period),
             permits: self.permits,
             half_open_max_wait: self.half_open_max_wait.map(saturating_nanos),
+            retry_after_cap: self.retry_after_cap.map(saturating_nanos),
+            metrics_only: self.metrics_only,
+            recent_events: self.recent_events,
+            ramp: self.ramp.map(|(share, duration)| Ramp {
+                initial_ppm: ppm(share).min(1_000_000),
+                duration: saturating_nanos(duration),
+            }),
+            #[cfg(feature = "metrics")]
+            keyed: self
+                .keyed
+                .map(|registry| Arc::new(super::keyed::Member::new(registry))),
         };
         Breaker {
             core: Arc::new(Core::new(self.name, cfg, self.clock.unwrap_or_default())),

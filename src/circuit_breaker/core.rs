@@ -132,6 +132,92 @@ pub(crate) struct Config {
     pub(crate) healthy_period: u64,
     pub(crate) permits: u16,
     pub(crate) half_open_max_wait: Option<u64>,
+    /// The longest open duration an upstream's `Retry-After` may ask for
+    /// (`None`: `Retry-After` is not read).
+    pub(crate) retry_after_cap: Option<u64>,
+    /// Record and report, never reject (metrics-only mode).
+    pub(crate) metrics_only: bool,
+    /// Transitions kept for `recent_events`.
+    pub(crate) recent_events: usize,
+    /// A staged half-open: a rising share of calls instead of fixed probes.
+    pub(crate) ramp: Option<Ramp>,
+    /// A keyed registry's breaker: metrics labelled by the registry, and its
+    /// keys-per-state gauge kept instead of a state gauge per key.
+    #[cfg(feature = "metrics")]
+    pub(crate) keyed: Option<Arc<super::keyed::Member>>,
+}
+
+/// A half-open ramp: the share of calls admitted rises linearly from
+/// `initial_ppm` to all of them over `duration`; the breaker closes once
+/// the ramp is over and enough admitted calls succeeded, and re-opens on a
+/// failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ramp {
+    pub(crate) initial_ppm: u64,
+    pub(crate) duration: u64,
+}
+
+impl Ramp {
+    /// The share admitted `elapsed` into the ramp, in parts per million.
+    fn share_ppm(&self, elapsed: u64) -> u64 {
+        if elapsed >= self.duration || self.duration == 0 {
+            return 1_000_000;
+        }
+        let rise = u128::from(1_000_000 - self.initial_ppm) * u128::from(elapsed)
+            / u128::from(self.duration);
+        self.initial_ppm + rise as u64
+    }
+}
+
+/// Whether the `n`th call of a ramp is admitted at a share of `ppm`: calls
+/// are picked evenly (the `n`th is admitted when the running total of
+/// shares passes a whole call), so the share holds over any run of calls,
+/// not only on average.
+#[inline]
+fn picked(n: u64, ppm: u64) -> bool {
+    let before = u128::from(n) * u128::from(ppm) / 1_000_000;
+    let after = (u128::from(n) + 1) * u128::from(ppm) / 1_000_000;
+    after > before
+}
+
+/// The open-duration settings, read and changed under the transition lock.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OpenSettings {
+    pub(crate) base: u64,
+    pub(crate) multiplier: f64,
+    pub(crate) max: u64,
+    pub(crate) healthy_period: u64,
+}
+
+impl OpenSettings {
+    /// The open duration at growth `level`.
+    fn nanos(&self, level: u32) -> u64 {
+        let grown = self.base as f64 * self.multiplier.powi(level as i32);
+        if grown >= self.max as f64 {
+            self.max
+        } else {
+            grown as u64
+        }
+    }
+}
+
+// The trip rule's thresholds, in one word so that a change is seen whole:
+// consecutive: the limit; rate: [minimum calls 23 | failure ppm 20 | slow ppm 21].
+pub(crate) const MAX_MINIMUM_CALLS: u64 = (1 << 23) - 1;
+
+fn rule_word(rule: &TripRule) -> u64 {
+    match *rule {
+        TripRule::Consecutive(limit) => u64::from(limit),
+        TripRule::Rate {
+            minimum_calls,
+            failure_ppm,
+            slow_ppm,
+        } => {
+            (minimum_calls.clamp(1, MAX_MINIMUM_CALLS) << 41)
+                | (failure_ppm.min(1_000_000) << 21)
+                | slow_ppm.map_or(0, |p| p.clamp(1, 1_000_000))
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -245,6 +331,8 @@ struct Locked {
     outage_start: Option<tokio::time::Instant>,
     /// Keeps the coarse clock ticking while the reject path reads it.
     ticking: Option<crate::clock::CoarseTicking>,
+    /// Open duration, growth and healthy period (changed by `tune`).
+    open: OpenSettings,
 }
 
 /// Metric handles, registered once when the breaker is built.
@@ -282,6 +370,32 @@ pub(crate) struct Core {
     pub(crate) id: u64,
     /// Call credits given back through the shared tally (see `crate::lease`).
     pub(crate) returned: Padded<AtomicU64>,
+    /// The trip rule's thresholds (see `rule_word`); its kind is `cfg.rule`'s.
+    rule: AtomicU64,
+    /// The slow-call threshold, when slow calls are measured.
+    slow_limit: AtomicU64,
+    /// Probes of the next half-open period.
+    permits: AtomicU64,
+    /// Probes of the current half-open period (fixed when it began, so a
+    /// change never strands a period that needs more successes than it
+    /// admits).
+    period_permits: AtomicU64,
+    /// The base open duration, for a half-open rejection's retry hint.
+    open_base: AtomicU64,
+    /// Metrics-only mode: record and report, never reject.
+    metrics_only: AtomicBool,
+    /// Admissions a metrics-only breaker let through that it would have
+    /// rejected.
+    shadow_rejected: AtomicU64,
+    /// The end of the wait an upstream asked for (`Retry-After`) on this
+    /// breaker's clock, 0 if none: the next opening lasts until then.
+    hinted_until: AtomicU64,
+    /// The latest transitions, newest last.
+    recent: Mutex<VecDeque<super::RecentEvent>>,
+    /// When the current half-open period began (a ramp's start).
+    half_open_since: AtomicU64,
+    /// Calls that asked for admission in this ramp (picks admissions).
+    ramp_calls: AtomicU64,
     window: Window,
     /// No window and no slow-call detection: a success only resets the
     /// consecutive count.
@@ -338,6 +452,12 @@ impl Core {
         };
         let now = clock.now_nanos();
         let simple = matches!(window, Window::None) && cfg.slow_nanos.is_none();
+        let open = OpenSettings {
+            base: cfg.open_base,
+            multiplier: cfg.open_multiplier,
+            max: cfg.open_max,
+            healthy_period: cfg.healthy_period,
+        };
         Self {
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::Bound::new(),
@@ -351,6 +471,17 @@ impl Core {
             open_until_coarse: AtomicU64::new(0),
             half_open_until: AtomicU64::new(u64::MAX),
             next_open: AtomicU64::new(cfg.open_base.min(cfg.open_max)),
+            rule: AtomicU64::new(rule_word(&cfg.rule)),
+            slow_limit: AtomicU64::new(cfg.slow_nanos.unwrap_or(0)),
+            permits: AtomicU64::new(u64::from(cfg.permits)),
+            period_permits: AtomicU64::new(u64::from(cfg.permits)),
+            open_base: AtomicU64::new(cfg.open_base),
+            metrics_only: AtomicBool::new(cfg.metrics_only),
+            shadow_rejected: AtomicU64::new(0),
+            hinted_until: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::new()),
+            half_open_since: AtomicU64::new(0),
+            ramp_calls: AtomicU64::new(0),
             transitions: AtomicU64::new(0),
             id: {
                 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -373,15 +504,40 @@ impl Core {
                 signal: Signal::default(),
                 outage_start: None,
                 ticking: None,
+                open,
             }),
         }
+    }
+
+    /// The `breaker` label of this breaker's metrics: its name, or its
+    /// keyed registry's (one series per registry, not per key).
+    #[cfg(feature = "metrics")]
+    fn metrics_label(&self) -> &str {
+        self.cfg.keyed.as_ref().map_or(&self.name, |m| m.registry())
     }
 
     /// Runs `f` with the metric handles of the recorder in use.
     #[cfg(feature = "metrics")]
     #[inline]
     fn metrics<R>(&self, f: impl FnOnce(&Metrics) -> R) -> R {
-        self.metrics.with(|| Metrics::new(&self.name), f)
+        self.metrics.with(|| Metrics::new(self.metrics_label()), f)
+    }
+
+    /// The trip rule with its current thresholds.
+    #[inline]
+    fn rule(&self) -> TripRule {
+        let w = self.rule.load(Ordering::Relaxed);
+        match self.cfg.rule {
+            TripRule::Consecutive(_) => TripRule::Consecutive(w as u32),
+            TripRule::Rate { .. } => TripRule::Rate {
+                minimum_calls: w >> 41,
+                failure_ppm: (w >> 21) & ((1 << 20) - 1),
+                slow_ppm: match w & ((1 << 21) - 1) {
+                    0 => None,
+                    ppm => Some(ppm),
+                },
+            },
+        }
     }
 
     // ===== admission =====
@@ -413,12 +569,12 @@ impl Core {
                 let until = self.open_until_coarse.load(Ordering::Acquire);
                 let now = crate::clock::coarse_if_ticking();
                 if now < until {
-                    return Err(self.reject(State::Open, Some(until - now), count));
+                    return self.refuse(word, State::Open, Some(until - now), count);
                 }
                 let now = self.clock.now_nanos();
                 let until = self.open_until.load(Ordering::Acquire);
                 if now < until {
-                    return Err(self.reject(State::Open, Some(until - now), count));
+                    return self.refuse(word, State::Open, Some(until - now), count);
                 }
             }
             _ => {}
@@ -431,14 +587,29 @@ impl Core {
         loop {
             match code(word) {
                 CLOSED | DISABLED => return Ok(Ticket { word, start: 0 }),
-                FORCED_OPEN => return Err(self.reject(State::ForcedOpen, None, count)),
+                FORCED_OPEN => return self.refuse(word, State::ForcedOpen, None, count),
                 OPEN => {
                     let now = self.clock.now_nanos();
                     let until = self.open_until.load(Ordering::Acquire);
                     if now < until {
-                        return Err(self.reject(State::Open, Some(until - now), count));
+                        return self.refuse(word, State::Open, Some(until - now), count);
                     }
                     self.transition(word, State::HalfOpen, Cause::OpenWaitElapsed, now);
+                }
+                _ if self.cfg.ramp.is_some() => {
+                    let now = self.clock.now_nanos();
+                    if self.ramp_complete(word, now) {
+                        self.transition(word, State::Closed, Cause::RampCompleted, now);
+                        word = self.state.0.load(Ordering::Acquire);
+                        continue;
+                    }
+                    let (share, left) = self.ramp_share(word, now);
+                    let n = self.ramp_calls.fetch_add(1, Ordering::Relaxed);
+                    if picked(n, share) {
+                        return Ok(Ticket { word, start: 0 });
+                    }
+                    let after = left.clamp(1_000_000, 1_000_000_000);
+                    return self.refuse(word, State::HalfOpen, Some(after), count);
                 }
                 _ => {
                     if self.cfg.half_open_max_wait.is_some() {
@@ -455,7 +626,7 @@ impl Core {
                     while ho_matches(h, word) {
                         if ho_available(h) == 0 {
                             let after = self.half_open_busy_retry_after();
-                            return Err(self.reject(State::HalfOpen, Some(after), count));
+                            return self.refuse(word, State::HalfOpen, Some(after), count);
                         }
                         match self.half_open.0.compare_exchange_weak(
                             h,
@@ -483,7 +654,45 @@ impl Core {
                 .half_open_until
                 .load(Ordering::Acquire)
                 .saturating_sub(self.clock.now_nanos()),
-            None => self.cfg.open_base,
+            None => self.open_base.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A call the breaker does not admit: rejected, or, in metrics-only
+    /// mode, admitted and counted as a rejection it would have made. A
+    /// forced-open breaker rejects in every mode: a person asked for it.
+    #[inline]
+    fn refuse(
+        &self,
+        word: u64,
+        state: State,
+        retry_after: Option<u64>,
+        count: bool,
+    ) -> Result<Ticket, Rejection> {
+        if state != State::ForcedOpen && self.metrics_only.load(Ordering::Relaxed) {
+            return Ok(self.shadow_admit(word, count));
+        }
+        Err(self.reject(state, retry_after, count))
+    }
+
+    /// Admits a call a metrics-only breaker would have rejected. Its ticket
+    /// carries the `Open` code of the current generation: its outcome is
+    /// not recorded (the breaker would not have seen it) and it holds no
+    /// probe permit.
+    #[cold]
+    fn shadow_admit(&self, word: u64, count: bool) -> Ticket {
+        if count {
+            self.shadow_rejected.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
+            metrics::counter!(
+                crate::metrics::BREAKER_SHADOW_REJECTIONS,
+                "breaker" => self.metrics_label().to_string()
+            )
+            .increment(1);
+        }
+        Ticket {
+            word: (word & !CODE_MASK) | OPEN,
+            start: 0,
         }
     }
 
@@ -520,6 +729,25 @@ impl Core {
             // Disabled records nothing.
             _ => {}
         }
+    }
+
+    /// Records a finished call whose failure came with the upstream's
+    /// `Retry-After`: the next opening lasts that long (capped), instead of
+    /// the configured open duration.
+    pub(crate) fn complete_hinted(
+        &self,
+        ticket: Ticket,
+        outcome: Outcome,
+        retry_after: Option<Duration>,
+    ) {
+        if outcome == Outcome::Failure {
+            if let (Some(wait), Some(cap)) = (retry_after, self.cfg.retry_after_cap) {
+                let wait = crate::clock::saturating_nanos(wait).min(cap);
+                let until = self.clock.now_nanos().saturating_add(wait);
+                self.hinted_until.fetch_max(until, Ordering::AcqRel);
+            }
+        }
+        self.complete(ticket, outcome);
     }
 
     /// A call admitted with `ticket` was dropped before it finished.
@@ -611,10 +839,13 @@ impl Core {
             0
         };
         let slow = match self.cfg.slow_nanos {
-            Some(limit) => self.clock.now_nanos().saturating_sub(ticket.start) >= limit,
+            Some(_) => {
+                let limit = self.slow_limit.load(Ordering::Relaxed);
+                self.clock.now_nanos().saturating_sub(ticket.start) >= limit
+            }
             None => false,
         };
-        let cause = match self.cfg.rule {
+        let cause = match self.rule() {
             TripRule::Consecutive(limit) => {
                 if !matches!(self.window, Window::None) {
                     self.window_record(failed, slow);
@@ -662,7 +893,7 @@ impl Core {
 
     /// Whether the counts of the closed state `word` reach a threshold now.
     fn still_trips(&self, word: u64) -> bool {
-        match self.cfg.rule {
+        match self.rule() {
             TripRule::Consecutive(limit) => {
                 // A read-modify-write reads the latest count: a plain load
                 // may return one from before a concurrent reset's store.
@@ -708,7 +939,7 @@ impl Core {
                     minimum_calls,
                     failure_ppm,
                     slow_ppm,
-                } = self.cfg.rule
+                } = self.rule()
                 else {
                     return None;
                 };
@@ -772,6 +1003,24 @@ impl Core {
                     self.transition(ticket.word, State::Open, Cause::ProbeFailed, now);
                 }
             }
+            Outcome::Success if self.cfg.ramp.is_some() => {
+                let mut h = self.half_open.0.load(Ordering::Acquire);
+                while ho_matches(h, ticket.word) && ho_successes(h) < 0xffff {
+                    match self.half_open.0.compare_exchange_weak(
+                        h,
+                        h + 1,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => break,
+                        Err(actual) => h = actual,
+                    }
+                }
+                let now = self.clock.now_nanos();
+                if self.ramp_complete(ticket.word, now) {
+                    self.transition(ticket.word, State::Closed, Cause::RampCompleted, now);
+                }
+            }
             Outcome::Success => {
                 let mut h = self.half_open.0.load(Ordering::Acquire);
                 while ho_matches(h, ticket.word) {
@@ -782,7 +1031,7 @@ impl Core {
                         Ordering::Acquire,
                     ) {
                         Ok(_) => {
-                            if ho_successes(h) + 1 >= u64::from(self.cfg.permits) {
+                            if ho_successes(h) + 1 >= self.period_permits.load(Ordering::Acquire) {
                                 let now = self.clock.now_nanos();
                                 self.transition(
                                     ticket.word,
@@ -802,7 +1051,8 @@ impl Core {
 
     fn give_back_permit(&self, word: u64) {
         let mut h = self.half_open.0.load(Ordering::Acquire);
-        while ho_matches(h, word) && ho_available(h) < u64::from(self.cfg.permits) {
+        let permits = self.period_permits.load(Ordering::Acquire);
+        while ho_matches(h, word) && ho_available(h) < permits {
             match self.half_open.0.compare_exchange_weak(
                 h,
                 h + (1 << 16),
@@ -839,6 +1089,13 @@ impl Core {
                 let until = self.open_until.load(Ordering::Acquire);
                 if now < until {
                     (State::Open, Some(until - now))
+                } else {
+                    (State::HalfOpen, None)
+                }
+            }
+            HALF_OPEN if self.cfg.ramp.is_some() => {
+                if self.ramp_complete(word, now) {
+                    (State::Closed, None)
                 } else {
                     (State::HalfOpen, None)
                 }
@@ -914,12 +1171,13 @@ impl Core {
             && self.cfg.half_open_max_wait.is_some()
             && now >= self.half_open_until.load(Ordering::Acquire);
         let permits = match state {
+            State::HalfOpen if self.cfg.ramp.is_some() => None,
             // Performed: the permits of this half-open period.
             State::HalfOpen if code(word) == HALF_OPEN && ho_matches(h, word) && !moved_on => {
                 Some(ho_available(h) as u16)
             }
             // Projected: a new half-open period starts with every permit.
-            State::HalfOpen => Some(self.cfg.permits),
+            State::HalfOpen => Some(self.permits.load(Ordering::Relaxed) as u16),
             _ => None,
         };
         (
@@ -976,7 +1234,9 @@ impl Core {
         // A read-modify-write, so that it is ordered after every count
         // already added (a trip re-checks the count under the lock).
         self.consecutive.0.swap(cons_tag(word), Ordering::AcqRel);
-        self.next_open.store(self.open_nanos(0), Ordering::Release);
+        self.next_open
+            .store(locked.open.nanos(0), Ordering::Release);
+        self.hinted_until.store(0, Ordering::Release);
         locked.closed_at = now;
         drop(locked);
         let name = &*self.name;
@@ -1059,16 +1319,6 @@ impl Core {
         crate::clock::coarse_precise_now().saturating_add(left)
     }
 
-    /// The open duration at growth `level`.
-    fn open_nanos(&self, level: u32) -> u64 {
-        let grown = self.cfg.open_base as f64 * self.cfg.open_multiplier.powi(level as i32);
-        if grown >= self.cfg.open_max as f64 {
-            self.cfg.open_max
-        } else {
-            grown as u64
-        }
-    }
-
     fn apply(
         &self,
         mut locked: MutexGuard<'_, Locked>,
@@ -1085,16 +1335,23 @@ impl Core {
         match to {
             State::Open => {
                 if from == State::Closed
-                    && now.saturating_sub(locked.closed_at) >= self.cfg.healthy_period
+                    && now.saturating_sub(locked.closed_at) >= locked.open.healthy_period
                 {
                     locked.level = 0;
                 }
-                let nanos = self.open_nanos(locked.level);
-                if self.cfg.open_multiplier > 1.0 && nanos < self.cfg.open_max {
+                let open = locked.open;
+                let mut nanos = open.nanos(locked.level);
+                if open.multiplier > 1.0 && nanos < open.max {
                     locked.level += 1;
                 }
                 self.next_open
-                    .store(self.open_nanos(locked.level), Ordering::Release);
+                    .store(open.nanos(locked.level), Ordering::Release);
+                // The upstream asked for a wait (`Retry-After`): it replaces
+                // the configured duration for this opening.
+                let hinted = self.hinted_until.swap(0, Ordering::AcqRel);
+                if hinted > now {
+                    nanos = hinted - now;
+                }
                 let until = now.saturating_add(nanos);
                 self.open_until.store(until, Ordering::Release);
                 self.open_until_coarse.store(
@@ -1112,10 +1369,20 @@ impl Core {
         match to {
             State::Open => {}
             State::HalfOpen => {
-                self.half_open.0.store(
-                    ho_pack(next, u64::from(self.cfg.permits), 0),
-                    Ordering::Release,
-                );
+                let permits = self.permits.load(Ordering::Relaxed);
+                self.period_permits.store(permits, Ordering::Release);
+                // A ramp admits by share, not by permit: none to take or
+                // give back.
+                let available = if self.cfg.ramp.is_some() {
+                    0xffff
+                } else {
+                    permits
+                };
+                self.half_open_since.store(now, Ordering::Release);
+                self.ramp_calls.store(0, Ordering::Relaxed);
+                self.half_open
+                    .0
+                    .store(ho_pack(next, available, 0), Ordering::Release);
                 let until = self
                     .cfg
                     .half_open_max_wait
@@ -1130,8 +1397,12 @@ impl Core {
                 }
                 locked.closed_at = now;
                 if cause == Cause::Reset {
-                    self.next_open.store(self.open_nanos(0), Ordering::Release);
+                    self.next_open
+                        .store(locked.open.nanos(0), Ordering::Release);
                 }
+                // A wait asked for before the dependency worked again is
+                // over.
+                self.hinted_until.store(0, Ordering::Release);
             }
             State::ForcedOpen | State::Disabled => {}
         }
@@ -1188,10 +1459,13 @@ impl Core {
 
         #[cfg(feature = "metrics")]
         {
-            self.metrics(|m| m.state.set(code(self.word()) as f64));
+            match &self.cfg.keyed {
+                Some(member) => member.moved(|| state_of(self.word())).report(),
+                None => self.metrics(|m| m.state.set(code(self.word()) as f64)),
+            }
             metrics::counter!(
                 crate::metrics::BREAKER_TRANSITIONS,
-                "breaker" => self.name.to_string(),
+                "breaker" => self.metrics_label().to_string(),
                 "from" => from.as_str(),
                 "to" => to.as_str()
             )
@@ -1223,6 +1497,7 @@ impl Core {
                 // be released before the sends run wakers.
                 let next = lock(&self.outbox).pop_front();
                 let Some((event, signal)) = next else { break };
+                self.remember(super::RecentKind::Transition(event.clone()));
                 if let Some(events) = self.events.get() {
                     let _ = events.send(event);
                 }
@@ -1235,6 +1510,166 @@ impl Core {
                 return;
             }
         }
+    }
+
+    /// Whether the ramp of the half-open state `word` is over at `now`
+    /// and enough of its calls succeeded to close.
+    fn ramp_complete(&self, word: u64, now: u64) -> bool {
+        let Some(ramp) = self.cfg.ramp else {
+            return false;
+        };
+        let h = self.half_open.0.load(Ordering::Acquire);
+        let since = self.half_open_since.load(Ordering::Acquire);
+        ho_matches(h, word)
+            && now.saturating_sub(since) >= ramp.duration
+            && ho_successes(h) >= self.period_permits.load(Ordering::Acquire)
+    }
+
+    /// The share of calls a ramp admits at `now` (parts per million) and
+    /// the time left in it; the initial share where the ramp is projected
+    /// (the open wait elapsed, no call made it half-open yet).
+    fn ramp_share(&self, word: u64, now: u64) -> (u64, u64) {
+        let Some(ramp) = self.cfg.ramp else {
+            return (1_000_000, 0);
+        };
+        if code(word) != HALF_OPEN {
+            return (ramp.initial_ppm, ramp.duration);
+        }
+        let elapsed = now.saturating_sub(self.half_open_since.load(Ordering::Acquire));
+        (
+            ramp.share_ppm(elapsed),
+            ramp.duration.saturating_sub(elapsed),
+        )
+    }
+
+    /// When the breaker is (or will be found) half-open with a ramp: the
+    /// share of calls it admits now, in `[0, 1]`.
+    pub(crate) fn traffic_share(&self) -> Option<f64> {
+        self.cfg.ramp?;
+        let word = self.state.0.load(Ordering::Acquire);
+        let now = self.clock.now_nanos();
+        match self.project_word(word, now).0 {
+            State::HalfOpen => Some(self.ramp_share(word, now).0 as f64 / 1_000_000.0),
+            _ => None,
+        }
+    }
+
+    /// Keeps `kind` among the recent events (a bounded buffer, oldest
+    /// dropped first).
+    fn remember(&self, kind: super::RecentKind) {
+        let keep = self.cfg.recent_events;
+        if keep == 0 {
+            return;
+        }
+        let event = super::RecentEvent {
+            at: std::time::SystemTime::now(),
+            kind,
+        };
+        let mut recent = lock(&self.recent);
+        if recent.len() >= keep {
+            recent.pop_front();
+        }
+        recent.push_back(event);
+    }
+
+    /// The recent events, oldest first.
+    pub(crate) fn recent_events(&self) -> Vec<super::RecentEvent> {
+        lock(&self.recent).iter().cloned().collect()
+    }
+
+    /// Metrics-only admissions: calls let through that would have been
+    /// rejected.
+    pub(crate) fn shadow_rejected(&self) -> u64 {
+        self.shadow_rejected.load(Ordering::Relaxed)
+    }
+
+    /// The configuration in effect now.
+    pub(crate) fn effective(&self) -> super::BreakerConfig {
+        let open = lock(&self.locked).open;
+        let trip = match self.rule() {
+            TripRule::Consecutive(n) => super::TripPolicy::ConsecutiveFailures(n),
+            TripRule::Rate {
+                minimum_calls,
+                failure_ppm,
+                slow_ppm,
+            } => super::TripPolicy::FailureRate {
+                window: match self.cfg.window {
+                    WindowKind::Count(size) => super::WindowConfig::Count(size),
+                    WindowKind::Time { width, buckets } => super::WindowConfig::Time {
+                        length: Duration::from_nanos(width.saturating_mul(u64::from(buckets))),
+                        buckets,
+                    },
+                    WindowKind::None => super::WindowConfig::Count(0),
+                },
+                failure_rate: failure_ppm as f64 / 1_000_000.0,
+                minimum_calls,
+                slow_calls: slow_ppm.map(|ppm| {
+                    (
+                        Duration::from_nanos(self.slow_limit.load(Ordering::Relaxed)),
+                        ppm as f64 / 1_000_000.0,
+                    )
+                }),
+            },
+        };
+        super::BreakerConfig {
+            trip,
+            open_duration: Duration::from_nanos(open.base),
+            open_multiplier: open.multiplier,
+            max_open_duration: Duration::from_nanos(open.max),
+            healthy_period: Duration::from_nanos(open.healthy_period),
+            half_open_permits: self.permits.load(Ordering::Relaxed) as u16,
+            half_open_max_wait: self.cfg.half_open_max_wait.map(Duration::from_nanos),
+            half_open_ramp: self.cfg.ramp.map(|r| {
+                (
+                    r.initial_ppm as f64 / 1_000_000.0,
+                    Duration::from_nanos(r.duration),
+                )
+            }),
+            retry_after_cap: self.cfg.retry_after_cap.map(Duration::from_nanos),
+            metrics_only: self.metrics_only.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Applies a checked change of settings (see `Breaker::tune`): the
+    /// thresholds at once (the next recorded outcome is judged by them),
+    /// the open settings from the next opening, the probes from the next
+    /// half-open period. Returns the lines describing what changed.
+    pub(crate) fn tune(&self, change: &super::tuning::Checked) -> Vec<String> {
+        let before = self.effective();
+        {
+            let mut locked = lock(&self.locked);
+            if let Some(rule) = change.rule {
+                self.rule.store(rule_word(&rule), Ordering::Relaxed);
+            }
+            if let Some(slow) = change.slow_limit {
+                self.slow_limit.store(slow, Ordering::Relaxed);
+            }
+            if let Some(permits) = change.permits {
+                self.permits.store(u64::from(permits), Ordering::Relaxed);
+            }
+            if let Some(open) = change.open {
+                locked.open = open;
+                self.open_base.store(open.base, Ordering::Relaxed);
+                if code(self.state.0.load(Ordering::Acquire)) == CLOSED {
+                    self.next_open
+                        .store(open.nanos(locked.level), Ordering::Release);
+                }
+            }
+            if let Some(on) = change.metrics_only {
+                self.metrics_only.store(on, Ordering::Relaxed);
+            }
+        }
+        let changes = before.changes_to(&self.effective());
+        if !changes.is_empty() {
+            let name = &*self.name;
+            let list = changes.join(", ");
+            tracing::warn!(
+                breaker = name,
+                "Circuit breaker '{name}': configuration changed: {list}"
+            );
+            self.remember(super::RecentKind::Tuned(list));
+        }
+        changes
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Transition> {

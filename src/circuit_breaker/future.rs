@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 
@@ -36,6 +37,16 @@ impl Guard {
             lease,
             word: ticket.word(),
             start: ticket.start(),
+        }
+    }
+
+    /// Records a failure with the wait the upstream asked for.
+    #[cold]
+    pub(crate) fn complete_hinted(&mut self, outcome: Outcome, retry_after: Option<Duration>) {
+        let word = std::mem::replace(&mut self.word, DONE);
+        if word != DONE {
+            self.lease
+                .complete_hinted(Ticket::new(word, self.start), outcome, retry_after);
         }
     }
 
@@ -122,7 +133,12 @@ where
                 classify,
             } => {
                 let result = ready!(future.poll(cx));
-                guard.complete(classify.classify(&result));
+                match classify.classify(&result) {
+                    Outcome::Failure => {
+                        guard.complete_hinted(Outcome::Failure, classify.retry_after(&result))
+                    }
+                    outcome => guard.complete(outcome),
+                }
                 Poll::Ready(result.map_err(|e| this.reject.convert(e)))
             }
             KindProj::Rejected { rejected } => {

@@ -36,6 +36,18 @@ impl Permit<'_> {
         self.record(Outcome::Failure);
     }
 
+    /// Records a failure after which the dependency asked callers to wait
+    /// `retry_after` (an HTTP `Retry-After`, a gRPC retry hint): if this
+    /// failure opens the breaker, it stays open that long (capped by
+    /// [`Builder::retry_after_cap`](super::Builder::retry_after_cap))
+    /// instead of the configured open duration.
+    pub fn failure_with_retry_after(mut self, retry_after: std::time::Duration) {
+        if let Some(ticket) = self.ticket.take() {
+            self.core
+                .complete_hinted(ticket, Outcome::Failure, Some(retry_after));
+        }
+    }
+
     /// The generation of the state the call was admitted in.
     pub fn generation(&self) -> u64 {
         self.ticket.map_or(0, |t| t.generation())

@@ -78,6 +78,8 @@ pub enum Cause {
     ProbeFailed,
     /// Enough half-open probes succeeded.
     ProbesSucceeded,
+    /// A half-open ramp admitted all calls and enough of them succeeded.
+    RampCompleted,
     /// Half-open lasted longer than its maximum wait.
     HalfOpenTimeout,
     /// [`Breaker::reset`].
@@ -101,6 +103,7 @@ impl fmt::Display for Cause {
             Cause::ProbeRequested => "probe requested",
             Cause::ProbeFailed => "probe failed",
             Cause::ProbesSucceeded => "probes succeeded",
+            Cause::RampCompleted => "ramp completed",
             Cause::HalfOpenTimeout => "half-open wait elapsed",
             Cause::Reset => "reset",
             Cause::Recovered => "recovered",
@@ -158,6 +161,7 @@ pub struct Transition {
 
 /// A point-in-time view of a breaker, for reports.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Snapshot {
     /// The breaker's name.
     pub name: Arc<str>,
@@ -178,4 +182,9 @@ pub struct Snapshot {
     pub next_probe_in: Option<Duration>,
     /// When half-open: probe permits free.
     pub available_permits: Option<u16>,
+    /// Metrics-only mode: calls admitted that the breaker would have
+    /// rejected, since creation.
+    pub shadow_rejected: u64,
+    /// When half-open with a ramp: the share of calls admitted now.
+    pub traffic_share: Option<f64>,
 }

@@ -845,3 +845,215 @@ fn a_call_error_chain_prints_each_message_once() {
         "{messages:?}"
     );
 }
+
+// ===== runtime changes and upstream hints =====
+
+#[tokio::test(start_paused = true)]
+async fn more_probes_asked_for_in_a_half_open_period_start_with_the_next() {
+    let b = Breaker::builder("dep").consecutive_failures(1).build();
+    fail(&b, 1);
+    advance(30 * SEC).await;
+    let probe = b.try_acquire().expect("the period's one probe");
+    b.tune(Tuning::new().half_open_permits(3)).unwrap();
+    assert!(b.try_acquire().is_err(), "this period keeps its one permit");
+    probe.success();
+    assert_eq!(b.state(), State::Closed, "its one success closes it");
+
+    fail(&b, 1);
+    advance(30 * SEC).await;
+    let probes: Vec<_> = (0..3).map(|_| b.try_acquire().expect("three")).collect();
+    assert!(b.try_acquire().is_err());
+    for (i, p) in probes.into_iter().enumerate() {
+        assert_eq!(b.state(), State::HalfOpen, "{i} successes");
+        p.success();
+    }
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fewer_probes_asked_for_still_close_a_period_that_admitted_more() {
+    let b = Breaker::builder("dep")
+        .consecutive_failures(1)
+        .half_open_permits(3)
+        .build();
+    fail(&b, 1);
+    advance(30 * SEC).await;
+    let probes: Vec<_> = (0..3).map(|_| b.try_acquire().unwrap()).collect();
+    b.tune(Tuning::new().half_open_permits(1)).unwrap();
+    for p in probes {
+        p.success();
+    }
+    assert_eq!(b.state(), State::Closed, "the period needed its own three");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_probe_with_retry_after_reopens_for_that_long() {
+    let b = Breaker::builder("dep").consecutive_failures(1).build();
+    let mut events = b.subscribe();
+    fail(&b, 1);
+    assert_eq!(events.try_recv().unwrap().open_for, Some(30 * SEC));
+    advance(30 * SEC).await;
+    b.try_acquire().unwrap().failure_with_retry_after(90 * SEC);
+    let _half_open = events.try_recv().unwrap();
+    let reopened = events.try_recv().unwrap();
+    assert_eq!(
+        (reopened.to, reopened.open_for),
+        (State::Open, Some(90 * SEC))
+    );
+    advance(89 * SEC).await;
+    assert_eq!(b.state(), State::Open);
+    advance(SEC).await;
+    assert_eq!(b.state(), State::HalfOpen);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_seen_earlier_sets_the_opening_while_it_lasts() {
+    let b = Breaker::builder("dep")
+        .consecutive_failures(2)
+        .retry_after_cap(120 * SEC)
+        .build();
+    let mut events = b.subscribe();
+    // Asked to wait 100 s; the breaker opens 10 s later: 90 s left.
+    b.try_acquire().unwrap().failure_with_retry_after(100 * SEC);
+    advance(10 * SEC).await;
+    fail(&b, 1);
+    assert_eq!(events.try_recv().unwrap().open_for, Some(90 * SEC));
+    // A reset forgets it.
+    b.reset();
+    b.try_acquire().unwrap().failure_with_retry_after(100 * SEC);
+    b.reset();
+    let _closed = events.try_recv().unwrap();
+    fail(&b, 2);
+    assert_eq!(events.try_recv().unwrap().open_for, Some(30 * SEC));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tuned_open_duration_applies_from_the_next_opening() {
+    let b = Breaker::builder("dep").consecutive_failures(1).build();
+    fail(&b, 1);
+    let changes = b.tune(Tuning::new().open_duration(5 * SEC)).unwrap();
+    assert_eq!(
+        changes,
+        ["open_duration 30s -> 5s", "max_open_duration 30s -> 5s"]
+    );
+    advance(5 * SEC).await;
+    assert_eq!(b.state(), State::Open, "the wait in progress keeps its end");
+    advance(25 * SEC).await;
+    b.try_acquire().unwrap().failure();
+    assert_eq!(b.snapshot().next_probe_in, Some(5 * SEC));
+    // Nothing to change: no change, no event.
+    let before = b.recent_events().len();
+    assert!(
+        b.tune(Tuning::new().open_duration(5 * SEC))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(b.recent_events().len(), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn recent_events_are_bounded_and_in_order() {
+    let b = Breaker::builder("dep")
+        .consecutive_failures(1)
+        .recent_events(3)
+        .build();
+    for _ in 0..4 {
+        fail(&b, 1);
+        b.reset();
+    }
+    let events = b.recent_events();
+    assert_eq!(events.len(), 3);
+    let gens: Vec<_> = events
+        .iter()
+        .map(|e| match &e.kind {
+            RecentKind::Transition(t) => t.generation,
+            RecentKind::Tuned(_) => 0,
+        })
+        .collect();
+    assert_eq!(gens, [6, 7, 8], "the newest three, oldest first");
+    let none = Breaker::builder("dep").recent_events(0).build();
+    none.force_open();
+    assert!(none.recent_events().is_empty());
+}
+
+// ===== the half-open ramp =====
+
+/// A breaker with a ramp from 10% over 10 s, opened.
+fn ramped() -> Breaker {
+    let b = Breaker::builder("dep")
+        .consecutive_failures(1)
+        .half_open_ramp(0.1, 10 * SEC)
+        .build();
+    fail(&b, 1);
+    b
+}
+
+/// Of `n` calls asking now, how many are admitted (each succeeds).
+fn admitted_of(b: &Breaker, n: usize) -> usize {
+    (0..n)
+        .filter_map(|_| b.try_acquire().ok())
+        .map(|p| p.success())
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ramp_admits_a_rising_share_then_closes() {
+    let b = ramped();
+    let mut events = b.subscribe();
+    advance(30 * SEC).await;
+    assert_eq!(b.snapshot().traffic_share, Some(0.1));
+    assert_eq!(admitted_of(&b, 100), 10, "10% at the start, picked evenly");
+    assert_eq!(b.state(), State::HalfOpen, "successes do not end the ramp");
+    assert_eq!(b.snapshot().available_permits, None);
+    advance(5 * SEC).await;
+    assert_eq!(b.snapshot().traffic_share, Some(0.55));
+    assert_eq!(admitted_of(&b, 100), 55, "55% half way");
+    let r = b.try_acquire().expect_err("the 201st is not picked at 55%");
+    assert!(r.retry_after().unwrap() <= SEC, "a short retry hint");
+    advance(5 * SEC).await;
+    assert_eq!(
+        b.state(),
+        State::Closed,
+        "projected: over, and calls succeeded"
+    );
+    assert_eq!(admitted_of(&b, 10), 10);
+    let causes: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
+        .map(|t| t.cause)
+        .collect();
+    assert_eq!(causes, [Cause::OpenWaitElapsed, Cause::RampCompleted]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_during_the_ramp_reopens() {
+    let b = ramped();
+    advance(30 * SEC).await;
+    let admitted = (0..10).find_map(|_| b.try_acquire().ok()).unwrap();
+    admitted.failure();
+    assert_eq!(b.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ramp_without_traffic_closes_only_on_a_success() {
+    let b = ramped();
+    advance(30 * SEC).await;
+    // One call makes it half-open; it is not picked (the first of ten).
+    assert!(b.try_acquire().is_err());
+    advance(60 * SEC).await;
+    assert_eq!(b.state(), State::HalfOpen, "no success yet: no evidence");
+    let p = b
+        .try_acquire()
+        .expect("all calls admitted once the ramp is over");
+    drop(p);
+    assert_eq!(b.state(), State::HalfOpen, "a dropped call is no success");
+    b.try_acquire().unwrap().success();
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[test]
+#[should_panic(expected = "cannot be combined")]
+fn a_ramp_and_a_half_open_wait_are_refused_together() {
+    let _ = Breaker::builder("dep")
+        .half_open_ramp(0.1, SEC)
+        .half_open_max_wait(SEC)
+        .build();
+}

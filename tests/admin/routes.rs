@@ -123,7 +123,18 @@ async fn reliability_document_field_by_field() {
         ("open", 1, 1)
     );
     assert_eq!((b.rejected, b.transitions), (0, 1));
+    assert!(doc.keyed_breakers.is_empty(), "no keyed registry added");
     assert_eq!(b.failure_rate, None, "no window");
+    assert_eq!(
+        (b.metrics_only, b.would_have_rejected, b.traffic_share),
+        (false, 0, None)
+    );
+    assert_eq!(
+        (b.config.trip.as_str(), b.config.consecutive_failures),
+        ("consecutive_failures", Some(1))
+    );
+    assert_eq!(b.config.open_duration_seconds, 30.0);
+    assert_eq!(b.config.retry_after_cap_seconds, Some(300.0));
     assert!(b.next_probe_in_seconds.unwrap() > 0.0);
     assert_eq!(
         doc.circuit_breakers.len(),
