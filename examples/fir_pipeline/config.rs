@@ -17,7 +17,7 @@ fn usage() -> String {
     let mib = |bytes: usize| bytes / (1024 * 1024);
     format!(
         "\
-usage: cargo run --example fir_pipeline --features sqlx [-- --chaos]
+usage: cargo run --example fir_pipeline [-- --chaos]
 
   --chaos      make the model server unreachable for 20 s every 45 s by switching its
                chaos layer's injected failures on (or FIR_CHAOS=1; FIR_CHAOS_UP and

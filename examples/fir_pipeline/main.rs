@@ -1,6 +1,6 @@
 //! The FIR pipeline: the seed system, running on tower-recovery.
 //!
-//! `cargo run --example fir_pipeline --features sqlx` starts, with embedded
+//! `cargo run --example fir_pipeline` starts, with embedded
 //! defaults:
 //!
 //! - a stand-in LLM model server and a stand-in ASR/OCR server: real HTTP
