@@ -18,67 +18,25 @@
 //! 4. the model is back: after the open wait a probe goes through, its
 //!    trailers say `OK`, the breaker closes.
 //!
-//! With tonic, the same layer goes around a `tonic::transport::Channel`
-//! (`ServiceBuilder::new().layer(breaker.grpc_layer()).service(channel)`),
-//! which is a tower service of `http::Request`s like the client here. This
-//! example speaks gRPC's wire format by hand to stay free of tonic's and
-//! prost's build.
+//! `examples/tonic_client.rs` puts the same layer around a tonic
+//! `Channel`; this one speaks gRPC's wire format by hand, to show what the
+//! layer reads.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper::body::{Frame, Incoming};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_recovery::circuit_breaker::{Breaker, Rejected, State};
 
-/// A gRPC message frame: not compressed, a 4-byte length, the payload.
-fn frame(payload: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(5 + payload.len());
-    out.push(0);
-    out.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
-    out.extend_from_slice(payload);
-    out.into()
-}
-
-/// `fir.Drafts/Draft`: the request's payload is the complaint (a real
-/// service would use protobuf; the framing and status are gRPC's).
-async fn serve(
-    req: Request<Incoming>,
-    model_up: Arc<AtomicBool>,
-) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
-    let body = req.into_body().collect().await.map(|b| b.to_bytes());
-    let complaint = body.map(|b| b.slice(5.min(b.len())..)).unwrap_or_default();
-    let response = Response::builder().header("content-type", "application/grpc");
-    if complaint.is_empty() {
-        // Trailers-Only: the status in the head, no body.
-        return Ok(response
-            .header("grpc-status", "3")
-            .header("grpc-message", "complaint must not be empty")
-            .body(Full::new(Bytes::new()).boxed())
-            .unwrap());
-    }
-    let (reply, status) = if model_up.load(Ordering::SeqCst) {
-        let draft = format!(
-            "FIRST INFORMATION REPORT: {}",
-            String::from_utf8_lossy(&complaint)
-        );
-        (frame(draft.as_bytes()), "0")
-    } else {
-        (frame(b""), "14")
-    };
-    let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", status.parse().unwrap());
-    let frames =
-        futures_util::stream::iter([Ok(Frame::data(reply)), Ok(Frame::trailers(trailers))]);
-    Ok(response.body(StreamBody::new(frames).boxed()).unwrap())
-}
+#[path = "support/grpc_server.rs"]
+mod grpc_server;
+use grpc_server::frame;
 
 /// One unary call: the reply's text and the status from the trailers (or
 /// the head).
@@ -111,23 +69,7 @@ where
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let model_up = Arc::new(AtomicBool::new(true));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    {
-        let model_up = model_up.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let model_up = model_up.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |r| serve(r, model_up.clone()));
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-    }
+    let base = grpc_server::start(model_up.clone()).await?;
 
     let breaker = Breaker::builder("drafts")
         .consecutive_failures(3)
