@@ -350,3 +350,202 @@ async fn the_plain_layer_reads_the_head_only() {
         .unwrap();
     assert_eq!(breaker.counts().window_failures, 1);
 }
+
+// ===== the end-of-body record, in process, on a manual clock =====
+
+mod end_of_body {
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    use http_body_util::BodyExt;
+    use hyper::body::{Body as _, Frame, SizeHint};
+    use tokio::sync::mpsc;
+    use tower_recovery::clock::ManualClock;
+
+    use super::*;
+
+    /// A body fed through a channel; counts polls after its end.
+    #[derive(Debug)]
+    struct Fed {
+        rx: mpsc::UnboundedReceiver<Result<Frame<Bytes>, std::io::Error>>,
+        ended: bool,
+        after_end: Arc<AtomicUsize>,
+    }
+
+    impl hyper::body::Body for Fed {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            if self.ended {
+                self.after_end.fetch_add(1, Ordering::SeqCst);
+                return Poll::Ready(None);
+            }
+            let polled = self.rx.poll_recv(cx);
+            if let Poll::Ready(None) = polled {
+                self.ended = true;
+            }
+            polled
+        }
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(7)
+        }
+    }
+
+    type Feed = mpsc::UnboundedSender<Result<Frame<Bytes>, std::io::Error>>;
+
+    /// Responses handed out in order; each call's body feed comes back.
+    #[derive(Clone, Default)]
+    struct Script {
+        heads: Arc<Mutex<VecDeque<Option<&'static str>>>>,
+        feeds: Arc<Mutex<VecDeque<Feed>>>,
+        after_end: Arc<AtomicUsize>,
+    }
+
+    impl Script {
+        fn next(&self, grpc_status_in_head: Option<&'static str>) {
+            self.heads.lock().unwrap().push_back(grpc_status_in_head);
+        }
+        fn feed(&self) -> Feed {
+            self.feeds.lock().unwrap().pop_back().unwrap()
+        }
+        fn service(
+            &self,
+        ) -> impl Service<
+            Request<()>,
+            Response = Response<Fed>,
+            Error = std::io::Error,
+            Future: Send,
+        > + Clone {
+            let script = self.clone();
+            tower::service_fn(move |_req: Request<()>| {
+                let head = script.heads.lock().unwrap().pop_front().unwrap();
+                let (tx, rx) = mpsc::unbounded_channel();
+                script.feeds.lock().unwrap().push_back(tx);
+                let mut b = Response::builder().header("content-type", "application/grpc");
+                if let Some(code) = head {
+                    b = b.header("grpc-status", code);
+                }
+                let body = Fed {
+                    rx,
+                    ended: false,
+                    after_end: script.after_end.clone(),
+                };
+                std::future::ready(Ok::<_, std::io::Error>(b.body(body).unwrap()))
+            })
+        }
+    }
+
+    fn req() -> Request<()> {
+        Request::new(())
+    }
+
+    #[tokio::test]
+    async fn a_dropped_probe_body_gives_its_permit_back_exactly_once() {
+        let clock = ManualClock::new();
+        let breaker = Breaker::builder("grpc")
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(10))
+            .half_open_permits(1)
+            .clock(clock.clone())
+            .build();
+        let script = Script::default();
+        let mut svc = ServiceBuilder::new()
+            .layer(breaker.grpc_layer())
+            .service(script.service());
+
+        script.next(Some("14"));
+        let _ = svc.ready().await.unwrap().call(req()).await.unwrap();
+        assert_eq!(breaker.state(), State::Open);
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(breaker.state(), State::HalfOpen);
+
+        // Probe A: its body pending; a second call is refused meanwhile.
+        script.next(None);
+        let a = svc.ready().await.unwrap().call(req()).await.unwrap();
+        assert!(a.body().is_pending());
+        let err = svc.ready().await.unwrap().call(req()).await.unwrap_err();
+        assert!(err.is::<Rejected>(), "{err}");
+
+        // Dropped before its end: the permit comes back, once.
+        drop(a);
+        script.next(None);
+        let b = svc.ready().await.unwrap().call(req()).await.unwrap();
+        assert!(b.body().is_pending(), "probe B admitted");
+        let err = svc.ready().await.unwrap().call(req()).await.unwrap_err();
+        assert!(
+            err.is::<Rejected>(),
+            "a third call admitted: the permit was given back twice ({err})"
+        );
+
+        // B ends with OK in its trailers: closed.
+        let feed = script.feed();
+        feed.send(Ok(Frame::data(Bytes::from_static(b"x"))))
+            .unwrap();
+        feed.send(Ok(Frame::trailers(trailers("0")))).unwrap();
+        drop(feed);
+        let collected = b.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+        assert_eq!(breaker.state(), State::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_body_polled_after_its_end_records_once_and_passes_through() {
+        let clock = ManualClock::new();
+        let breaker = Breaker::builder("grpc")
+            .count_window(10)
+            .clock(clock.clone())
+            .build();
+        let script = Script::default();
+        let mut svc = ServiceBuilder::new()
+            .layer(breaker.grpc_layer())
+            .service(script.service());
+        script.next(None);
+        let response = svc.ready().await.unwrap().call(req()).await.unwrap();
+        let mut body = response.into_body();
+        // Pending: never the end, whatever the inner body says; the hint
+        // passes through.
+        assert!(!body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(7));
+        let feed = script.feed();
+        feed.send(Ok(Frame::trailers(trailers("14")))).unwrap();
+        drop(feed);
+        assert!(body.frame().await.unwrap().unwrap().is_trailers());
+        assert!(!body.is_pending());
+        assert_eq!(breaker.counts().window_failures, 1);
+        assert_eq!(breaker.counts().window_calls, 1);
+        // After the record: the inner body's own end, seen and passed on,
+        // and nothing recorded again.
+        assert!(body.frame().await.is_none());
+        assert!(body.frame().await.is_none());
+        assert_eq!(script.after_end.load(Ordering::SeqCst), 1);
+        assert_eq!(breaker.counts().window_calls, 1);
+    }
+
+    #[tokio::test]
+    async fn a_probe_whose_body_ends_without_trailers_reopens() {
+        let clock = ManualClock::new();
+        let breaker = Breaker::builder("grpc")
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(10))
+            .clock(clock.clone())
+            .build();
+        let script = Script::default();
+        let mut svc = ServiceBuilder::new()
+            .layer(breaker.grpc_layer())
+            .service(script.service());
+        script.next(Some("14"));
+        let _ = svc.ready().await.unwrap().call(req()).await.unwrap();
+        clock.advance(Duration::from_secs(10));
+        script.next(None);
+        let probe = svc.ready().await.unwrap().call(req()).await.unwrap();
+        drop(script.feed());
+        let _ = probe.into_body().collect().await.unwrap();
+        assert_eq!(breaker.state(), State::Open);
+    }
+}
