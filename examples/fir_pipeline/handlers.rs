@@ -195,16 +195,16 @@ impl App {
             .await
         {
             Ok(()) => Ok(fir),
-            Err(e) => Err(self.database_error(e).await),
+            Err(e) => Err(self.database_error(e, Some(fir.draft.len())).await),
         }
     }
 
     /// 503 when the database failed; 422 or 500 when it refused this call.
-    async fn database_error(&self, error: sqlx::Error) -> Response {
+    async fn database_error(&self, error: sqlx::Error, draft_bytes: Option<usize>) -> Response {
         if is_dependency_failure(&error) {
             self.database_unavailable(error).await
         } else {
-            database_refused(&error)
+            database_refused(&error, draft_bytes)
         }
     }
 
@@ -224,19 +224,35 @@ impl App {
 /// else is this service's own fault (a query the schema does not fit): 500.
 /// Neither is an outage, so neither says "unavailable" nor asks for a
 /// retry.
-fn database_refused(error: &sqlx::Error) -> Response {
+fn database_refused(error: &sqlx::Error, draft_bytes: Option<usize>) -> Response {
     if let Some(too_long) = crate::database::TooLong::of(error) {
         tracing::info!(column = %too_long.column, "complaint too long to store");
-        let message = format!(
-            "complaint too long to store: the {} column holds at most {} bytes on this database",
-            too_long.column, too_long.limit
-        );
-        let body = json!({
-            "error": message,
-            "field": "complaint",
-            "column": too_long.column,
-            "limit_bytes": too_long.limit,
-        });
+        // The complaint itself, or the draft the model made of it: the
+        // answer names the column that overflowed and what it holds.
+        let body = if too_long.column == "draft" {
+            json!({
+                "error": format!(
+                    "the draft made from this complaint is {} bytes, and the draft column \
+                     holds at most {} bytes on this database: shorten the complaint",
+                    draft_bytes.map_or_else(|| "too many".to_string(), |n| n.to_string()),
+                    too_long.limit
+                ),
+                "field": "draft",
+                "column": "draft",
+                "limit_bytes": too_long.limit,
+                "draft_bytes": draft_bytes,
+            })
+        } else {
+            json!({
+                "error": format!(
+                    "complaint too long to store: the {} column holds at most {} bytes on this database",
+                    too_long.column, too_long.limit
+                ),
+                "field": too_long.column,
+                "column": too_long.column,
+                "limit_bytes": too_long.limit,
+            })
+        };
         return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response();
     }
     tracing::error!(error = %describe(error), "the database refused a query");
@@ -331,7 +347,7 @@ async fn get_fir(State(app): State<App>, Path(id): Path<String>) -> Response {
     {
         Ok(Some(row)) => row,
         Ok(None) => return api_error(StatusCode::NOT_FOUND, format!("no FIR with id {id:?}")),
-        Err(e) => return app.database_error(e).await,
+        Err(e) => return app.database_error(e, None).await,
     };
     match crate::database::fir_from_row(&row) {
         Ok(fir) => axum::Json(fir).into_response(),

@@ -309,7 +309,6 @@ async fn a_complaint_too_long_for_its_column_is_the_callers_error() {
 /// report's heading) does not: the 422 must not claim the complaint broke
 /// a limit it is under.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "review2 finding, not fixed: a 65,500-byte complaint gets 422 blaming the complaint for the draft column"]
 async fn a_draft_too_long_is_not_blamed_on_a_complaint_under_the_limit() {
     let dir = temp_dir("mariadb-draft-too-long");
     let Some(mut db) = MariaDb::install_or_skip(
@@ -338,7 +337,16 @@ async fn a_draft_too_long_is_not_blamed_on_a_complaint_under_the_limit() {
     let http = reqwest::Client::new();
     let complaint = "x".repeat(65_500);
     let (status, body) = post_fir(&http, &demo, &complaint).await.unwrap();
-    if status == 422 {
+    assert_eq!(
+        status, 422,
+        "the draft overflowed: the caller's to fix: {body}"
+    );
+    assert_eq!(
+        body["draft_bytes"].as_u64().unwrap() > 65_535,
+        true,
+        "{body}"
+    );
+    {
         let limit = body["limit_bytes"].as_u64().unwrap();
         assert!(
             (complaint.len() as u64) > limit || body["column"] != "complaint",
