@@ -454,9 +454,8 @@ impl Chaos {
         let shared = &self.shared;
         let now = Instant::now();
         let mut control = shared.control.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(timer) = control.timer.take() {
-            timer.abort();
-        }
+        // Aborted once the lock is released: nothing of tokio's runs under it.
+        let old_timer = control.timer.take();
         // Off with a new generation while the settings change, then on.
         let generation = (shared.state.load(Ordering::Relaxed) >> 1) + 1;
         shared.state.store(generation << 1, Ordering::Relaxed);
@@ -488,12 +487,29 @@ impl Chaos {
         shared.state.store(on, Ordering::Release);
         control.faults = Some(faults);
         control.started = Some(now);
-        if let (Some(until), Ok(runtime)) = (until, tokio::runtime::Handle::try_current()) {
-            let weak = Arc::downgrade(shared);
-            let task = runtime.spawn(end_at(weak, until, on));
-            control.timer = Some(task.abort_handle());
-        }
         drop(control);
+        if let Some(timer) = old_timer {
+            timer.abort();
+        }
+        if let (Some(until), Ok(runtime)) = (until, tokio::runtime::Handle::try_current()) {
+            // Spawned with no lock held, then kept only if this rehearsal is
+            // still the one on (a `stop` or a newer `start` may have come
+            // between; the timer would do nothing then, as it checks the
+            // generation, but it is not left sleeping).
+            let weak = Arc::downgrade(shared);
+            let timer = runtime.spawn(end_at(weak, until, on)).abort_handle();
+            let mut control = shared.control.lock().unwrap_or_else(|e| e.into_inner());
+            let stale = if shared.state.load(Ordering::Acquire) == on && control.timer.is_none() {
+                control.timer = Some(timer);
+                None
+            } else {
+                Some(timer)
+            };
+            drop(control);
+            if let Some(timer) = stale {
+                timer.abort();
+            }
+        }
         tracing::warn!(
             chaos = %shared.name,
             "Chaos ON for '{}': {faults}",
@@ -505,14 +521,15 @@ impl Chaos {
     pub fn stop(&self) {
         let shared = &self.shared;
         let mut control = shared.control.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(timer) = control.timer.take() {
-            timer.abort();
-        }
+        let timer = control.timer.take();
         let state = shared.state.load(Ordering::Relaxed);
         shared
             .state
             .store(((state >> 1) + 1) << 1, Ordering::Release);
         drop(control);
+        if let Some(timer) = timer {
+            timer.abort();
+        }
         if state & ON != 0 {
             shared.log_off("stopped");
         }
