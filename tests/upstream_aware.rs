@@ -182,3 +182,32 @@ async fn metrics_only_lets_every_call_through_and_says_what_it_would_have_done()
     );
     assert_eq!(hits.load(Ordering::SeqCst), 10);
 }
+
+/// The gRPC layer: a proxy's `503` with `Retry-After` in front of a gRPC
+/// service (UNAVAILABLE by the gRPC spec's HTTP mapping) sets the opening.
+#[tokio::test(start_paused = true)]
+async fn a_proxys_503_retry_after_sets_the_grpc_breakers_opening() {
+    let b = breaker().build();
+    let mut transitions = b.subscribe();
+    let upstream = tower::service_fn(|_req: Request<Full<Bytes>>| async {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, "9".parse().unwrap());
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let client = ServiceBuilder::new()
+        .layer(b.grpc_layer())
+        .service(upstream);
+    let request = Request::post("http://proxy/fir.Drafts/Draft")
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let _ = client.oneshot(request).await.unwrap();
+    let t = transitions.try_recv().unwrap();
+    assert_eq!(
+        (t.to, t.open_for),
+        (State::Open, Some(Duration::from_secs(9)))
+    );
+}

@@ -226,6 +226,24 @@ where
                     .take()
                     .expect("ResponseFuture polled after completion");
                 let result = match classify.classify_response(&result) {
+                    Classified::Ready(Outcome::Failure) => {
+                        // A proxy's `429`/`503` in front of the service may
+                        // say when to come back.
+                        let wait = match &result {
+                            Ok(r)
+                                if matches!(
+                                    r.status(),
+                                    http::StatusCode::TOO_MANY_REQUESTS
+                                        | http::StatusCode::SERVICE_UNAVAILABLE
+                                ) =>
+                            {
+                                crate::classify::retry_after_header(r.headers())
+                            }
+                            _ => None,
+                        };
+                        guard.complete_hinted(Outcome::Failure, wait);
+                        result.map(|r| r.map(ClassifiedBody::settled))
+                    }
                     Classified::Ready(outcome) => {
                         guard.complete(outcome);
                         result.map(|r| r.map(ClassifiedBody::settled))
