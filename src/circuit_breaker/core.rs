@@ -670,7 +670,10 @@ impl Core {
         count: bool,
     ) -> Result<Ticket, Rejection> {
         if state != State::ForcedOpen && self.metrics_only.load(Ordering::Relaxed) {
-            return Ok(self.shadow_admit(word, count));
+            // Counted whether or not the caller counts its rejections: a
+            // backpressured service, which asks again after a rejection
+            // (not counted twice), does not ask again after an admission.
+            return Ok(self.shadow_admit(word));
         }
         Err(self.reject(state, retry_after, count))
     }
@@ -680,16 +683,14 @@ impl Core {
     /// not recorded (the breaker would not have seen it) and it holds no
     /// probe permit.
     #[cold]
-    fn shadow_admit(&self, word: u64, count: bool) -> Ticket {
-        if count {
-            self.shadow_rejected.fetch_add(1, Ordering::Relaxed);
-            #[cfg(feature = "metrics")]
-            metrics::counter!(
-                crate::metrics::BREAKER_SHADOW_REJECTIONS,
-                "breaker" => self.metrics_label().to_string()
-            )
-            .increment(1);
-        }
+    fn shadow_admit(&self, word: u64) -> Ticket {
+        self.shadow_rejected.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            crate::metrics::BREAKER_SHADOW_REJECTIONS,
+            "breaker" => self.metrics_label().to_string()
+        )
+        .increment(1);
         Ticket {
             word: (word & !CODE_MASK) | OPEN,
             start: 0,
