@@ -340,7 +340,10 @@ struct Locked {
 struct Metrics {
     failures: metrics::Counter,
     rejections: metrics::Counter,
-    state: metrics::Gauge,
+    /// `None` for a keyed registry's breaker: its state is counted in the
+    /// registry's keys-per-state gauge, and a `breaker_state` series under
+    /// the registry's name, never set, would read closed.
+    state: Option<metrics::Gauge>,
 }
 
 pub(crate) struct Core {
@@ -433,12 +436,12 @@ impl fmt::Debug for Core {
 
 #[cfg(feature = "metrics")]
 impl Metrics {
-    fn new(name: &str) -> Self {
+    fn new(name: &str, keyed: bool) -> Self {
         let label = [("breaker", name.to_string())];
         Self {
             failures: metrics::counter!(crate::metrics::BREAKER_FAILURES, &label),
             rejections: metrics::counter!(crate::metrics::BREAKER_REJECTIONS, &label),
-            state: metrics::gauge!(crate::metrics::BREAKER_STATE, &label),
+            state: (!keyed).then(|| metrics::gauge!(crate::metrics::BREAKER_STATE, &label)),
         }
     }
 }
@@ -520,7 +523,10 @@ impl Core {
     #[cfg(feature = "metrics")]
     #[inline]
     fn metrics<R>(&self, f: impl FnOnce(&Metrics) -> R) -> R {
-        self.metrics.with(|| Metrics::new(self.metrics_label()), f)
+        self.metrics.with(
+            || Metrics::new(self.metrics_label(), self.cfg.keyed.is_some()),
+            f,
+        )
     }
 
     /// The trip rule with its current thresholds.
@@ -1476,7 +1482,11 @@ impl Core {
         {
             match &self.cfg.keyed {
                 Some(member) => member.moved(|| state_of(self.word())).report(),
-                None => self.metrics(|m| m.state.set(code(self.word()) as f64)),
+                None => self.metrics(|m| {
+                    if let Some(state) = &m.state {
+                        state.set(code(self.word()) as f64);
+                    }
+                }),
             }
             metrics::counter!(
                 crate::metrics::BREAKER_TRANSITIONS,
