@@ -209,5 +209,30 @@ async fn a_proxys_503_retry_after_sets_the_grpc_breakers_opening() {
     assert_eq!(
         (t.to, t.open_for),
         (State::Open, Some(Duration::from_secs(9)))
+
+#[tokio::test(start_paused = true)]
+async fn metrics_only_counts_what_a_backpressured_service_lets_through() {
+    let breaker = Breaker::builder("shadow")
+        .consecutive_failures(1)
+        .metrics_only()
+        .build();
+    let mut svc = ServiceBuilder::new()
+        .layer(breaker.layer().backpressure())
+        .service(tower::service_fn(|fail: bool| async move {
+            if fail {
+                Err(std::io::Error::other("down"))
+            } else {
+                Ok(())
+            }
+        }));
+    let _ = svc.ready().await.unwrap().call(true).await;
+    assert_eq!(breaker.state(), State::Open);
+    for _ in 0..5 {
+        svc.ready().await.unwrap().call(false).await.unwrap();
+    }
+    assert_eq!(
+        breaker.snapshot().shadow_rejected,
+        5,
+        "five calls let through by an open metrics-only breaker"
     );
 }

@@ -123,8 +123,7 @@ impl Breaker {
     /// changes made, one `setting old -> new` line each (also logged at
     /// `warn` and kept in [`recent_events`](Self::recent_events)).
     pub fn tune(&self, tuning: Tuning) -> Result<Vec<String>, TuneError> {
-        let checked = tuning.check(&self.core.effective())?;
-        Ok(self.core.tune(&checked))
+        self.core.tune(&tuning)
     }
 
     /// The latest transitions and configuration changes, oldest first (at

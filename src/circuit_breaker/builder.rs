@@ -224,7 +224,9 @@ impl Builder {
     /// [`Classify::retry_after`]; [`HttpErrorsAsFailures`] reads it on `429`
     /// and `503`), the breaker stays open until then, capped at `cap`,
     /// instead of for the configured open duration: the upstream knows when
-    /// it expects to serve again, sooner or later.
+    /// it expects to serve again, sooner or later. A success after the
+    /// failure that carried it ends that wait (the upstream serves again):
+    /// a later opening lasts the configured duration.
     ///
     /// [`Classify::retry_after`]: crate::classify::Classify::retry_after
     /// [`HttpErrorsAsFailures`]: crate::classify::HttpErrorsAsFailures

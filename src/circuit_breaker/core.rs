@@ -340,7 +340,10 @@ struct Locked {
 struct Metrics {
     failures: metrics::Counter,
     rejections: metrics::Counter,
-    state: metrics::Gauge,
+    /// `None` for a keyed registry's breaker: its state is counted in the
+    /// registry's keys-per-state gauge, and a `breaker_state` series under
+    /// the registry's name, never set, would read closed.
+    state: Option<metrics::Gauge>,
 }
 
 pub(crate) struct Core {
@@ -433,12 +436,12 @@ impl fmt::Debug for Core {
 
 #[cfg(feature = "metrics")]
 impl Metrics {
-    fn new(name: &str) -> Self {
+    fn new(name: &str, keyed: bool) -> Self {
         let label = [("breaker", name.to_string())];
         Self {
             failures: metrics::counter!(crate::metrics::BREAKER_FAILURES, &label),
             rejections: metrics::counter!(crate::metrics::BREAKER_REJECTIONS, &label),
-            state: metrics::gauge!(crate::metrics::BREAKER_STATE, &label),
+            state: (!keyed).then(|| metrics::gauge!(crate::metrics::BREAKER_STATE, &label)),
         }
     }
 }
@@ -520,7 +523,10 @@ impl Core {
     #[cfg(feature = "metrics")]
     #[inline]
     fn metrics<R>(&self, f: impl FnOnce(&Metrics) -> R) -> R {
-        self.metrics.with(|| Metrics::new(self.metrics_label()), f)
+        self.metrics.with(
+            || Metrics::new(self.metrics_label(), self.cfg.keyed.is_some()),
+            f,
+        )
     }
 
     /// The trip rule with its current thresholds.
@@ -670,7 +676,10 @@ impl Core {
         count: bool,
     ) -> Result<Ticket, Rejection> {
         if state != State::ForcedOpen && self.metrics_only.load(Ordering::Relaxed) {
-            return Ok(self.shadow_admit(word, count));
+            // Counted whether or not the caller counts its rejections: a
+            // backpressured service, which asks again after a rejection
+            // (not counted twice), does not ask again after an admission.
+            return Ok(self.shadow_admit(word));
         }
         Err(self.reject(state, retry_after, count))
     }
@@ -680,16 +689,14 @@ impl Core {
     /// not recorded (the breaker would not have seen it) and it holds no
     /// probe permit.
     #[cold]
-    fn shadow_admit(&self, word: u64, count: bool) -> Ticket {
-        if count {
-            self.shadow_rejected.fetch_add(1, Ordering::Relaxed);
-            #[cfg(feature = "metrics")]
-            metrics::counter!(
-                crate::metrics::BREAKER_SHADOW_REJECTIONS,
-                "breaker" => self.metrics_label().to_string()
-            )
-            .increment(1);
-        }
+    fn shadow_admit(&self, word: u64) -> Ticket {
+        self.shadow_rejected.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            crate::metrics::BREAKER_SHADOW_REJECTIONS,
+            "breaker" => self.metrics_label().to_string()
+        )
+        .increment(1);
         Ticket {
             word: (word & !CODE_MASK) | OPEN,
             start: 0,
@@ -780,9 +787,23 @@ impl Core {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return,
+                Ok(_) => {
+                    self.forget_hint();
+                    return;
+                }
                 Err(actual) => c = actual,
             }
+        }
+    }
+
+    /// A success after failures: a wait an upstream asked for with one of
+    /// them is over (it serves again), as on a transition to `Closed`, so
+    /// it no longer sets the next opening. Off the hot path: only a
+    /// success that ends a run of failures comes here.
+    #[cold]
+    fn forget_hint(&self) {
+        if self.hinted_until.load(Ordering::Relaxed) != 0 {
+            self.hinted_until.store(0, Ordering::Release);
         }
     }
 
@@ -1461,7 +1482,11 @@ impl Core {
         {
             match &self.cfg.keyed {
                 Some(member) => member.moved(|| state_of(self.word())).report(),
-                None => self.metrics(|m| m.state.set(code(self.word()) as f64)),
+                None => self.metrics(|m| {
+                    if let Some(state) = &m.state {
+                        state.set(code(self.word()) as f64);
+                    }
+                }),
             }
             metrics::counter!(
                 crate::metrics::BREAKER_TRANSITIONS,
@@ -1585,7 +1610,12 @@ impl Core {
 
     /// The configuration in effect now.
     pub(crate) fn effective(&self) -> super::BreakerConfig {
-        let open = lock(&self.locked).open;
+        self.effective_with(lock(&self.locked).open)
+    }
+
+    /// The configuration in effect with the open settings `open` (read
+    /// under the transition lock).
+    fn effective_with(&self, open: OpenSettings) -> super::BreakerConfig {
         let trip = match self.rule() {
             TripRule::Consecutive(n) => super::TripPolicy::ConsecutiveFailures(n),
             TripRule::Rate {
@@ -1630,14 +1660,19 @@ impl Core {
         }
     }
 
-    /// Applies a checked change of settings (see `Breaker::tune`): the
-    /// thresholds at once (the next recorded outcome is judged by them),
-    /// the open settings from the next opening, the probes from the next
-    /// half-open period. Returns the lines describing what changed.
-    pub(crate) fn tune(&self, change: &super::tuning::Checked) -> Vec<String> {
-        let before = self.effective();
-        {
+    /// Checks a change of settings against the configuration in effect and
+    /// applies it (see `Breaker::tune`), in one step under the transition
+    /// lock: a change checked against settings that a concurrent change
+    /// then replaced would put back their old values (its thresholds and
+    /// open settings are written whole). The thresholds apply at once (the
+    /// next recorded outcome is judged by them), the open settings from
+    /// the next opening, the probes from the next half-open period.
+    /// Returns the lines describing what changed.
+    pub(crate) fn tune(&self, tuning: &super::Tuning) -> Result<Vec<String>, super::TuneError> {
+        let (before, after) = {
             let mut locked = lock(&self.locked);
+            let before = self.effective_with(locked.open);
+            let change = tuning.check(&before)?;
             if let Some(rule) = change.rule {
                 self.rule.store(rule_word(&rule), Ordering::Relaxed);
             }
@@ -1650,16 +1685,18 @@ impl Core {
             if let Some(open) = change.open {
                 locked.open = open;
                 self.open_base.store(open.base, Ordering::Relaxed);
-                if code(self.state.0.load(Ordering::Acquire)) == CLOSED {
-                    self.next_open
-                        .store(open.nanos(locked.level), Ordering::Release);
-                }
+                // What a half-open timeout re-opens for, as `state()`
+                // projects it, in every state (`apply` keeps it so).
+                self.next_open
+                    .store(open.nanos(locked.level), Ordering::Release);
             }
             if let Some(on) = change.metrics_only {
                 self.metrics_only.store(on, Ordering::Relaxed);
             }
-        }
-        let changes = before.changes_to(&self.effective());
+            let after = self.effective_with(locked.open);
+            (before, after)
+        };
+        let changes = before.changes_to(&after);
         if !changes.is_empty() {
             let name = &*self.name;
             let list = changes.join(", ");
@@ -1669,7 +1706,7 @@ impl Core {
             );
             self.remember(super::RecentKind::Tuned(list));
         }
-        changes
+        Ok(changes)
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Transition> {

@@ -1057,3 +1057,78 @@ fn a_ramp_and_a_half_open_wait_are_refused_together() {
         .half_open_max_wait(SEC)
         .build();
 }
+
+// ===== runtime changes and upstream hints, continued =====
+
+#[tokio::test(start_paused = true)]
+async fn a_half_open_timeout_projects_the_tuned_open_duration() {
+    let b = Breaker::builder("dep")
+        .consecutive_failures(1)
+        .open_duration(10 * SEC)
+        .half_open_max_wait(SEC)
+        .build();
+    fail(&b, 1);
+    advance(10 * SEC).await;
+    let _hung = b.try_acquire().expect("the probe");
+    b.tune(Tuning::new().open_duration(100 * SEC)).unwrap();
+    advance(SEC).await;
+    // Read only: the re-open at the half-open timeout is projected.
+    let projected = b.snapshot().next_probe_in;
+    // Performed by the next admission.
+    assert!(b.try_acquire().is_err());
+    let performed = b.snapshot().next_probe_in;
+    assert_eq!(performed, Some(100 * SEC));
+    assert_eq!(projected, performed, "the read told another story");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_is_forgotten_once_calls_succeed_again() {
+    let b = Breaker::builder("dep")
+        .consecutive_failures(2)
+        .open_duration(5 * SEC)
+        .build();
+    let mut events = b.subscribe();
+    b.try_acquire().unwrap().failure_with_retry_after(120 * SEC);
+    // The upstream serves again.
+    succeed(&b, 100);
+    advance(10 * SEC).await;
+    // Two timeouts, no Retry-After.
+    fail(&b, 2);
+    assert_eq!(
+        events.try_recv().unwrap().open_for,
+        Some(5 * SEC),
+        "opened for an upstream hint that successes had outdated"
+    );
+}
+
+#[test]
+fn concurrent_tunes_of_different_settings_lose_none() {
+    let b = Breaker::builder("dep").consecutive_failures(5).build();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let lost = std::thread::scope(|s| {
+        let other = s.spawn(|| {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                b.tune(Tuning::new().healthy_period(Duration::from_millis(i)))
+                    .unwrap();
+            }
+        });
+        let mut lost = 0;
+        for i in 1..=20_000u64 {
+            let want = Duration::from_millis(i);
+            b.tune(Tuning::new().open_duration(want)).unwrap();
+            // Nobody else changes the open duration.
+            if b.config().open_duration != want {
+                lost += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        other.join().unwrap();
+        lost
+    });
+    assert_eq!(
+        lost, 0,
+        "open_duration changes reverted by a concurrent tune"
+    );
+}

@@ -393,3 +393,105 @@ fn keys_in_turn_past_a_threads_credit_cache_free_nothing_twice() {
         assert_eq!(keyed.get(&key).state(), State::Closed);
     }
 }
+
+/// A waker that asks the registry for a key from another thread and
+/// records whether that lookup was blocked (a shard's lock held by the
+/// thread that woke it).
+struct LookupOnWake {
+    keyed: KeyedBreaker<String>,
+    key: String,
+    blocked: std::sync::Mutex<Option<bool>>,
+}
+
+impl std::task::Wake for LookupOnWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (keyed, key) = (self.keyed.clone(), self.key.clone());
+        std::thread::spawn(move || {
+            let _ = keyed.find(&key);
+            let _ = tx.send(());
+        });
+        let blocked = rx.recv_timeout(Duration::from_millis(500)).is_err();
+        *self.blocked.lock().unwrap() = Some(blocked);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_evicted_breaker_is_dropped_with_no_shard_lock_held() {
+    use std::future::Future;
+    let keyed = KeyedBreaker::<String>::builder(Breaker::builder("host"))
+        .idle_timeout(Duration::from_secs(1))
+        .build();
+    let key = "k".to_string();
+    // Someone watches the key's transitions; the registry holds the only
+    // handle of its breaker.
+    let mut transitions = keyed.get(&key).subscribe();
+    let probe = Arc::new(LookupOnWake {
+        keyed: keyed.clone(),
+        key: key.clone(),
+        blocked: std::sync::Mutex::new(None),
+    });
+    let waker = std::task::Waker::from(probe.clone());
+    {
+        let mut recv = std::pin::pin!(transitions.recv());
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(recv.as_mut().poll(&mut cx).is_pending());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // The breaker is dropped, its event channel closes, its receiver
+        // is woken: a waker is code of someone else's.
+        assert_eq!(keyed.evict_idle(), 1);
+    }
+    assert_eq!(
+        *probe.blocked.lock().unwrap(),
+        Some(false),
+        "the receiver's waker ran under the shard's lock"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "review1 finding (not fixed): a closed key whose only call outlives two sweeps is evicted; the breaker that call then opens is orphaned"]
+async fn a_key_with_a_call_in_flight_is_not_forgotten_open() {
+    let keyed = KeyedBreaker::<&'static str>::builder(
+        Breaker::builder("host")
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(3600)),
+    )
+    .idle_timeout(Duration::from_secs(60))
+    .build();
+    let (release, hung) = tokio::sync::oneshot::channel::<()>();
+    let hung = Arc::new(std::sync::Mutex::new(Some(hung)));
+    let mut svc = ServiceBuilder::new()
+        .layer(keyed.layer(|_: &u32| "slow"))
+        .service(service_fn(move |_: u32| {
+            let hung = hung.lock().unwrap().take();
+            async move {
+                if let Some(hung) = hung {
+                    let _ = hung.await;
+                }
+                Err::<(), _>(std::io::Error::other("upstream failed"))
+            }
+        }));
+    // A long call (a stream, a slow upstream) is admitted...
+    let call = svc.ready().await.unwrap().call(1);
+    let call = tokio::spawn(call);
+    tokio::task::yield_now().await;
+    // ...and outlives two sweeps a minute apart.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    keyed.evict_idle();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    keyed.evict_idle();
+    // It fails: the key's breaker opens.
+    release.send(()).unwrap();
+    assert!(call.await.unwrap().is_err());
+    // The next call of the key must be rejected, not sent upstream.
+    let next = svc.ready().await.unwrap().call(2).await;
+    let err = next.expect_err("the key is open");
+    assert!(
+        err.downcast_ref::<Rejected>().is_some(),
+        "the open breaker was forgotten: {err}"
+    );
+}

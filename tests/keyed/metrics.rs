@@ -103,3 +103,27 @@ fn keys_are_counted_per_state_and_no_series_is_per_key() {
         .map(|(_, c)| c.load(Ordering::SeqCst));
     assert_eq!(failures, Some(10));
 }
+
+#[test]
+fn a_registry_has_no_breaker_state_series_that_reads_closed() {
+    let recorder = TestRecorder(Arc::new(Registry::atomic()));
+    metrics::with_local_recorder(&recorder, || {
+        let keyed = KeyedBreaker::<u32>::new(Breaker::builder("host").consecutive_failures(1));
+        for key in 0..3 {
+            keyed.get(&key).try_acquire().unwrap().failure();
+        }
+        assert_eq!(recorder.gauge("open"), 3.0);
+    });
+    // `breaker_state{breaker="host"}` would say 0 (closed) with every key
+    // open: the keys-per-state gauge stands for a registry's state.
+    let state: Vec<f64> = recorder
+        .0
+        .get_gauge_handles()
+        .iter()
+        .filter(|(k, _)| {
+            k.name() == names::BREAKER_STATE && k.labels().any(|l| l.value() == "host")
+        })
+        .map(|(_, g)| f64::from_bits(g.load(Ordering::SeqCst)))
+        .collect();
+    assert_eq!(state, Vec::<f64>::new(), "a registry-wide state series");
+}

@@ -393,6 +393,10 @@ impl<K: Key> KeyedBreaker<K> {
             return 0;
         };
         let mut dropped = 0;
+        // The evicted breakers, dropped once no shard's lock is held: the
+        // last handle of a breaker drops its event channels, which wakes
+        // their receivers (someone else's code).
+        let mut evicted = Vec::new();
         #[cfg(feature = "metrics")]
         let mut left = Vec::new();
         for shard in self.shared.shards.iter() {
@@ -410,6 +414,7 @@ impl<K: Key> KeyedBreaker<K> {
                 let keep = now.saturating_sub(entry.seen.load(Ordering::Relaxed)) < timeout;
                 if !keep {
                     dropped += 1;
+                    evicted.push(entry.breaker.clone());
                     #[cfg(feature = "metrics")]
                     if let Some(member) = &entry.breaker.core.cfg.keyed {
                         left.push(member.leave());
@@ -426,6 +431,7 @@ impl<K: Key> KeyedBreaker<K> {
         for left in left {
             left.report();
         }
+        drop(evicted);
         dropped
     }
 
