@@ -209,6 +209,8 @@ async fn a_proxys_503_retry_after_sets_the_grpc_breakers_opening() {
     assert_eq!(
         (t.to, t.open_for),
         (State::Open, Some(Duration::from_secs(9)))
+    );
+}
 
 #[tokio::test(start_paused = true)]
 async fn metrics_only_counts_what_a_backpressured_service_lets_through() {
