@@ -75,6 +75,8 @@
 //! | `webhook` | yes | `recovery::WebhookAlert`: alerts as JSON POSTs |
 //! | `retry` | no | [`retry::RetryPolicy`]: retries that respect the breaker and the drain |
 //! | `tower-http` | no | [`classify::TowerHttpClassifier`] for `tower_http::classify` |
+//! | `fleet` | no | `fleet`: replicas recover as one (the `Coordinator` trait) |
+//! | `redis` | no | `fleet::RedisCoordinator`: the fleet coordinated through Redis |
 //! | `full` | no | everything |
 //!
 //! [Tower]: https://docs.rs/tower
@@ -94,6 +96,9 @@ pub mod clock;
 pub mod config;
 #[cfg(feature = "drain")]
 pub mod drain;
+#[cfg(feature = "fleet")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fleet")))]
+pub mod fleet;
 #[cfg(feature = "health")]
 pub mod health;
 #[cfg(any(feature = "circuit-breaker", feature = "recovery", feature = "drain"))]
