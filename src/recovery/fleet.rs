@@ -47,7 +47,18 @@ pub(super) fn turn(member: Member) -> TurnFuture {
     Box::pin(take_turn(member))
 }
 
+/// Clears what the replica says it waits on when the turn ends, or is
+/// dropped with its cycle (cancelled).
+struct ClearFollowing(Member);
+
+impl Drop for ClearFollowing {
+    fn drop(&mut self) {
+        self.0.set_following(None);
+    }
+}
+
 async fn take_turn(member: Member) -> Turn {
+    let _clear = ClearFollowing(member.clone());
     let inner = member.inner().clone();
     let settings = inner.settings;
     let name = member.name.clone();
