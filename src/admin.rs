@@ -90,6 +90,8 @@ pub struct Admin {
     open: bool,
     uptime_target: f64,
     cache_max_age: Duration,
+    #[cfg(feature = "fleet")]
+    fleet: Option<crate::fleet::Fleet>,
 }
 
 impl Admin {
@@ -103,7 +105,20 @@ impl Admin {
             open: false,
             uptime_target: 99.9,
             cache_max_age: Duration::from_secs(2),
+            #[cfg(feature = "fleet")]
+            fleet: None,
         }
+    }
+
+    /// Reports this replica's fleet: a `fleet` section in `/reliability`
+    /// (replicas alive, who holds each lease, how many replicas see each
+    /// dependency down) and, in `/health`, whether a dependency that is
+    /// down is down for the whole fleet or only here.
+    #[cfg(feature = "fleet")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "fleet")))]
+    pub fn fleet(mut self, fleet: &crate::fleet::Fleet) -> Self {
+        self.fleet = Some(fleet.clone());
+        self
     }
 
     /// Requires `Authorization: Bearer <token>` on POST routes (and to see
@@ -330,7 +345,8 @@ async fn health(State(admin): AdminState, headers: HeaderMap) -> Response {
         }
     }
     let status = report.status;
-    let body = json!({
+    #[allow(unused_mut)]
+    let mut body = json!({
         "status": status.as_str(),
         "checks": checks,
         "circuit_breakers": breakers,
@@ -338,6 +354,28 @@ async fn health(State(admin): AdminState, headers: HeaderMap) -> Response {
         "root_causes": root_causes,
         "draining": draining,
     });
+    #[cfg(feature = "fleet")]
+    if let Some(fleet) = &admin.fleet {
+        // Each dependency seen down here: down for the fleet, or only here.
+        let fleet = fleet.status();
+        let scopes: Map<String, Value> = report
+            .dependencies
+            .iter()
+            .filter(|d| {
+                d.breaker.as_ref().is_some_and(|b| !b.state.is_closed())
+                    || d.last
+                        .as_ref()
+                        .is_some_and(|l| l.status == HealthStatus::Fail)
+            })
+            .map(|d| {
+                (
+                    d.name.to_string(),
+                    json!(crate::fleet::report::scope(&fleet, &d.name)),
+                )
+            })
+            .collect();
+        body["fleet"] = json!({ "connected": fleet.connected, "down_scope": scopes });
+    }
     let code = if status == HealthStatus::Fail || draining {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -617,6 +655,24 @@ async fn reliability(State(admin): AdminState, headers: HeaderMap) -> Response {
             "grace_period_seconds": secs(admin.drain.grace_period()),
         },
     });
+    #[cfg(feature = "fleet")]
+    let body = {
+        let mut body = body;
+        if let Some(fleet) = &admin.fleet {
+            body["fleet"] = crate::fleet::report::fleet_json(&fleet.status(), show);
+        }
+        for dep in &report.dependencies {
+            let member = admin
+                .reliability
+                .get(&dep.name)
+                .and_then(|d| d.recovery_handle())
+                .and_then(|r| r.fleet_status());
+            if let (Some(m), Some(entry)) = (member, body["recovery"].get_mut(&*dep.name)) {
+                entry["fleet"] = crate::fleet::report::member_json(&m, show);
+            }
+        }
+        body
+    };
     json_response(StatusCode::OK, "application/json", &body)
 }
 
@@ -637,11 +693,15 @@ async fn trigger(
     };
     let outcome = recovery.trigger_manual();
     tracing::info!(dependency = %name, %outcome, "Manual recovery trigger");
-    json_response(
-        StatusCode::ACCEPTED,
-        "application/json",
-        &json!({ "name": name, "outcome": outcome.as_str(), "state": recovery.status().state.as_str() }),
-    )
+    #[allow(unused_mut)]
+    let mut body = json!({ "name": name, "outcome": outcome.as_str(), "state": recovery.status().state.as_str() });
+    #[cfg(feature = "fleet")]
+    if let Some(m) = recovery.fleet_status() {
+        // Running elsewhere: which replica runs it.
+        let holder = m.running_elsewhere.map(|f| f.holder).or(m.holder);
+        body["holder"] = json!(holder.map(|h| h.replica.to_string()));
+    }
+    json_response(StatusCode::ACCEPTED, "application/json", &body)
 }
 
 async fn reset(State(admin): AdminState, Path(name): Path<String>, headers: HeaderMap) -> Response {

@@ -82,6 +82,8 @@ mod codec;
 mod pump;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "admin")]
+pub(crate) mod report;
 
 use std::fmt;
 use std::future::Future;

@@ -527,3 +527,108 @@ async fn in_wait_mode_no_cycle_runs_until_redis_is_back() {
     })
     .await;
 }
+
+/// `/reliability` and `/health` of a replica whose recovery waits on
+/// another replica's: the fleet section tells the truth.
+#[cfg(feature = "admin")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_routes_report_the_fleet() {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    use tower_recovery::admin::Admin;
+    use tower_recovery::drain::Drain;
+    use tower_recovery::health::{Dependency, HealthCheck, Reliability};
+
+    let Some(redis) = RedisServer::start_or_skip("admin") else {
+        return;
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (go, go_rx) = watch::channel(None);
+    let a = replica(&redis, "a", &calls, &go_rx, Fallback::Local);
+    let b = replica(&redis, "b", &calls, &go_rx, Fallback::Local);
+    connected(&a.fleet, true).await;
+    connected(&b.fleet, true).await;
+    let reliability = Reliability::builder()
+        .dependency(
+            Dependency::new(
+                "model_server",
+                HealthCheck::new(|| async { Ok::<(), String>(()) }),
+            )
+            .breaker(&b.breaker)
+            .recovery(&b.recovery),
+        )
+        .build()
+        .unwrap();
+    let router = Admin::new(&reliability, &Drain::default())
+        .fleet(&b.fleet)
+        .open()
+        .router::<()>();
+    let get = |path: &'static str| {
+        let router = router.clone();
+        async move {
+            let response = router
+                .oneshot(http::Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+        }
+    };
+    let secs = Duration::from_secs(5);
+    a.breaker.try_acquire().unwrap().failure();
+    eventually(secs, "a's attempt", || {
+        (calls.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    b.breaker.try_acquire().unwrap().failure();
+    eventually(secs, "b following a", || {
+        b.recovery.fleet_status().unwrap().running_elsewhere
+    })
+    .await;
+    // Both replicas' heartbeats say the model server is down.
+    let deadline = Instant::now() + secs;
+    let r = loop {
+        let r = get("/reliability").await;
+        if r["fleet"]["dependencies"]["model_server"]["replicas_seeing_it_down"] == 2 {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fleet view never caught up: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let fleet = &r["fleet"];
+    assert_eq!(fleet["replica"], "b");
+    assert_eq!(fleet["connected"], true);
+    assert_eq!(fleet["replicas_alive"], 2);
+    let dep = &fleet["dependencies"]["model_server"];
+    assert_eq!(dep["lease_holder"]["replica"], "a");
+    assert_eq!(dep["down_everywhere"], true);
+    let mine = &r["recovery"]["model_server"]["fleet"];
+    assert_eq!(mine["running_elsewhere"]["replica"], "a");
+    assert_eq!(mine["recovering_locally"], false);
+    let health = get("/health").await;
+    assert_eq!(health["fleet"]["down_scope"]["model_server"], "fleet");
+    // The trigger says where the cycle runs.
+    let response = router
+        .clone()
+        .oneshot(
+            http::Request::post("/reliability/auto-recovery/model_server/trigger")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["outcome"], "running_elsewhere");
+    assert_eq!(body["holder"], "a");
+    go.send_replace(Some(true));
+    eventually(secs, "b's cycle ended", || {
+        (b.recovery.status().state == RecoveryState::CoolingDown).then_some(())
+    })
+    .await;
+}
