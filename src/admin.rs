@@ -9,7 +9,7 @@
 //! | `GET /health` | `application/health+json` (IETF draft-inadarei-api-health-check); 200 for pass and warn, 503 for fail and while draining |
 //! | `GET /livez` | 200 while the process runs, draining or not |
 //! | `GET /readyz` | 200 once startup passed and until draining begins, else 503 |
-//! | `GET /reliability` | breakers, recoveries, monitor and drain, as JSON |
+//! | `GET /reliability` | breakers (keyed registries summed up), recoveries, monitor and drain, as JSON |
 //! | `POST /reliability/auto-recovery/{name}/trigger` | 202 with the trigger outcome |
 //! | `POST /reliability/circuit-breaker/{name}/reset` | 200; resets the breaker and its recovery |
 //! | `GET /reliability/circuit-breaker/{name}` | the breaker's state, effective configuration and recent events |
@@ -25,7 +25,7 @@
 //! `open_duration_seconds`, `open_multiplier`,
 //! `max_open_duration_seconds`, `healthy_period_seconds`,
 //! `half_open_permits` and `metrics_only` (see
-//! [`Tuning`](crate::circuit_breaker::Tuning) for when each applies). The
+//! [`Tuning`] for when each applies). The
 //! change is checked whole: a body that is not a JSON object gets 400; an
 //! unknown setting, a value of the wrong type or out of range gets 422
 //! naming the setting, the value and what was expected, and nothing
@@ -33,6 +33,10 @@
 //! configuration now in effect; each change is logged at `warn` and kept
 //! among the breaker's recent events. Changes live in memory: a restart
 //! goes back to the configuration the process was built with.
+//!
+//! With the `chaos` feature, `Admin::chaos_router` serves `GET /chaos` and
+//! `GET`/`POST`/`DELETE /chaos/{name}` under the same rules (see
+//! [`chaos`](crate::chaos)).
 //!
 //! # Security
 //!
@@ -246,7 +250,7 @@ impl Admin {
     }
 
     /// `None` when a POST may proceed, else the refusal.
-    fn guard_post(&self, headers: &HeaderMap) -> Option<Response> {
+    pub(crate) fn guard_post(&self, headers: &HeaderMap) -> Option<Response> {
         if self.token.is_some() {
             if self.authorized(headers) {
                 return None;
@@ -620,6 +624,56 @@ fn monitor_json(dep: &DependencyReport) -> Value {
     })
 }
 
+/// Keys not closed listed per keyed registry in `/reliability`; the rest
+/// are counted.
+const KEYED_LISTED: usize = 20;
+
+/// A keyed registry's breaker: its state and counts (their configuration
+/// is the registry's template).
+fn keyed_breaker_json(b: &Snapshot) -> Value {
+    json!({
+        "state": b.state.as_str(),
+        "failure_count": b.failures,
+        "consecutive_failures": b.counts.consecutive_failures,
+        "failure_rate": b.counts.failure_rate(),
+        "rejected": b.rejected,
+        "transitions": b.transitions,
+        "next_probe_in_seconds": b.next_probe_in.map(secs),
+    })
+}
+
+/// The keyed registries: totals by state and the keys not closed (bounded).
+fn keyed_json(reliability: &Reliability) -> Value {
+    let mut keyed = Map::new();
+    for s in reliability.keyed(KEYED_LISTED) {
+        let listed: Map<String, Value> = s
+            .not_closed
+            .iter()
+            .map(|b| (b.name.to_string(), keyed_breaker_json(b)))
+            .collect();
+        keyed.insert(
+            s.name.to_string(),
+            json!({
+                "keys": s.keys,
+                "max_keys": s.max_keys,
+                "states": {
+                    "closed": s.closed,
+                    "open": s.open,
+                    "half_open": s.half_open,
+                    "forced_open": s.forced_open,
+                    "disabled": s.disabled,
+                },
+                "not_closed": listed,
+                "not_closed_unlisted": s.not_closed_unlisted,
+                "overflow": keyed_breaker_json(&s.overflow),
+                "overflowed_calls": s.overflowed,
+                "evicted": s.evicted,
+            }),
+        );
+    }
+    Value::Object(keyed)
+}
+
 async fn reliability(State(admin): AdminState, headers: HeaderMap) -> Response {
     let report = admin.reliability.report();
     let show = admin.may_see_errors(&headers);
@@ -643,6 +697,7 @@ async fn reliability(State(admin): AdminState, headers: HeaderMap) -> Response {
         "status": report.status.as_str(),
         "started": report.started,
         "circuit_breakers": breakers,
+        "keyed_breakers": keyed_json(&admin.reliability),
         "recovery": recoveries,
         "health_monitor": {
             "running": report.monitor_running,

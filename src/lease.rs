@@ -163,6 +163,32 @@ pub(crate) struct Lease<T: Leased> {
     ptr: NonNull<T>,
 }
 
+impl<T: Leased> Lease<T> {
+    /// A lease on the state `arc` points to from a credit this thread holds
+    /// for it, if it holds one: no shared write, and nothing dropped (so
+    /// a caller may hold a lock). For a caller with no [`Credits`] of its
+    /// own for the state (a keyed registry, which finds it per call).
+    #[cfg(feature = "circuit-breaker")]
+    #[inline]
+    pub(crate) fn reuse(arc: &Arc<T>) -> Option<Self> {
+        let ptr = NonNull::new(Arc::as_ptr(arc).cast_mut()).expect("an Arc is never null");
+        // Made only when a credit was taken: a `Lease` dropped unused
+        // would give back a credit it never had.
+        reuse(ptr.cast()).then(|| Lease { ptr })
+    }
+
+    /// A lease made from a strong count: it stands for a batch of credits,
+    /// one for this lease and the rest left in this thread's cache for its
+    /// next calls (which may drop a batch, so no lock should be held).
+    #[cfg(feature = "circuit-breaker")]
+    pub(crate) fn from_arc(arc: Arc<T>) -> Self {
+        let ptr = NonNull::new(Arc::as_ptr(&arc).cast_mut()).expect("an Arc is never null");
+        std::mem::forget(arc);
+        give_back::<T>(ptr, BATCH - 1);
+        Lease { ptr }
+    }
+}
+
 // SAFETY: a lease is a shared reference to a `T` (which is `Send` and
 // `Sync`) whose lifetime is guaranteed by the credit it holds.
 unsafe impl<T: Leased> Send for Lease<T> {}

@@ -18,6 +18,8 @@
 //! - [`config`]: the settings from environment variables, validated.
 //! - [`classify`]: what counts as a failure (errors, `5xx`, `429`, your own).
 //! - `retry` (feature): a retry policy that never retries a refusal.
+//! - [`chaos`]: fault injection for rehearsals (error rate, latency,
+//!   response override), switched at runtime, also over the admin routes.
 //! - [`clock`]: the time sources, including virtual time for tests.
 //!
 //! # Shape
@@ -70,14 +72,19 @@
 //! | `recovery` | yes | [`recovery`] (needs `circuit-breaker`) |
 //! | `health` | yes | [`health`] |
 //! | `drain` | yes | [`drain`] |
-//! | `axum` | yes | [`admin`] (needs the others) |
+//! | `admin` | yes | [`admin`]: the axum router (needs the others) |
 //! | `metrics` | yes | counters and gauges through the `metrics` facade: see [`metrics`] |
 //! | `webhook` | yes | `recovery::WebhookAlert`: alerts as JSON POSTs |
 //! | `retry` | no | [`retry::RetryPolicy`]: retries that respect the breaker and the drain |
+//! | `chaos` | yes | [`chaos`]: the chaos layer; with `admin`, its routes |
 //! | `tower-http` | no | [`classify::TowerHttpClassifier`] for `tower_http::classify` |
 //! | `fleet` | no | `fleet`: replicas recover as one (the `Coordinator` trait) |
 //! | `redis` | no | `fleet::RedisCoordinator`: the fleet coordinated through Redis |
 //! | `full` | no | everything |
+//!
+//! The defaults are the service kit (the demo runs with one command); with
+//! `default-features = false` and, say, `features = ["circuit-breaker"]`, a
+//! tower-only user compiles no axum, hyper, serde_json or metrics.
 //!
 //! [Tower]: https://docs.rs/tower
 
@@ -89,6 +96,8 @@
 
 #[cfg(feature = "admin")]
 pub mod admin;
+#[cfg(feature = "chaos")]
+pub mod chaos;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
 pub mod classify;

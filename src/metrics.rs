@@ -11,6 +11,7 @@
 //! | `tower_recovery_breaker_rejections_total` | counter | `breaker` | calls rejected |
 //! | `tower_recovery_breaker_transitions_total` | counter | `breaker`, `from`, `to` | state transitions |
 //! | `tower_recovery_breaker_state` | gauge | `breaker` | 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled |
+//! | `tower_recovery_keyed_breakers` | gauge | `keyed`, `state` | breakers of a keyed registry in each state (never one series per key) |
 //! | `tower_recovery_recovery_attempts_total` | counter | `dependency` | recovery attempts started |
 //! | `tower_recovery_breaker_shadow_rejections_total` | counter | `breaker` | calls a metrics-only breaker admitted that it would have rejected |
 //! | `tower_recovery_recovery_outcomes_total` | counter | `dependency`, `outcome` | `success`, `failure` (attempt), `exhausted`, `healed` |
@@ -31,6 +32,12 @@ pub const BREAKER_SHADOW_REJECTIONS: &str = "tower_recovery_breaker_shadow_rejec
 pub const BREAKER_TRANSITIONS: &str = "tower_recovery_breaker_transitions_total";
 /// Breaker state gauge.
 pub const BREAKER_STATE: &str = "tower_recovery_breaker_state";
+/// Gauge: the breakers of a keyed registry in each state (`keyed`,
+/// `state`). A keyed registry's breakers add their failures, rejections
+/// and transitions to the series of the registry's name (`breaker`), not
+/// one per key: keys come from requests, and a series per key would grow
+/// without bound.
+pub const KEYED_BREAKERS: &str = "tower_recovery_keyed_breakers";
 /// Recovery attempts.
 pub const RECOVERY_ATTEMPTS: &str = "tower_recovery_recovery_attempts_total";
 /// Recovery outcomes.
@@ -96,6 +103,11 @@ pub fn describe() {
         BREAKER_STATE,
         "Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled"
     );
+    describe_gauge!(
+        KEYED_BREAKERS,
+        Unit::Count,
+        "Breakers of a keyed registry in each state, by registry and state"
+    );
     describe_counter!(
         RECOVERY_ATTEMPTS,
         Unit::Count,
@@ -139,10 +151,12 @@ pub fn describe() {
 /// use now. Handles for up to four recorders are kept (past that, the
 /// fourth's are used). A recorder is known by its address: a local recorder
 /// replaced by another at the same address keeps the first one's handles.
+#[cfg(any(feature = "circuit-breaker", feature = "drain"))]
 pub(crate) struct Bound<T> {
     slots: [std::sync::OnceLock<(usize, T)>; 4],
 }
 
+#[cfg(any(feature = "circuit-breaker", feature = "drain"))]
 impl<T> Bound<T> {
     pub(crate) const fn new() -> Self {
         Self {
@@ -192,6 +206,7 @@ impl<T> Bound<T> {
     }
 }
 
+#[cfg(any(feature = "circuit-breaker", feature = "drain"))]
 impl<T> std::fmt::Debug for Bound<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bound").finish_non_exhaustive()

@@ -19,13 +19,18 @@ fn usage() -> String {
         "\
 usage: cargo run --example fir_pipeline [-- --chaos]
 
-  --chaos      stop the embedded model server for 20 s every 45 s (or FIR_CHAOS=1;
-               FIR_CHAOS_UP and FIR_CHAOS_DOWN set the seconds up and down)
+  --chaos      make the model server unreachable for 20 s every 45 s by switching its
+               chaos layer's injected failures on (or FIR_CHAOS=1; FIR_CHAOS_UP and
+               FIR_CHAOS_DOWN set the seconds up and down)
   -h, --help   this text
 
 routes: POST /fir (JSON {{\"complaint\": \"...\"}}, body up to {json} MiB),
 POST /fir/audio (audio or image bytes, up to {audio} MiB), GET /fir/{{id}};
 /health, /livez, /readyz, /reliability, /metrics. A larger body gets 413.
+Chaos at runtime (bearer ADMIN_TOKEN): GET /chaos; POST /chaos/model_server
+(or /chaos/asr_ocr_server) with JSON {{\"error_rate\": 0.5, \"latency_ms\": 800,
+\"latency_rate\": 1, \"status\": 503, \"duration_seconds\": 120}} (any of them);
+DELETE /chaos/model_server, or DELETE /chaos for all.
 
 environment: HOST (default 127.0.0.1; 0.0.0.0 to listen on every interface),
 PORT (default 8000), DATABASE_URL (default: a SQLite file in the temporary
@@ -69,7 +74,7 @@ pub(crate) struct Config {
     pub(crate) host: IpAddr,
     pub(crate) port: u16,
     pub(crate) chaos: bool,
-    /// `--chaos`: how long the model server runs, then stays stopped.
+    /// `--chaos`: how long the model server is reachable, then unreachable.
     pub(crate) chaos_up: Duration,
     pub(crate) chaos_down: Duration,
     /// `FIR_MODEL_NEEDS_DATABASE`: the model server needs the database

@@ -40,10 +40,15 @@
 //! configuration error (every bad setting is named at once, and a port in
 //! use is one). `--help` lists the settings.
 //!
-//! `--chaos` (or `FIR_CHAOS=1`) stops the embedded model server for 20 s
-//! every 45 s: watch the breaker open, recovery back off, and recover, in the
-//! log and in `GET /reliability`. Every setting of the crate's `config`
-//! module is read from the environment.
+//! Each server's client goes through a chaos layer (`tower_recovery::chaos`,
+//! off until switched on). `--chaos` (or `FIR_CHAOS=1`) makes the model
+//! server unreachable for this process for 20 s every 45 s by switching its
+//! injected failures on: watch the breaker open, recovery back off, and
+//! recover, in the log and in `GET /reliability`. The admin routes `GET
+//! /chaos` and `POST`/`DELETE /chaos/{model_server|asr_ocr_server}` (bearer
+//! token) start and stop other rehearsals on a running demo, e.g.
+//! `{"error_rate": 0.5, "latency_ms": 800, "duration_seconds": 120}`. Every
+//! setting of the crate's `config` module is read from the environment.
 //!
 //! Modules: `config` (arguments, environment, `--help`), `database`,
 //! `handlers` (the API), `upstreams` (model and ASR/OCR servers), `telemetry`
@@ -68,6 +73,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tower::BoxError;
 use tower_recovery::admin::Admin;
+use tower_recovery::chaos::Chaos;
 use tower_recovery::circuit_breaker::Breaker;
 use tower_recovery::drain::Drain;
 use tower_recovery::health::{Dependency, HealthCheck, Monitor, Reliability};
@@ -76,7 +82,7 @@ use tower_recovery::recovery::{LogAlert, Recovery, WebhookAlert};
 use config::Config;
 use database::Database;
 use handlers::{App, api_error, json_errors};
-use upstreams::{MODEL, asr_ocr_server, guarded_client, model_server, probe};
+use upstreams::{MODEL, asr_ocr_server, guarded_client, model_server, probe, transport};
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -92,7 +98,7 @@ async fn main() -> Result<(), BoxError> {
 
     // 1. Connect clients (starting the embedded stand-ins where no URL is set).
     // The stand-ins live as long as `main`: dropping one stops its server.
-    let (model_url, model_stand_in) =
+    let (model_url, _model_stand_in) =
         upstreams::url_or_stand_in("MODEL_SERVER_URL", "model server", || {
             model_server(Duration::ZERO)
         })
@@ -111,6 +117,13 @@ async fn main() -> Result<(), BoxError> {
     // the first connection is accepted.
     drain.listen_for_signals();
 
+    // What this process sends each server goes through its chaos switch
+    // (off until `--chaos` or an admin request switches it on).
+    let model_chaos = Chaos::new("model_server");
+    let asr_chaos = Chaos::new("asr_ocr_server");
+    let model_transport = transport(&http, &model_chaos);
+    let asr_transport = transport(&http, &asr_chaos);
+
     let model_breaker = Breaker::new("model_server");
     let asr_breaker = Breaker::new("asr_ocr_server");
     // Alerts: a log line each, and a JSON POST to ALERT_WEBHOOK_URL if set.
@@ -123,8 +136,16 @@ async fn main() -> Result<(), BoxError> {
         settings.recovery_mode(),
     );
     let model_recovery = Recovery::builder("model_server", {
-        let (http, base) = (http.clone(), model_url.clone());
-        move || probe(http.clone(), base.clone(), &[MODEL], "model server")
+        let (transport, http, base) = (model_transport.clone(), http.clone(), model_url.clone());
+        move || {
+            probe(
+                transport.clone(),
+                http.clone(),
+                base.clone(),
+                &[MODEL],
+                "model server",
+            )
+        }
     })
     .watch(&model_breaker)
     .max_attempts(attempts)
@@ -136,9 +157,10 @@ async fn main() -> Result<(), BoxError> {
     .alert(webhook.clone())
     .spawn();
     let asr_recovery = Recovery::builder("asr_ocr_server", {
-        let (http, base) = (http.clone(), asr_ocr_url.clone());
+        let (transport, http, base) = (asr_transport.clone(), http.clone(), asr_ocr_url.clone());
         move || {
             probe(
+                transport.clone(),
                 http.clone(),
                 base.clone(),
                 &["whisper", "dots_ocr"],
@@ -184,7 +206,7 @@ async fn main() -> Result<(), BoxError> {
         .dependency({
             let model = Dependency::new(
                 "model_server",
-                upstreams::health_check(&http, model_url.clone()),
+                upstreams::health_check(&model_transport, &http, model_url.clone()),
             )
             .breaker(&model_breaker)
             .recovery(&model_recovery);
@@ -197,7 +219,7 @@ async fn main() -> Result<(), BoxError> {
         .dependency(
             Dependency::new(
                 "asr_ocr_server",
-                upstreams::health_check(&http, asr_ocr_url.clone()),
+                upstreams::health_check(&asr_transport, &http, asr_ocr_url.clone()),
             )
             .optional()
             .breaker(&asr_breaker)
@@ -210,8 +232,8 @@ async fn main() -> Result<(), BoxError> {
     let token = config.admin_token();
     let app = App {
         http: http.clone(),
-        model: guarded_client(&http, &model_breaker, &drain),
-        asr_ocr: guarded_client(&http, &asr_breaker, &drain),
+        model: guarded_client(&model_transport, &model_breaker, &drain),
+        asr_ocr: guarded_client(&asr_transport, &asr_breaker, &drain),
         model_breaker: model_breaker.clone(),
         asr_breaker: asr_breaker.clone(),
         model_url: model_url.clone(),
@@ -220,9 +242,11 @@ async fn main() -> Result<(), BoxError> {
         db_recovery: db_recovery.clone(),
         ids: Arc::new(AtomicU64::new(0)),
     };
+    let admin = Admin::new(&reliability, &drain).token(&token);
     let router = handlers::routes(app)
         .layer(drain.layer())
-        .merge(Admin::new(&reliability, &drain).token(&token).router())
+        .merge(admin.chaos_router([&model_chaos, &asr_chaos]))
+        .merge(admin.router())
         .route(
             "/metrics",
             get(move || std::future::ready(prometheus.render())),
@@ -317,10 +341,14 @@ async fn main() -> Result<(), BoxError> {
     println!(
         "  curl -s -XPOST http://{addr}/reliability/circuit-breaker/model_server/reset -H \"authorization: Bearer {shown}\""
     );
+    println!(
+        "  curl -s -XPOST http://{addr}/chaos/model_server -H \"authorization: Bearer {shown}\" -d '{{\"error_rate\": 0.5, \"latency_ms\": 800, \"duration_seconds\": 120}}'"
+    );
+    println!("  curl -s -XDELETE http://{addr}/chaos -H \"authorization: Bearer {shown}\"");
     println!("  curl -s http://{addr}/metrics\n");
 
     if config.chaos {
-        chaos::start(model_stand_in.clone(), config.chaos_up, config.chaos_down);
+        chaos::start(&model_chaos, config.chaos_up, config.chaos_down);
     }
 
     // 5. Serve until drained; bound axum's own shutdown by the drain.

@@ -50,12 +50,15 @@ impl StandIn {
         });
     }
 
-    /// Stops accepting and closes the server.
+    /// Stops accepting and closes the server (the scenario tests' outages;
+    /// the demo's `--chaos` injects them instead).
+    #[allow(dead_code)]
     pub(crate) fn stop(&self) {
         self.running.send_replace(false);
     }
 
     /// Serves again on the same port (retrying the bind for up to 10 s).
+    #[allow(dead_code)]
     pub(crate) async fn restart(&self) -> std::io::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let listener = loop {

@@ -31,6 +31,9 @@ pub struct Builder {
     recent_events: usize,
     ramp: Option<(f64, Duration)>,
     clock: Option<Clock>,
+    /// The keyed registry this breaker belongs to (for its metrics).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    keyed: Option<Arc<str>>,
 }
 
 impl Builder {
@@ -53,6 +56,7 @@ impl Builder {
             recent_events: 32,
             ramp: None,
             clock: None,
+            keyed: None,
         }
     }
 
@@ -264,6 +268,28 @@ impl Builder {
         self
     }
 
+    /// The name given to [`Breaker::builder`].
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The clock set, or the default one (made now).
+    pub(crate) fn clock_or_default(&self) -> Clock {
+        self.clock.clone().unwrap_or_default()
+    }
+
+    /// The same configuration under another name.
+    pub(crate) fn renamed(mut self, name: Arc<str>) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// Marks the breaker as one of the keyed registry `registry`.
+    pub(crate) fn keyed(mut self, registry: &Arc<str>) -> Self {
+        self.keyed = Some(registry.clone());
+        self
+    }
+
     /// Builds the breaker.
     ///
     /// # Panics
@@ -311,6 +337,10 @@ impl Builder {
                 initial_ppm: ppm(share).min(1_000_000),
                 duration: saturating_nanos(duration),
             }),
+            #[cfg(feature = "metrics")]
+            keyed: self
+                .keyed
+                .map(|registry| Arc::new(super::keyed::Member::new(registry))),
         };
         Breaker {
             core: Arc::new(Core::new(self.name, cfg, self.clock.unwrap_or_default())),

@@ -141,6 +141,10 @@ pub(crate) struct Config {
     pub(crate) recent_events: usize,
     /// A staged half-open: a rising share of calls instead of fixed probes.
     pub(crate) ramp: Option<Ramp>,
+    /// A keyed registry's breaker: metrics labelled by the registry, and its
+    /// keys-per-state gauge kept instead of a state gauge per key.
+    #[cfg(feature = "metrics")]
+    pub(crate) keyed: Option<Arc<super::keyed::Member>>,
 }
 
 /// A half-open ramp: the share of calls admitted rises linearly from
@@ -505,11 +509,18 @@ impl Core {
         }
     }
 
+    /// The `breaker` label of this breaker's metrics: its name, or its
+    /// keyed registry's (one series per registry, not per key).
+    #[cfg(feature = "metrics")]
+    fn metrics_label(&self) -> &str {
+        self.cfg.keyed.as_ref().map_or(&self.name, |m| m.registry())
+    }
+
     /// Runs `f` with the metric handles of the recorder in use.
     #[cfg(feature = "metrics")]
     #[inline]
     fn metrics<R>(&self, f: impl FnOnce(&Metrics) -> R) -> R {
-        self.metrics.with(|| Metrics::new(&self.name), f)
+        self.metrics.with(|| Metrics::new(self.metrics_label()), f)
     }
 
     /// The trip rule with its current thresholds.
@@ -675,7 +686,7 @@ impl Core {
             #[cfg(feature = "metrics")]
             metrics::counter!(
                 crate::metrics::BREAKER_SHADOW_REJECTIONS,
-                "breaker" => self.name.to_string()
+                "breaker" => self.metrics_label().to_string()
             )
             .increment(1);
         }
@@ -1448,10 +1459,13 @@ impl Core {
 
         #[cfg(feature = "metrics")]
         {
-            self.metrics(|m| m.state.set(code(self.word()) as f64));
+            match &self.cfg.keyed {
+                Some(member) => member.moved(|| state_of(self.word())).report(),
+                None => self.metrics(|m| m.state.set(code(self.word()) as f64)),
+            }
             metrics::counter!(
                 crate::metrics::BREAKER_TRANSITIONS,
-                "breaker" => self.name.to_string(),
+                "breaker" => self.metrics_label().to_string(),
                 "from" => from.as_str(),
                 "to" => to.as_str()
             )

@@ -109,6 +109,44 @@
 //! oldest one kept. Transitions are also logged with `tracing`
 //! (`Circuit breaker 'name': Transitioning to OPEN`).
 //!
+//! # Changing a running breaker
+//!
+//! [`Breaker::tune`] changes thresholds, open duration, probes and
+//! metrics-only mode without a restart, checked whole ([`Tuning`] says when
+//! each applies); [`Breaker::config`] shows what the breaker runs with, and
+//! [`Breaker::recent_events`] the last transitions and changes (the admin
+//! router serves all three).
+//!
+//! # Upstream-aware opening
+//!
+//! - An upstream's `Retry-After` on a failure ([`Classify::retry_after`])
+//!   sets the next open duration, capped ([`Builder::retry_after_cap`]).
+//! - [`Builder::half_open_ramp`] admits a rising share of calls after the
+//!   open wait instead of a fixed number of probes.
+//! - [`Builder::metrics_only`] records and reports, never rejects.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use std::time::Duration;
+//! use tower_recovery::circuit_breaker::{Breaker, State};
+//!
+//! let breaker = Breaker::builder("model-server")
+//!     .consecutive_failures(1)
+//!     .half_open_ramp(0.25, Duration::from_secs(10))
+//!     .build();
+//! // The upstream answered 503 with `Retry-After: 5`.
+//! breaker.try_acquire().unwrap().failure_with_retry_after(Duration::from_secs(5));
+//! assert_eq!(breaker.snapshot().next_probe_in, Some(Duration::from_secs(5)));
+//!
+//! tokio::time::advance(Duration::from_secs(5)).await;
+//! // A quarter of the calls at first: every fourth.
+//! let admitted = (0..8).filter_map(|_| breaker.try_acquire().ok()).count();
+//! assert_eq!(admitted, 2);
+//! assert_eq!(breaker.state(), State::HalfOpen);
+//! # }
+//! ```
+//!
 //! # Events flow one way
 //!
 //! No code of yours, and no other component, runs inside the breaker: a
@@ -120,6 +158,11 @@
 //! `Debug`) never changes the breaker: when the open wait has elapsed,
 //! `state()` reports `HalfOpen`, and the transition itself is made by the
 //! next call that asks for admission.
+//!
+//! # One breaker per key
+//!
+//! For a client of many upstreams, tenants or routes, [`keyed`] keeps a
+//! breaker per key, made on first use, with bounded memory.
 //!
 //! # Cost
 //!
@@ -133,6 +176,7 @@ pub(crate) mod core;
 pub mod error;
 mod events;
 pub mod future;
+pub mod keyed;
 mod layer;
 mod permit;
 pub mod reject;

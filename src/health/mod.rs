@@ -282,12 +282,27 @@ impl std::error::Error for BuildError {}
 pub struct Builder {
     deps: Vec<Dependency>,
     history: Option<usize>,
+    #[cfg(feature = "circuit-breaker")]
+    keyed: Vec<Arc<dyn crate::circuit_breaker::keyed::View>>,
 }
 
 impl Builder {
     /// Adds a dependency.
     pub fn dependency(mut self, dependency: Dependency) -> Self {
         self.deps.push(dependency);
+        self
+    }
+
+    /// Adds a keyed registry, reported (totals by state, the keys not
+    /// closed) by [`Reliability::keyed`] and `/reliability`. Its keys do not
+    /// change the aggregate status: one upstream or tenant of many failing
+    /// is what a keyed breaker isolates, not a fault of this service.
+    #[cfg(feature = "circuit-breaker")]
+    pub fn keyed<K: crate::circuit_breaker::keyed::Key>(
+        mut self,
+        keyed: &crate::circuit_breaker::keyed::KeyedBreaker<K>,
+    ) -> Self {
+        self.keyed.push(Arc::new(keyed.clone()));
         self
     }
 
@@ -325,6 +340,8 @@ impl Builder {
                 started: AtomicBool::new(false),
                 started_notify: Notify::new(),
                 monitor: Mutex::new(None),
+                #[cfg(feature = "circuit-breaker")]
+                keyed: self.keyed,
             }),
         };
         #[cfg(feature = "recovery")]
@@ -473,6 +490,8 @@ struct Inner {
     started: AtomicBool,
     started_notify: Notify,
     monitor: Mutex<Option<MonitorInfo>>,
+    #[cfg(feature = "circuit-breaker")]
+    keyed: Vec<Arc<dyn crate::circuit_breaker::keyed::View>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -499,6 +518,17 @@ impl Reliability {
     /// The dependency called `name`.
     pub fn get(&self, name: &str) -> Option<&Dependency> {
         self.dependencies().find(|d| &*d.name == name)
+    }
+
+    /// The keyed registries added with [`Builder::keyed`], summed up:
+    /// totals by state and at most `max_listed` keys not closed each.
+    #[cfg(feature = "circuit-breaker")]
+    pub fn keyed(&self, max_listed: usize) -> Vec<crate::circuit_breaker::keyed::Summary> {
+        self.inner
+            .keyed
+            .iter()
+            .map(|keyed| call_out(|| keyed.summary(max_listed)))
+            .collect()
     }
 
     /// Results kept per dependency.

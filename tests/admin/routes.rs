@@ -123,6 +123,7 @@ async fn reliability_document_field_by_field() {
         ("open", 1, 1)
     );
     assert_eq!((b.rejected, b.transitions), (0, 1));
+    assert!(doc.keyed_breakers.is_empty(), "no keyed registry added");
     assert_eq!(b.failure_rate, None, "no window");
     assert_eq!(
         (b.metrics_only, b.would_have_rejected, b.traffic_share),

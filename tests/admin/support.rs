@@ -237,9 +237,40 @@ pub(crate) struct ReliabilityDoc {
     pub(crate) status: String,
     pub(crate) started: bool,
     pub(crate) circuit_breakers: HashMap<String, BreakerDoc>,
+    pub(crate) keyed_breakers: HashMap<String, KeyedDoc>,
     pub(crate) recovery: HashMap<String, RecoveryDoc>,
     pub(crate) health_monitor: MonitorDoc,
     pub(crate) graceful_shutdown: ShutdownDoc,
+}
+
+/// A keyed registry's breaker in `/reliability` (its configuration is the
+/// registry's template, not repeated).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub(crate) struct KeyedBreakerDoc {
+    pub(crate) state: String,
+    pub(crate) failure_count: u64,
+    pub(crate) consecutive_failures: u32,
+    pub(crate) failure_rate: Option<f64>,
+    pub(crate) rejected: u64,
+    pub(crate) transitions: u64,
+    pub(crate) next_probe_in_seconds: Option<f64>,
+}
+
+/// A keyed registry in `/reliability` (`tests/keyed` fills one).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub(crate) struct KeyedDoc {
+    pub(crate) keys: usize,
+    pub(crate) max_keys: usize,
+    pub(crate) states: HashMap<String, usize>,
+    pub(crate) not_closed: HashMap<String, KeyedBreakerDoc>,
+    pub(crate) not_closed_unlisted: usize,
+    pub(crate) overflow: KeyedBreakerDoc,
+    pub(crate) overflowed_calls: u64,
+    pub(crate) evicted: u64,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,136 @@
+//! Response future of the [`InjectFaults`](super::InjectFaults) service.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+
+use super::{Injected, OnFault};
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        // Chaos off, or nothing drawn for this call: the inner future alone,
+        // so that the future is no larger than it and polls it directly.
+        Called {
+            #[pin]
+            future: F,
+        },
+        // A delay or a fault was drawn: boxed, off the common path.
+        Planned {
+            planned: Pin<Box<Planned<F>>>,
+        },
+    }
+}
+
+pin_project! {
+    struct Planned<F> {
+        #[pin]
+        delay: Option<Sleep>,
+        #[pin]
+        then: Then<F>,
+    }
+}
+
+pin_project! {
+    #[project = ThenProj]
+    enum Then<F> {
+        Call {
+            #[pin]
+            future: F,
+        },
+        Fail {
+            injected: Option<Injected>,
+        },
+    }
+}
+
+pin_project! {
+    /// Response future of [`InjectFaults`](super::InjectFaults): the added
+    /// latency if any, then the inner future or the injected fault.
+    pub struct ResponseFuture<F, O> {
+        #[pin]
+        kind: Kind<F>,
+        on_fault: O,
+    }
+}
+
+impl<F, O> ResponseFuture<F, O> {
+    #[inline]
+    pub(crate) fn called(future: F, on_fault: O) -> Self {
+        Self {
+            kind: Kind::Called { future },
+            on_fault,
+        }
+    }
+
+    pub(crate) fn planned(
+        future: Option<F>,
+        injected: Option<Injected>,
+        delay: Option<Duration>,
+        on_fault: O,
+    ) -> Self {
+        let then = match future {
+            Some(future) => Then::Call { future },
+            None => Then::Fail { injected },
+        };
+        Self {
+            kind: Kind::Planned {
+                planned: Box::pin(Planned {
+                    delay: delay.map(tokio::time::sleep),
+                    then,
+                }),
+            },
+            on_fault,
+        }
+    }
+}
+
+impl<F, O, T, E> Future for ResponseFuture<F, O>
+where
+    F: Future<Output = Result<T, E>>,
+    O: OnFault<T, E>,
+{
+    type Output = Result<T, O::Error>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let then = match this.kind.project() {
+            KindProj::Called { future } => {
+                let result = ready!(future.poll(cx));
+                return Poll::Ready(result.map_err(|e| this.on_fault.convert(e)));
+            }
+            KindProj::Planned { planned } => planned.as_mut().project(),
+        };
+        let mut delay = then.delay;
+        if let Some(sleep) = delay.as_mut().as_pin_mut() {
+            ready!(sleep.poll(cx));
+            delay.set(None);
+        }
+        match then.then.project() {
+            ThenProj::Call { future } => {
+                let result = ready!(future.poll(cx));
+                Poll::Ready(result.map_err(|e| this.on_fault.convert(e)))
+            }
+            ThenProj::Fail { injected } => {
+                let injected = injected
+                    .take()
+                    .expect("ResponseFuture polled after completion");
+                Poll::Ready(this.on_fault.fault(injected))
+            }
+        }
+    }
+}
+
+impl<F, O> fmt::Debug for ResponseFuture<F, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("planned", &matches!(self.kind, Kind::Planned { .. }))
+            .finish_non_exhaustive()
+    }
+}

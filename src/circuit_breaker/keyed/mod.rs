@@ -1,0 +1,198 @@
+//! Keyed breakers: one breaker per upstream host, tenant or route, made on
+//! first use, with bounded memory.
+//!
+//! # Why
+//!
+//! One breaker in front of a client that talks to many upstreams (a proxy,
+//! a webhook sender, a multi-tenant gateway) opens for all of them when one
+//! fails: a single dead host takes every healthy one out with it. A breaker
+//! per upstream isolates them, but the upstreams are known only from the
+//! requests, and they come and go. A [`KeyedBreaker`] is a registry of
+//! breakers, one per key, each built from the same template and made the
+//! first time its key is seen; [`KeyedBreaker::layer`] finds each request's
+//! key ([`ExtractKey`]: [`ByAuthority`], [`ByHeader`] or a closure) and
+//! guards the call with that key's breaker.
+//!
+//! ```
+//! use http::{Request, Response};
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//! use tower_recovery::circuit_breaker::keyed::{ByAuthority, KeyedBreaker};
+//! use tower_recovery::circuit_breaker::{Breaker, Rejected, State};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let upstreams = KeyedBreaker::new(Breaker::builder("upstream").consecutive_failures(2));
+//!
+//! let mut client = ServiceBuilder::new()
+//!     .layer(upstreams.layer(ByAuthority))
+//!     .service(service_fn(|req: Request<()>| async move {
+//!         match req.uri().host() {
+//!             Some("down.internal") => Err("connection refused"),
+//!             _ => Ok(Response::new(())),
+//!         }
+//!     }));
+//! let get = |uri: &str| Request::get(uri).body(()).unwrap();
+//!
+//! for _ in 0..2 {
+//!     let err = client.ready().await.unwrap().call(get("http://down.internal/")).await;
+//!     assert!(err.is_err());
+//! }
+//! // The failing host's breaker is open...
+//! let err = client.ready().await.unwrap().call(get("http://down.internal/")).await.unwrap_err();
+//! assert!(err.is::<Rejected>());
+//! // ...and the healthy one still serves.
+//! assert!(client.ready().await.unwrap().call(get("http://up.internal/")).await.is_ok());
+//!
+//! let down = "down.internal".parse().unwrap();
+//! assert_eq!(upstreams.get(&down).state(), State::Open);
+//! assert_eq!(upstreams.get(&down).name(), "upstream[down.internal]");
+//! assert_eq!(upstreams.len(), 2);
+//! # }
+//! ```
+//!
+//! # Bounded memory
+//!
+//! Keys come from requests, so their number must not be up to the
+//! requests. Two rules bound it:
+//!
+//! - **Idle keys are dropped.** A key whose breaker is `Closed` and that
+//!   had no call for [`idle_timeout`](Builder::idle_timeout) (default 10
+//!   minutes) is dropped; its next call starts a fresh breaker, which is
+//!   what a closed breaker with no recent calls is anyway. A breaker that is
+//!   open, half-open, forced open or disabled is **never** dropped: that
+//!   would forget a failing upstream and send it traffic again at once, or
+//!   undo an operator's decision. A call marks its key used with one load
+//!   (and a store when the mark was clear); no clock is read per call. Idle
+//!   keys are found by a sweep that runs when a new key arrives (at most
+//!   every quarter of the idle timeout), or when you call
+//!   [`KeyedBreaker::evict_idle`] (on a timer, if you want stale keys gone
+//!   from reports sooner). A key is dropped between one and about one and
+//!   a quarter idle timeouts after its last call. A call still in flight
+//!   on a dropped key records its outcome on the dropped breaker.
+//! - **A cap on keys.** At most [`max_keys`](Builder::max_keys) (default
+//!   1,000) keys have a breaker of their own. Past the cap, a new key's
+//!   calls go through one shared **overflow breaker**
+//!   (`{name}[overflow]`, [`KeyedBreaker::overflow`]) until idle keys make
+//!   room. Why this policy: refusing new keys would let anyone who can send
+//!   many distinct keys (random `Host` headers, made-up tenant ids) deny
+//!   service to every new, healthy upstream; evicting keys in use would
+//!   throw away the state that protects them (never an open one, so a
+//!   flood could not evict it either, and the cap would not hold). The
+//!   overflow breaker keeps every call guarded, as one plain breaker would
+//!   be, and never grows. Calls routed to it are counted
+//!   ([`KeyedBreaker::overflowed`]) and shown by `/reliability`.
+//!
+//! A breaker costs about 3 KiB (3,192 bytes with the default trip rule on
+//! a 2-core machine, `tests/breaker_memory.rs`; its striped counters grow
+//! with the cores, up to 8), plus its key: the default cap holds a few MiB.
+//! Size the cap for the keys you expect.
+//!
+//! # Cost
+//!
+//! A call hashes its key, finds it under a read lock of one of 16 shards
+//! (no write to shared memory beyond the lock word), and asks that key's
+//! breaker for admission as the plain layer does; its response future
+//! keeps the breaker alive with a credit of this thread (see the README,
+//! "Performance"), not a reference count. The first call of a key builds
+//! its breaker. The README's "Keyed breakers" gives measured numbers.
+//!
+//! # Tower contract
+//!
+//! The key is known only in `call`, so [`KeyedCircuitBreaker`] drives the
+//! inner service's readiness in `poll_ready` and decides admission in
+//! `call`; a rejection is a ready future with the same answer as the plain
+//! layer's (an error holding [`Rejected`](super::Rejected), or a `503`).
+//! There is no backpressure mode: which breaker to wait for is not known
+//! before the request.
+//!
+//! # Observing
+//!
+//! [`KeyedBreaker::snapshot`] lists every key; [`KeyedBreaker::summary`]
+//! gives totals by state and the keys not closed (at most a given number),
+//! which is what the admin router's `/reliability` shows under
+//! `keyed_breakers` once the registry is added to the dependency set with
+//! [`health::Builder::keyed`](crate::health::Builder::keyed). Metrics are
+//! labelled by the registry's name, never by key (keys come from requests,
+//! and a series per key would grow without bound): the breakers' failures,
+//! rejections and transitions add to the series of the registry's name,
+//! and `tower_recovery_keyed_breakers{keyed, state}` counts the keys in
+//! each state. Transition log lines name the key's breaker.
+//!
+//! # Not done
+//!
+//! A recovery per key: a recovery is a background task with its own
+//! action; for many keys, a recovery watching the overflow breaker, or a
+//! health check per known upstream, is the way for now.
+
+mod key;
+mod layer;
+#[cfg(feature = "metrics")]
+mod member;
+mod registry;
+mod service;
+
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+
+pub use self::key::{ByAuthority, ByHeader, ExtractKey};
+pub use self::layer::KeyedCircuitBreakerLayer;
+pub use self::registry::{Builder, KeyedBreaker};
+pub use self::service::KeyedCircuitBreaker;
+
+#[cfg(feature = "metrics")]
+pub(crate) use self::member::Member;
+
+use super::Snapshot;
+
+/// What a key must be: hashed and compared to find its breaker, cloned into
+/// the registry, and shown in its breaker's name (`{name}[{key}]`, cut to
+/// 96 bytes). `Hash`, `Eq` and `Clone` run under a shard's lock: they must
+/// not use the registry.
+pub trait Key: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static {}
+
+impl<K: Hash + Eq + Clone + fmt::Display + Send + Sync + 'static> Key for K {}
+
+/// A registry seen without its key type (the dependency set keeps them).
+#[cfg_attr(not(feature = "health"), allow(dead_code))]
+pub(crate) trait View: fmt::Debug + Send + Sync {
+    fn summary(&self, max_listed: usize) -> Summary;
+}
+
+impl<K: Key> View for KeyedBreaker<K> {
+    fn summary(&self, max_listed: usize) -> Summary {
+        KeyedBreaker::summary(self, max_listed)
+    }
+}
+
+/// A keyed registry at a glance: [`KeyedBreaker::summary`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Summary {
+    /// The registry's name.
+    pub name: Arc<str>,
+    /// Keys with a breaker of their own.
+    pub keys: usize,
+    /// The cap on keys.
+    pub max_keys: usize,
+    /// Keys whose breaker is closed.
+    pub closed: usize,
+    /// Keys whose breaker is open.
+    pub open: usize,
+    /// Keys whose breaker is half-open.
+    pub half_open: usize,
+    /// Keys whose breaker is forced open.
+    pub forced_open: usize,
+    /// Keys whose breaker is disabled.
+    pub disabled: usize,
+    /// The breakers not closed, by name, at most the number asked for.
+    pub not_closed: Vec<Snapshot>,
+    /// Breakers not closed beyond those listed.
+    pub not_closed_unlisted: usize,
+    /// The overflow breaker.
+    pub overflow: Snapshot,
+    /// Calls routed to the overflow breaker.
+    pub overflowed: u64,
+    /// Keys dropped for being idle.
+    pub evicted: u64,
+}

@@ -1,0 +1,395 @@
+//! Keyed breakers through real stacks: per-host isolation over loopback
+//! with hyper-util's client, the cap, idle eviction, races, metrics and
+//! `/reliability`.
+#![cfg(all(feature = "circuit-breaker", feature = "webhook"))]
+
+mod metrics;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use bytes::Bytes;
+use http::Request;
+use http::uri::Authority;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_recovery::circuit_breaker::keyed::{ByAuthority, ByHeader, KeyedBreaker};
+use tower_recovery::circuit_breaker::{Breaker, Rejected, State};
+use tower_recovery::classify::HttpErrorsAsFailures;
+
+/// An upstream on loopback answering `status`, counting requests.
+async fn upstream(status: u16) -> (Authority, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let app = Router::new().route(
+        "/",
+        get(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move { StatusCode::from_u16(status).unwrap() }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (authority, hits)
+}
+
+/// An address nothing listens on (bound, then closed).
+async fn stopped() -> Authority {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().to_string().parse().unwrap()
+}
+
+fn get_request(authority: &Authority) -> Request<Full<Bytes>> {
+    Request::get(format!("http://{authority}/"))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_failing_host_opens_its_breaker_while_a_healthy_host_keeps_serving() {
+    let (healthy, healthy_hits) = upstream(200).await;
+    let (failing, failing_hits) = upstream(500).await;
+    let down = stopped().await;
+    let upstreams = KeyedBreaker::<Authority>::new(
+        Breaker::builder("upstream")
+            .consecutive_failures(3)
+            .open_duration(Duration::from_secs(3600)),
+    );
+    let client = ServiceBuilder::new()
+        .layer(
+            upstreams
+                .layer(ByAuthority)
+                .classify(HttpErrorsAsFailures::new()),
+        )
+        .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+
+    for _ in 0..3 {
+        let response = client.clone().oneshot(get_request(&failing)).await.unwrap();
+        assert_eq!(response.status(), 500);
+        assert!(client.clone().oneshot(get_request(&down)).await.is_err());
+        let response = client.clone().oneshot(get_request(&healthy)).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(upstreams.get(&failing).state(), State::Open);
+    assert_eq!(upstreams.get(&down).state(), State::Open);
+    assert_eq!(upstreams.get(&healthy).state(), State::Closed);
+    assert_eq!(upstreams.len(), 3);
+
+    // The open hosts are refused without being called; the healthy one
+    // still is called.
+    let err = client
+        .clone()
+        .oneshot(get_request(&failing))
+        .await
+        .unwrap_err();
+    assert!(err.is::<Rejected>());
+    assert_eq!(failing_hits.load(Ordering::SeqCst), 3);
+    let err = client
+        .clone()
+        .oneshot(get_request(&down))
+        .await
+        .unwrap_err();
+    assert!(err.is::<Rejected>());
+    let response = client.clone().oneshot(get_request(&healthy)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(healthy_hits.load(Ordering::SeqCst), 4);
+
+    let summary = upstreams.summary(1);
+    assert_eq!((summary.keys, summary.closed, summary.open), (3, 1, 2));
+    assert_eq!(summary.not_closed.len(), 1, "bounded listing");
+    assert_eq!(summary.not_closed_unlisted, 1);
+}
+
+#[cfg(feature = "admin")]
+#[tokio::test]
+async fn reliability_groups_keyed_breakers_with_bounded_listing() {
+    use http_body_util::BodyExt;
+    use tower_recovery::admin::Admin;
+    use tower_recovery::drain::Drain;
+    use tower_recovery::health::Reliability;
+
+    let keyed = KeyedBreaker::<String>::new(Breaker::builder("tenant").consecutive_failures(1));
+    for n in 0..30 {
+        let breaker = keyed.get(&format!("t{n:02}"));
+        if n < 25 {
+            breaker.try_acquire().unwrap().failure();
+        }
+    }
+    let reliability = Reliability::builder().keyed(&keyed).build().unwrap();
+    let drain = Drain::default();
+    let router: Router = Admin::new(&reliability, &drain).router();
+    let response = router
+        .oneshot(
+            Request::get("/reliability")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let tenant = &json["keyed_breakers"]["tenant"];
+    assert_eq!(tenant["keys"], 30);
+    assert_eq!(tenant["states"]["open"], 25);
+    assert_eq!(tenant["states"]["closed"], 5);
+    let listed = tenant["not_closed"].as_object().unwrap();
+    assert_eq!(listed.len(), 20, "at most 20 keys listed");
+    assert!(listed.contains_key("tenant[t00]"));
+    assert_eq!(listed["tenant[t00]"]["state"], "open");
+    assert_eq!(tenant["not_closed_unlisted"], 5);
+    assert_eq!(tenant["overflow"]["state"], "closed");
+    // An open key does not make the service unhealthy.
+    assert_eq!(json["status"], "pass");
+}
+
+#[tokio::test]
+async fn past_the_cap_new_keys_share_the_overflow_breaker() {
+    let keyed = KeyedBreaker::<String>::builder(Breaker::builder("route").consecutive_failures(2))
+        .max_keys(2)
+        .build();
+    let mut svc = ServiceBuilder::new()
+        .layer(keyed.layer(|req: &(String, bool)| req.0.clone()))
+        .service(service_fn(|(_, fail): (String, bool)| async move {
+            if fail { Err("boom") } else { Ok("ok") }
+        }));
+    let mut call = async |key: &str, fail: bool| {
+        svc.ready()
+            .await
+            .unwrap()
+            .call((key.to_string(), fail))
+            .await
+    };
+    for key in ["a", "b", "c", "d"] {
+        assert_eq!(call(key, false).await.unwrap(), "ok");
+    }
+    assert_eq!(keyed.len(), 2, "the cap holds");
+    assert!(keyed.find(&"a".into()).is_some());
+    assert!(keyed.find(&"c".into()).is_none());
+    assert_eq!(keyed.get(&"c".into()).name(), "route[overflow]");
+    assert_eq!(keyed.overflowed(), 3, "c, d, and the get");
+
+    // Keys past the cap share one fate, as with one plain breaker...
+    for _ in 0..2 {
+        assert!(call("c", true).await.is_err());
+    }
+    let err = call("d", false).await.unwrap_err();
+    assert!(err.is::<Rejected>());
+    assert_eq!(keyed.overflow().state(), State::Open);
+    // ...and keys with their own breaker are not touched by it.
+    assert_eq!(call("a", false).await.unwrap(), "ok");
+    assert_eq!(call("b", false).await.unwrap(), "ok");
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_closed_keys_are_evicted_and_open_ones_are_kept() {
+    let keyed = KeyedBreaker::<&'static str>::builder(
+        Breaker::builder("host")
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(3600)),
+    )
+    .idle_timeout(Duration::from_secs(60))
+    .max_keys(3)
+    .build();
+    keyed.get(&"idle").try_acquire().unwrap().success();
+    keyed.get(&"busy").try_acquire().unwrap().success();
+    keyed.get(&"down").try_acquire().unwrap().failure();
+    assert_eq!(keyed.get(&"down").state(), State::Open);
+
+    tokio::time::advance(Duration::from_secs(30)).await;
+    keyed.get(&"busy").try_acquire().unwrap().success();
+    tokio::time::advance(Duration::from_secs(31)).await;
+    // 61 s: "idle" had no call for 61 s; "busy" had one 31 s ago.
+    assert_eq!(keyed.evict_idle(), 1);
+    assert!(keyed.find(&"idle").is_none());
+    assert!(keyed.find(&"busy").is_some());
+    assert_eq!(keyed.get(&"down").state(), State::Open, "kept");
+    assert_eq!(keyed.evicted(), 1);
+
+    // Much later, with no explicit sweep: a new key arriving at a full
+    // registry sweeps, and takes the room of the idle closed key. The open
+    // one is never evicted, however long it is idle.
+    tokio::time::advance(Duration::from_secs(600)).await;
+    keyed.get(&"x");
+    assert_eq!(keyed.len(), 2, "busy evicted, x added");
+    assert!(keyed.find(&"busy").is_none());
+    assert!(keyed.find(&"x").is_some());
+    let down = keyed
+        .find(&"down")
+        .expect("an open breaker is never evicted");
+    assert_eq!(down.state(), State::Open);
+    assert_eq!(down.name(), "host[down]");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tasks_racing_on_a_new_key_share_one_breaker() {
+    const TASKS: usize = 32;
+    let keyed = KeyedBreaker::<String>::new(
+        Breaker::builder("race")
+            .consecutive_failures(TASKS as u32)
+            .open_duration(Duration::from_secs(3600)),
+    );
+    let svc = ServiceBuilder::new()
+        .layer(keyed.layer(|_: &u32| "same".to_string()))
+        .service(service_fn(|_: u32| async { Err::<(), _>("boom") }));
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|n| {
+            let (svc, barrier) = (svc.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                svc.oneshot(n as u32).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let err = task.await.unwrap().unwrap_err();
+        assert!(!err.is::<Rejected>(), "every call was admitted");
+    }
+    assert_eq!(keyed.len(), 1);
+    // One breaker saw every failure: it opened at exactly `TASKS`.
+    let breaker = keyed.get(&"same".to_string());
+    assert_eq!(breaker.state(), State::Open);
+    assert_eq!(breaker.snapshot().failures, TASKS as u64);
+}
+
+#[test]
+fn the_number_of_keys_never_exceeds_the_cap() {
+    const CAP: usize = 64;
+    let keyed = KeyedBreaker::<u64>::builder(Breaker::builder("bounded"))
+        .max_keys(CAP)
+        .build();
+    std::thread::scope(|scope| {
+        for t in 0..4u64 {
+            let keyed = &keyed;
+            scope.spawn(move || {
+                for n in 0..2_000 {
+                    let breaker = keyed.get(&(t * 1_000_000 + n));
+                    drop(breaker.try_acquire());
+                    assert!(keyed.len() <= CAP);
+                }
+            });
+        }
+    });
+    assert_eq!(keyed.len(), CAP);
+    assert_eq!(keyed.snapshot().len(), CAP);
+    assert_eq!(keyed.overflowed(), 4 * 2_000 - CAP as u64);
+}
+
+#[tokio::test]
+async fn by_header_keys_by_tenant_and_defaults_when_missing() {
+    let keyed = KeyedBreaker::<Arc<str>>::new(Breaker::builder("tenant"));
+    let svc = ServiceBuilder::new()
+        .layer(keyed.layer(ByHeader::new(http::HeaderName::from_static("x-tenant"))))
+        .service(service_fn(|_: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(())
+        }));
+    let with = Request::get("/")
+        .header("x-tenant", "acme")
+        .body(())
+        .unwrap();
+    svc.clone().oneshot(with).await.unwrap();
+    svc.clone()
+        .oneshot(Request::get("/").body(()).unwrap())
+        .await
+        .unwrap();
+    let mut names: Vec<_> = keyed
+        .snapshot()
+        .into_iter()
+        .map(|(key, s)| (key.to_string(), s.name.to_string()))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ("acme".to_string(), "tenant[acme]".to_string()),
+            ("default".to_string(), "tenant[default]".to_string())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_key_from_outside_is_cut_in_the_breakers_name() {
+    let keyed = KeyedBreaker::<String>::new(Breaker::builder("h"));
+    let long = "é".repeat(200);
+    let name = keyed.get(&long).name().to_string();
+    assert!(name.len() <= 2 + 96 + 3 + 1, "{}", name.len());
+    assert!(name.ends_with("…]"));
+}
+
+#[test]
+fn many_keys_in_turn_on_several_threads_keep_every_breaker_alive() {
+    // More keys than a thread's cache of call credits holds: every call
+    // takes its credit another way, and the registry's breakers stay
+    // alive and correctly counted (a double free here would abort).
+    let keyed = KeyedBreaker::<u32>::new(Breaker::builder("turns"));
+    let svc = ServiceBuilder::new()
+        .layer(keyed.layer(|k: &u32| *k))
+        .service(service_fn(|_: u32| async {
+            Ok::<_, std::convert::Infallible>(())
+        }));
+    for round in 0..3 {
+        std::thread::scope(|scope| {
+            for t in 0..2u32 {
+                let svc = svc.clone();
+                scope.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async move {
+                        for n in 0..20_000u32 {
+                            svc.clone()
+                                .oneshot((n + t * 7 + round) % 1_000)
+                                .await
+                                .unwrap();
+                        }
+                    });
+                });
+            }
+        });
+    }
+    assert_eq!(keyed.len(), 1_000);
+    drop(svc);
+    drop(keyed);
+}
+
+#[test]
+fn keys_in_turn_past_a_threads_credit_cache_free_nothing_twice() {
+    // Nine keys in turn on one thread, whose cache keeps call credits for
+    // eight breakers: every call misses it and takes a reference count,
+    // and every eviction gives a batch back. A credit given back twice
+    // would free a breaker the registry still holds (this aborted once).
+    const KEYS: u32 = 9;
+    let keyed = KeyedBreaker::<u32>::new(Breaker::builder("turns"));
+    let svc = ServiceBuilder::new()
+        .layer(keyed.layer(|k: &u32| *k))
+        .service(service_fn(|_: u32| {
+            std::future::ready(Ok::<_, std::convert::Infallible>(()))
+        }));
+    for round in 0..40u32 {
+        let svc = svc.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                for n in 0..round * 200 {
+                    svc.clone().oneshot((n + round) % KEYS).await.unwrap();
+                }
+            });
+        })
+        .join()
+        .unwrap();
+    }
+    assert_eq!(keyed.len(), KEYS as usize);
+    for key in 0..KEYS {
+        assert_eq!(keyed.get(&key).state(), State::Closed);
+    }
+}
