@@ -17,6 +17,20 @@
 //! | `POST /reliability/circuit-breaker/{name}/disable` | 200; admits every call and records nothing until reset |
 //! | `POST /reliability/circuit-breaker/{name}/config` | 200 with the changes; a JSON object of settings to change (below) |
 //!
+//! # A fleet of replicas (feature `fleet`)
+//!
+//! With [`Admin::fleet`], `/reliability` gains a `fleet` section (replicas
+//! alive, who holds each recovery lease, how many replicas see each
+//! dependency down, the fleet commands applied here), each recovery its
+//! `fleet` part (the replica its cycle waits on), and `/health` a
+//! `fleet.down_scope` saying, for each dependency down here, whether it is
+//! down for the whole fleet (`fleet`), for several replicas
+//! (`some_replicas`), only here (`this_replica`) or `unknown`. The trigger,
+//! reset, force-open and disable POSTs take `?scope=fleet`: applied here,
+//! then sent to every replica, which applies it at once and lists it in
+//! its own `/reliability`; the answer says how many replicas were
+//! subscribed to receive it, or 503 when it could be applied here only.
+//!
 //! # Changing a running breaker
 //!
 //! `POST /reliability/circuit-breaker/{name}/config` takes a JSON object
@@ -164,8 +178,10 @@ impl Admin {
 
     /// The router, for any application state; it has no fallback.
     pub fn router<S: Clone + Send + Sync + 'static>(self) -> Router<S> {
+        #[cfg(feature = "fleet")]
+        let fleet = self.fleet.clone();
         let state = Arc::new(self);
-        Router::new()
+        let router = Router::new()
             .route("/health", get(health))
             .route("/livez", get(livez))
             .route("/readyz", get(readyz))
@@ -181,8 +197,14 @@ impl Admin {
             .route(
                 "/reliability/circuit-breaker/{name}/config",
                 post(configure),
-            )
-            .with_state(state)
+            );
+        // `?scope=fleet`: applied here, then sent to every replica.
+        #[cfg(feature = "fleet")]
+        let router = router.route_layer(axum::middleware::from_fn_with_state(
+            fleet,
+            crate::fleet::fleet_scope,
+        ));
+        router.with_state(state)
     }
 
     /// The breaker of the dependency `name`, if both exist.

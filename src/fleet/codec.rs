@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::{DependencyBeat, Heartbeat, Outcome, Published};
+use super::{Action, Command, DependencyBeat, Heartbeat, Outcome, Published};
 
 const VERSION: &str = "v1";
 
@@ -98,6 +98,24 @@ pub(crate) fn decode_published(line: &str) -> Option<Published> {
     })
 }
 
+/// A command as one line.
+pub(crate) fn encode_command(c: &Command) -> String {
+    join(&[VERSION, &c.dependency, c.action.as_str(), &c.from])
+}
+
+/// The line [`encode_command`] wrote, or `None`.
+pub(crate) fn decode_command(line: &str) -> Option<Command> {
+    let f = split(line);
+    if f.len() != 4 || f[0] != VERSION {
+        return None;
+    }
+    Some(Command {
+        dependency: Arc::from(f[1].as_str()),
+        action: Action::from_name(&f[2])?,
+        from: Arc::from(f[3].as_str()),
+    })
+}
+
 /// A heartbeat as lines: the replica first, then one per dependency.
 pub(crate) fn encode_heartbeat(beat: &Heartbeat) -> String {
     let mut out = join(&[VERSION, &beat.replica, &beat.sent_at_ms.to_string()]);
@@ -166,6 +184,20 @@ mod tests {
         }
         assert_eq!(decode_published("v2\ta\tb\t1\tstarted\t1\t"), None);
         assert_eq!(decode_published("garbage"), None);
+    }
+
+    #[test]
+    fn commands_round_trip() {
+        for action in [
+            Action::Reset,
+            Action::ForceOpen,
+            Action::Disable,
+            Action::Trigger,
+        ] {
+            let c = Command::new("model_server", action, "pod\t1");
+            assert_eq!(decode_command(&encode_command(&c)), Some(c));
+        }
+        assert_eq!(decode_command("v1\tm\texplode\tpod"), None);
     }
 
     #[test]

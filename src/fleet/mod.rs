@@ -84,6 +84,8 @@ mod pump;
 mod redis;
 #[cfg(feature = "admin")]
 pub(crate) mod report;
+#[cfg(feature = "admin")]
+pub(crate) mod scope;
 
 use std::fmt;
 use std::future::Future;
@@ -102,6 +104,8 @@ pub(crate) use self::agent::Guard;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{InvalidRedisUrl, RedisBuilder, RedisCoordinator};
+#[cfg(feature = "admin")]
+pub(crate) use self::scope::fleet_scope;
 
 /// Gauge: 1 while this replica reaches its coordinator, else 0 (`replica`).
 pub const FLEET_CONNECTED: &str = "tower_recovery_fleet_connected";
@@ -167,9 +171,14 @@ pub trait Coordinator: Send + Sync + 'static {
         dependency: &'a str,
     ) -> BoxFuture<'a, Result<Option<Published>, Unavailable>>;
 
-    /// Subscribes to every outcome accepted from now on, for every
-    /// dependency. The subscription ends when the connection is lost.
+    /// Subscribes to every outcome accepted and every command broadcast
+    /// from now on, for every dependency. The subscription ends when the
+    /// connection is lost.
     fn subscribe(&self) -> BoxFuture<'_, Result<Subscription, Unavailable>>;
+
+    /// Sends `command` to every replica subscribed now (this one
+    /// included). Returns how many received it.
+    fn broadcast<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<usize, Unavailable>>;
 
     /// Publishes this replica's heartbeat, which lives `ttl`.
     fn heartbeat<'a>(
@@ -353,21 +362,94 @@ impl Published {
     }
 }
 
-/// Outcomes as they are published, from [`Coordinator::subscribe`].
+/// What a subscription delivers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Message {
+    /// An outcome was accepted.
+    Outcome(Published),
+    /// A command was broadcast to the fleet.
+    Command(Command),
+}
+
+/// An admin action for every replica of the fleet (`?scope=fleet` on the
+/// admin POSTs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Command {
+    /// The dependency it is for.
+    pub dependency: Arc<str>,
+    /// What to do.
+    pub action: Action,
+    /// The replica it came from.
+    pub from: Arc<str>,
+}
+
+impl Command {
+    /// A command from replica `from`.
+    pub fn new(dependency: impl Into<Arc<str>>, action: Action, from: impl Into<Arc<str>>) -> Self {
+        Self {
+            dependency: dependency.into(),
+            action,
+            from: from.into(),
+        }
+    }
+}
+
+/// What a fleet [`Command`] does on each replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Action {
+    /// Resets the breaker and the recovery.
+    Reset,
+    /// Forces the breaker open.
+    ForceOpen,
+    /// Disables the breaker.
+    Disable,
+    /// Triggers the recovery by hand.
+    Trigger,
+}
+
+impl Action {
+    /// Lower-case name, as used in JSON and in the admin routes
+    /// (`reset`, `force_open`, `disable`, `trigger`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Action::Reset => "reset",
+            Action::ForceOpen => "force_open",
+            Action::Disable => "disable",
+            Action::Trigger => "trigger",
+        }
+    }
+
+    /// The action named `name` ([`as_str`](Self::as_str)).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "reset" => Action::Reset,
+            "force_open" => Action::ForceOpen,
+            "disable" => Action::Disable,
+            "trigger" => Action::Trigger,
+            _ => return None,
+        })
+    }
+}
+
+/// Outcomes and commands as they are published, from
+/// [`Coordinator::subscribe`].
 #[derive(Debug)]
 pub struct Subscription {
-    rx: mpsc::UnboundedReceiver<Published>,
+    rx: mpsc::UnboundedReceiver<Message>,
 }
 
 impl Subscription {
     /// A subscription fed through `rx`: it ends when every sender is
     /// dropped (the coordinator's connection was lost).
-    pub fn new(rx: mpsc::UnboundedReceiver<Published>) -> Self {
+    pub fn new(rx: mpsc::UnboundedReceiver<Message>) -> Self {
         Self { rx }
     }
 
-    /// The next outcome; `None` once the subscription ended.
-    pub async fn next(&mut self) -> Option<Published> {
+    /// The next message; `None` once the subscription ended.
+    pub async fn next(&mut self) -> Option<Message> {
         self.rx.recv().await
     }
 }
@@ -550,6 +632,7 @@ impl Builder {
             }),
             deps: Mutex::new(Vec::new()),
             replicas: Mutex::new(Vec::new()),
+            applied: Mutex::new(std::collections::VecDeque::new()),
             changed: fleet_tx,
             wake: Notify::new(),
             stopped: AtomicBool::new(false),
@@ -605,6 +688,8 @@ pub(crate) struct Inner {
     deps: Mutex<Vec<Entry>>,
     /// The heartbeats alive, as last read.
     replicas: Mutex<Vec<Heartbeat>>,
+    /// The fleet commands applied here, newest last.
+    applied: Mutex<std::collections::VecDeque<Applied>>,
     /// Bumped whenever the link or the view changes (for waiters).
     changed: watch::Sender<()>,
     /// Wakes the pump (a dependency registered, or the stop).
@@ -789,6 +874,65 @@ impl Inner {
         Heartbeat::new(self.replica.clone(), sent_at_ms, dependencies)
     }
 
+    /// Applies a command another replica broadcast (this replica's own
+    /// were applied where they were made), with no lock held while the
+    /// breaker and recovery act.
+    pub(crate) fn apply(&self, command: Command) {
+        if command.from == self.replica {
+            return;
+        }
+        let recovery = {
+            let deps = lock(&self.deps);
+            deps.iter()
+                .find(|e| e.name == command.dependency)
+                .and_then(|e| e.recovery.get().cloned())
+        }
+        .and_then(|weak| weak.upgrade());
+        let Some(recovery) = recovery else { return };
+        let breaker = recovery.breaker();
+        let name = &*command.dependency;
+        let result = match (command.action, &breaker) {
+            (Action::Reset, _) => {
+                if let Some(b) = &breaker {
+                    b.reset();
+                }
+                recovery.reset();
+                "reset".to_string()
+            }
+            (Action::ForceOpen, Some(b)) => {
+                b.force_open();
+                "forced open".to_string()
+            }
+            (Action::Disable, Some(b)) => {
+                b.disable();
+                "disabled".to_string()
+            }
+            (Action::Trigger, _) => recovery.trigger_manual().as_str().to_string(),
+            (_, None) => "no breaker here".to_string(),
+        };
+        tracing::warn!(
+            dependency = name,
+            from = &*command.from,
+            action = command.action.as_str(),
+            result = result.as_str(),
+            "Fleet command from replica '{}': {} '{name}' ({result})",
+            command.from,
+            command.action.as_str()
+        );
+        {
+            let mut applied = lock(&self.applied);
+            if applied.len() == APPLIED_KEPT {
+                applied.pop_front();
+            }
+            applied.push_back(Applied {
+                command,
+                result,
+                at: std::time::SystemTime::now(),
+            });
+        }
+        self.changed.send_replace(());
+    }
+
     pub(crate) fn stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
     }
@@ -796,6 +940,21 @@ impl Inner {
     pub(crate) fn wake(&self) -> &Notify {
         &self.wake
     }
+}
+
+/// Fleet commands kept for the report.
+const APPLIED_KEPT: usize = 16;
+
+/// A fleet command this replica applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Applied {
+    /// The command.
+    pub command: Command,
+    /// What it did here (`reset`, `forced open`, a trigger's outcome, ...).
+    pub result: String,
+    /// When (wall clock).
+    pub at: std::time::SystemTime,
 }
 
 /// Stops the background task when the last handle goes.
@@ -903,6 +1062,18 @@ impl Fleet {
         }
     }
 
+    /// Sends an admin action on `dependency` to every replica of the fleet
+    /// (each applies it at once, and reports it in its [`status`](Self::status)).
+    /// This replica is not sent it: apply it here yourself. Returns how
+    /// many replicas were subscribed to receive it, this one included.
+    pub async fn broadcast(&self, dependency: &str, action: Action) -> Result<usize, Unavailable> {
+        let inner = self.inner();
+        let command = Command::new(dependency, action, inner.replica.clone());
+        let sent = inner.coordinator.broadcast(&command).await;
+        inner.observe(&sent);
+        sent
+    }
+
     /// A point-in-time view of the fleet, as this replica knows it.
     /// Reading changes nothing and waits on no network call.
     pub fn status(&self) -> FleetStatus {
@@ -946,6 +1117,7 @@ impl Fleet {
             lease_ttl: inner.settings.lease_ttl,
             replicas,
             dependencies,
+            commands_applied: lock(&inner.applied).iter().cloned().collect(),
         }
     }
 }
@@ -972,6 +1144,9 @@ pub struct FleetStatus {
     pub replicas: Vec<Heartbeat>,
     /// Each dependency this replica coordinates.
     pub dependencies: Vec<DependencyStatus>,
+    /// The last fleet commands other replicas sent that this one applied
+    /// (up to 16), oldest first.
+    pub commands_applied: Vec<Applied>,
 }
 
 /// One dependency in a [`FleetStatus`].

@@ -59,7 +59,8 @@ pub(super) async fn run(inner: Arc<Inner>) {
             }
             tokio::select! {
                 message = subscription.next() => match message {
-                    Some(published) => inner.deliver(published, true),
+                    Some(super::Message::Outcome(published)) => inner.deliver(published, true),
+                    Some(super::Message::Command(command)) => inner.apply(command),
                     None => {
                         inner.observe::<()>(&Err(super::Unavailable::new("subscription lost")));
                         break;

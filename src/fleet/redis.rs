@@ -9,6 +9,7 @@
 //! | `{ns}:outcome:{dependency}` | the last outcome accepted |
 //! | `{ns}:replica:{replica}` | a replica's heartbeat, with an expiry |
 //! | channel `{ns}:outcomes` | every outcome accepted |
+//! | channel `{ns}:commands` | fleet commands (`?scope=fleet`) |
 //!
 //! Taking, renewing and releasing a lease and publishing an outcome are
 //! Lua scripts, so each is atomic: a lease is renewed or released only by
@@ -25,8 +26,8 @@ use tokio::sync::mpsc;
 
 use super::codec;
 use super::{
-    Acquire, BoxFuture, Coordinator, Heartbeat, Holder, Lease, Outcome, Published, Subscription,
-    Unavailable,
+    Acquire, BoxFuture, Command, Coordinator, Heartbeat, Holder, Lease, Message, Outcome,
+    Published, Subscription, Unavailable,
 };
 use crate::sync::{Mutex, lock};
 
@@ -112,6 +113,7 @@ impl RedisBuilder {
         Ok(RedisCoordinator {
             client,
             channel: format!("{ns}:outcomes"),
+            commands: format!("{ns}:commands"),
             ns: ns.into(),
             timeout: self.timeout,
             conn: Mutex::new(None),
@@ -152,6 +154,7 @@ pub struct RedisCoordinator {
     client: redis::Client,
     ns: Arc<str>,
     channel: String,
+    commands: String,
     timeout: Duration,
     conn: Mutex<Option<MultiplexedConnection>>,
     scripts: Arc<Scripts>,
@@ -350,6 +353,7 @@ impl Coordinator for RedisCoordinator {
             let connect = async {
                 let mut pubsub = self.client.get_async_pubsub().await?;
                 pubsub.subscribe(&self.channel).await?;
+                pubsub.subscribe(&self.commands).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
             let pubsub = match tokio::time::timeout(self.timeout, connect).await {
@@ -358,6 +362,7 @@ impl Coordinator for RedisCoordinator {
                 Err(_) => return Err(Unavailable::new("timed out subscribing")),
             };
             let (tx, rx) = mpsc::unbounded_channel();
+            let commands = self.commands.clone();
             tokio::spawn(async move {
                 use futures_util::StreamExt;
                 let mut messages = pubsub.into_on_message();
@@ -366,8 +371,13 @@ impl Coordinator for RedisCoordinator {
                         message = messages.next() => {
                             let Some(message) = message else { return };
                             let Ok(text) = message.get_payload::<String>() else { continue };
-                            if let Some(published) = codec::decode_published(&text) {
-                                if tx.send(published).is_err() {
+                            let decoded = if message.get_channel_name() == commands {
+                                codec::decode_command(&text).map(Message::Command)
+                            } else {
+                                codec::decode_published(&text).map(Message::Outcome)
+                            };
+                            if let Some(decoded) = decoded {
+                                if tx.send(decoded).is_err() {
                                     return;
                                 }
                             }
@@ -377,6 +387,19 @@ impl Coordinator for RedisCoordinator {
                 }
             });
             Ok(Subscription::new(rx))
+        })
+    }
+
+    fn broadcast<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<usize, Unavailable>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let received: usize = redis::cmd("PUBLISH")
+                .arg(&self.commands)
+                .arg(codec::encode_command(command))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(received)
         })
     }
 

@@ -74,6 +74,13 @@ pub(crate) fn fleet_json(s: &FleetStatus, show: bool) -> Value {
         "replicas_alive": s.replicas.len(),
         "replicas": replicas,
         "dependencies": deps,
+        "commands_applied": s.commands_applied.iter().map(|a| json!({
+            "dependency": &*a.command.dependency,
+            "action": a.command.action.as_str(),
+            "from": &*a.command.from,
+            "result": a.result,
+            "at": crate::util::rfc3339(a.at),
+        })).collect::<Vec<_>>(),
     })
 }
 

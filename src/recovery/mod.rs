@@ -775,6 +775,13 @@ impl Recovery {
         self.shared().fleet.as_ref().map(|m| m.status())
     }
 
+    /// The watched breaker, if it watches one that still exists.
+    #[cfg_attr(not(feature = "fleet"), allow(dead_code))]
+    pub(crate) fn breaker(&self) -> Option<Breaker> {
+        let (weak, _) = self.shared().breaker.as_ref()?;
+        weak.upgrade()
+    }
+
     /// The watched breaker's state, if it watches one that still exists.
     #[cfg_attr(not(feature = "fleet"), allow(dead_code))]
     pub(crate) fn breaker_state(&self) -> Option<crate::circuit_breaker::State> {

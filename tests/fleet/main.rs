@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tower_recovery::circuit_breaker::{Breaker, State};
 use tower_recovery::fleet::{
-    Acquire, Coordinator, DependencyBeat, Fallback, Fleet, Heartbeat, Outcome, RedisCoordinator,
+    Acquire, Action, Command, Coordinator, DependencyBeat, Fallback, Fleet, Heartbeat, Message,
+    Outcome, RedisCoordinator,
 };
 use tower_recovery::recovery::{Recovery, RecoveryState, TriggerOutcome};
 
@@ -150,8 +151,18 @@ async fn subscribers_see_outcomes_and_heartbeats_expire() {
         .await
         .expect("an outcome within 5 s")
         .expect("the subscription is alive");
+    let Message::Outcome(got) = got else {
+        panic!("expected an outcome, got {got:?}")
+    };
     assert_eq!((&*got.dependency, &*got.replica), ("asr", "a"));
     assert_eq!(got.outcome, outcome);
+    let command = Command::new("asr", Action::ForceOpen, "a");
+    assert_eq!(a.broadcast(&command).await.unwrap(), 1, "b is subscribed");
+    let got = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("a command within 5 s")
+        .expect("the subscription is alive");
+    assert_eq!(got, Message::Command(command));
 
     let beat = Heartbeat::new(
         "a",
@@ -631,4 +642,124 @@ async fn the_admin_routes_report_the_fleet() {
         (b.recovery.status().state == RecoveryState::CoolingDown).then_some(())
     })
     .await;
+}
+
+/// `POST .../force-open?scope=fleet` on one replica reaches the others.
+#[cfg(feature = "admin")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_scope_force_open_reaches_every_replica() {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    use tower_recovery::admin::Admin;
+    use tower_recovery::drain::Drain;
+    use tower_recovery::health::{Dependency, HealthCheck, Reliability};
+
+    let Some(redis) = RedisServer::start_or_skip("fleet_scope") else {
+        return;
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (_go, go_rx) = watch::channel(Some(true));
+    let replicas: Vec<Replica> = ["a", "b", "c"]
+        .into_iter()
+        .map(|id| replica(&redis, id, &calls, &go_rx, Fallback::Local))
+        .collect();
+    for r in &replicas {
+        connected(&r.fleet, true).await;
+    }
+    let admin = |r: &Replica| {
+        let reliability = Reliability::builder()
+            .dependency(
+                Dependency::new(
+                    "model_server",
+                    HealthCheck::new(|| async { Ok::<(), String>(()) }),
+                )
+                .breaker(&r.breaker)
+                .recovery(&r.recovery),
+            )
+            .build()
+            .unwrap();
+        Admin::new(&reliability, &Drain::default())
+            .fleet(&r.fleet)
+            .token("t0ken")
+            .router::<()>()
+    };
+    let post = |router: axum::Router, path: &'static str| async move {
+        let response = router
+            .oneshot(
+                http::Request::post(path)
+                    .header("authorization", "Bearer t0ken")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+        )
+    };
+    let a = admin(&replicas[0]);
+    // Not for every route.
+    let (status, _) = post(
+        a.clone(),
+        "/reliability/circuit-breaker/model_server/config?scope=fleet",
+    )
+    .await;
+    assert_eq!(status, 400);
+    let sent = Instant::now();
+    let (status, body) = post(
+        a.clone(),
+        "/reliability/circuit-breaker/model_server/force-open?scope=fleet",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["fleet"]["sent"], true);
+    assert_eq!(body["fleet"]["replicas_subscribed"], 3);
+    assert_eq!(replicas[0].breaker.state(), State::ForcedOpen);
+    let bound = Duration::from_secs(1);
+    for r in &replicas[1..] {
+        eventually(bound, "the force-open reached every replica", || {
+            (r.breaker.state() == State::ForcedOpen).then_some(())
+        })
+        .await;
+    }
+    println!(
+        "fleet: a fleet-scope force-open reached 3 replicas in {:?}",
+        sent.elapsed()
+    );
+    let applied = &replicas[2].fleet.status().commands_applied;
+    assert_eq!(applied.len(), 1);
+    assert_eq!(&*applied[0].command.from, "a");
+    assert_eq!(applied[0].command.action, Action::ForceOpen);
+    assert!(
+        replicas[0].fleet.status().commands_applied.is_empty(),
+        "a applied it itself"
+    );
+    // Reset, fleet-wide: every breaker closes.
+    let (status, _) = post(
+        admin(&replicas[2]),
+        "/reliability/circuit-breaker/model_server/reset?scope=fleet",
+    )
+    .await;
+    assert_eq!(status, 200);
+    for r in &replicas {
+        eventually(bound, "the reset reached every replica", || {
+            r.breaker.state().is_closed().then_some(())
+        })
+        .await;
+    }
+    // Without Redis, a fleet-scope action is applied here only, and says so.
+    drop(redis);
+    connected(&replicas[0].fleet, false).await;
+    let (status, body) = post(
+        a,
+        "/reliability/circuit-breaker/model_server/disable?scope=fleet",
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["fleet"]["sent"], false);
+    assert_eq!(replicas[0].breaker.state(), State::Disabled);
 }
