@@ -1,8 +1,10 @@
 //! Three replicas of the demo (child processes, distinct ports) share one
 //! private `redis-server` and one stand-in model server. The model server
 //! loses its model: exactly one replica runs each recovery attempt (counted
-//! at the stand-in), the others report that it runs elsewhere; the model is
-//! back: all three serve 201s within a second of the holder's success.
+//! at the stand-in, never two at once), the others report that it runs
+//! elsewhere; the holder is SIGKILLed mid-cycle: another replica takes over
+//! within the lease's time to live plus one renewal interval; the model is
+//! back: the replicas serve 201s within a second of the holder's success.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,20 +26,47 @@ use redis_server::RedisServer;
 /// The model server, whose model can be unloaded: then `/health` still
 /// answers (the process is up) but `/v1/models` and completions fail. Each
 /// `/v1/models` request is a recovery attempt (health checks only read
-/// `/health`), counted.
-fn model_server_with_switch(loaded: Arc<AtomicBool>, attempts: Arc<AtomicUsize>) -> Router {
+/// `/health`), counted, with the most ever in flight at once (each takes
+/// 200 ms while the model is not loaded).
+struct Counts {
+    attempts: AtomicUsize,
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
+}
+
+struct InFlight(Arc<Counts>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn model_server_with_switch(loaded: Arc<AtomicBool>, counts: Arc<Counts>) -> Router {
     let guard = {
         let loaded = loaded.clone();
         move |request: axum::extract::Request, next: axum::middleware::Next| {
-            let (loaded, attempts) = (loaded.clone(), attempts.clone());
+            let (loaded, counts) = (loaded.clone(), counts.clone());
             async move {
-                if request.uri().path() == "/v1/models" {
-                    attempts.fetch_add(1, Ordering::SeqCst);
-                }
-                if request.uri().path() != "/health" && !loaded.load(Ordering::SeqCst) {
-                    return (StatusCode::SERVICE_UNAVAILABLE, "model not loaded").into_response();
-                }
-                next.run(request).await
+                let attempt = request.uri().path() == "/v1/models";
+                // Leaves the count when the request ends, or is dropped
+                // (its client was killed).
+                let _in_flight = attempt.then(|| {
+                    counts.attempts.fetch_add(1, Ordering::SeqCst);
+                    let now = counts.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    counts.most_in_flight.fetch_max(now, Ordering::SeqCst);
+                    InFlight(counts.clone())
+                });
+                let response =
+                    if request.uri().path() != "/health" && !loaded.load(Ordering::SeqCst) {
+                        if attempt {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        (StatusCode::SERVICE_UNAVAILABLE, "model not loaded").into_response()
+                    } else {
+                        next.run(request).await
+                    };
+                response
             }
         }
     };
@@ -50,13 +79,18 @@ async fn three_replicas_recover_the_model_server_as_one() {
         return;
     };
     let loaded = Arc::new(AtomicBool::new(true));
-    let attempts = Arc::new(AtomicUsize::new(0));
-    let model = Upstream::start(model_server_with_switch(loaded.clone(), attempts.clone()))
+    let counts = Arc::new(Counts {
+        attempts: AtomicUsize::new(0),
+        in_flight: AtomicUsize::new(0),
+        most_in_flight: AtomicUsize::new(0),
+    });
+    let attempts = &counts.attempts;
+    let model = Upstream::start(model_server_with_switch(loaded.clone(), counts.clone()))
         .await
         .unwrap();
     let asr = Upstream::start(asr_ocr_server()).await.unwrap();
     let dir = temp_dir("fleet");
-    let demos: Vec<Demo> = (0..3)
+    let mut demos: Vec<Demo> = (0..3)
         .map(|i| {
             Demo::spawn(
                 free_port(),
@@ -176,15 +210,55 @@ async fn three_replicas_recover_the_model_server_as_one() {
         assert_eq!(body["holder"], json!(holder), "{body}");
     }
 
+    // The holder dies mid-cycle (SIGKILL): its lease expires unrenewed and
+    // another replica takes it over.
+    let dead = own.iter().position(|(id, _)| id == &holder).unwrap();
+    let mut killed = demos.remove(dead);
+    killed.child.kill().unwrap();
+    let _ = killed.child.wait();
+    let died = Instant::now();
+    let bound = Duration::from_secs(2) + Duration::from_secs(2) / 3;
+    let holder = eventually(bound + Duration::from_secs(3), "a new holder", || async {
+        for demo in &demos {
+            let r = reliability(&http, demo).await;
+            let id = r["fleet"]["replica"].clone();
+            if r["recovery"]["model_server"]["fleet"]["lease_holder"]["replica"] == id {
+                return id.as_str().map(str::to_string);
+            }
+        }
+        None
+    })
+    .await;
+    let takeover = died.elapsed();
+    println!("fleet: {holder} took over {takeover:?} after the holder was SIGKILLed (lease 2 s)");
+    assert!(
+        takeover <= bound + Duration::from_millis(600),
+        "takeover {takeover:?}, bound {bound:?}"
+    );
+    let before = attempts.load(Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(10),
+        "the new holder's attempts",
+        || async { (attempts.load(Ordering::SeqCst) >= before + 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        counts.most_in_flight.load(Ordering::SeqCst),
+        1,
+        "two replicas attempted at once"
+    );
+
     // The model is back: the holder's next attempt succeeds, and every
     // replica serves again within a second of it.
     loaded.store(true, Ordering::SeqCst);
-    let holder_demo = demos
-        .iter()
-        .zip(&own)
-        .find(|(_, (id, _))| id == &holder)
-        .map(|(d, _)| d)
-        .unwrap();
+    let mut holder_demo = None;
+    for demo in &demos {
+        let r = reliability(&http, demo).await;
+        if r["fleet"]["replica"] == json!(holder) {
+            holder_demo = Some(demo);
+        }
+    }
+    let holder_demo = holder_demo.unwrap();
     let success = eventually(Duration::from_secs(15), "the holder's success", || async {
         let r = reliability(&http, holder_demo).await;
         (r["fleet"]["dependencies"]["model_server"]["last_outcome"]["outcome"] == "recovered")
