@@ -57,16 +57,14 @@ fn model_server_with_switch(loaded: Arc<AtomicBool>, counts: Arc<Counts>) -> Rou
                     counts.most_in_flight.fetch_max(now, Ordering::SeqCst);
                     InFlight(counts.clone())
                 });
-                let response =
-                    if request.uri().path() != "/health" && !loaded.load(Ordering::SeqCst) {
-                        if attempt {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                        (StatusCode::SERVICE_UNAVAILABLE, "model not loaded").into_response()
-                    } else {
-                        next.run(request).await
-                    };
-                response
+                if request.uri().path() != "/health" && !loaded.load(Ordering::SeqCst) {
+                    if attempt {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    (StatusCode::SERVICE_UNAVAILABLE, "model not loaded").into_response()
+                } else {
+                    next.run(request).await
+                }
             }
         }
     };
