@@ -17,6 +17,30 @@
 //! - Any closure `Fn(&Result<T, E>) -> Outcome`.
 //! - With the `tower-http` feature, [`TowerHttpClassifier`] adapts
 //!   `tower_http::classify` classifiers.
+//! - With the `sqlx` feature, [`SqlxErrorsAsFailures`](sqlx::SqlxErrorsAsFailures)
+//!   splits database errors into the database's failures (connection,
+//!   pool, I/O, timeouts, shutdown) and the caller's errors (constraints,
+//!   data too long, syntax), which never open a breaker or start a
+//!   recovery: see [`sqlx`](mod@sqlx).
+//! - [`GrpcErrorsAsFailures`](grpc::GrpcErrorsAsFailures) reads gRPC's
+//!   `grpc-status` in the response head and, through [`ClassifyResponse`],
+//!   in the trailers at the end of the body: see [`grpc`].
+//!
+//! # Outcomes that arrive with the end of the body
+//!
+//! A [`Classify`] decides when the response future resolves, from the
+//! response head. Some protocols say how a call went only at the end of the
+//! body: gRPC puts its status in the trailers. [`ClassifyResponse`] looks
+//! at the head and either decides ([`Classified::Ready`]) or hands a
+//! [`ClassifyEos`] to the body ([`Classified::RequiresEos`]), which decides
+//! on the trailers, the end of the stream or an error frame. A breaker
+//! built with [`CircuitBreakerLayer::classify_eos`] or
+//! [`Breaker::grpc_layer`] wraps the response body to record that outcome;
+//! a body dropped before its end records nothing. (The same shape as
+//! `tower_http::classify::ClassifyResponse`.)
+//!
+//! [`CircuitBreakerLayer::classify_eos`]: crate::circuit_breaker::CircuitBreakerLayer::classify_eos
+//! [`Breaker::grpc_layer`]: crate::circuit_breaker::Breaker::grpc_layer
 //!
 //! ```
 //! use http::{Response, StatusCode};
@@ -79,6 +103,38 @@ where
 {
     fn classify(&self, result: &Result<T, E>) -> Outcome {
         self(result)
+    }
+}
+
+/// What the head of an HTTP response says about a call: see
+/// [`ClassifyResponse`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Classified<D> {
+    /// The outcome is known now.
+    Ready(Outcome),
+    /// The outcome is known at the end of the body: `D` decides it.
+    RequiresEos(D),
+}
+
+/// Classifies HTTP responses whose outcome may arrive only with the end of
+/// their body (gRPC's trailers). Must be cheap and must not allocate.
+pub trait ClassifyResponse<B, E> {
+    /// Decides at the end of the body.
+    type Eos: ClassifyEos;
+
+    /// Classify a finished call from its response head (or error).
+    fn classify_response(&self, result: &Result<http::Response<B>, E>) -> Classified<Self::Eos>;
+}
+
+/// Decides the outcome of a call at the end of its response body.
+pub trait ClassifyEos: Sized {
+    /// The body ended: with its trailers, if it had any.
+    fn classify_eos(self, trailers: Option<&http::HeaderMap>) -> Outcome;
+
+    /// The body failed (a reset stream, a lost connection). A failure by
+    /// default.
+    fn classify_error(self) -> Outcome {
+        Outcome::Failure
     }
 }
 
@@ -237,6 +293,12 @@ where
 
 #[cfg(feature = "tower-http")]
 pub use self::tower_http_adapter::TowerHttpClassifier;
+
+pub mod grpc;
+
+#[cfg(feature = "sqlx")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
+pub mod sqlx;
 
 #[cfg(feature = "tower-http")]
 mod tower_http_adapter {

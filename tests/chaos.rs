@@ -623,3 +623,62 @@ async fn http_answers_carry_the_injected_fault() {
     let injected = response.extensions().get::<Injected>().unwrap();
     assert_eq!(injected.status(), Some(StatusCode::BAD_GATEWAY));
 }
+
+// ===== outside input never panics; a timer does not outlive its handle =====
+
+#[tokio::test]
+async fn a_duration_that_rounds_to_zero_is_a_422_not_a_panic() {
+    let chaos = Chaos::new("model_server");
+    let server = Server::start(&chaos, admin().token(TOKEN)).await;
+    // Above 0 as JSON, but zero once a Duration: `Chaos::start` asserts.
+    let (status, answer) = server
+        .post(
+            Some(TOKEN),
+            r#"{"error_rate": 1, "duration_seconds": 1e-10}"#,
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["field"], json!("duration_seconds"), "{answer}");
+    assert!(!chaos.is_active());
+}
+
+/// A 1xx is not a final answer: a `101` override switched every
+/// connection to a protocol that never came.
+#[tokio::test]
+async fn an_interim_status_is_refused_as_a_response_override() {
+    let chaos = Chaos::new("model_server");
+    let server = Server::start(&chaos, admin().token(TOKEN)).await;
+    let (status, answer) = server
+        .post(Some(TOKEN), r#"{"error_rate": 1, "status": 101}"#)
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["field"], json!("status"));
+    assert_eq!(
+        answer["expected"],
+        json!("an HTTP status code from 200 to 599")
+    );
+    assert!(!chaos.is_active());
+    assert_eq!(server.get("/fir").await.0, 200);
+}
+
+#[tokio::test]
+async fn a_rehearsals_timer_task_does_not_outlive_its_handles() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let chaos = Chaos::new("model_server");
+    chaos.start(
+        Faults::new()
+            .error_rate(1.0)
+            .duration(Duration::from_secs(7 * 24 * 3600)),
+    );
+    assert_eq!(metrics.num_alive_tasks(), before + 1, "its timer");
+    drop(chaos);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        metrics.num_alive_tasks(),
+        before,
+        "every handle is gone, its timer still sleeps out the week"
+    );
+}

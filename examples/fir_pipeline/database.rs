@@ -255,6 +255,38 @@ impl std::fmt::Display for DbError {
     }
 }
 
+/// Bytes a `TEXT` column holds on MySQL/MariaDB (SQLite's `TEXT` has no
+/// limit short of its 1 GB string limit, beyond the 2 MiB request body
+/// limit).
+const MYSQL_TEXT_BYTES: u32 = 65_535;
+
+/// A value too long for its column (SQLSTATE `22001`; MariaDB's `1406 Data
+/// too long for column 'complaint' at row 1`): the caller's error.
+pub(crate) struct TooLong {
+    pub(crate) column: String,
+    pub(crate) limit: u32,
+}
+
+impl TooLong {
+    pub(crate) fn of(error: &sqlx::Error) -> Option<Self> {
+        let db = error.as_database_error()?;
+        if db.code().as_deref() != Some("22001") {
+            return None;
+        }
+        // Every text column of `firs` that a caller fills is `TEXT`.
+        let column = db
+            .message()
+            .split('\'')
+            .nth(1)
+            .unwrap_or("complaint")
+            .to_string();
+        Some(Self {
+            column,
+            limit: MYSQL_TEXT_BYTES,
+        })
+    }
+}
+
 /// A row of `find`.
 pub(crate) fn fir_from_row(row: &AnyRow) -> Result<Fir, sqlx::Error> {
     Ok(Fir {

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tower::{BoxError, ServiceExt};
 use tower_recovery::circuit_breaker::{Breaker, Rejected};
+use tower_recovery::classify::sqlx::{SqlxErrorsAsFailures, is_dependency_failure};
 use tower_recovery::drain::ClientClosed;
 use tower_recovery::recovery::Recovery;
 
@@ -185,9 +186,25 @@ impl App {
             draft,
             created_at: httpdate::fmt_http_date(SystemTime::now()),
         };
-        match self.db_recovery.call(self.db.insert(&fir)).await {
+        // The caller's errors (data too long for its column, a constraint)
+        // are answered by a healthy database: they count towards no
+        // recovery.
+        match self
+            .db_recovery
+            .call_with(&SqlxErrorsAsFailures::new(), self.db.insert(&fir))
+            .await
+        {
             Ok(()) => Ok(fir),
-            Err(e) => Err(self.database_unavailable(e).await),
+            Err(e) => Err(self.database_error(e).await),
+        }
+    }
+
+    /// 503 when the database failed; 422 or 500 when it refused this call.
+    async fn database_error(&self, error: sqlx::Error) -> Response {
+        if is_dependency_failure(&error) {
+            self.database_unavailable(error).await
+        } else {
+            database_refused(&error)
         }
     }
 
@@ -200,6 +217,33 @@ impl App {
             format!("database unavailable: {}", error.cause()),
         )
     }
+}
+
+/// The database answered and refused the call. Data too long for its
+/// column is the caller's: 422 naming the field and the limit. Anything
+/// else is this service's own fault (a query the schema does not fit): 500.
+/// Neither is an outage, so neither says "unavailable" nor asks for a
+/// retry.
+fn database_refused(error: &sqlx::Error) -> Response {
+    if let Some(too_long) = crate::database::TooLong::of(error) {
+        tracing::info!(column = %too_long.column, "complaint too long to store");
+        let message = format!(
+            "complaint too long to store: the {} column holds at most {} bytes on this database",
+            too_long.column, too_long.limit
+        );
+        let body = json!({
+            "error": message,
+            "field": "complaint",
+            "column": too_long.column,
+            "limit_bytes": too_long.limit,
+        });
+        return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response();
+    }
+    tracing::error!(error = %describe(error), "the database refused a query");
+    api_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("the database refused the query: {}", describe(error)),
+    )
 }
 
 async fn create_fir(
@@ -280,10 +324,14 @@ async fn create_fir_from_audio(State(app): State<App>, body: Bytes) -> Response 
 }
 
 async fn get_fir(State(app): State<App>, Path(id): Path<String>) -> Response {
-    let row = match app.db_recovery.call(app.db.find(&id)).await {
+    let row = match app
+        .db_recovery
+        .call_with(&SqlxErrorsAsFailures::new(), app.db.find(&id))
+        .await
+    {
         Ok(Some(row)) => row,
         Ok(None) => return api_error(StatusCode::NOT_FOUND, format!("no FIR with id {id:?}")),
-        Err(e) => return app.database_unavailable(e).await,
+        Err(e) => return app.database_error(e).await,
     };
     match crate::database::fir_from_row(&row) {
         Ok(fir) => axum::Json(fir).into_response(),

@@ -1,6 +1,7 @@
 //! The FIR pipeline: the seed system, running on tower-recovery.
 //!
-//! `cargo run --example fir_pipeline` starts, with embedded defaults:
+//! `cargo run --example fir_pipeline` starts, with embedded
+//! defaults:
 //!
 //! - a stand-in LLM model server and a stand-in ASR/OCR server: real HTTP
 //!   servers on loopback (`MODEL_SERVER_URL`, `ASR_OCR_SERVER_URL` point at
@@ -21,11 +22,16 @@
 //! to 25 MiB; a larger body gets 413. Every error answer is JSON.
 //!
 //! The model-server and ASR/OCR clients are reqwest clients behind breaker
-//! layers watched by recoveries; the database goes through `Recovery::call`
-//! and a recovery that takes a fresh connection and runs `SELECT 1`. The
-//! health monitor triggers recoveries too. Database errors name their cause
-//! ("connection refused") and, in the log and the health output, the URL
-//! without its password.
+//! layers watched by recoveries; the database goes through
+//! `Recovery::call_with` and a recovery that takes a fresh connection and
+//! runs `SELECT 1`. The health monitor triggers recoveries too. Database
+//! errors are classified by `classify::sqlx` (feature `sqlx`): the
+//! database's failures (connection, pool, I/O, timeouts) answer 503 and
+//! count towards its recovery; the caller's errors count towards nothing,
+//! and a complaint too long for its column (MySQL/MariaDB `TEXT`, 65,535
+//! bytes) answers 422 naming the field and the limit. Database errors name
+//! their cause ("connection refused") and, in the log and the health
+//! output, the URL without its password.
 //!
 //! SIGTERM (or ctrl-c) drains: readiness fails, new requests to the API get
 //! 503, in-flight ones finish, the monitor stops, clients close, the process

@@ -62,7 +62,7 @@ impl Admin {
     ///
     /// The body of `POST /chaos/{name}` is a JSON object with any of
     /// `error_rate` (0 to 1), `latency_ms` (0 to 3,600,000), `latency_rate`
-    /// (0 to 1, default 1), `status` (100 to 599: the response override)
+    /// (0 to 1, default 1), `status` (200 to 599: the response override)
     /// and `duration_seconds` (above 0, at most a week; without it the
     /// rehearsal lasts until stopped), and must inject something:
     ///
@@ -282,17 +282,24 @@ fn parse(body: &[u8]) -> Result<Faults, Box<Response>> {
                 faults.latency = Duration::from_secs_f64(ms / 1000.0);
             }
             "status" => {
-                let expected = "an HTTP status code from 100 to 599";
+                // A 1xx is not a final answer: a 101 would switch the
+                // connection to a protocol that never comes.
+                let expected = "an HTTP status code from 200 to 599";
                 let code = value
                     .as_u64()
-                    .filter(|c| (100..=599).contains(c))
+                    .filter(|c| (200..=599).contains(c))
                     .and_then(|c| StatusCode::from_u16(c as u16).ok())
                     .ok_or_else(|| unprocessable(key, expected, Some(value)))?;
                 faults.status = Some(code);
             }
             "duration_seconds" => {
+                // Above 0 once a `Duration` too (1e-10 is not a nanosecond).
                 let secs = number(
-                    &|n| n > 0.0 && n <= MAX_DURATION_SECONDS,
+                    &|n| {
+                        n > 0.0
+                            && n <= MAX_DURATION_SECONDS
+                            && !Duration::from_secs_f64(n).is_zero()
+                    },
                     "a number of seconds above 0, at most 604800 (a week)",
                 )?;
                 faults.duration = Some(Duration::from_secs_f64(secs));
@@ -305,6 +312,11 @@ fn parse(body: &[u8]) -> Result<Faults, Box<Response>> {
                 ));
             }
         }
+    }
+    // What `Chaos::start` asserts is refused here, whatever slipped past
+    // the checks above: outside input never panics.
+    if let Some((field, expected)) = faults.invalid() {
+        return Err(unprocessable(field, expected, fields.get(field)));
     }
     if !faults.injects_anything() {
         return Err(unprocessable(

@@ -222,7 +222,16 @@ impl Faults {
     }
 
     /// Failed calls answer `status` on HTTP stacks: the response override.
+    ///
+    /// # Panics
+    ///
+    /// If `status` is informational (`1xx`): not a final answer (a `101`
+    /// would switch the connection to a protocol that never comes).
     pub fn status(mut self, status: StatusCode) -> Self {
+        assert!(
+            !status.is_informational(),
+            "status must be a final status (200 to 599), got {status}"
+        );
         self.status = Some(status);
         self
     }
@@ -257,6 +266,9 @@ impl Faults {
         }
         if self.duration.is_some_and(|d| d.is_zero()) {
             return Some(("duration_seconds", "a number of seconds above 0"));
+        }
+        if self.status.is_some_and(|s| s.is_informational()) {
+            return Some(("status", "an HTTP status code from 200 to 599"));
         }
         None
     }
@@ -463,7 +475,9 @@ impl Chaos {
         let until = faults.duration.and_then(|d| now.checked_add(d));
         shared.until.store(
             until.map_or(FOREVER, |u| {
-                (u.saturating_duration_since(shared.base).as_nanos() as u64).min(FOREVER - 1)
+                // Saturating: a cast would wrap a far end to one already past.
+                let nanos = u.saturating_duration_since(shared.base).as_nanos();
+                u64::try_from(nanos).map_or(FOREVER - 1, |n| n.min(FOREVER - 1))
             }),
             Ordering::Relaxed,
         );
@@ -625,6 +639,16 @@ impl Shared {
     }
 }
 
+impl Drop for Shared {
+    /// The last handle is gone: its timer need not sleep out the rehearsal.
+    fn drop(&mut self) {
+        let control = self.control.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(timer) = control.timer.take() {
+            timer.abort();
+        }
+    }
+}
+
 /// Ends the rehearsal switched on as `state` at `until`, unless the handle
 /// is gone or it was replaced.
 async fn end_at(shared: Weak<Shared>, until: Instant, state: u64) {
@@ -724,6 +748,12 @@ mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "status must be a final status")]
+    fn an_interim_status_panics() {
+        let _ = Faults::new().status(StatusCode::SWITCHING_PROTOCOLS);
+    }
+
+    #[test]
     fn off_plans_nothing_and_counts_nothing() {
         let chaos = Chaos::new("x");
         for _ in 0..10 {
@@ -758,6 +788,19 @@ mod tests {
             0,
             "the timer switched it off"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_duration_does_not_wrap_to_an_end_already_past() {
+        let chaos = Chaos::new("x");
+        // 2^64 ns and a bit: as nanoseconds in a u64, it wraps to ~0.
+        chaos.start(
+            Faults::new()
+                .error_rate(1.0)
+                .duration(Duration::new(18_446_744_073, 709_551_616)),
+        );
+        assert!(chaos.is_active(), "ended as soon as started");
+        assert!(chaos.plan().fault.is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,8 +7,9 @@ use std::sync::{Arc, Weak};
 
 use super::core::Core;
 use super::{
-    BreakerConfig, Builder, CallError, Cause, CircuitBreakerLayer, Counts, Permit, RecentEvent,
-    Rejection, Snapshot, State, Transitions, TuneError, Tuning,
+    BreakerConfig, Builder, CallError, Cause, CircuitBreakerEosLayer, CircuitBreakerLayer, Counts,
+    Permit, RecentEvent, RejectWithError, Rejection, Snapshot, State, Transitions, TuneError,
+    Tuning,
 };
 use crate::classify::{Classify, ErrorsAsFailures};
 
@@ -50,6 +51,28 @@ impl Breaker {
     /// A layer that guards services with this breaker (shared state).
     pub fn layer(&self) -> CircuitBreakerLayer {
         CircuitBreakerLayer::new(self.clone())
+    }
+
+    /// A layer for gRPC clients: classifies with
+    /// [`GrpcErrorsAsFailures`](crate::classify::grpc::GrpcErrorsAsFailures),
+    /// from `grpc-status` in the response head (Trailers-Only responses,
+    /// how most errors arrive) or, when the head has none, in the trailers
+    /// at the end of the body. Rejects with an error, as [`layer`](Self::layer)
+    /// does.
+    ///
+    /// ```
+    /// use tower::ServiceBuilder;
+    /// use tower_recovery::circuit_breaker::Breaker;
+    ///
+    /// let breaker = Breaker::new("model_server");
+    /// let _stack = ServiceBuilder::new().layer(breaker.grpc_layer());
+    /// // .service(tonic::transport::Channel), or any HTTP/2 client.
+    /// ```
+    pub fn grpc_layer(
+        &self,
+    ) -> CircuitBreakerEosLayer<crate::classify::grpc::GrpcErrorsAsFailures, RejectWithError> {
+        self.layer()
+            .classify_eos(crate::classify::grpc::GrpcErrorsAsFailures::new())
     }
 
     /// The current state, as the next caller will find it: after the open

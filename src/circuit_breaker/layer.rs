@@ -3,7 +3,7 @@ use std::fmt;
 use tower_layer::Layer;
 
 use super::reject::{DefaultRejectResponse, RejectWithError, RejectWithResponse};
-use super::{Breaker, CircuitBreaker};
+use super::{Breaker, CircuitBreaker, CircuitBreakerEosLayer};
 use crate::classify::ErrorsAsFailures;
 
 /// Applies a shared [`Breaker`] to a service.
@@ -69,6 +69,19 @@ impl<C, R> CircuitBreakerLayer<C, R> {
     /// The breaker this layer reports to.
     pub fn breaker(&self) -> &Breaker {
         &self.breaker
+    }
+
+    /// Classifies HTTP responses with a [`ClassifyResponse`], whose outcome
+    /// may be decided only at the end of the body (gRPC's trailers): the
+    /// services wrap response bodies in a
+    /// [`ClassifiedBody`](super::future::ClassifiedBody) that records it.
+    /// Keeps this layer's rejection and backpressure settings.
+    ///
+    /// See [`Breaker::grpc_layer`] for gRPC.
+    ///
+    /// [`ClassifyResponse`]: crate::classify::ClassifyResponse
+    pub fn classify_eos<C2>(self, classify: C2) -> CircuitBreakerEosLayer<C2, R> {
+        CircuitBreakerEosLayer::new(self.classify(classify))
     }
 }
 

@@ -173,6 +173,7 @@
 mod breaker;
 mod builder;
 pub(crate) mod core;
+mod eos;
 pub mod error;
 mod events;
 pub mod future;
@@ -187,6 +188,7 @@ mod window;
 
 pub use self::breaker::{Breaker, WeakBreaker};
 pub use self::builder::Builder;
+pub use self::eos::{CircuitBreakerEos, CircuitBreakerEosLayer};
 pub use self::error::{CallError, Rejected, Rejection};
 pub use self::events::{RecvError, Transitions, TryRecvError};
 pub use self::layer::CircuitBreakerLayer;

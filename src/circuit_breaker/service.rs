@@ -195,6 +195,73 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
     }
 }
 
+/// The same admission and call, for the services built on this one
+/// ([`CircuitBreakerEos`](super::CircuitBreakerEos)). The generic path
+/// below keeps its own copy, tuned for the closed path's cost (see `call`).
+impl<S, C, R> CircuitBreaker<S, C, R> {
+    /// `poll_ready`, with the inner service's error unconverted (the
+    /// admission given back).
+    pub(super) fn poll_admission<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>>
+    where
+        S: Service<Req>,
+    {
+        if self.admission.latch == EMPTY {
+            match self.admission.breaker().core.admit_closed() {
+                Some(word) if self.wait.is_none() => self.admission.latch = word,
+                _ => {
+                    if self.admit(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+        if self.admission.latch == REJECTED {
+            return Poll::Ready(Ok(()));
+        }
+        let ready = self.inner.poll_ready(cx);
+        if let Poll::Ready(Err(_)) = ready {
+            self.admission.release();
+        }
+        ready
+    }
+
+    /// `call`: the inner call's future and the guard that records its
+    /// outcome, or the latched rejection.
+    pub(super) fn call_admitted<Req>(&mut self, req: Req) -> Result<(S::Future, Guard), Rejection>
+    where
+        S: Service<Req>,
+    {
+        match self.admission.latch {
+            EMPTY => panic!("CircuitBreaker::call called before poll_ready returned Ready"),
+            REJECTED => {
+                self.admission.latch = EMPTY;
+                Err(self
+                    .admission
+                    .rejected
+                    .take()
+                    .expect("rejection latched with its reason"))
+            }
+            word => {
+                let mut ticket = Ticket::from_word(word);
+                self.admission.breaker().core.start(&mut ticket);
+                let unlatch = Unlatch(&mut self.admission);
+                let future = self.inner.call(req);
+                std::mem::forget(unlatch);
+                self.admission.latch = EMPTY;
+                Ok((future, Guard::new(self.admission.credits.take(), ticket)))
+            }
+        }
+    }
+
+    pub(super) fn classify_ref(&self) -> &C {
+        &self.classify
+    }
+
+    pub(super) fn reject_ref(&self) -> &R {
+        &self.reject
+    }
+}
+
 impl<S: Clone, C: Clone, R: Clone> Clone for CircuitBreaker<S, C, R> {
     fn clone(&self) -> Self {
         Self {

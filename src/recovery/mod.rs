@@ -812,11 +812,31 @@ impl Recovery {
         F: std::future::IntoFuture<Output = Result<T, E>>,
         E: 'static,
     {
+        self.call_with(&crate::classify::ErrorsAsFailures, future)
+            .await
+    }
+
+    /// Runs `future`, classifying its outcome with `classify` for the
+    /// consecutive-failure trigger: only an [`Outcome::Failure`] counts
+    /// towards it, a success resets it. A refusal made by this crate is not
+    /// counted whatever `classify` says ([`is_refusal`]).
+    ///
+    /// With the `sqlx` feature,
+    /// [`SqlxErrorsAsFailures`](crate::classify::sqlx::SqlxErrorsAsFailures)
+    /// keeps the caller's errors (a constraint, data too long) from
+    /// starting a recovery (an example is in its module docs).
+    ///
+    /// [`Outcome::Failure`]: crate::classify::Outcome::Failure
+    pub async fn call_with<C, F, T, E>(&self, classify: &C, future: F) -> Result<T, E>
+    where
+        C: crate::classify::Classify<T, E>,
+        F: std::future::IntoFuture<Output = Result<T, E>>,
+        E: 'static,
+    {
         let result = future.into_future().await;
         let outcome = match &result {
             Err(e) if is_refusal(e) => crate::classify::Outcome::Ignore,
-            Err(_) => crate::classify::Outcome::Failure,
-            Ok(_) => crate::classify::Outcome::Success,
+            _ => classify.classify(&result),
         };
         self.record(outcome);
         result
