@@ -17,6 +17,20 @@
 //! | `POST /reliability/circuit-breaker/{name}/disable` | 200; admits every call and records nothing until reset |
 //! | `POST /reliability/circuit-breaker/{name}/config` | 200 with the changes; a JSON object of settings to change (below) |
 //!
+//! # A fleet of replicas (feature `fleet`)
+//!
+//! With [`Admin::fleet`], `/reliability` gains a `fleet` section (replicas
+//! alive, who holds each recovery lease, how many replicas see each
+//! dependency down, the fleet commands applied here), each recovery its
+//! `fleet` part (the replica its cycle waits on), and `/health` a
+//! `fleet.down_scope` saying, for each dependency down here, whether it is
+//! down for the whole fleet (`fleet`), for several replicas
+//! (`some_replicas`), only here (`this_replica`) or `unknown`. The trigger,
+//! reset, force-open and disable POSTs take `?scope=fleet`: applied here,
+//! then sent to every replica, which applies it at once and lists it in
+//! its own `/reliability`; the answer says how many replicas were
+//! subscribed to receive it, or 503 when it could be applied here only.
+//!
 //! # Changing a running breaker
 //!
 //! `POST /reliability/circuit-breaker/{name}/config` takes a JSON object
@@ -94,6 +108,8 @@ pub struct Admin {
     open: bool,
     uptime_target: f64,
     cache_max_age: Duration,
+    #[cfg(feature = "fleet")]
+    fleet: Option<crate::fleet::Fleet>,
 }
 
 impl Admin {
@@ -107,7 +123,20 @@ impl Admin {
             open: false,
             uptime_target: 99.9,
             cache_max_age: Duration::from_secs(2),
+            #[cfg(feature = "fleet")]
+            fleet: None,
         }
+    }
+
+    /// Reports this replica's fleet: a `fleet` section in `/reliability`
+    /// (replicas alive, who holds each lease, how many replicas see each
+    /// dependency down) and, in `/health`, whether a dependency that is
+    /// down is down for the whole fleet or only here.
+    #[cfg(feature = "fleet")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "fleet")))]
+    pub fn fleet(mut self, fleet: &crate::fleet::Fleet) -> Self {
+        self.fleet = Some(fleet.clone());
+        self
     }
 
     /// Requires `Authorization: Bearer <token>` on POST routes (and to see
@@ -149,8 +178,10 @@ impl Admin {
 
     /// The router, for any application state; it has no fallback.
     pub fn router<S: Clone + Send + Sync + 'static>(self) -> Router<S> {
+        #[cfg(feature = "fleet")]
+        let fleet = self.fleet.clone();
         let state = Arc::new(self);
-        Router::new()
+        let router = Router::new()
             .route("/health", get(health))
             .route("/livez", get(livez))
             .route("/readyz", get(readyz))
@@ -166,8 +197,14 @@ impl Admin {
             .route(
                 "/reliability/circuit-breaker/{name}/config",
                 post(configure),
-            )
-            .with_state(state)
+            );
+        // `?scope=fleet`: applied here, then sent to every replica.
+        #[cfg(feature = "fleet")]
+        let router = router.route_layer(axum::middleware::from_fn_with_state(
+            fleet,
+            crate::fleet::fleet_scope,
+        ));
+        router.with_state(state)
     }
 
     /// The breaker of the dependency `name`, if both exist.
@@ -334,7 +371,8 @@ async fn health(State(admin): AdminState, headers: HeaderMap) -> Response {
         }
     }
     let status = report.status;
-    let body = json!({
+    #[allow(unused_mut)]
+    let mut body = json!({
         "status": status.as_str(),
         "checks": checks,
         "circuit_breakers": breakers,
@@ -342,6 +380,28 @@ async fn health(State(admin): AdminState, headers: HeaderMap) -> Response {
         "root_causes": root_causes,
         "draining": draining,
     });
+    #[cfg(feature = "fleet")]
+    if let Some(fleet) = &admin.fleet {
+        // Each dependency seen down here: down for the fleet, or only here.
+        let fleet = fleet.status();
+        let scopes: Map<String, Value> = report
+            .dependencies
+            .iter()
+            .filter(|d| {
+                d.breaker.as_ref().is_some_and(|b| !b.state.is_closed())
+                    || d.last
+                        .as_ref()
+                        .is_some_and(|l| l.status == HealthStatus::Fail)
+            })
+            .map(|d| {
+                (
+                    d.name.to_string(),
+                    json!(crate::fleet::report::scope(&fleet, &d.name)),
+                )
+            })
+            .collect();
+        body["fleet"] = json!({ "connected": fleet.connected, "down_scope": scopes });
+    }
     let code = if status == HealthStatus::Fail || draining {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -672,6 +732,24 @@ async fn reliability(State(admin): AdminState, headers: HeaderMap) -> Response {
             "grace_period_seconds": secs(admin.drain.grace_period()),
         },
     });
+    #[cfg(feature = "fleet")]
+    let body = {
+        let mut body = body;
+        if let Some(fleet) = &admin.fleet {
+            body["fleet"] = crate::fleet::report::fleet_json(&fleet.status(), show);
+        }
+        for dep in &report.dependencies {
+            let member = admin
+                .reliability
+                .get(&dep.name)
+                .and_then(|d| d.recovery_handle())
+                .and_then(|r| r.fleet_status());
+            if let (Some(m), Some(entry)) = (member, body["recovery"].get_mut(&*dep.name)) {
+                entry["fleet"] = crate::fleet::report::member_json(&m, show);
+            }
+        }
+        body
+    };
     json_response(StatusCode::OK, "application/json", &body)
 }
 
@@ -692,11 +770,15 @@ async fn trigger(
     };
     let outcome = recovery.trigger_manual();
     tracing::info!(dependency = %name, %outcome, "Manual recovery trigger");
-    json_response(
-        StatusCode::ACCEPTED,
-        "application/json",
-        &json!({ "name": name, "outcome": outcome.as_str(), "state": recovery.status().state.as_str() }),
-    )
+    #[allow(unused_mut)]
+    let mut body = json!({ "name": name, "outcome": outcome.as_str(), "state": recovery.status().state.as_str() });
+    #[cfg(feature = "fleet")]
+    if let Some(m) = recovery.fleet_status() {
+        // Running elsewhere: which replica runs it.
+        let holder = m.running_elsewhere.map(|f| f.holder).or(m.holder);
+        body["holder"] = json!(holder.map(|h| h.replica.to_string()));
+    }
+    json_response(StatusCode::ACCEPTED, "application/json", &body)
 }
 
 async fn reset(State(admin): AdminState, Path(name): Path<String>, headers: HeaderMap) -> Response {

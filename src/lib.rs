@@ -78,6 +78,8 @@
 //! | `retry` | no | [`retry::RetryPolicy`]: retries that respect the breaker and the drain |
 //! | `chaos` | yes | [`chaos`]: the chaos layer; with `admin`, its routes |
 //! | `tower-http` | no | [`classify::TowerHttpClassifier`] for `tower_http::classify` |
+//! | `fleet` | no | `fleet`: replicas recover as one (the `Coordinator` trait) |
+//! | `redis` | no | `fleet::RedisCoordinator`: the fleet coordinated through Redis |
 //! | `full` | no | everything |
 //!
 //! The defaults are the service kit (the demo runs with one command); with
@@ -103,6 +105,9 @@ pub mod clock;
 pub mod config;
 #[cfg(feature = "drain")]
 pub mod drain;
+#[cfg(feature = "fleet")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fleet")))]
+pub mod fleet;
 #[cfg(feature = "health")]
 pub mod health;
 #[cfg(any(feature = "circuit-breaker", feature = "recovery", feature = "drain"))]

@@ -39,7 +39,10 @@ stand-ins), ADMIN_TOKEN, and the settings of tower_recovery::config
 (RECOVERY_INTERVAL, MAX_RECOVERY_ATTEMPTS, RECOVERY_MODE=adaptive|strict,
 HEALTH_CHECK_INTERVAL, ...). FIR_MODEL_NEEDS_DATABASE=1 declares that the
 model server needs the database: its recovery then waits for the database's.
-ALERT_WEBHOOK_URL=http://host:port/path POSTs each recovery alert as JSON.",
+ALERT_WEBHOOK_URL=http://host:port/path POSTs each recovery alert as JSON.
+REDIS_URL=redis://host:6379/ joins a fleet of replicas (built with --features
+redis): FLEET_REPLICA_ID, FLEET_LEASE_TTL (seconds, default 10),
+FLEET_FALLBACK=local|wait.",
         json = mib(JSON_BODY_LIMIT),
         audio = mib(AUDIO_BODY_LIMIT),
     )

@@ -56,13 +56,18 @@
 //! `{"error_rate": 0.5, "latency_ms": 800, "duration_seconds": 120}`. Every
 //! setting of the crate's `config` module is read from the environment.
 //!
-//! Modules: `config` (arguments, environment, `--help`), `database`,
+//! `REDIS_URL` (the demo built with `--features redis`) makes this process
+//! a replica of a fleet: one replica at a time recovers each dependency,
+//! the others wait on it and probe at its success (see `fleet`).
+//!
+//! Modules: `config` (arguments, environment, `--help`), `database`, `fleet`,
 //! `handlers` (the API), `upstreams` (model and ASR/OCR servers), `telemetry`
 //! (`/metrics`), `chaos`.
 
 mod chaos;
 mod config;
 mod database;
+mod fleet;
 mod handlers;
 mod telemetry;
 mod upstreams;
@@ -100,6 +105,12 @@ async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt().with_target(false).init();
     let config = Config::from_env(chaos_arg);
     let settings = &config.settings;
+    let fleet = fleet::join().unwrap_or_else(|problems| {
+        for problem in &problems {
+            eprintln!("configuration error: {problem}");
+        }
+        std::process::exit(2);
+    });
     let prometheus = telemetry::install()?;
 
     // 1. Connect clients (starting the embedded stand-ins where no URL is set).
@@ -141,62 +152,73 @@ async fn main() -> Result<(), BoxError> {
         settings.recovery_interval,
         settings.recovery_mode(),
     );
-    let model_recovery = Recovery::builder("model_server", {
-        let (transport, http, base) = (model_transport.clone(), http.clone(), model_url.clone());
-        move || {
-            probe(
-                transport.clone(),
-                http.clone(),
-                base.clone(),
-                &[MODEL],
-                "model server",
-            )
-        }
-    })
-    .watch(&model_breaker)
-    .max_attempts(attempts)
-    .backoff(backoff)
-    .attempt_timeout(attempt_timeout)
-    .cooldown(cooldown)
-    .mode(mode)
-    .alert(LogAlert)
-    .alert(webhook.clone())
+    let model_recovery = fleet::recovery(
+        Recovery::builder("model_server", {
+            let (transport, http, base) =
+                (model_transport.clone(), http.clone(), model_url.clone());
+            move || {
+                probe(
+                    transport.clone(),
+                    http.clone(),
+                    base.clone(),
+                    &[MODEL],
+                    "model server",
+                )
+            }
+        })
+        .watch(&model_breaker)
+        .max_attempts(attempts)
+        .backoff(backoff)
+        .attempt_timeout(attempt_timeout)
+        .cooldown(cooldown)
+        .mode(mode)
+        .alert(LogAlert)
+        .alert(webhook.clone()),
+        &fleet,
+    )
     .spawn();
-    let asr_recovery = Recovery::builder("asr_ocr_server", {
-        let (transport, http, base) = (asr_transport.clone(), http.clone(), asr_ocr_url.clone());
-        move || {
-            probe(
-                transport.clone(),
-                http.clone(),
-                base.clone(),
-                &["whisper", "dots_ocr"],
-                "ASR/OCR server",
-            )
-        }
-    })
-    .watch(&asr_breaker)
-    .alert(LogAlert)
-    .alert(webhook.clone())
-    .max_attempts(attempts)
-    .backoff(backoff)
-    .attempt_timeout(attempt_timeout)
-    .cooldown(cooldown)
-    .mode(mode)
+    let asr_recovery = fleet::recovery(
+        Recovery::builder("asr_ocr_server", {
+            let (transport, http, base) =
+                (asr_transport.clone(), http.clone(), asr_ocr_url.clone());
+            move || {
+                probe(
+                    transport.clone(),
+                    http.clone(),
+                    base.clone(),
+                    &["whisper", "dots_ocr"],
+                    "ASR/OCR server",
+                )
+            }
+        })
+        .watch(&asr_breaker)
+        .alert(LogAlert)
+        .alert(webhook.clone())
+        .max_attempts(attempts)
+        .backoff(backoff)
+        .attempt_timeout(attempt_timeout)
+        .cooldown(cooldown)
+        .mode(mode),
+        &fleet,
+    )
     .spawn();
-    let db_recovery = Recovery::builder("database", {
-        let db = db.clone();
-        move || {
+    let db_recovery = fleet::recovery(
+        Recovery::builder("database", {
             let db = db.clone();
-            async move { db.recover().await }
-        }
-    })
-    .max_attempts(attempts)
-    .backoff(backoff)
-    .attempt_timeout(attempt_timeout)
-    .cooldown(cooldown)
-    .mode(mode)
-    .alert(LogAlert)
-    .alert(webhook.clone())
+            move || {
+                let db = db.clone();
+                async move { db.recover().await }
+            }
+        })
+        .max_attempts(attempts)
+        .backoff(backoff)
+        .attempt_timeout(attempt_timeout)
+        .cooldown(cooldown)
+        .mode(mode)
+        .alert(LogAlert)
+        .alert(webhook.clone()),
+        &fleet,
+    )
     .spawn();
 
     // 2. Register dependencies.
@@ -248,7 +270,7 @@ async fn main() -> Result<(), BoxError> {
         db_recovery: db_recovery.clone(),
         ids: Arc::new(AtomicU64::new(0)),
     };
-    let admin = Admin::new(&reliability, &drain).token(&token);
+    let admin = fleet::admin(Admin::new(&reliability, &drain).token(&token), &fleet);
     let router = handlers::routes(app)
         .layer(drain.layer())
         .merge(admin.chaos_router([&model_chaos, &asr_chaos]))

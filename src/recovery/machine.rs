@@ -66,6 +66,16 @@ pub(crate) enum Event {
         attempt: u32,
         result: Result<(), String>,
     },
+    /// Cycle `cycle`, waiting at attempt `attempt` for another replica of
+    /// its fleet, ended there: the other replica's cycle recovered the
+    /// dependency, or gave up (`error`). The breaker is not closed (each
+    /// replica probes its own) and nothing alerts (the other replica did).
+    #[cfg_attr(not(feature = "fleet"), allow(dead_code))]
+    EndedElsewhere {
+        cycle: u64,
+        attempt: u32,
+        result: Result<(), String>,
+    },
     /// [`Recovery::reset`](super::Recovery::reset).
     Reset,
     /// Time passed (the cooldown may have ended).
@@ -105,6 +115,10 @@ pub(crate) enum Log {
         error: String,
     },
     Succeeded,
+    /// The fleet's cycle, run by another replica, succeeded or gave up.
+    EndedElsewhere {
+        recovered: bool,
+    },
     /// A cycle ended exhausted; `retry_in` when another cycle will follow
     /// by itself (adaptive), `alert` when this exhaustion alerts.
     Exhausted {
@@ -625,6 +639,15 @@ impl Machine {
                     self.attempt_done(attempt, result, now, &mut reply.effects);
                 }
             }
+            Event::EndedElsewhere {
+                cycle,
+                attempt,
+                result,
+            } => {
+                if cycle == self.cycle && self.phase == (Phase::Recovering { attempt }) {
+                    self.ended_elsewhere(attempt, result, now, &mut reply.effects);
+                }
+            }
             Event::Reset => {
                 if matches!(self.phase, Phase::Recovering { .. }) {
                     reply.effects.push(Effect::Cancel);
@@ -858,6 +881,48 @@ impl Machine {
                         effects.push(Effect::Alert);
                     }
                 }
+            }
+        }
+    }
+
+    /// The fleet's cycle that ours waited on ended on another replica:
+    /// ours ends the same way, without closing the breaker (the task lets
+    /// it probe) and without an alert (the other replica's was the
+    /// fleet's).
+    fn ended_elsewhere(
+        &mut self,
+        attempt: u32,
+        result: Result<(), String>,
+        now: Instant,
+        effects: &mut Vec<Effect>,
+    ) {
+        let recovered = result.is_ok();
+        let mut mine = Vec::new();
+        if !recovered {
+            // The other replica alerted for this outage.
+            self.alerted = true;
+        }
+        let before = self.failed_attempts;
+        let max = self.rules.max_attempts;
+        self.attempt_done(
+            if recovered { attempt } else { max },
+            result,
+            now,
+            &mut mine,
+        );
+        // `attempt_done` counted a failed attempt of ours: there was none.
+        self.failed_attempts = before;
+        for effect in mine {
+            match effect {
+                Effect::CloseBreaker | Effect::Alert => {}
+                Effect::Log(Log::Succeeded) => {
+                    effects.push(Effect::Log(Log::EndedElsewhere { recovered: true }))
+                }
+                Effect::Log(Log::AttemptFailed { .. }) => {}
+                Effect::Log(Log::Exhausted { .. }) => {
+                    effects.push(Effect::Log(Log::EndedElsewhere { recovered: false }))
+                }
+                other => effects.push(other),
             }
         }
     }

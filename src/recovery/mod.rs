@@ -148,6 +148,8 @@
 pub mod alert;
 mod backoff;
 mod early;
+#[cfg(feature = "fleet")]
+mod fleet;
 mod ladder;
 mod layer;
 #[cfg(all(test, tower_recovery_loom))]
@@ -270,6 +272,7 @@ impl fmt::Display for RecoveryState {
 
 /// What became of a trigger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum TriggerOutcome {
     /// A cycle started.
     Started,
@@ -281,6 +284,11 @@ pub enum TriggerOutcome {
     /// the retry (adaptive), by a manual trigger or a reset, or the
     /// exhaustion ends when the dependency is seen back.
     Ignored,
+    /// Another replica of the fleet holds the dependency's recovery lease
+    /// and runs its cycle: this replica's cycle waits on it and ends as it
+    /// does (feature `fleet`; the holder is in
+    /// [`Recovery::fleet_status`]).
+    RunningElsewhere,
 }
 
 impl TriggerOutcome {
@@ -291,6 +299,7 @@ impl TriggerOutcome {
             TriggerOutcome::AlreadyRunning => "already_running",
             TriggerOutcome::Deferred => "deferred",
             TriggerOutcome::Ignored => "ignored",
+            TriggerOutcome::RunningElsewhere => "running_elsewhere",
         }
     }
 }
@@ -627,6 +636,9 @@ pub(crate) struct Shared {
     gate: std::sync::OnceLock<Gate>,
     /// The prerequisite an attempt is waiting for now.
     waiting_for: Mutex<Option<Arc<str>>>,
+    /// The fleet this recovery coordinates with.
+    #[cfg(feature = "fleet")]
+    fleet: Option<crate::fleet::Member>,
 }
 
 /// Says which prerequisite an attempt must wait for (the root cause: the
@@ -751,6 +763,30 @@ impl Recovery {
     /// A point-in-time view. Reading changes nothing.
     pub fn status(&self) -> Status {
         self.shared().status()
+    }
+
+    /// This recovery's part in its fleet (who holds the lease, the cycle
+    /// it waits on, the last outcome published), if it was built with
+    /// [`Builder::fleet`]. Reading changes nothing and waits on no network
+    /// call.
+    #[cfg(feature = "fleet")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "fleet")))]
+    pub fn fleet_status(&self) -> Option<crate::fleet::MemberStatus> {
+        self.shared().fleet.as_ref().map(|m| m.status())
+    }
+
+    /// The watched breaker, if it watches one that still exists.
+    #[cfg_attr(not(feature = "fleet"), allow(dead_code))]
+    pub(crate) fn breaker(&self) -> Option<Breaker> {
+        let (weak, _) = self.shared().breaker.as_ref()?;
+        weak.upgrade()
+    }
+
+    /// The watched breaker's state, if it watches one that still exists.
+    #[cfg_attr(not(feature = "fleet"), allow(dead_code))]
+    pub(crate) fn breaker_state(&self) -> Option<crate::circuit_breaker::State> {
+        let (weak, _) = self.shared().breaker.as_ref()?;
+        weak.upgrade().map(|b| b.state())
     }
 
     /// Makes every attempt wait while `gate` names a prerequisite that is
@@ -894,6 +930,20 @@ impl Shared {
             .expect("a trigger always has an outcome")
     }
 
+    /// The outcome as the fleet changes it: a cycle that waits on another
+    /// replica's runs elsewhere. Asked with no lock of the machine held.
+    fn in_fleet(&self, outcome: Option<TriggerOutcome>) -> Option<TriggerOutcome> {
+        #[cfg(feature = "fleet")]
+        if let (Some(TriggerOutcome::Started | TriggerOutcome::AlreadyRunning), Some(member)) =
+            (outcome, &self.fleet)
+        {
+            if member.elsewhere() {
+                return Some(TriggerOutcome::RunningElsewhere);
+            }
+        }
+        outcome
+    }
+
     /// Feeds one event (after the breaker's pending signals) and hands the
     /// effects to the task.
     fn feed(&self, event: Event) -> Option<TriggerOutcome> {
@@ -910,7 +960,7 @@ impl Shared {
             self.wake.notify_one();
         }
         self.changed.notify_waiters();
-        outcome
+        self.in_fleet(outcome)
     }
 
     /// A status computed on a copy of the machine, with pending breaker
@@ -996,6 +1046,8 @@ pub struct Builder {
     breaker: Option<Breaker>,
     alert: Option<AlertHook>,
     sinks: Vec<Box<dyn Alert>>,
+    #[cfg(feature = "fleet")]
+    fleet: Option<crate::fleet::Fleet>,
 }
 
 impl fmt::Debug for Builder {
@@ -1027,6 +1079,8 @@ impl Builder {
             breaker: None,
             alert: None,
             sinks: Vec::new(),
+            #[cfg(feature = "fleet")]
+            fleet: None,
         }
     }
 
@@ -1103,10 +1157,22 @@ impl Builder {
         self
     }
 
+    /// Coordinates this recovery with the other replicas of `fleet`: one
+    /// replica at a time runs a cycle for the dependency, the others wait
+    /// on it, probe their breaker when it succeeds, and end their cycle
+    /// as it ends (see [`crate::fleet`]).
+    #[cfg(feature = "fleet")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "fleet")))]
+    pub fn fleet(mut self, fleet: &crate::fleet::Fleet) -> Self {
+        self.fleet = Some(fleet.clone());
+        self
+    }
+
     /// Starts the background task.
     ///
     /// # Panics
-    /// Outside a tokio runtime.
+    /// Outside a tokio runtime; with a [fleet](Self::fleet) that
+    /// coordinates a recovery of the same name already.
     pub fn spawn(self) -> Recovery {
         let breaker = self.breaker.as_ref().map(|b| {
             let rx = b.watch();
@@ -1143,6 +1209,8 @@ impl Builder {
                 let _ = machine.on(Event::BreakerState { down: true }, Instant::now());
             }
         }
+        #[cfg(feature = "fleet")]
+        let member = self.fleet.as_ref().map(|f| f.register(self.name.clone()));
         let shared = Arc::new(Shared {
             name: self.name,
             cfg: self.cfg,
@@ -1160,6 +1228,8 @@ impl Builder {
             returned: crate::sync::atomic::AtomicU64::new(0),
             gate: std::sync::OnceLock::new(),
             waiting_for: Mutex::new(None),
+            #[cfg(feature = "fleet")]
+            fleet: member,
         });
         let user = User {
             action: self.action,
@@ -1167,8 +1237,13 @@ impl Builder {
             sinks: self.sinks,
         };
         tokio::spawn(task::run(shared.clone(), user));
-        Recovery {
+        let recovery = Recovery {
             owner: Arc::new(Owner { shared }),
+        };
+        #[cfg(feature = "fleet")]
+        if let Some(member) = &recovery.shared().fleet {
+            member.attach(recovery.downgrade());
         }
+        recovery
     }
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+#[cfg(feature = "fleet")]
+use super::fleet::{self, Held, Turn, TurnFuture};
 use super::machine::{Effect, Event, Log};
 use super::{BoxFuture, RecoveryState, Shared, User};
 use crate::sync::atomic::Ordering;
@@ -29,16 +31,30 @@ struct Running {
     waiting: Option<Arc<str>>,
     started: bool,
     action: Option<BoxFuture>,
+    /// The turn in the fleet under way (the lease taken, or another
+    /// replica's cycle waited on), kept across cancellations of `step`.
+    #[cfg(feature = "fleet")]
+    turn: Option<TurnFuture>,
+    /// The turn was taken (the lease, or the local fallback).
+    #[cfg(feature = "fleet")]
+    turned: bool,
 }
 
 enum Step {
+    /// The fleet's turn came to this.
+    #[cfg(feature = "fleet")]
+    Turn(Turn),
     Started,
     Done(Result<(), String>),
 }
 
+/// Without the fleet feature: never a lease.
+#[cfg(not(feature = "fleet"))]
+type Held = ();
+
 impl Running {
     /// The next step of the attempt. Cancel-safe: progress lives in `self`.
-    async fn step(&mut self, shared: &Shared) -> Step {
+    async fn step(&mut self, shared: &Shared, _held: &Held) -> Step {
         if !self.started {
             if let Some(wait) = &mut self.wait {
                 wait.await;
@@ -72,6 +88,22 @@ impl Running {
                     );
                 }
             }
+            // The fleet's turn: the lease for this cycle, unless held.
+            #[cfg(feature = "fleet")]
+            if !self.turned
+                && (self.turn.is_some() || fleet::needs_turn(shared, _held, self.cycle).is_some())
+            {
+                if self.turn.is_none() {
+                    if let Some(member) = fleet::needs_turn(shared, _held, self.cycle) {
+                        self.turn = Some(fleet::turn(member));
+                    }
+                }
+                if let Some(turn) = &mut self.turn {
+                    let turn = turn.await;
+                    self.turn = None;
+                    return Step::Turn(turn);
+                }
+            }
             self.started = true;
             return Step::Started;
         }
@@ -82,9 +114,9 @@ impl Running {
     }
 }
 
-async fn step(running: &mut Option<Running>, shared: &Shared) -> Step {
+async fn step(running: &mut Option<Running>, shared: &Shared, held: &Held) -> Step {
     match running {
-        Some(r) => r.step(shared).await,
+        Some(r) => r.step(shared, held).await,
         None => std::future::pending().await,
     }
 }
@@ -98,6 +130,14 @@ fn waiting_for(shared: &Shared, name: Option<Arc<str>>) {
 pub(super) async fn run(shared: Arc<Shared>, user: User) {
     let mut signal = shared.breaker.as_ref().map(|(_, rx)| rx.clone());
     let mut running: Option<Running> = None;
+    #[cfg(feature = "fleet")]
+    let mut held: Held = None;
+    #[cfg(not(feature = "fleet"))]
+    let held: Held = ();
+    #[cfg(feature = "fleet")]
+    let mut view = shared.fleet.as_ref().map(|m| m.view.clone());
+    #[cfg(feature = "fleet")]
+    let mut seen_news = None;
     loop {
         let woken = shared.wake.notified();
         tokio::pin!(woken);
@@ -121,6 +161,20 @@ pub(super) async fn run(shared: Arc<Shared>, user: User) {
         if acted {
             shared.changed.notify_waiters();
         }
+        // A lease whose cycle is over (cancelled, reset) goes.
+        #[cfg(feature = "fleet")]
+        {
+            let (cycle, state) = {
+                let state = lock(&shared.state);
+                (state.machine.cycle(), state.machine.state(Instant::now()))
+            };
+            fleet::release_if_over(
+                &shared,
+                &mut held,
+                cycle,
+                state == RecoveryState::Recovering,
+            );
+        }
         let breaker_changed = async {
             match signal.as_mut() {
                 Some(rx) => {
@@ -132,6 +186,19 @@ pub(super) async fn run(shared: Arc<Shared>, user: User) {
                 None => std::future::pending().await,
             }
         };
+        #[cfg(feature = "fleet")]
+        let fleet_news = async {
+            match view.as_mut() {
+                Some(rx) => {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(feature = "fleet"))]
+        let fleet_news = std::future::pending::<()>();
         let cooldown_end = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -144,14 +211,50 @@ pub(super) async fn run(shared: Arc<Shared>, user: User) {
             () = &mut woken => {}
             () = breaker_changed => {}
             () = cooldown_end => {}
-            step = step(&mut running, &shared) => {
-                let r = running.as_ref().expect("a step comes from an attempt");
+            () = fleet_news => {
+                #[cfg(feature = "fleet")]
+                if let Some(rx) = view.as_ref() {
+                    fleet::on_news(&shared, rx, &mut seen_news);
+                }
+            }
+            step = step(&mut running, &shared, &held) => {
+                let r = running.as_mut().expect("a step comes from an attempt");
                 let (cycle, attempt) = (r.cycle, r.attempt);
                 let started = matches!(step, Step::Started);
+                #[cfg(feature = "fleet")]
+                let mut done: Option<Result<(), String>> = None;
                 let event = match step {
+                    #[cfg(feature = "fleet")]
+                    Step::Turn(Turn::Run(guard)) => {
+                        r.turned = true;
+                        held = guard.map(|g| (cycle, g));
+                        continue;
+                    }
+                    #[cfg(feature = "fleet")]
+                    Step::Turn(Turn::Ended { holder, result }) => {
+                        running = None;
+                        let name = &*shared.name;
+                        match &result {
+                            Ok(()) => tracing::info!(
+                                dependency = name,
+                                holder = &*holder,
+                                "Recovery successful for: {name} (on replica '{holder}')"
+                            ),
+                            Err(error) => tracing::warn!(
+                                dependency = name,
+                                holder = &*holder,
+                                "Recovery failed for: {name} ({error})"
+                            ),
+                        }
+                        Event::EndedElsewhere { cycle, attempt, result }
+                    }
                     Step::Started => Event::AttemptStarted { cycle, attempt },
                     Step::Done(result) => {
                         running = None;
+                        #[cfg(feature = "fleet")]
+                        {
+                            done = Some(result.clone());
+                        }
                         Event::AttemptDone { cycle, attempt, result }
                     }
                 };
@@ -164,7 +267,18 @@ pub(super) async fn run(shared: Arc<Shared>, user: User) {
                 let reply = state.machine.on(event, now);
                 state.effects.extend(reply.effects);
                 let current = state.machine.cycle() == cycle;
+                #[cfg(feature = "fleet")]
+                let after = state.machine.state(now);
                 drop(state);
+                #[cfg(feature = "fleet")]
+                {
+                    if started && current {
+                        fleet::attempt_started(&held, cycle, attempt);
+                    }
+                    if let Some(result) = &done {
+                        fleet::after_attempt(&mut held, cycle, attempt, result, after, current);
+                    }
+                }
                 match running.as_mut() {
                     // The machine still wants this attempt: run the action
                     // now (never for a cycle cancelled meanwhile).
@@ -244,6 +358,10 @@ fn carry_out(shared: &Arc<Shared>, user: &User, effect: Effect, running: &mut Op
                 waiting: None,
                 started: false,
                 action: None,
+                #[cfg(feature = "fleet")]
+                turn: None,
+                #[cfg(feature = "fleet")]
+                turned: false,
             });
         }
         Effect::Cancel => {
@@ -353,6 +471,16 @@ fn log(shared: &Shared, log: Log, name: &str, max: u32) {
                 "Dependency '{name}' is healthy again ({}); recovery back to idle",
                 how.as_str()
             )
+        }
+        Log::EndedElsewhere { recovered } => {
+            count(
+                shared,
+                if recovered {
+                    "success_elsewhere"
+                } else {
+                    "exhausted_elsewhere"
+                },
+            );
         }
         Log::DeferredDropped => tracing::info!(
             dependency = name,

@@ -618,3 +618,56 @@ async fn a_reopening_between_our_success_and_our_close_is_not_a_second_outage() 
         st.machine.mttr()
     );
 }
+
+/// A cycle that waited on another replica of the fleet ends as that
+/// replica's did: a success records the recovery and cools down without
+/// closing the breaker (each replica probes its own); an exhaustion
+/// exhausts without an alert (the other replica's was the fleet's); and
+/// neither counts an attempt of this replica.
+#[test]
+fn a_cycle_ended_elsewhere_ends_here_without_close_alert_or_attempts() {
+    for adaptive in [false, true] {
+        let now = Instant::now();
+        let mut m = Machine::new(rules(adaptive));
+        let _ = m.on(Event::Trigger(Kind::Automatic), now);
+        let cycle = m.cycle();
+        let reply = m.on(
+            Event::EndedElsewhere {
+                cycle,
+                attempt: 1,
+                result: Ok(()),
+            },
+            now,
+        );
+        assert!(!reply.effects.contains(&Effect::CloseBreaker));
+        assert_eq!(m.state(now), RecoveryState::CoolingDown);
+        assert_eq!((m.recoveries, m.failed_attempts), (1, 0));
+
+        let mut m = Machine::new(rules(adaptive));
+        let _ = m.on(Event::Trigger(Kind::Automatic), now);
+        let cycle = m.cycle();
+        // A stale cycle's end changes nothing.
+        let stale = m.on(
+            Event::EndedElsewhere {
+                cycle: cycle + 1,
+                attempt: 1,
+                result: Ok(()),
+            },
+            now,
+        );
+        assert!(stale.effects.is_empty());
+        let reply = m.on(
+            Event::EndedElsewhere {
+                cycle,
+                attempt: 1,
+                result: Err("exhausted on replica 'a'".into()),
+            },
+            now,
+        );
+        assert!(!reply.effects.contains(&Effect::Alert));
+        assert_eq!(m.state(now), RecoveryState::Exhausted);
+        assert_eq!(m.exhausted_cycles, 1);
+        assert_eq!(m.failed_attempts, 0);
+        assert_eq!(m.last_error.as_deref(), Some("exhausted on replica 'a'"));
+    }
+}

@@ -3,6 +3,8 @@
 
 mod adaptive;
 mod database;
+#[cfg(feature = "redis")]
+mod fleet;
 mod gate;
 mod limits;
 mod metrics;

@@ -1,0 +1,462 @@
+//! [`RedisCoordinator`]: the fleet coordinated through Redis.
+//!
+//! Keys, under a namespace (default `tower-recovery`):
+//!
+//! | key | what |
+//! |---|---|
+//! | `{ns}:lease:{dependency}` | the lease: `{token}:{replica}`, set only if absent, with an expiry (`PX`) |
+//! | `{ns}:token:{dependency}` | the fencing counter (`INCR`), never reset |
+//! | `{ns}:outcome:{dependency}` | the last outcome accepted |
+//! | `{ns}:replica:{replica}` | a replica's heartbeat, with an expiry |
+//! | channel `{ns}:outcomes` | every outcome accepted |
+//! | channel `{ns}:commands` | fleet commands (`?scope=fleet`) |
+//!
+//! Taking, renewing and releasing a lease and publishing an outcome are
+//! Lua scripts, so each is atomic: a lease is renewed or released only by
+//! the replica whose value it holds; an outcome is accepted only while its
+//! token is the latest granted for the dependency.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Script};
+use tokio::sync::mpsc;
+
+use super::codec;
+use super::{
+    Acquire, BoxFuture, Command, Coordinator, Heartbeat, Holder, Lease, Message, Outcome,
+    Published, Subscription, Unavailable,
+};
+use crate::sync::{Mutex, lock};
+
+const ACQUIRE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  return {0, cur, redis.call('PTTL', KEYS[1])}
+end
+local token = redis.call('INCR', KEYS[2])
+local value = token .. ':' .. ARGV[1]
+redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+return {1, value, tonumber(ARGV[2])}
+";
+
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+const PUBLISH: &str = r"
+local latest = tonumber(redis.call('GET', KEYS[1]) or '0')
+if latest ~= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[2])
+return 1
+";
+
+/// The URL given to [`RedisCoordinator::new`] is not a Redis URL.
+#[derive(Debug)]
+pub struct InvalidRedisUrl {
+    reason: String,
+}
+
+impl fmt::Display for InvalidRedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid redis url: {}", self.reason)
+    }
+}
+
+impl std::error::Error for InvalidRedisUrl {}
+
+/// Configures a [`RedisCoordinator`].
+#[derive(Debug)]
+pub struct RedisBuilder {
+    url: String,
+    namespace: String,
+    timeout: Duration,
+}
+
+impl RedisBuilder {
+    /// The prefix of every key and channel (default `tower-recovery`):
+    /// fleets that share a Redis must each have their own.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// How long a connection attempt or a command may take before Redis is
+    /// deemed unreachable (default 1 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The coordinator. It connects lazily, on its first call, and again
+    /// after a call fails.
+    pub fn build(self) -> Result<RedisCoordinator, InvalidRedisUrl> {
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| InvalidRedisUrl {
+            reason: e.to_string(),
+        })?;
+        let ns = self.namespace;
+        Ok(RedisCoordinator {
+            client,
+            channel: format!("{ns}:outcomes"),
+            commands: format!("{ns}:commands"),
+            ns: ns.into(),
+            timeout: self.timeout,
+            conn: Mutex::new(None),
+            scripts: Arc::new(Scripts {
+                acquire: Script::new(ACQUIRE),
+                renew: Script::new(RENEW),
+                release: Script::new(RELEASE),
+                publish: Script::new(PUBLISH),
+            }),
+        })
+    }
+}
+
+struct Scripts {
+    acquire: Script,
+    renew: Script,
+    release: Script,
+    publish: Script,
+}
+
+/// A [`Coordinator`] on Redis (a single server, or a primary).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tower_recovery::BoxError> {
+/// use std::time::Duration;
+/// use tower_recovery::fleet::{Acquire, Coordinator, RedisCoordinator};
+///
+/// let redis = RedisCoordinator::builder("redis://127.0.0.1:6379/")
+///     .namespace("fir-api")
+///     .build()?;
+/// match redis.acquire("model_server", "pod-a", Duration::from_secs(10)).await? {
+///     Acquire::Granted(lease) => println!("ours, token {}", lease.token()),
+///     Acquire::HeldBy(holder) => println!("held by {}", holder.replica),
+/// }
+/// # Ok(()) }
+/// ```
+pub struct RedisCoordinator {
+    client: redis::Client,
+    ns: Arc<str>,
+    channel: String,
+    commands: String,
+    timeout: Duration,
+    conn: Mutex<Option<MultiplexedConnection>>,
+    scripts: Arc<Scripts>,
+}
+
+impl fmt::Debug for RedisCoordinator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCoordinator")
+            .field("namespace", &self.ns)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisCoordinator {
+    /// A coordinator on the Redis at `url` (`redis://host:port/db`), with
+    /// the default namespace and timeout.
+    pub fn new(url: &str) -> Result<Self, InvalidRedisUrl> {
+        Self::builder(url).build()
+    }
+
+    /// Configures a coordinator on the Redis at `url`.
+    pub fn builder(url: impl Into<String>) -> RedisBuilder {
+        RedisBuilder {
+            url: url.into(),
+            namespace: "tower-recovery".to_string(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}:{kind}:{name}", self.ns)
+    }
+
+    async fn conn(&self) -> Result<MultiplexedConnection, Unavailable> {
+        if let Some(conn) = lock(&self.conn).clone() {
+            return Ok(conn);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(Unavailable::new)?;
+        *lock(&self.conn) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// A failed command: the connection is dropped, the next call makes a
+    /// new one.
+    fn failed(&self, e: redis::RedisError) -> Unavailable {
+        *lock(&self.conn) = None;
+        Unavailable::new(e)
+    }
+}
+
+fn parse_value(value: &str) -> Option<(u64, &str)> {
+    let (token, replica) = value.split_once(':')?;
+    Some((token.parse().ok()?, replica))
+}
+
+fn expires(pttl: i64) -> Option<Duration> {
+    u64::try_from(pttl).ok().map(Duration::from_millis)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Coordinator for RedisCoordinator {
+    fn acquire<'a>(
+        &'a self,
+        dependency: &'a str,
+        replica: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Acquire, Unavailable>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let (granted, value, pttl): (i64, String, i64) = self
+                .scripts
+                .acquire
+                .key(self.key("lease", dependency))
+                .key(self.key("token", dependency))
+                .arg(replica)
+                .arg(millis(ttl))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            let (token, holder) = parse_value(&value)
+                .ok_or_else(|| Unavailable::new(format!("unreadable lease value {value:?}")))?;
+            Ok(if granted == 1 {
+                Acquire::Granted(Lease::new(dependency, replica, token))
+            } else {
+                Acquire::HeldBy(Holder::new(holder, token, expires(pttl)))
+            })
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        lease: &'a Lease,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, Unavailable>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let renewed: i64 = self
+                .scripts
+                .renew
+                .key(self.key("lease", lease.dependency()))
+                .arg(format!("{}:{}", lease.token(), lease.replica()))
+                .arg(millis(ttl))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(renewed == 1)
+        })
+    }
+
+    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<bool, Unavailable>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let released: i64 = self
+                .scripts
+                .release
+                .key(self.key("lease", lease.dependency()))
+                .arg(format!("{}:{}", lease.token(), lease.replica()))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(released == 1)
+        })
+    }
+
+    fn holder<'a>(
+        &'a self,
+        dependency: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Holder>, Unavailable>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let key = self.key("lease", dependency);
+            let (value, pttl): (Option<String>, i64) = redis::pipe()
+                .get(&key)
+                .pttl(&key)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(value
+                .as_deref()
+                .and_then(parse_value)
+                .map(|(token, replica)| Holder::new(replica, token, expires(pttl))))
+        })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        lease: &'a Lease,
+        outcome: &'a Outcome,
+    ) -> BoxFuture<'a, Result<bool, Unavailable>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let payload = codec::encode_published(&Published::new(lease, outcome.clone()));
+            let accepted: i64 = self
+                .scripts
+                .publish
+                .key(self.key("token", lease.dependency()))
+                .key(self.key("outcome", lease.dependency()))
+                .arg(lease.token())
+                .arg(payload)
+                .arg(&self.channel)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(accepted == 1)
+        })
+    }
+
+    fn last_outcome<'a>(
+        &'a self,
+        dependency: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Published>, Unavailable>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let value: Option<String> = redis::cmd("GET")
+                .arg(self.key("outcome", dependency))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(value.as_deref().and_then(codec::decode_published))
+        })
+    }
+
+    fn subscribe(&self) -> BoxFuture<'_, Result<Subscription, Unavailable>> {
+        Box::pin(async move {
+            let connect = async {
+                let mut pubsub = self.client.get_async_pubsub().await?;
+                pubsub.subscribe(&self.channel).await?;
+                pubsub.subscribe(&self.commands).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let pubsub = match tokio::time::timeout(self.timeout, connect).await {
+                Ok(Ok(pubsub)) => pubsub,
+                Ok(Err(e)) => return Err(Unavailable::new(e)),
+                Err(_) => return Err(Unavailable::new("timed out subscribing")),
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            let commands = self.commands.clone();
+            tokio::spawn(async move {
+                use futures_util::StreamExt;
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    tokio::select! {
+                        message = messages.next() => {
+                            let Some(message) = message else { return };
+                            let Ok(text) = message.get_payload::<String>() else { continue };
+                            let decoded = if message.get_channel_name() == commands {
+                                codec::decode_command(&text).map(Message::Command)
+                            } else {
+                                codec::decode_published(&text).map(Message::Outcome)
+                            };
+                            if let Some(decoded) = decoded {
+                                if tx.send(decoded).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        () = tx.closed() => return,
+                    }
+                }
+            });
+            Ok(Subscription::new(rx))
+        })
+    }
+
+    fn broadcast<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<usize, Unavailable>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let received: usize = redis::cmd("PUBLISH")
+                .arg(&self.commands)
+                .arg(codec::encode_command(command))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(received)
+        })
+    }
+
+    fn heartbeat<'a>(
+        &'a self,
+        beat: &'a Heartbeat,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), Unavailable>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let () = redis::cmd("SET")
+                .arg(self.key("replica", &beat.replica))
+                .arg(codec::encode_heartbeat(beat))
+                .arg("PX")
+                .arg(millis(ttl))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(())
+        })
+    }
+
+    fn replicas(&self) -> BoxFuture<'_, Result<Vec<Heartbeat>, Unavailable>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let pattern = format!("{}:replica:*", self.ns);
+            let mut keys: Vec<String> = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(200)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.failed(e))?;
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let values: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(values
+                .into_iter()
+                .flatten()
+                .filter_map(|v| codec::decode_heartbeat(&v))
+                .collect())
+        })
+    }
+}

@@ -1,0 +1,117 @@
+//! The fleet's part of the admin surface (`/reliability`'s `fleet`
+//! section, `/health`'s scope of each dependency that is down).
+
+use serde_json::{Map, Value, json};
+
+use super::{FleetStatus, Holder, MemberStatus, Outcome, Published};
+
+fn holder_json(h: &Holder) -> Value {
+    json!({
+        "replica": &*h.replica,
+        "token": h.token,
+        "expires_in_seconds": h.expires_in.map(|d| d.as_secs_f64()),
+    })
+}
+
+fn outcome_json(p: &Published, show: bool) -> Value {
+    let (attempts, error) = match &p.outcome {
+        Outcome::Started { attempt } => (*attempt, None),
+        Outcome::AttemptFailed { attempt, error } => (*attempt, Some(error)),
+        Outcome::Recovered { attempts } => (*attempts, None),
+        Outcome::Exhausted { attempts, error } => (*attempts, Some(error)),
+    };
+    json!({
+        "replica": &*p.replica,
+        "token": p.token,
+        "outcome": p.outcome.as_str(),
+        "attempts": attempts,
+        "error": if show { error.cloned() } else { None },
+    })
+}
+
+/// `/reliability`'s `fleet` section.
+pub(crate) fn fleet_json(s: &FleetStatus, show: bool) -> Value {
+    let mut deps = Map::new();
+    for d in &s.dependencies {
+        deps.insert(
+            d.name.to_string(),
+            json!({
+                "lease_holder": d.holder.as_ref().map(holder_json),
+                "last_outcome": d.last_outcome.as_ref().map(|p| outcome_json(p, show)),
+                "replicas_reporting": d.reporting,
+                "replicas_seeing_it_down": d.down_on.len(),
+                "down_on": d.down_on.iter().map(|r| &**r).collect::<Vec<_>>(),
+                "down_everywhere": d.down_everywhere(),
+            }),
+        );
+    }
+    let replicas: Vec<Value> = s
+        .replicas
+        .iter()
+        .map(|r| {
+            let mut down = Map::new();
+            for d in &r.dependencies {
+                down.insert(
+                    d.name.to_string(),
+                    json!({
+                        "breaker": d.breaker.as_deref(),
+                        "recovery": &*d.recovery,
+                        "down": d.down,
+                    }),
+                );
+            }
+            json!({ "replica": &*r.replica, "sent_at_ms": r.sent_at_ms, "dependencies": down })
+        })
+        .collect();
+    json!({
+        "replica": &*s.replica,
+        "connected": s.connected,
+        "disconnected_seconds": s.disconnected_for.map(|d| d.as_secs_f64()),
+        "last_error": if show { s.last_error.clone() } else { None },
+        "fallback": s.fallback.as_str(),
+        "recovering_locally": !s.connected && s.fallback == super::Fallback::Local,
+        "lease_ttl_seconds": s.lease_ttl.as_secs_f64(),
+        "replicas_alive": s.replicas.len(),
+        "replicas": replicas,
+        "dependencies": deps,
+        "commands_applied": s.commands_applied.iter().map(|a| json!({
+            "dependency": &*a.command.dependency,
+            "action": a.command.action.as_str(),
+            "from": &*a.command.from,
+            "result": a.result,
+            "at": crate::util::rfc3339(a.at),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A recovery's `fleet` entry in `/reliability`.
+pub(crate) fn member_json(m: &MemberStatus, show: bool) -> Value {
+    json!({
+        "lease_holder": m.holder.as_ref().map(holder_json),
+        "running_elsewhere": m.running_elsewhere.as_ref().map(|f| json!({
+            "replica": &*f.holder.replica,
+            "token": f.holder.token,
+            "attempts_failed": f.attempts_failed,
+            "last_error": if show { f.last_error.clone() } else { None },
+        })),
+        "recovering_locally": m.local_fallback,
+    })
+}
+
+/// Whether `name`, down here, is down for the whole fleet
+/// (`"fleet"`), only here (`"this_replica"`), or unknown (the coordinator
+/// is unreachable, or no heartbeat reports it).
+pub(crate) fn scope(s: &FleetStatus, name: &str) -> &'static str {
+    let Some(d) = s.dependencies.iter().find(|d| &*d.name == name) else {
+        return "unknown";
+    };
+    if !s.connected || d.reporting == 0 {
+        "unknown"
+    } else if d.down_everywhere() {
+        "fleet"
+    } else if d.down_on.len() <= 1 {
+        "this_replica"
+    } else {
+        "some_replicas"
+    }
+}

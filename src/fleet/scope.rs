@@ -1,0 +1,101 @@
+//! `?scope=fleet` on the admin POSTs: the action is applied here (by the
+//! route, as without the parameter), then, if that succeeded, broadcast to
+//! every replica of the fleet, which applies it at once and reports it in
+//! its own `/reliability` (`fleet.commands_applied`).
+
+use axum::RequestExt;
+use axum::body::Body;
+use axum::extract::{RawPathParams, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{Method, StatusCode, header};
+use serde_json::{Value, json};
+
+use super::{Action, Fleet};
+
+fn refuse(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({ "error": message }).to_string(),
+    )
+        .into_response()
+}
+
+/// The middleware on the admin router.
+pub(crate) async fn fleet_scope(
+    State(fleet): State<Option<Fleet>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let fleet_scope = request.method() == Method::POST
+        && request
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv == "scope=fleet"));
+    if !fleet_scope {
+        return next.run(request).await;
+    }
+    // The route's last segment says which action (the name before it is
+    // taken decoded from the route's captures).
+    let path = request.uri().path();
+    let segments: Vec<&str> = path.trim_end_matches('/').rsplit('/').take(3).collect();
+    let action = match segments.as_slice() {
+        ["trigger", _, "auto-recovery"] => Action::Trigger,
+        ["reset", _, "circuit-breaker"] => Action::Reset,
+        ["force-open", _, "circuit-breaker"] => Action::ForceOpen,
+        ["disable", _, "circuit-breaker"] => Action::Disable,
+        _ => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "scope=fleet applies to trigger, reset, force-open and disable only",
+            );
+        }
+    };
+    let Some(fleet) = fleet else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "scope=fleet: this replica is in no fleet (Admin::fleet)",
+        );
+    };
+    let name = match request.extract_parts::<RawPathParams>().await {
+        Ok(params) => params
+            .iter()
+            .find(|(k, _)| *k == "name")
+            .map(|(_, v)| v.to_owned()),
+        Err(_) => None,
+    };
+    let Some(name) = name else {
+        return refuse(StatusCode::BAD_REQUEST, "no dependency named");
+    };
+    let response = next.run(request).await;
+    if !response.status().is_success() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let mut value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({}));
+    match fleet.broadcast(&name, action).await {
+        Ok(subscribed) => {
+            value["fleet"] = json!({
+                "scope": "fleet",
+                "sent": true,
+                "action": action.as_str(),
+                "replicas_subscribed": subscribed,
+            });
+        }
+        Err(e) => {
+            parts.status = StatusCode::SERVICE_UNAVAILABLE;
+            value["error"] = json!(format!("applied on this replica only: {e}"));
+            value["fleet"] = json!({
+                "scope": "fleet",
+                "sent": false,
+                "action": action.as_str(),
+            });
+        }
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(value.to_string()))
+}
