@@ -67,8 +67,15 @@
 //!   every quarter of the idle timeout), or when you call
 //!   [`KeyedBreaker::evict_idle`] (on a timer, if you want stale keys gone
 //!   from reports sooner). A key is dropped between one and about one and
-//!   a quarter idle timeouts after its last call. A call still in flight
-//!   on a dropped key records its outcome on the dropped breaker.
+//!   a quarter idle timeouts after its last call *started*: a call still
+//!   in flight on a dropped key records its outcome on the dropped breaker,
+//!   so a failing call that lasts longer than the idle timeout (a stream, a
+//!   hung upstream with no timeout inside the breaker) can open a breaker
+//!   the registry has already forgotten, and the key's next call starts
+//!   closed. Keep the idle timeout well above your longest call (a
+//!   `Timeout` inside the breaker bounds it); counting calls in flight per
+//!   key would close this gap at two shared atomic writes per call, not
+//!   paid today.
 //! - **A cap on keys.** At most [`max_keys`](Builder::max_keys) (default
 //!   1,000) keys have a breaker of their own. Past the cap, a new key's
 //!   calls go through one shared **overflow breaker**
