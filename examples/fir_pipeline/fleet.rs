@@ -1,5 +1,5 @@
 //! `REDIS_URL`: this replica joins a fleet coordinated through Redis (the
-//! demo built with `--features redis`): one replica at a time recovers each
+//! demo is built with `redis`): one replica at a time recovers each
 //! dependency, the others wait on it and probe at its success, `/reliability`
 //! shows the fleet, admin POSTs take `?scope=fleet`.
 //!

@@ -56,7 +56,7 @@
 //! `{"error_rate": 0.5, "latency_ms": 800, "duration_seconds": 120}`. Every
 //! setting of the crate's `config` module is read from the environment.
 //!
-//! `REDIS_URL` (the demo built with `--features redis`) makes this process
+//! `REDIS_URL` (the demo is built with `redis`) makes this process
 //! a replica of a fleet: one replica at a time recovers each dependency,
 //! the others wait on it and probe at its success (see `fleet`).
 //!
