@@ -98,21 +98,36 @@ pub(crate) fn decode_published(line: &str) -> Option<Published> {
     })
 }
 
-/// A command as one line.
+/// A command's line, as the coordinator sends it: `v2`, its number (given
+/// by the coordinator), then [`encode_command_fields`].
+#[cfg(test)]
 pub(crate) fn encode_command(c: &Command) -> String {
-    join(&[VERSION, &c.dependency, c.action.as_str(), &c.from])
+    format!("v2\t{}\t{}", c.id, encode_command_fields(c))
 }
 
-/// The line [`encode_command`] wrote, or `None`.
+/// A command's fields after its number: when it was sent, the dependency,
+/// the action, the replica it came from.
+pub(crate) fn encode_command_fields(c: &Command) -> String {
+    join(&[
+        &c.sent_at_ms.to_string(),
+        &c.dependency,
+        c.action.as_str(),
+        &c.from,
+    ])
+}
+
+/// A command's line, or `None`.
 pub(crate) fn decode_command(line: &str) -> Option<Command> {
     let f = split(line);
-    if f.len() != 4 || f[0] != VERSION {
+    if f.len() != 6 || f[0] != "v2" {
         return None;
     }
     Some(Command {
-        dependency: Arc::from(f[1].as_str()),
-        action: Action::from_name(&f[2])?,
-        from: Arc::from(f[3].as_str()),
+        id: f[1].parse().ok()?,
+        sent_at_ms: f[2].parse().ok()?,
+        dependency: Arc::from(f[3].as_str()),
+        action: Action::from_name(&f[4])?,
+        from: Arc::from(f[5].as_str()),
     })
 }
 
@@ -194,10 +209,13 @@ mod tests {
             Action::Disable,
             Action::Trigger,
         ] {
-            let c = Command::new("model_server", action, "pod\t1");
+            let mut c = Command::new("model_server", action, "pod\t1");
+            c.id = 42;
             assert_eq!(decode_command(&encode_command(&c)), Some(c));
         }
-        assert_eq!(decode_command("v1\tm\texplode\tpod"), None);
+        assert_eq!(decode_command("v2\t1\t2\tm\texplode\tpod"), None);
+        assert_eq!(decode_command("v2\tx\t2\tm\treset\tpod"), None);
+        assert_eq!(decode_command("v1\tm\treset\tpod"), None);
     }
 
     #[test]

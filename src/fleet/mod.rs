@@ -177,8 +177,18 @@ pub trait Coordinator: Send + Sync + 'static {
     fn subscribe(&self) -> BoxFuture<'_, Result<Subscription, Unavailable>>;
 
     /// Sends `command` to every replica subscribed now (this one
-    /// included). Returns how many received it.
+    /// included), numbered after the commands before it, and keeps it
+    /// among the recent ones. Returns how many received it.
     fn broadcast<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<usize, Unavailable>>;
+
+    /// The latest commands broadcast (at most 64), oldest first, with
+    /// their numbers: what a replica that was away applies on its return
+    /// (those numbered after the last it saw, sent in the last
+    /// five minutes). The default keeps none: commands reach only the
+    /// replicas subscribed when they are sent.
+    fn recent_commands(&self) -> BoxFuture<'_, Result<Vec<Command>, Unavailable>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 
     /// Publishes this replica's heartbeat, which lives `ttl`.
     fn heartbeat<'a>(
@@ -383,15 +393,25 @@ pub struct Command {
     pub action: Action,
     /// The replica it came from.
     pub from: Arc<str>,
+    /// Its number, given by the coordinator when it is broadcast (0
+    /// before): later commands have higher numbers.
+    pub id: u64,
+    /// When it was sent (milliseconds since the Unix epoch, the sender's
+    /// clock).
+    pub sent_at_ms: u64,
 }
 
 impl Command {
-    /// A command from replica `from`.
+    /// A command from replica `from`, sent now.
     pub fn new(dependency: impl Into<Arc<str>>, action: Action, from: impl Into<Arc<str>>) -> Self {
         Self {
             dependency: dependency.into(),
             action,
             from: from.into(),
+            id: 0,
+            sent_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         }
     }
 }
@@ -636,6 +656,7 @@ impl Builder {
             changed: fleet_tx,
             wake: Notify::new(),
             stopped: AtomicBool::new(false),
+            last_command: std::sync::atomic::AtomicU64::new(0),
         });
         #[cfg(feature = "metrics")]
         metrics::gauge!(FLEET_CONNECTED, "replica" => inner.replica.to_string()).set(0.0);
@@ -695,6 +716,9 @@ pub(crate) struct Inner {
     /// Wakes the pump (a dependency registered, or the stop).
     wake: Notify,
     stopped: AtomicBool,
+    /// The highest command number seen (applied, or from before this
+    /// replica joined).
+    pub(crate) last_command: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -878,6 +902,13 @@ impl Inner {
     /// were applied where they were made), with no lock held while the
     /// breaker and recovery act.
     pub(crate) fn apply(&self, command: Command) {
+        // Seen already (delivered live and found again on a catch-up, or
+        // the other way round).
+        if command.id != 0
+            && self.last_command.fetch_max(command.id, Ordering::AcqRel) >= command.id
+        {
+            return;
+        }
         if command.from == self.replica {
             return;
         }

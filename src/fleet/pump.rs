@@ -13,13 +13,28 @@ use super::Inner;
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
+/// Commands older than this are not applied on a return: an operator's
+/// action from long ago is history, not an instruction.
+const CATCH_UP_WINDOW: Duration = Duration::from_secs(300);
+
 pub(super) async fn run(inner: Arc<Inner>) {
     let mut retry = RETRY_FIRST;
+    let mut joined = false;
     loop {
         if inner.stopped() {
             return;
         }
-        let subscribed = inner.coordinator.subscribe().await;
+        // On joining, the commands already sent are history: their numbers
+        // are read before subscribing, so that every command sent after is
+        // either delivered or found by the catch-up below.
+        if !joined {
+            joined = join_commands(&inner).await;
+        }
+        let subscribed = if joined {
+            inner.coordinator.subscribe().await
+        } else {
+            Err(super::Unavailable::new("the command log could not be read"))
+        };
         inner.observe(&subscribed);
         let mut subscription = match subscribed {
             Ok(s) => s,
@@ -42,6 +57,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
         // Subscribed first, then caught up: nothing published in between
         // is missed (and a duplicate changes nothing).
         catch_up(&inner).await;
+        catch_up_commands(&inner).await;
         let every = inner
             .settings
             .renew_every
@@ -97,6 +113,48 @@ async fn catch_up(inner: &Inner) {
     }
     refresh_holders(inner).await;
     beat(inner).await;
+}
+
+/// Marks the commands sent before this replica joined as seen. Returns
+/// whether the log was read.
+async fn join_commands(inner: &Inner) -> bool {
+    let recent = match inner.coordinator.recent_commands().await {
+        Ok(recent) => recent,
+        Err(e) => {
+            inner.observe::<()>(&Err(e));
+            return false;
+        }
+    };
+    // A success is not observed: the replica is connected once it is
+    // subscribed (a command sent now would not reach it live yet).
+    if let Some(last) = recent.iter().map(|c| c.id).max() {
+        inner
+            .last_command
+            .fetch_max(last, std::sync::atomic::Ordering::AcqRel);
+    }
+    true
+}
+
+/// Applies, in order, the commands sent while this replica was away (or
+/// between joining and subscribing): those numbered after the last it saw,
+/// sent within the window; older ones are only marked seen.
+async fn catch_up_commands(inner: &Inner) {
+    let recent = inner.coordinator.recent_commands().await;
+    inner.observe(&recent);
+    let Ok(recent) = recent else { return };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let oldest = now_ms.saturating_sub(CATCH_UP_WINDOW.as_millis() as u64);
+    for command in recent {
+        if command.sent_at_ms >= oldest {
+            inner.apply(command);
+        } else {
+            inner
+                .last_command
+                .fetch_max(command.id, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
 }
 
 async fn refresh_holders(inner: &Inner) {

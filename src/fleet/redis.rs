@@ -66,6 +66,16 @@ redis.call('PUBLISH', ARGV[3], ARGV[2])
 return 1
 ";
 
+/// A command gets the next number (so that a replica that was away can
+/// tell which it missed), is kept among the latest 64, and is published.
+const BROADCAST: &str = r"
+local id = redis.call('INCR', KEYS[1])
+local line = 'v2' .. '\t' .. id .. '\t' .. ARGV[1]
+redis.call('LPUSH', KEYS[2], line)
+redis.call('LTRIM', KEYS[2], 0, 63)
+return redis.call('PUBLISH', ARGV[2], line)
+";
+
 /// The URL given to [`RedisCoordinator::new`] is not a Redis URL.
 #[derive(Debug)]
 pub struct InvalidRedisUrl {
@@ -122,6 +132,7 @@ impl RedisBuilder {
                 renew: Script::new(RENEW),
                 release: Script::new(RELEASE),
                 publish: Script::new(PUBLISH),
+                broadcast: Script::new(BROADCAST),
             }),
         })
     }
@@ -132,6 +143,7 @@ struct Scripts {
     renew: Script,
     release: Script,
     publish: Script,
+    broadcast: Script,
 }
 
 /// A [`Coordinator`] on Redis (a single server, or a primary).
@@ -393,13 +405,37 @@ impl Coordinator for RedisCoordinator {
     fn broadcast<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<usize, Unavailable>> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            let received: usize = redis::cmd("PUBLISH")
+            let received: usize = self
+                .scripts
+                .broadcast
+                .key(self.key("command", "seq"))
+                .key(self.key("command", "log"))
+                .arg(codec::encode_command_fields(command))
                 .arg(&self.commands)
-                .arg(codec::encode_command(command))
-                .query_async(&mut conn)
+                .invoke_async(&mut conn)
                 .await
                 .map_err(|e| self.failed(e))?;
             Ok(received)
+        })
+    }
+
+    fn recent_commands(&self) -> BoxFuture<'_, Result<Vec<Command>, Unavailable>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            let lines: Vec<String> = redis::cmd("LRANGE")
+                .arg(self.key("command", "log"))
+                .arg(0)
+                .arg(63)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            // Newest first in the list: oldest first here. A line this
+            // version cannot read is skipped.
+            Ok(lines
+                .iter()
+                .rev()
+                .filter_map(|l| codec::decode_command(l))
+                .collect())
         })
     }
 

@@ -162,7 +162,17 @@ async fn subscribers_see_outcomes_and_heartbeats_expire() {
         .await
         .expect("a command within 5 s")
         .expect("the subscription is alive");
-    assert_eq!(got, Message::Command(command));
+    let Message::Command(got) = got else {
+        panic!("expected a command, got {got:?}")
+    };
+    assert_eq!(got.id, 1, "numbered by the coordinator");
+    assert_eq!(
+        (&*got.dependency, got.action, &*got.from, got.sent_at_ms),
+        ("asr", Action::ForceOpen, "a", command.sent_at_ms)
+    );
+    // Kept for a replica that was away.
+    let recent = a.recent_commands().await.unwrap();
+    assert_eq!(recent, [got]);
 
     let beat = Heartbeat::new(
         "a",
@@ -781,4 +791,158 @@ async fn a_fleet_scope_force_open_reaches_every_replica() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["fleet"]["sent"], false);
     assert_eq!(replicas[0].breaker.state(), State::Disabled);
+}
+
+/// A TCP relay to Redis that the test can cut (every connection dropped,
+/// new ones refused) and restore: one replica loses Redis while the
+/// others keep it.
+struct Relay {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    links: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Relay {
+    async fn start(to: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let links = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, l) = (cut.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                l.lock().unwrap().push(link.abort_handle());
+            }
+        });
+        Self { port, cut, links }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_away_during_a_fleet_command_applies_it_on_its_return() {
+    let Some(redis) = RedisServer::start_or_skip("fleet_catch_up") else {
+        return;
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (_go, go_rx) = watch::channel(Some(true));
+    let a = replica(&redis, "a", &calls, &go_rx, Fallback::Local);
+    // b reaches Redis through a relay the test cuts.
+    let relay = Relay::start(redis.port).await;
+    let b_fleet = Fleet::builder(
+        RedisCoordinator::builder(format!("redis://127.0.0.1:{}/", relay.port))
+            .namespace(NS)
+            .timeout(Duration::from_millis(300))
+            .build()
+            .unwrap(),
+    )
+    .replica_id("b")
+    .lease_ttl(Duration::from_millis(900))
+    .heartbeat_interval(Duration::from_millis(100))
+    .spawn();
+    let b_breaker = Breaker::builder("model_server").build();
+    let b_recovery = Recovery::builder("model_server", || async { Ok::<(), String>(()) })
+        .watch(&b_breaker)
+        .fleet(&b_fleet)
+        .spawn();
+    connected(&a.fleet, true).await;
+    connected(&b_fleet, true).await;
+
+    // A command from before c joins is history to c.
+    assert_eq!(
+        a.fleet
+            .broadcast("model_server", Action::Disable)
+            .await
+            .unwrap(),
+        2
+    );
+    eventually(Duration::from_secs(1), "b disabled", || {
+        (b_breaker.state() == State::Disabled).then_some(())
+    })
+    .await;
+    a.fleet
+        .broadcast("model_server", Action::Reset)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(1), "b reset", || {
+        b_breaker.state().is_closed().then_some(())
+    })
+    .await;
+
+    relay.cut();
+    connected(&b_fleet, false).await;
+    let received = a
+        .fleet
+        .broadcast("model_server", Action::ForceOpen)
+        .await
+        .unwrap();
+    assert_eq!(received, 1, "only a is subscribed now");
+    assert_eq!(b_breaker.state(), State::Closed, "b is away");
+
+    let back = Instant::now();
+    relay.restore();
+    eventually(
+        Duration::from_secs(5),
+        "b applied the command it missed",
+        || (b_breaker.state() == State::ForcedOpen).then_some(()),
+    )
+    .await;
+    println!(
+        "fleet: a replica away during a fleet command applied it {:?} after Redis was reachable again",
+        back.elapsed()
+    );
+    let applied = b_fleet.status().commands_applied;
+    let actions: Vec<_> = applied.iter().map(|x| x.command.action).collect();
+    assert_eq!(
+        actions,
+        [Action::Disable, Action::Reset, Action::ForceOpen],
+        "each once: the catch-up skips what was delivered live"
+    );
+
+    // A replica joining now does not replay the fleet's history.
+    let c = replica(&redis, "c", &calls, &go_rx, Fallback::Local);
+    connected(&c.fleet, true).await;
+    // A command after it joined reaches it: everything before was read.
+    a.fleet
+        .broadcast("model_server", Action::Trigger)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(1), "c got the new command", || {
+        (!c.fleet.status().commands_applied.is_empty()).then_some(())
+    })
+    .await;
+    let c_actions: Vec<_> = c
+        .fleet
+        .status()
+        .commands_applied
+        .iter()
+        .map(|x| x.command.action)
+        .collect();
+    assert_eq!(
+        c_actions,
+        [Action::Trigger],
+        "no history replayed on joining"
+    );
+    assert_eq!(c.breaker.state(), State::Closed);
+    drop(b_recovery);
 }
