@@ -59,7 +59,7 @@ pub(super) async fn run(inner: Arc<Inner>) {
             }
             tokio::select! {
                 message = subscription.next() => match message {
-                    Some(super::Message::Outcome(published)) => inner.deliver(published, true),
+                    Some(super::Message::Outcome(heard)) => confirm(&inner, &heard).await,
                     Some(super::Message::Command(command)) => inner.apply(command),
                     None => {
                         inner.observe::<()>(&Err(super::Unavailable::new("subscription lost")));
@@ -83,6 +83,22 @@ pub(super) async fn run(inner: Arc<Inner>) {
                 }
             }
         }
+    }
+}
+
+/// An outcome heard on the subscription is only news that one was
+/// published: anyone who reaches the coordinator can publish anything on
+/// the channel (a forged outcome with a huge token would hide every later
+/// one). What is delivered is the dependency's last outcome as the
+/// coordinator accepted it, under the fencing.
+async fn confirm(inner: &Inner, heard: &super::Published) {
+    if !inner.names().contains(&heard.dependency) {
+        return;
+    }
+    let last = inner.coordinator.last_outcome(&heard.dependency).await;
+    inner.observe(&last);
+    if let Ok(Some(published)) = last {
+        inner.deliver(published, true);
     }
 }
 

@@ -245,3 +245,65 @@ async fn a_holder_cut_off_from_redis_stops_attempting_when_its_lease_may_have_ex
         a_after.len()
     );
 }
+
+/// Sends one command to Redis in RESP, as any process could.
+fn raw(redis: &RedisServer, args: &[&str]) {
+    use std::io::{Read, Write};
+    let mut cmd = format!("*{}\r\n", args.len());
+    for a in args {
+        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    s.write_all(cmd.as_bytes()).unwrap();
+    let mut buf = [0u8; 64];
+    let _ = s.read(&mut buf).unwrap();
+}
+
+/// Another process publishes an outcome with a huge token on the outcomes
+/// channel (no lease, never accepted by the fencing script): the replicas
+/// must still see the next outcome a real holder publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_outcome_on_the_channel_does_not_blind_the_replicas() {
+    let Some(redis) = RedisServer::start_or_skip("review3_forged") else {
+        return;
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (_go, go_rx) = watch::channel(Some(true));
+    let b = replica(&redis, "b", &calls, &go_rx, Fallback::Local);
+    connected(&b.fleet, true).await;
+    raw(
+        &redis,
+        &[
+            "PUBLISH",
+            &format!("{NS}:outcomes"),
+            &format!("v1\tmodel_server\tmallory\t{}\tstarted\t1\t", u64::MAX),
+        ],
+    );
+    // (time for the message to reach b's subscription)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let shown = b.fleet.status().dependencies[0].last_outcome.clone();
+    assert!(
+        shown.as_ref().is_none_or(|p| &*p.replica != "mallory"),
+        "a forged outcome, never accepted, is shown: {shown:?}"
+    );
+    // A real holder's outcome, accepted by the fencing script.
+    let x = coordinator(&redis);
+    let lease = granted(
+        x.acquire("model_server", "x", Duration::from_secs(5))
+            .await
+            .unwrap(),
+    );
+    assert!(
+        x.publish(&lease, &Outcome::Recovered { attempts: 1 })
+            .await
+            .unwrap()
+    );
+    eventually(Duration::from_secs(5), "x's outcome seen by b", || {
+        b.fleet.status().dependencies[0]
+            .last_outcome
+            .as_ref()
+            .is_some_and(|p| &*p.replica == "x")
+            .then_some(())
+    })
+    .await;
+}
