@@ -452,6 +452,11 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Message> {
         self.rx.recv().await
     }
+
+    /// The next message if one is queued already.
+    pub(crate) fn try_next(&mut self) -> Option<Message> {
+        self.rx.try_recv().ok()
+    }
 }
 
 /// A replica's heartbeat: what it sees of each dependency.
