@@ -743,6 +743,8 @@ impl Inner {
                 metrics::gauge!(FLEET_CONNECTED, "replica" => replica.to_string()).set(1.0);
             }
             ((true, _), false) => {
+                // The heartbeats read before are not the replicas alive now.
+                lock(&self.replicas).clear();
                 let error = result
                     .as_ref()
                     .err()

@@ -307,3 +307,29 @@ async fn a_forged_outcome_on_the_channel_does_not_blind_the_replicas() {
     })
     .await;
 }
+
+/// `FleetStatus::replicas` says "empty while the coordinator is
+/// unreachable": heartbeats read before Redis went away are not the
+/// replicas alive now (nor what `/reliability` counts down on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_replica_is_shown_alive_while_redis_is_unreachable() {
+    let Some(mut redis) = RedisServer::start_or_skip("review3_stale_replicas") else {
+        return;
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (_go, go_rx) = watch::channel(Some(true));
+    let a = replica(&redis, "a", &calls, &go_rx, Fallback::Local);
+    eventually(Duration::from_secs(5), "a's own heartbeat read", || {
+        (!a.fleet.status().replicas.is_empty()).then_some(())
+    })
+    .await;
+    redis.kill();
+    connected(&a.fleet, false).await;
+    let status = a.fleet.status();
+    assert!(
+        status.replicas.is_empty(),
+        "replicas shown alive while Redis is unreachable: {:?}",
+        status.replicas
+    );
+    assert_eq!(status.dependencies[0].reporting, 0);
+}
