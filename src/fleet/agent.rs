@@ -5,9 +5,11 @@
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::{Fleet, Lease, Outcome};
 use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::{Mutex, lock};
 
 /// A lease this replica holds. Dropping it releases the lease (after the
 /// outcomes handed to it are published).
@@ -15,6 +17,12 @@ pub(crate) struct Guard {
     lease: Lease,
     tx: mpsc::UnboundedSender<Outcome>,
     lost: Arc<AtomicBool>,
+    /// Until when the lease is surely still ours: its time to live from
+    /// the start of the last call that set it (the acquire, or a renewal
+    /// that succeeded). Past it, a holder that could not renew (the
+    /// coordinator unreachable from here) may have lost it to another
+    /// replica without being told.
+    until: Arc<Mutex<Instant>>,
 }
 
 impl std::fmt::Debug for Guard {
@@ -27,18 +35,33 @@ impl std::fmt::Debug for Guard {
 }
 
 impl Guard {
-    /// Starts renewing `lease`.
-    pub(crate) fn spawn(fleet: Fleet, lease: Lease) -> Self {
+    /// Starts renewing `lease`, granted by a call made at `asked`.
+    pub(crate) fn spawn(fleet: Fleet, lease: Lease, asked: Instant) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let lost = Arc::new(AtomicBool::new(false));
-        tokio::spawn(run(fleet, lease.clone(), rx, lost.clone()));
-        Self { lease, tx, lost }
+        let until = Arc::new(Mutex::new(asked + fleet.inner().settings.lease_ttl));
+        tokio::spawn(run(fleet, lease.clone(), rx, lost.clone(), until.clone()));
+        Self {
+            lease,
+            tx,
+            lost,
+            until,
+        }
     }
 
-    /// Whether a renewal found the lease held no more (it expired; another
-    /// replica may hold a newer one).
+    /// Whether the lease is held no more, or may not be: a renewal found
+    /// it gone (it expired; another replica may hold a newer one), or no
+    /// renewal succeeded for its time to live (then it is given up: not
+    /// renewed again, so it expires if it has not).
     pub(crate) fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::Acquire)
+        if self.lost.load(Ordering::Acquire) {
+            return true;
+        }
+        if Instant::now() >= *lock(&self.until) {
+            self.lost.store(true, Ordering::Release);
+            return true;
+        }
+        false
     }
 
     /// Publishes `outcome` under the lease (in order with the others).
@@ -52,6 +75,7 @@ async fn run(
     lease: Lease,
     mut rx: mpsc::UnboundedReceiver<Outcome>,
     lost: Arc<AtomicBool>,
+    until: Arc<Mutex<Instant>>,
 ) {
     let inner = fleet.inner().clone();
     let settings = inner.settings;
@@ -98,8 +122,24 @@ async fn run(
                 }
             },
             _ = renew.tick(), if !lost.load(Ordering::Acquire) => {
+                let asked = Instant::now();
+                if asked >= *lock(&until) {
+                    // No renewal succeeded for the lease's time to live: it
+                    // may be another replica's now. Given up.
+                    lost.store(true, Ordering::Release);
+                    tracing::warn!(
+                        dependency = name,
+                        token = lease.token(),
+                        "Recovery lease given up: not renewed for its time to live (coordinator unreachable)"
+                    );
+                    continue;
+                }
                 let result = coordinator.renew(&lease, settings.lease_ttl).await;
                 inner.observe(&result);
+                if let Ok(true) = result {
+                    let mut until = lock(&until);
+                    *until = (*until).max(asked + settings.lease_ttl);
+                }
                 if let Ok(false) = result {
                     lost.store(true, Ordering::Release);
                     tracing::warn!(

@@ -472,6 +472,11 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Message> {
         self.rx.recv().await
     }
+
+    /// The next message if one is queued already.
+    pub(crate) fn try_next(&mut self) -> Option<Message> {
+        self.rx.try_recv().ok()
+    }
 }
 
 /// A replica's heartbeat: what it sees of each dependency.
@@ -762,6 +767,8 @@ impl Inner {
                 metrics::gauge!(FLEET_CONNECTED, "replica" => replica.to_string()).set(1.0);
             }
             ((true, _), false) => {
+                // The heartbeats read before are not the replicas alive now.
+                lock(&self.replicas).clear();
                 let error = result
                     .as_ref()
                     .err()

@@ -12,6 +12,8 @@ use super::Inner;
 
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Messages queued on the subscription taken at once.
+const BATCH: usize = 1024;
 
 /// Commands older than this are not applied on a return: an operator's
 /// action from long ago is history, not an instruction.
@@ -75,7 +77,33 @@ pub(super) async fn run(inner: Arc<Inner>) {
             }
             tokio::select! {
                 message = subscription.next() => match message {
-                    Some(super::Message::Outcome(published)) => inner.deliver(published, true),
+                    Some(super::Message::Outcome(heard_msg)) => {
+                        // The messages queued already are taken too (up to
+                        // a batch): one read per dependency of this
+                        // replica heard of, however many messages (a flood
+                        // on the channel is drained at memory speed, not at
+                        // one round trip each).
+                        let names = inner.names();
+                        let mut heard: Vec<Arc<str>> = Vec::new();
+                        let mut note = |d: Arc<str>| {
+                            if names.contains(&d) && !heard.contains(&d) {
+                                heard.push(d);
+                            }
+                        };
+                        note(heard_msg.dependency);
+                        for _ in 0..BATCH {
+                            let Some(message) = subscription.try_next() else {
+                                break;
+                            };
+                            match message {
+                                super::Message::Outcome(p) => note(p.dependency),
+                                super::Message::Command(command) => inner.apply(command),
+                            }
+                        }
+                        for dependency in heard {
+                            confirm(&inner, &dependency).await;
+                        }
+                    }
                     Some(super::Message::Command(command)) => inner.apply(command),
                     None => {
                         inner.observe::<()>(&Err(super::Unavailable::new("subscription lost")));
@@ -99,6 +127,19 @@ pub(super) async fn run(inner: Arc<Inner>) {
                 }
             }
         }
+    }
+}
+
+/// An outcome heard on the subscription is only news that one was
+/// published: anyone who reaches the coordinator can publish anything on
+/// the channel (a forged outcome with a huge token would hide every later
+/// one). What is delivered is the dependency's last outcome as the
+/// coordinator accepted it, under the fencing.
+async fn confirm(inner: &Inner, dependency: &Arc<str>) {
+    let last = inner.coordinator.last_outcome(dependency).await;
+    inner.observe(&last);
+    if let Ok(Some(published)) = last {
+        inner.deliver(published, true);
     }
 }
 

@@ -5,7 +5,7 @@
 //! | key | what |
 //! |---|---|
 //! | `{ns}:lease:{dependency}` | the lease: `{token}:{replica}`, set only if absent, with an expiry (`PX`) |
-//! | `{ns}:token:{dependency}` | the fencing counter (`INCR`), never reset |
+//! | `{ns}:token:{dependency}` | the fencing counter: the last token granted |
 //! | `{ns}:outcome:{dependency}` | the last outcome accepted |
 //! | `{ns}:replica:{replica}` | a replica's heartbeat, with an expiry |
 //! | channel `{ns}:outcomes` | every outcome accepted |
@@ -15,6 +15,13 @@
 //! Lua scripts, so each is atomic: a lease is renewed or released only by
 //! the replica whose value it holds; an outcome is accepted only while its
 //! token is the latest granted for the dependency.
+//!
+//! A token is one more than the last one granted, and at least the Redis
+//! server's clock in milliseconds: a Redis that restarts without the
+//! counter (no persistence, or a crash before its last snapshot) still
+//! grants tokens newer than the ones granted before, so a holder from
+//! before the restart stays fenced. (Redis 5 or newer: the script reads
+//! `TIME` before it writes.)
 
 use std::fmt;
 use std::sync::Arc;
@@ -36,8 +43,14 @@ local cur = redis.call('GET', KEYS[1])
 if cur then
   return {0, cur, redis.call('PTTL', KEYS[1])}
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local token = redis.call('INCR', KEYS[2])
-local value = token .. ':' .. ARGV[1]
+if token <= now then
+  token = now
+  redis.call('SET', KEYS[2], string.format('%d', token))
+end
+local value = string.format('%d', token) .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
 return {1, value, tonumber(ARGV[2])}
 ";

@@ -80,6 +80,7 @@ async fn take_turn(member: Member) -> Turn {
                 result: Ok(()),
             };
         }
+        let asked = Instant::now();
         let acquired = inner
             .coordinator
             .acquire(&name, &inner.replica, settings.lease_ttl)
@@ -102,7 +103,7 @@ async fn take_turn(member: Member) -> Turn {
                     token = lease.token(),
                     "Recovery lease for '{name}' taken: this replica recovers it for the fleet"
                 );
-                return Turn::Run(Some(Guard::spawn(member.fleet.clone(), lease)));
+                return Turn::Run(Some(Guard::spawn(member.fleet.clone(), lease, asked)));
             }
             Ok(Acquire::HeldBy(holder)) if holder.replica == inner.replica => {
                 // Our own last cycle's lease, its release still on its way

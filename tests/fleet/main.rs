@@ -5,6 +5,7 @@
 #![cfg(feature = "redis")]
 
 mod redis_server;
+mod review3;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
