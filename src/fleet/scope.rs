@@ -28,11 +28,25 @@ pub(crate) async fn fleet_scope(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let fleet_scope = request.method() == Method::POST
-        && request
-            .uri()
-            .query()
-            .is_some_and(|q| q.split('&').any(|kv| kv == "scope=fleet"));
+    // `scope=fleet`, `scope=local` (the default) or nothing: any other
+    // scope is refused, so that a typo is not applied here alone while the
+    // operator believes it went fleet-wide.
+    let scope = request
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("scope=")))
+        .map(str::to_owned);
+    let fleet_scope = match scope.as_deref() {
+        None | Some("local") => false,
+        Some("fleet") => request.method() == Method::POST,
+        Some(_) if request.method() != Method::POST => false,
+        Some(other) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                &format!("scope={other}: expected scope=fleet or scope=local"),
+            );
+        }
+    };
     if !fleet_scope {
         return next.run(request).await;
     }

@@ -739,6 +739,19 @@ async fn a_fleet_scope_force_open_reaches_every_replica() {
     )
     .await;
     assert_eq!(status, 400);
+    // A mistyped scope is refused, not applied here alone.
+    let (status, body) = post(
+        a.clone(),
+        "/reliability/circuit-breaker/model_server/force-open?scope=Fleet",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("scope=Fleet"));
+    assert_eq!(
+        replicas[0].breaker.state(),
+        State::Closed,
+        "nothing applied"
+    );
     let sent = Instant::now();
     let (status, body) = post(
         a.clone(),
