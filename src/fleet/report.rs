@@ -105,13 +105,89 @@ pub(crate) fn scope(s: &FleetStatus, name: &str) -> &'static str {
     let Some(d) = s.dependencies.iter().find(|d| &*d.name == name) else {
         return "unknown";
     };
-    if !s.connected || d.reporting == 0 {
+    // The others as their heartbeats say; this replica as it is now (it
+    // is asked only about a dependency down here, and its own heartbeat may
+    // be a beat old).
+    let me = &*s.replica;
+    let others_reporting = s
+        .replicas
+        .iter()
+        .filter(|r| &*r.replica != me && r.dependencies.iter().any(|x| &*x.name == name))
+        .count();
+    let others_down = d.down_on.iter().filter(|r| &***r != me).count();
+    if !s.connected || others_reporting == 0 && d.reporting == 0 {
         "unknown"
-    } else if d.down_everywhere() {
+    } else if others_down == others_reporting {
         "fleet"
-    } else if d.down_on.len() <= 1 {
+    } else if others_down == 0 {
         "this_replica"
     } else {
         "some_replicas"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::scope;
+    use crate::fleet::{DependencyBeat, DependencyStatus, Fallback, FleetStatus, Heartbeat};
+
+    /// The fleet as replica `me` sees it: each replica's last heartbeat
+    /// says whether the model server is down there.
+    fn status(me: &str, beats: &[(&str, bool)]) -> FleetStatus {
+        let replicas: Vec<Heartbeat> = beats
+            .iter()
+            .map(|(r, down)| {
+                Heartbeat::new(
+                    *r,
+                    0,
+                    vec![DependencyBeat::new("model_server", None, "idle", *down)],
+                )
+            })
+            .collect();
+        FleetStatus {
+            replica: Arc::from(me),
+            connected: true,
+            disconnected_for: None,
+            last_error: None,
+            fallback: Fallback::Local,
+            lease_ttl: Duration::from_secs(10),
+            dependencies: vec![DependencyStatus {
+                name: Arc::from("model_server"),
+                holder: None,
+                last_outcome: None,
+                reporting: replicas.len(),
+                down_on: beats
+                    .iter()
+                    .filter(|(_, down)| *down)
+                    .map(|(r, _)| Arc::from(*r))
+                    .collect(),
+            }],
+            replicas,
+            commands_applied: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn this_replica_counts_as_down_whatever_its_last_heartbeat_said() {
+        // a's heartbeat is a beat old (still up); b and c are down: the
+        // dependency is down for the whole fleet.
+        let s = status("a", &[("a", false), ("b", true), ("c", true)]);
+        assert_eq!(scope(&s, "model_server"), "fleet");
+        let s = status("a", &[("a", false), ("b", false), ("c", true)]);
+        assert_eq!(scope(&s, "model_server"), "some_replicas");
+        let s = status("a", &[("a", true), ("b", false), ("c", false)]);
+        assert_eq!(scope(&s, "model_server"), "this_replica");
+        // Alone in the fleet: down here is down for all of it.
+        let s = status("a", &[("a", false)]);
+        assert_eq!(scope(&s, "model_server"), "fleet");
+        // Nobody reports it yet: unknown.
+        let s = status("a", &[]);
+        assert_eq!(scope(&s, "model_server"), "unknown");
+        let mut s = status("a", &[("a", true), ("b", true)]);
+        s.connected = false;
+        assert_eq!(scope(&s, "model_server"), "unknown");
     }
 }
