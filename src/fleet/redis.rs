@@ -8,6 +8,8 @@
 //! | `{ns}:token:{dependency}` | the fencing counter: the last token granted |
 //! | `{ns}:outcome:{dependency}` | the last outcome accepted |
 //! | `{ns}:replica:{replica}` | a replica's heartbeat, with an expiry |
+//! | `{ns}:command:seq` | the last command number given (at least the server's clock in ms) |
+//! | `{ns}:command:log` | the latest 64 command lines, newest first |
 //! | channel `{ns}:outcomes` | every outcome accepted |
 //! | channel `{ns}:commands` | fleet commands (`?scope=fleet`) |
 //!
@@ -81,9 +83,19 @@ return 1
 
 /// A command gets the next number (so that a replica that was away can
 /// tell which it missed), is kept among the latest 64, and is published.
+/// Like a fencing token, the number is at least the server's clock in
+/// milliseconds: after a restart that lost the counter, commands are still
+/// numbered after the ones the replicas saw before (and not taken for
+/// those).
 const BROADCAST: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id = redis.call('INCR', KEYS[1])
-local line = 'v2' .. '\t' .. id .. '\t' .. ARGV[1]
+if id <= now then
+  id = now
+  redis.call('SET', KEYS[1], string.format('%d', id))
+end
+local line = 'v2' .. '\t' .. string.format('%d', id) .. '\t' .. ARGV[1]
 redis.call('LPUSH', KEYS[2], line)
 redis.call('LTRIM', KEYS[2], 0, 63)
 return redis.call('PUBLISH', ARGV[2], line)
@@ -435,7 +447,9 @@ impl Coordinator for RedisCoordinator {
     fn recent_commands(&self) -> BoxFuture<'_, Result<Vec<Command>, Unavailable>> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            let lines: Vec<String> = redis::cmd("LRANGE")
+            // Bytes: one line that is not UTF-8 must not fail the read
+            // (a replica that cannot read the log does not join).
+            let lines: Vec<Vec<u8>> = redis::cmd("LRANGE")
                 .arg(self.key("command", "log"))
                 .arg(0)
                 .arg(63)
@@ -447,7 +461,7 @@ impl Coordinator for RedisCoordinator {
             Ok(lines
                 .iter()
                 .rev()
-                .filter_map(|l| codec::decode_command(l))
+                .filter_map(|l| codec::decode_command(std::str::from_utf8(l).ok()?))
                 .collect())
         })
     }

@@ -1,0 +1,98 @@
+//! Review 4 of the fleet: numbered commands across a Redis restart, and a
+//! command log holding a line this version cannot read.
+
+use super::*;
+
+/// Sends one command to the private Redis (RESP over a plain socket, so
+/// that the test can write bytes no client of this crate would).
+fn raw(port: u16, args: &[&[u8]]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a);
+        req.extend_from_slice(b"\r\n");
+    }
+    stream.write_all(&req).unwrap();
+    let mut buf = [0u8; 256];
+    let n = stream.read(&mut buf).unwrap();
+    buf[..n].to_vec()
+}
+
+fn plain_replica(redis: &RedisServer, id: &str) -> (Fleet, Breaker, Recovery) {
+    let fleet = Fleet::builder(coordinator(redis))
+        .replica_id(id)
+        .lease_ttl(Duration::from_millis(900))
+        .heartbeat_interval(Duration::from_millis(100))
+        .spawn();
+    let breaker = Breaker::builder("model_server").build();
+    let recovery = Recovery::builder("model_server", || async { Ok::<(), String>(()) })
+        .watch(&breaker)
+        .fleet(&fleet)
+        .spawn();
+    (fleet, breaker, recovery)
+}
+
+/// Redis restarts without the command counter (no persistence): the
+/// commands sent after it must still be numbered after the ones every
+/// replica saw before, or they are all taken for ones seen already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_command_after_a_redis_restart_reaches_the_replicas_that_stayed() {
+    let Some(mut redis) = RedisServer::start_or_skip("review4_command_restart") else {
+        return;
+    };
+    let (a, _a_breaker, _a_recovery) = plain_replica(&redis, "a");
+    let (b, b_breaker, _b_recovery) = plain_replica(&redis, "b");
+    connected(&a, true).await;
+    connected(&b, true).await;
+    for action in [
+        Action::Disable,
+        Action::Reset,
+        Action::Disable,
+        Action::Reset,
+    ] {
+        a.broadcast("model_server", action).await.unwrap();
+    }
+    eventually(Duration::from_secs(2), "b saw the 4 commands", || {
+        (b.status().commands_applied.len() == 4).then_some(())
+    })
+    .await;
+
+    redis.kill();
+    redis.start();
+    // Both are back (subscribed again, caught up).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sent = a.broadcast("model_server", Action::ForceOpen).await;
+        if matches!(sent, Ok(2)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never both subscribed: {sent:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eventually(
+        Duration::from_secs(3),
+        "b applied the command sent after the restart",
+        || (b_breaker.state() == State::ForcedOpen).then_some(()),
+    )
+    .await;
+}
+
+/// A line in the command log this version cannot read (another version's,
+/// or bytes that are not UTF-8) is skipped: it must not keep a replica from
+/// joining the fleet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_line_in_the_command_log_does_not_keep_a_replica_out() {
+    let Some(redis) = RedisServer::start_or_skip("review4_bad_log_line") else {
+        return;
+    };
+    let key = format!("{NS}:command:log");
+    let reply = raw(redis.port, &[b"LPUSH", key.as_bytes(), b"v2\t1\t\xff\xfe"]);
+    assert_eq!(reply, b":1\r\n");
+    let (a, _breaker, _recovery) = plain_replica(&redis, "a");
+    connected(&a, true).await;
+}
