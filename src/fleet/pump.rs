@@ -41,25 +41,26 @@ pub(super) async fn run(inner: Arc<Inner>) {
         let mut subscription = match subscribed {
             Ok(s) => s,
             Err(_) => {
-                let woken = inner.wake().notified();
-                tokio::pin!(woken);
-                woken.as_mut().enable();
-                if inner.stopped() {
+                if !pause(&inner, &mut retry).await {
                     return;
                 }
-                tokio::select! {
-                    () = tokio::time::sleep(retry) => {}
-                    () = woken => {}
-                }
-                retry = (retry * 2).min(RETRY_MAX);
                 continue;
             }
         };
-        retry = RETRY_FIRST;
         // Subscribed first, then caught up: nothing published in between
         // is missed (and a duplicate changes nothing).
         catch_up(&inner).await;
-        catch_up_commands(&inner).await;
+        // The commands missed must be read before any delivered live is
+        // applied (a later one would mark them seen): if the log cannot be
+        // read, subscribe again.
+        if !catch_up_commands(&inner).await {
+            drop(subscription);
+            if !pause(&inner, &mut retry).await {
+                return;
+            }
+            continue;
+        }
+        retry = RETRY_FIRST;
         let every = inner
             .settings
             .renew_every
@@ -130,6 +131,23 @@ pub(super) async fn run(inner: Arc<Inner>) {
     }
 }
 
+/// Waits before subscribing again (the delay grows), or until woken.
+/// Returns `false` when the fleet stopped.
+async fn pause(inner: &Inner, retry: &mut Duration) -> bool {
+    let woken = inner.wake().notified();
+    tokio::pin!(woken);
+    woken.as_mut().enable();
+    if inner.stopped() {
+        return false;
+    }
+    tokio::select! {
+        () = tokio::time::sleep(*retry) => {}
+        () = woken => {}
+    }
+    *retry = (*retry * 2).min(RETRY_MAX);
+    true
+}
+
 /// An outcome heard on the subscription is only news that one was
 /// published: anyone who reaches the coordinator can publish anything on
 /// the channel (a forged outcome with a huge token would hide every later
@@ -178,11 +196,12 @@ async fn join_commands(inner: &Inner) -> bool {
 
 /// Applies, in order, the commands sent while this replica was away (or
 /// between joining and subscribing): those numbered after the last it saw,
-/// sent within the window; older ones are only marked seen.
-async fn catch_up_commands(inner: &Inner) {
+/// sent within the window; older ones are only marked seen. Returns
+/// whether the log was read.
+async fn catch_up_commands(inner: &Inner) -> bool {
     let recent = inner.coordinator.recent_commands().await;
     inner.observe(&recent);
-    let Ok(recent) = recent else { return };
+    let Ok(recent) = recent else { return false };
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -196,6 +215,7 @@ async fn catch_up_commands(inner: &Inner) {
                 .fetch_max(command.id, std::sync::atomic::Ordering::AcqRel);
         }
     }
+    true
 }
 
 async fn refresh_holders(inner: &Inner) {

@@ -1,6 +1,8 @@
 //! Review 4 of the fleet: numbered commands across a Redis restart, and a
 //! command log holding a line this version cannot read.
 
+use tower_recovery::fleet::{BoxFuture, Holder, Lease, Published, Subscription, Unavailable};
+
 use super::*;
 
 /// Sends one command to the private Redis (RESP over a plain socket, so
@@ -95,4 +97,138 @@ async fn an_unreadable_line_in_the_command_log_does_not_keep_a_replica_out() {
     assert_eq!(reply, b":1\r\n");
     let (a, _breaker, _recovery) = plain_replica(&redis, "a");
     connected(&a, true).await;
+}
+
+/// A coordinator whose command log cannot be read while `log_down` is set
+/// (a timeout on that one read); everything else goes to Redis.
+struct LogFlaky {
+    inner: RedisCoordinator,
+    log_down: Arc<std::sync::atomic::AtomicBool>,
+    log_failures: Arc<AtomicUsize>,
+}
+
+impl Coordinator for LogFlaky {
+    fn acquire<'a>(
+        &'a self,
+        dependency: &'a str,
+        replica: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Acquire, Unavailable>> {
+        self.inner.acquire(dependency, replica, ttl)
+    }
+    fn renew<'a>(
+        &'a self,
+        lease: &'a Lease,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, Unavailable>> {
+        self.inner.renew(lease, ttl)
+    }
+    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<bool, Unavailable>> {
+        self.inner.release(lease)
+    }
+    fn holder<'a>(
+        &'a self,
+        dependency: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Holder>, Unavailable>> {
+        self.inner.holder(dependency)
+    }
+    fn publish<'a>(
+        &'a self,
+        lease: &'a Lease,
+        outcome: &'a Outcome,
+    ) -> BoxFuture<'a, Result<bool, Unavailable>> {
+        self.inner.publish(lease, outcome)
+    }
+    fn last_outcome<'a>(
+        &'a self,
+        dependency: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Published>, Unavailable>> {
+        self.inner.last_outcome(dependency)
+    }
+    fn subscribe(&self) -> BoxFuture<'_, Result<Subscription, Unavailable>> {
+        self.inner.subscribe()
+    }
+    fn broadcast<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<usize, Unavailable>> {
+        self.inner.broadcast(command)
+    }
+    fn recent_commands(&self) -> BoxFuture<'_, Result<Vec<Command>, Unavailable>> {
+        if self.log_down.load(Ordering::SeqCst) {
+            self.log_failures.fetch_add(1, Ordering::SeqCst);
+            return Box::pin(async { Err(Unavailable::new("timed out reading the log")) });
+        }
+        self.inner.recent_commands()
+    }
+    fn heartbeat<'a>(
+        &'a self,
+        beat: &'a Heartbeat,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), Unavailable>> {
+        self.inner.heartbeat(beat, ttl)
+    }
+    fn replicas(&self) -> BoxFuture<'_, Result<Vec<Heartbeat>, Unavailable>> {
+        self.inner.replicas()
+    }
+}
+
+/// b comes back after missing a command, subscribes, but its one read of
+/// the command log fails: the missed command must still be applied (the
+/// catch-up retried), not skipped for good when a later command arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_catch_up_read_does_not_lose_the_missed_command() {
+    let Some(redis) = RedisServer::start_or_skip("review4_catch_up_fails") else {
+        return;
+    };
+    let (a, _a_breaker, _a_recovery) = plain_replica(&redis, "a");
+    let relay = Relay::start(redis.port).await;
+    let log_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let log_failures = Arc::new(AtomicUsize::new(0));
+    let b = Fleet::builder(LogFlaky {
+        inner: RedisCoordinator::builder(format!("redis://127.0.0.1:{}/", relay.port))
+            .namespace(NS)
+            .timeout(Duration::from_millis(300))
+            .build()
+            .unwrap(),
+        log_down: log_down.clone(),
+        log_failures: log_failures.clone(),
+    })
+    .replica_id("b")
+    .lease_ttl(Duration::from_millis(900))
+    .heartbeat_interval(Duration::from_millis(100))
+    .spawn();
+    let b_breaker = Breaker::builder("model_server").build();
+    let _b_recovery = Recovery::builder("model_server", || async { Ok::<(), String>(()) })
+        .watch(&b_breaker)
+        .fleet(&b)
+        .spawn();
+    connected(&a, true).await;
+    connected(&b, true).await;
+
+    relay.cut();
+    connected(&b, false).await;
+    assert_eq!(
+        a.broadcast("model_server", Action::ForceOpen)
+            .await
+            .unwrap(),
+        1
+    );
+    // b is back, but its first read of the log fails.
+    log_down.store(true, Ordering::SeqCst);
+    relay.restore();
+    eventually(Duration::from_secs(5), "b's catch-up read failed", || {
+        (log_failures.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    log_down.store(false, Ordering::SeqCst);
+    // A later command (for a dependency b does not have) arrives live.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.broadcast("asr", Action::Reset).await.unwrap() < 2 {
+        assert!(Instant::now() < deadline, "b never subscribed again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually(
+        Duration::from_secs(5),
+        "b applied the command it missed",
+        || (b_breaker.state() == State::ForcedOpen).then_some(()),
+    )
+    .await;
 }
