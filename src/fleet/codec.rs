@@ -98,22 +98,23 @@ pub(crate) fn decode_published(line: &str) -> Option<Published> {
     })
 }
 
-/// A command's line, as the coordinator sends it: `v2`, its number (given
-/// by the coordinator), then [`encode_command_fields`].
+/// A command's line, as the coordinator sends it: `v2`, its number and
+/// when it was sent (both given by the coordinator), then
+/// [`encode_command_fields`].
 #[cfg(test)]
 pub(crate) fn encode_command(c: &Command) -> String {
-    format!("v2\t{}\t{}", c.id, encode_command_fields(c))
+    format!(
+        "v2\t{}\t{}\t{}",
+        c.id,
+        c.sent_at_ms,
+        encode_command_fields(c)
+    )
 }
 
-/// A command's fields after its number: when it was sent, the dependency,
-/// the action, the replica it came from.
+/// A command's fields after its number and time: the dependency, the
+/// action, the replica it came from.
 pub(crate) fn encode_command_fields(c: &Command) -> String {
-    join(&[
-        &c.sent_at_ms.to_string(),
-        &c.dependency,
-        c.action.as_str(),
-        &c.from,
-    ])
+    join(&[&c.dependency, c.action.as_str(), &c.from])
 }
 
 /// A command's line, or `None`.

@@ -396,8 +396,11 @@ pub struct Command {
     /// Its number, given by the coordinator when it is broadcast (0
     /// before): later commands have higher numbers.
     pub id: u64,
-    /// When it was sent (milliseconds since the Unix epoch, the sender's
-    /// clock).
+    /// When it was sent (milliseconds since the Unix epoch): the sender's
+    /// clock until it is broadcast; then the coordinator's, if it keeps a
+    /// clock (Redis: its `TIME`), and in [`Coordinator::recent_commands`],
+    /// translated to this replica's clock (a replica whose clock is off
+    /// misjudges no command's age).
     pub sent_at_ms: u64,
 }
 

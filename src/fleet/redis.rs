@@ -82,7 +82,9 @@ return 1
 ";
 
 /// A command gets the next number (so that a replica that was away can
-/// tell which it missed), is kept among the latest 64, and is published.
+/// tell which it missed) and the time it is sent, by the server's clock
+/// (not the sender's, which may be off), is kept among the latest 64, and
+/// is published.
 /// Like a fencing token, the number is at least the server's clock in
 /// milliseconds: after a restart that lost the counter, commands are still
 /// numbered after the ones the replicas saw before (and not taken for
@@ -95,10 +97,18 @@ if id <= now then
   id = now
   redis.call('SET', KEYS[1], string.format('%d', id))
 end
-local line = 'v2' .. '\t' .. string.format('%d', id) .. '\t' .. ARGV[1]
+local line = 'v2' .. '\t' .. string.format('%d', id) .. '\t' .. string.format('%d', now) .. '\t' .. ARGV[1]
 redis.call('LPUSH', KEYS[2], line)
 redis.call('LTRIM', KEYS[2], 0, 63)
 return redis.call('PUBLISH', ARGV[2], line)
+";
+
+/// The kept commands, with the server's clock (in milliseconds) to read
+/// their times by.
+const RECENT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return {now, redis.call('LRANGE', KEYS[1], 0, 63)}
 ";
 
 /// The URL given to [`RedisCoordinator::new`] is not a Redis URL.
@@ -158,6 +168,7 @@ impl RedisBuilder {
                 release: Script::new(RELEASE),
                 publish: Script::new(PUBLISH),
                 broadcast: Script::new(BROADCAST),
+                recent: Script::new(RECENT),
             }),
         })
     }
@@ -169,6 +180,7 @@ struct Scripts {
     release: Script,
     publish: Script,
     broadcast: Script,
+    recent: Script,
 }
 
 /// A [`Coordinator`] on Redis (a single server, or a primary).
@@ -449,19 +461,29 @@ impl Coordinator for RedisCoordinator {
             let mut conn = self.conn().await?;
             // Bytes: one line that is not UTF-8 must not fail the read
             // (a replica that cannot read the log does not join).
-            let lines: Vec<Vec<u8>> = redis::cmd("LRANGE")
-                .arg(self.key("command", "log"))
-                .arg(0)
-                .arg(63)
-                .query_async(&mut conn)
+            let (server_now, lines): (i64, Vec<Vec<u8>>) = self
+                .scripts
+                .recent
+                .key(self.key("command", "log"))
+                .invoke_async(&mut conn)
                 .await
                 .map_err(|e| self.failed(e))?;
+            // The times are the server's: read by this replica's clock
+            // (which may be off from it).
+            let local_now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let offset = local_now - server_now;
             // Newest first in the list: oldest first here. A line this
             // version cannot read is skipped.
             Ok(lines
                 .iter()
                 .rev()
                 .filter_map(|l| codec::decode_command(std::str::from_utf8(l).ok()?))
+                .map(|mut c| {
+                    c.sent_at_ms = (c.sent_at_ms as i64).saturating_add(offset).max(0) as u64;
+                    c
+                })
                 .collect())
         })
     }

@@ -232,3 +232,47 @@ async fn a_failed_catch_up_read_does_not_lose_the_missed_command() {
     )
     .await;
 }
+
+/// The sender's clock is six minutes slow (or the receiver's fast): a
+/// command it sent a moment ago while b was away is not five minutes old,
+/// and b must apply it on its return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_from_a_replica_with_a_slow_clock_is_caught_up() {
+    let Some(redis) = RedisServer::start_or_skip("review4_clock_skew") else {
+        return;
+    };
+    let relay = Relay::start(redis.port).await;
+    let b = Fleet::builder(
+        RedisCoordinator::builder(format!("redis://127.0.0.1:{}/", relay.port))
+            .namespace(NS)
+            .timeout(Duration::from_millis(300))
+            .build()
+            .unwrap(),
+    )
+    .replica_id("b")
+    .lease_ttl(Duration::from_millis(900))
+    .heartbeat_interval(Duration::from_millis(100))
+    .spawn();
+    let b_breaker = Breaker::builder("model_server").build();
+    let _b_recovery = Recovery::builder("model_server", || async { Ok::<(), String>(()) })
+        .watch(&b_breaker)
+        .fleet(&b)
+        .spawn();
+    connected(&b, true).await;
+    relay.cut();
+    connected(&b, false).await;
+
+    // a, whose clock is six minutes behind, sends a command now.
+    let a = coordinator(&redis);
+    let mut command = Command::new("model_server", Action::ForceOpen, "a");
+    command.sent_at_ms -= 6 * 60 * 1000;
+    assert_eq!(a.broadcast(&command).await.unwrap(), 0);
+
+    relay.restore();
+    eventually(
+        Duration::from_secs(5),
+        "b applied the command it missed",
+        || (b_breaker.state() == State::ForcedOpen).then_some(()),
+    )
+    .await;
+}
