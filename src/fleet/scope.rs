@@ -30,11 +30,30 @@ pub(crate) async fn fleet_scope(
 ) -> Response {
     // `scope=fleet`, `scope=local` (the default) or nothing: any other
     // scope is refused, so that a typo is not applied here alone while the
-    // operator believes it went fleet-wide.
-    let scope = request
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("scope=")))
+    // operator believes it went fleet-wide. On a POST, so is any other
+    // query parameter (a mistyped key: none of these routes takes one) and
+    // a second scope.
+    let query = request.uri().query().unwrap_or("");
+    let pairs = query.split('&').filter(|kv| !kv.is_empty());
+    if request.method() == Method::POST {
+        let mut scopes = 0;
+        for kv in pairs.clone() {
+            let key = kv.split_once('=').map_or(kv, |(k, _)| k);
+            if key != "scope" || !kv.contains('=') {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    &format!("?{kv}: expected scope=fleet or scope=local"),
+                );
+            }
+            scopes += 1;
+        }
+        if scopes > 1 {
+            return refuse(StatusCode::BAD_REQUEST, "scope given more than once");
+        }
+    }
+    let scope = pairs
+        .clone()
+        .find_map(|kv| kv.strip_prefix("scope="))
         .map(str::to_owned);
     let fleet_scope = match scope.as_deref() {
         None | Some("local") => false,

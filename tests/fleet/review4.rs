@@ -276,3 +276,66 @@ async fn a_command_from_a_replica_with_a_slow_clock_is_caught_up() {
     )
     .await;
 }
+
+/// `?scope=` is the only query the admin POSTs take: a mistyped key
+/// (`Scope=fleet`, `scopes=fleet`) or two scopes must be refused, not
+/// applied here alone while the operator believes it went fleet-wide.
+#[tokio::test]
+async fn a_mistyped_or_repeated_scope_key_is_refused() {
+    use axum::body::Body;
+    use tower::ServiceExt;
+    use tower_recovery::admin::Admin;
+    use tower_recovery::drain::Drain;
+    use tower_recovery::health::{Dependency, HealthCheck, Reliability};
+
+    // No Redis needed: nothing may be sent.
+    let fleet = Fleet::builder(
+        RedisCoordinator::builder("redis://127.0.0.1:1/")
+            .build()
+            .unwrap(),
+    )
+    .replica_id("a")
+    .spawn();
+    let breaker = Breaker::builder("model_server").build();
+    let recovery = Recovery::builder("model_server", || async { Ok::<(), String>(()) })
+        .watch(&breaker)
+        .fleet(&fleet)
+        .spawn();
+    let reliability = Reliability::builder()
+        .dependency(
+            Dependency::new(
+                "model_server",
+                HealthCheck::new(|| async { Ok::<(), String>(()) }),
+            )
+            .breaker(&breaker)
+            .recovery(&recovery),
+        )
+        .build()
+        .unwrap();
+    let router = Admin::new(&reliability, &Drain::default())
+        .fleet(&fleet)
+        .token("t0ken")
+        .router::<()>();
+    for query in [
+        "Scope=fleet",
+        "scopes=fleet",
+        "scope",
+        "scope=local&scope=fleet",
+        "scope=fleet&scope=local",
+    ] {
+        let response = router
+            .clone()
+            .oneshot(
+                http::Request::post(format!(
+                    "/reliability/circuit-breaker/model_server/force-open?{query}"
+                ))
+                .header("authorization", "Bearer t0ken")
+                .body(Body::empty())
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "?{query}");
+        assert_eq!(breaker.state(), State::Closed, "?{query} applied here");
+    }
+}
