@@ -114,7 +114,21 @@ pub(crate) fn scope(s: &FleetStatus, name: &str) -> &'static str {
         .iter()
         .filter(|r| &*r.replica != me && r.dependencies.iter().any(|x| &*x.name == name))
         .count();
-    let others_down = d.down_on.iter().filter(|r| &***r != me).count();
+    // Down here is what `/health` says (the breaker not closed, or the
+    // check failing): another replica counts as down by its heartbeat's
+    // `down`, or its breaker not closed (forced open or disabled there too:
+    // a fleet-wide force-open is not "this replica" only).
+    let others_down = s
+        .replicas
+        .iter()
+        .filter(|r| {
+            &*r.replica != me
+                && r.dependencies.iter().any(|x| {
+                    &*x.name == name
+                        && (x.down || x.breaker.as_deref().is_some_and(|b| b != "closed"))
+                })
+        })
+        .count();
     if !s.connected || others_reporting == 0 && d.reporting == 0 {
         "unknown"
     } else if others_down == others_reporting {
@@ -189,5 +203,19 @@ mod tests {
         let mut s = status("a", &[("a", true), ("b", true)]);
         s.connected = false;
         assert_eq!(scope(&s, "model_server"), "unknown");
+    }
+
+    #[test]
+    fn a_breaker_forced_open_everywhere_is_down_for_the_fleet() {
+        // A fleet-wide force-open: no heartbeat says down (a forced-open
+        // breaker is not in `down`), but /health asks because the breaker
+        // is not closed here, and it is not closed anywhere.
+        let mut s = status("a", &[("a", false), ("b", false), ("c", false)]);
+        for r in &mut s.replicas {
+            r.dependencies[0].breaker = Some(Arc::from("forced_open"));
+        }
+        assert_eq!(scope(&s, "model_server"), "fleet");
+        s.replicas[2].dependencies[0].breaker = Some(Arc::from("closed"));
+        assert_eq!(scope(&s, "model_server"), "some_replicas");
     }
 }
