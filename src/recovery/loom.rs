@@ -44,6 +44,10 @@ fn shared() -> Arc<Shared> {
         returned: crate::sync::atomic::AtomicU64::new(0),
         gate: std::sync::OnceLock::new(),
         waiting_for: Mutex::new(None),
+        // The crate's dev-dependency on itself (for the demo) turns the
+        // fleet on in every test build.
+        #[cfg(feature = "fleet")]
+        fleet: None,
     })
 }
 
