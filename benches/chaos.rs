@@ -5,34 +5,14 @@
 //!
 //! `cargo bench --bench chaos`.
 
-use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 use tower_recovery::chaos::{Chaos, Faults};
 
 mod support;
-use support::{block_on, inner};
-
-fn run<S>(svc: &S, iters: u64) -> Duration
-where
-    S: Service<bool> + Clone,
-{
-    let mut svc = svc.clone();
-    let start = Instant::now();
-    block_on(async {
-        for _ in 0..iters {
-            let Ok(ready) = svc.ready().await else {
-                unreachable!("never fails poll_ready")
-            };
-            let future = ready.call(black_box(false));
-            let out = black_box(future).await;
-            black_box(out.is_ok());
-        }
-    });
-    start.elapsed()
-}
+use support::{inner, run_one_thread as run};
 
 fn chaos(c: &mut Criterion) {
     let mut g = c.benchmark_group("chaos");

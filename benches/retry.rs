@@ -7,36 +7,16 @@
 //!
 //! `cargo bench --features retry --bench retry`.
 
-use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use tower::Layer;
 use tower::retry::RetryLayer;
-use tower::{Layer, Service, ServiceExt};
 use tower_recovery::circuit_breaker::Breaker;
 
 mod support;
-use support::{block_on, inner};
+use support::{inner, run_one_thread as run};
 use tower_recovery::retry::RetryPolicy;
-
-fn run<S>(svc: &S, iters: u64) -> Duration
-where
-    S: Service<bool> + Clone,
-{
-    let mut svc = svc.clone();
-    let start = Instant::now();
-    block_on(async {
-        for _ in 0..iters {
-            let Ok(ready) = svc.ready().await else {
-                unreachable!("never fails poll_ready")
-            };
-            let future = ready.call(black_box(false));
-            let out = black_box(future).await;
-            black_box(out.is_ok());
-        }
-    });
-    start.elapsed()
-}
 
 fn retry(c: &mut Criterion) {
     let mut g = c.benchmark_group("retry_success_path");
