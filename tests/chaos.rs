@@ -3,6 +3,9 @@
 //! through the admin routes (and their auth), and a reqwest client stack.
 #![cfg(all(feature = "chaos", feature = "admin"))]
 
+#[path = "common/captured_logs.rs"]
+mod captured_logs;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,32 +54,6 @@ where
         }
     }
     failed
-}
-
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Log {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
-    type Writer = Log;
-    fn make_writer(&'a self) -> Log {
-        self.clone()
-    }
-}
-
-impl Log {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
 }
 
 // ===== the layer on services =====
@@ -227,12 +204,7 @@ async fn added_latency_is_waited_before_the_inner_future_runs() {
 
 #[tokio::test(start_paused = true)]
 async fn a_rehearsal_with_a_duration_ends_itself_and_says_so() {
-    let log = Log::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(log.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (log, _guard) = captured_logs::capture();
 
     let chaos = Chaos::new("model_server");
     let (_, inner) = counted();

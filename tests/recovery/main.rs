@@ -1,5 +1,7 @@
 //! Recovery rules on paused tokio time, one test per rule.
 
+#[path = "../common/captured_logs.rs"]
+mod captured_logs;
 mod http_e2e;
 mod regressions;
 mod rules;

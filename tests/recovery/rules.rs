@@ -417,30 +417,7 @@ async fn dropping_every_handle_stops_the_task() {
 
 #[tokio::test(start_paused = true)]
 async fn logs_reproduce_the_seed_lines() {
-    use tracing_subscriber::fmt::MakeWriter;
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    impl<'a> MakeWriter<'a> for Buf {
-        type Writer = Buf;
-        fn make_writer(&'a self) -> Buf {
-            self.clone()
-        }
-    }
-    let buf = Buf::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(buf.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = crate::captured_logs::capture();
 
     let b = breaker();
     let script = Script::default();
@@ -455,7 +432,7 @@ async fn logs_reproduce_the_seed_lines() {
     script.set_healthy(true);
     recovery.wait_idle_or_cooling().await;
 
-    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let log = logs.text();
     let expected = [
         "Circuit breaker 'model_server': Transitioning to OPEN",
         "Circuit breaker 'model_server' opened, triggering auto-recovery",
