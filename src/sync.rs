@@ -21,3 +21,45 @@ pub(crate) use loom::sync::{Mutex, MutexGuard, atomic};
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// A value readers load without a shared write and writers replace whole
+/// (copy on write): `arc-swap`'s `ArcSwap`, or under loom a mutex around
+/// the `Arc` (the same operations, each one step the model can interleave).
+#[cfg(all(feature = "circuit-breaker", not(tower_recovery_loom)))]
+pub(crate) struct Swap<T>(arc_swap::ArcSwap<T>);
+
+#[cfg(all(feature = "circuit-breaker", not(tower_recovery_loom)))]
+impl<T> Swap<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self(arc_swap::ArcSwap::from_pointee(value))
+    }
+
+    /// The current value, held for a short read (no reference count
+    /// taken: a guard in this thread's own slots).
+    #[inline]
+    pub(crate) fn load(&self) -> arc_swap::Guard<std::sync::Arc<T>> {
+        self.0.load()
+    }
+
+    pub(crate) fn store(&self, value: T) {
+        self.0.store(std::sync::Arc::new(value));
+    }
+}
+
+#[cfg(all(feature = "circuit-breaker", tower_recovery_loom))]
+pub(crate) struct Swap<T>(Mutex<std::sync::Arc<T>>);
+
+#[cfg(all(feature = "circuit-breaker", tower_recovery_loom))]
+impl<T> Swap<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self(Mutex::new(std::sync::Arc::new(value)))
+    }
+
+    pub(crate) fn load(&self) -> std::sync::Arc<T> {
+        lock(&self.0).clone()
+    }
+
+    pub(crate) fn store(&self, value: T) {
+        *lock(&self.0) = std::sync::Arc::new(value);
+    }
+}

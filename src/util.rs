@@ -82,6 +82,31 @@ impl Striped {
         cell.0.fetch_add(n, crate::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Adds one, ordered before the loads that follow it (the reader's half
+    /// of a store-buffering pair: see the keyed registry's eviction).
+    #[inline]
+    pub(crate) fn enter(&self) {
+        let cell = &self.cells[stripe() & (self.cells.len() - 1)];
+        cell.0.fetch_add(1, crate::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Takes one away (from this thread's cell: cells wrap, their sum does
+    /// not), after everything this thread did before.
+    #[inline]
+    pub(crate) fn leave(&self) {
+        let cell = &self.cells[stripe() & (self.cells.len() - 1)];
+        cell.0.fetch_sub(1, crate::sync::atomic::Ordering::Release);
+    }
+
+    /// The sum of [`enter`](Self::enter)s less [`leave`](Self::leave)s, each
+    /// cell read by a read-modify-write (the latest value, ordered after
+    /// what came before it).
+    pub(crate) fn net(&self) -> u64 {
+        self.cells.iter().fold(0u64, |sum, c| {
+            sum.wrapping_add(c.0.fetch_add(0, crate::sync::atomic::Ordering::SeqCst))
+        })
+    }
+
     pub(crate) fn sum(&self) -> u64 {
         self.cells
             .iter()

@@ -31,8 +31,8 @@ pub struct Builder {
     recent_events: usize,
     ramp: Option<(f64, Duration)>,
     clock: Option<Clock>,
-    /// The keyed registry this breaker belongs to (for its metrics).
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    /// The keyed registry this breaker belongs to (its metrics, and its
+    /// calls counted in flight).
     keyed: Option<Arc<str>>,
 }
 
@@ -339,6 +339,7 @@ impl Builder {
                 initial_ppm: ppm(share).min(1_000_000),
                 duration: saturating_nanos(duration),
             }),
+            in_registry: self.keyed.is_some(),
             #[cfg(feature = "metrics")]
             keyed: self
                 .keyed

@@ -141,6 +141,8 @@ pub(crate) struct Config {
     pub(crate) recent_events: usize,
     /// A staged half-open: a rising share of calls instead of fixed probes.
     pub(crate) ramp: Option<Ramp>,
+    /// One of a keyed registry's breakers: its calls are counted in flight.
+    pub(crate) in_registry: bool,
     /// A keyed registry's breaker: metrics labelled by the registry, and its
     /// keys-per-state gauge kept instead of a state gauge per key.
     #[cfg(feature = "metrics")]
@@ -234,7 +236,21 @@ pub(crate) struct Ticket {
     start: u64,
 }
 
+/// A ticket's `start` bit saying that its call is counted in flight (a
+/// keyed registry's call: see `Core::in_flight`). Start times, in
+/// nanoseconds of the breaker's clock, never reach it.
+const COUNTED: u64 = 1 << 63;
+
 impl Ticket {
+    /// The same admission, counted in flight: its end takes the count back.
+    #[inline]
+    pub(crate) fn counted(self) -> Self {
+        Self {
+            word: self.word,
+            start: self.start | COUNTED,
+        }
+    }
+
     /// The state word the call was admitted under.
     #[inline]
     pub(crate) fn word(&self) -> u64 {
@@ -399,6 +415,10 @@ pub(crate) struct Core {
     half_open_since: AtomicU64,
     /// Calls that asked for admission in this ramp (picks admissions).
     ramp_calls: AtomicU64,
+    /// A keyed registry's breaker: its calls in flight, so that a sweep
+    /// never drops a key whose call has yet to record its outcome. Striped:
+    /// threads calling the same key do not share a cache line.
+    in_flight: Option<crate::util::Striped>,
     window: Window,
     /// No window and no slow-call detection: a success only resets the
     /// consecutive count.
@@ -478,6 +498,7 @@ impl Core {
             slow_limit: AtomicU64::new(cfg.slow_nanos.unwrap_or(0)),
             permits: AtomicU64::new(u64::from(cfg.permits)),
             period_permits: AtomicU64::new(u64::from(cfg.permits)),
+            in_flight: cfg.in_registry.then(crate::util::Striped::new),
             open_base: AtomicU64::new(cfg.open_base),
             metrics_only: AtomicBool::new(cfg.metrics_only),
             shadow_rejected: AtomicU64::new(0),
@@ -736,6 +757,9 @@ impl Core {
             // Disabled records nothing.
             _ => {}
         }
+        // Last: a sweep that sees the call ended sees what it recorded (a
+        // trip included), so it never drops a key its call just opened.
+        self.leave(ticket);
     }
 
     /// Records a finished call whose failure came with the upstream's
@@ -763,6 +787,43 @@ impl Core {
         if code(ticket.word) == HALF_OPEN {
             self.give_back_permit(ticket.word);
         }
+        self.leave(ticket);
+    }
+
+    // ===== calls in flight (a keyed registry's breakers) =====
+
+    /// Counts a call in flight, before its admission; `false` for a breaker
+    /// outside a registry (nothing counted).
+    #[inline]
+    pub(crate) fn enter(&self) -> bool {
+        match &self.in_flight {
+            Some(n) => {
+                n.enter();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes back the count of a call `enter` counted whose ticket was
+    /// never made (a rejection, or a key found being evicted).
+    #[inline]
+    pub(crate) fn leave_uncounted(&self) {
+        if let Some(n) = &self.in_flight {
+            n.leave();
+        }
+    }
+
+    #[inline]
+    fn leave(&self, ticket: Ticket) {
+        if ticket.start & COUNTED != 0 {
+            self.leave_uncounted();
+        }
+    }
+
+    /// Calls counted in flight now (0 outside a registry).
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight.as_ref().map_or(0, crate::util::Striped::net)
     }
 
     #[inline]
@@ -862,7 +923,10 @@ impl Core {
         let slow = match self.cfg.slow_nanos {
             Some(_) => {
                 let limit = self.slow_limit.load(Ordering::Relaxed);
-                self.clock.now_nanos().saturating_sub(ticket.start) >= limit
+                self.clock
+                    .now_nanos()
+                    .saturating_sub(ticket.start & !COUNTED)
+                    >= limit
             }
             None => false,
         };

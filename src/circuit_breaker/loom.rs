@@ -250,3 +250,71 @@ fn a_straggler_into_a_rotated_slot_is_counted_not_lost() {
         assert_eq!((w.calls(39), failures), (c.calls + 1, c.failures));
     });
 }
+
+// ===== keyed registry: eviction against calls in flight =====
+
+/// A registry whose key `1` exists, closed and idle past its timeout.
+fn idle_key() -> (super::keyed::KeyedBreaker<u8>, ManualClock) {
+    let clock = ManualClock::new();
+    let keyed = super::keyed::KeyedBreaker::<u8>::builder(
+        Breaker::builder("loom")
+            .consecutive_failures(1)
+            .clock(clock.clone()),
+    )
+    .idle_timeout(Duration::from_secs(1))
+    .build();
+    drop(keyed.get(&1));
+    clock.advance(Duration::from_secs(2));
+    (keyed, clock)
+}
+
+/// A call finding its key while a sweep decides to drop it: either the
+/// sweep keeps the key (it saw the call in flight) or the call does not use
+/// the dropped breaker (it saw the sweep) and makes a new one. Either way
+/// the failure it records opens the breaker the registry has.
+#[test]
+fn a_sweep_and_a_call_finding_its_key_never_orphan_the_call() {
+    model(|| {
+        let (keyed, _clock) = idle_key();
+        let caller = {
+            let keyed = keyed.clone();
+            thread::spawn(move || {
+                let (b, counted) = keyed.enter_for_model(&1);
+                assert!(counted, "a key's own breaker counts its calls");
+                let ticket = b.core.admit().expect("closed").counted();
+                b.core.complete(ticket, crate::classify::Outcome::Failure);
+            })
+        };
+        keyed.evict_idle();
+        caller.join().unwrap();
+        let found = keyed.find(&1).map(|b| b.state());
+        assert_eq!(
+            found,
+            Some(State::Open),
+            "the failure's breaker is the key's"
+        );
+    });
+}
+
+/// A call admitted before the sweep ends while it runs: the sweep sees it
+/// in flight, or sees what it recorded (it records, then leaves).
+#[test]
+fn a_call_ending_during_a_sweep_is_seen_in_flight_or_recorded() {
+    model(|| {
+        let (keyed, clock) = idle_key();
+        let (b, counted) = keyed.enter_for_model(&1);
+        assert!(counted);
+        let ticket = b.core.admit().expect("closed").counted();
+        // The lookup marked the key used: a first sweep clears the mark,
+        // so that the one below finds it idle but for the call in flight.
+        keyed.evict_idle();
+        clock.advance(Duration::from_secs(2));
+        let caller = thread::spawn(move || {
+            b.core.complete(ticket, crate::classify::Outcome::Failure);
+        });
+        keyed.evict_idle();
+        caller.join().unwrap();
+        let found = keyed.find(&1).map(|b| b.state());
+        assert_eq!(found, Some(State::Open));
+    });
+}

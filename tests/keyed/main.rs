@@ -453,7 +453,6 @@ async fn an_evicted_breaker_is_dropped_with_no_shard_lock_held() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "review1 finding (not fixed): a closed key whose only call outlives two sweeps is evicted; the breaker that call then opens is orphaned"]
 async fn a_key_with_a_call_in_flight_is_not_forgotten_open() {
     let keyed = KeyedBreaker::<&'static str>::builder(
         Breaker::builder("host")
@@ -479,11 +478,12 @@ async fn a_key_with_a_call_in_flight_is_not_forgotten_open() {
     let call = svc.ready().await.unwrap().call(1);
     let call = tokio::spawn(call);
     tokio::task::yield_now().await;
-    // ...and outlives two sweeps a minute apart.
+    // ...and outlives two sweeps a minute apart: the key is kept.
     tokio::time::advance(Duration::from_secs(30)).await;
-    keyed.evict_idle();
+    assert_eq!(keyed.evict_idle(), 0);
     tokio::time::advance(Duration::from_secs(61)).await;
-    keyed.evict_idle();
+    assert_eq!(keyed.evict_idle(), 0, "a key with a call in flight is kept");
+    assert_eq!(keyed.len(), 1);
     // It fails: the key's breaker opens.
     release.send(()).unwrap();
     assert!(call.await.unwrap().is_err());
@@ -494,4 +494,114 @@ async fn a_key_with_a_call_in_flight_is_not_forgotten_open() {
         err.downcast_ref::<Rejected>().is_some(),
         "the open breaker was forgotten: {err}"
     );
+}
+
+/// Every way a call ends gives its in-flight count back: once idle, the
+/// key is dropped (a count left behind would keep it forever).
+#[tokio::test(start_paused = true)]
+async fn calls_that_end_any_way_leave_nothing_in_flight() {
+    let keyed = KeyedBreaker::<u32>::builder(
+        Breaker::builder("host")
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(1)),
+    )
+    .idle_timeout(Duration::from_secs(60))
+    .build();
+    let mut svc = ServiceBuilder::new()
+        .layer(keyed.layer(|req: &(u32, u8)| req.0))
+        .service(service_fn(|(_, how): (u32, u8)| async move {
+            match how {
+                0 => Ok(()),
+                1 => Err(std::io::Error::other("upstream failed")),
+                _ => std::future::pending().await,
+            }
+        }));
+    // Key 1: a success. Key 2: a failure (opens), then a rejection while
+    // open, then a success as its probe. Key 3: a call dropped unfinished.
+    svc.ready().await.unwrap().call((1, 0)).await.unwrap();
+    assert!(svc.ready().await.unwrap().call((2, 1)).await.is_err());
+    let rejected = svc.ready().await.unwrap().call((2, 0)).await.unwrap_err();
+    assert!(rejected.downcast_ref::<Rejected>().is_some());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    svc.ready().await.unwrap().call((2, 0)).await.unwrap();
+    assert_eq!(keyed.get(&2).state(), State::Closed);
+    let dropped = svc.ready().await.unwrap().call((3, 2));
+    drop(dropped);
+    assert_eq!(keyed.len(), 3);
+    // Two sweeps a timeout apart, no calls: all three are idle and none
+    // is in flight.
+    assert_eq!(keyed.evict_idle(), 0, "just used");
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(keyed.evict_idle(), 3);
+    assert!(keyed.is_empty());
+}
+
+/// Many callers on two threads, keys coming and going while sweeps run: no
+/// key is dropped with a call in flight (each call holds a barrier of its
+/// own key until the sweep has run), and every count comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeps_racing_calls_on_two_threads_drop_no_key_in_flight() {
+    let clock = tower_recovery::clock::ManualClock::new();
+    let keyed = KeyedBreaker::<u32>::builder(
+        Breaker::builder("host")
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(3600))
+            .clock(clock.clone()),
+    )
+    .idle_timeout(Duration::from_secs(1))
+    .build();
+    let svc = ServiceBuilder::new()
+        .layer(keyed.layer(|req: &u32| *req))
+        .service(service_fn(|_: u32| async move {
+            tokio::task::yield_now().await;
+            Err::<(), _>(std::io::Error::other("upstream failed"))
+        }));
+    let sweeper = {
+        let keyed = keyed.clone();
+        let clock = clock.clone();
+        tokio::spawn(async move {
+            let mut dropped = 0;
+            for _ in 0..2_000 {
+                clock.advance(Duration::from_secs(2));
+                dropped += keyed.evict_idle();
+                tokio::task::yield_now().await;
+            }
+            dropped
+        })
+    };
+    let callers: Vec<_> = (0..4u32)
+        .map(|c| {
+            let mut svc = svc.clone();
+            let keyed = keyed.clone();
+            tokio::spawn(async move {
+                for i in 0..500u32 {
+                    // Two keys of this caller's own.
+                    let key = c * 2 + i % 2;
+                    let err = svc.ready().await.unwrap().call(key).await.unwrap_err();
+                    assert!(
+                        err.downcast_ref::<Rejected>().is_none(),
+                        "reset after each call: never open when called"
+                    );
+                    // The failure opened the key's breaker: the registry
+                    // must still have it, open.
+                    let found = keyed
+                        .find(&key)
+                        .unwrap_or_else(|| panic!("key {key} dropped with a call in flight"));
+                    assert_eq!(found.state(), State::Open, "key {key} forgotten open");
+                    // Closed again, so that it can go idle and be swept.
+                    found.reset();
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    let dropped = sweeper.await.unwrap();
+    assert!(dropped > 0, "sweeps dropped idle keys meanwhile");
+    clock.advance(Duration::from_secs(2));
+    keyed.evict_idle();
+    clock.advance(Duration::from_secs(2));
+    keyed.evict_idle();
+    assert!(keyed.is_empty(), "a count was left behind");
 }

@@ -67,15 +67,17 @@
 //!   every quarter of the idle timeout), or when you call
 //!   [`KeyedBreaker::evict_idle`] (on a timer, if you want stale keys gone
 //!   from reports sooner). A key is dropped between one and about one and
-//!   a quarter idle timeouts after its last call *started*: a call still
-//!   in flight on a dropped key records its outcome on the dropped breaker,
-//!   so a failing call that lasts longer than the idle timeout (a stream, a
-//!   hung upstream with no timeout inside the breaker) can open a breaker
-//!   the registry has already forgotten, and the key's next call starts
-//!   closed. Keep the idle timeout well above your longest call (a
-//!   `Timeout` inside the breaker bounds it); counting calls in flight per
-//!   key would close this gap at two shared atomic writes per call, not
-//!   paid today.
+//!   a quarter idle timeouts after its last call *started*, and **never
+//!   while a call of it is in flight**: each key's breaker counts its calls
+//!   in flight (striped per thread, so callers on different threads do not
+//!   share a cache line), so a call that outlives the idle timeout (a
+//!   stream, a hung upstream) still records its outcome on the breaker the
+//!   registry keeps, and a failure it brings opens that breaker. A sweep
+//!   and a call finding the key at the same moment never miss each other:
+//!   the call counts itself before it checks whether the key is being
+//!   dropped, the sweep marks the key before it reads the count (the
+//!   `loom` models `a_sweep_and_a_call_finding_its_key_never_orphan_the_call`
+//!   and `a_call_ending_during_a_sweep_is_seen_in_flight_or_recorded`).
 //! - **A cap on keys.** At most [`max_keys`](Builder::max_keys) (default
 //!   1,000) keys have a breaker of their own. Past the cap, a new key's
 //!   calls go through one shared **overflow breaker**
@@ -96,12 +98,19 @@
 //!
 //! # Cost
 //!
-//! A call hashes its key, finds it under a read lock of one of 16 shards
-//! (no write to shared memory beyond the lock word), and asks that key's
-//! breaker for admission as the plain layer does; its response future
-//! keeps the breaker alive with a credit of this thread (see the README,
-//! "Performance"), not a reference count. The first call of a key builds
-//! its breaker. The README's "Keyed breakers" gives measured numbers.
+//! A call hashes its key and finds it in a snapshot of one of 16 shards of
+//! the key map, read with no lock and no shared write (`arc-swap`: the
+//! snapshot is held in this thread's own slots; a new key or a sweep
+//! replaces a shard's map whole, one writer at a time). It marks the key
+//! used (a load, and a store only when the mark was clear), counts the
+//! call in flight in this thread's stripe, and asks that key's breaker for
+//! admission as the plain layer does; its response future keeps the
+//! breaker alive with a credit of this thread (see the README,
+//! "Performance"), not a reference count. So callers on several threads
+//! calling the same key share no written cache line beyond what the
+//! breaker itself writes. The first call of a key builds its breaker and
+//! copies its shard's map (about 1/16 of the keys). The README's "Keyed
+//! breakers" gives measured numbers.
 //!
 //! # Tower contract
 //!

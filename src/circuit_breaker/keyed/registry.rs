@@ -2,9 +2,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Key, KeyedCircuitBreakerLayer, Summary};
@@ -12,6 +11,16 @@ use crate::circuit_breaker::core::{Core, Ticket};
 use crate::circuit_breaker::{Breaker, Builder as BreakerBuilder, Rejection, Snapshot, State};
 use crate::clock::{Clock, saturating_nanos};
 use crate::lease::Lease;
+use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{Mutex, Swap, lock};
+
+/// Hashes keys to shards and within them: random per registry (keys come
+/// from requests), fixed under the model checker, whose executions must
+/// each touch the same shard.
+#[cfg(not(tower_recovery_loom))]
+type Hasher = std::hash::RandomState;
+#[cfg(tower_recovery_loom)]
+type Hasher = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
 
 /// Shards of the key map: a power of two, so that threads working for
 /// different keys rarely share a lock word.
@@ -40,8 +49,8 @@ impl<K> Clone for KeyedBreaker<K> {
 struct Shared<K> {
     name: Arc<str>,
     template: BreakerBuilder,
-    shards: Box<[RwLock<HashMap<K, Entry>>]>,
-    hasher: RandomState,
+    shards: Box<[Shard<K>]>,
+    hasher: Hasher,
     len: AtomicUsize,
     max_keys: usize,
     idle_timeout: Option<u64>,
@@ -53,6 +62,14 @@ struct Shared<K> {
     last_sweep: AtomicU64,
 }
 
+/// Part of the key map. Calls read it without a lock (a snapshot of the
+/// map, replaced whole by each change); changes (a new key, a sweep) are
+/// made one at a time under `write`.
+struct Shard<K> {
+    map: Swap<HashMap<K, Arc<Entry>, Hasher>>,
+    write: Mutex<()>,
+}
+
 /// A key's breaker, and what idle eviction needs to know of it.
 struct Entry {
     breaker: Breaker,
@@ -62,14 +79,47 @@ struct Entry {
     /// The time of the latest sweep that found the key used, or its
     /// creation: its last call was no later than this.
     seen: AtomicU64,
+    /// Set by a sweep about to drop the key (and cleared if it keeps it
+    /// after all). A call that finds it set does not use the key's breaker:
+    /// see `Entry::enter`.
+    evicting: AtomicBool,
 }
 
 impl Entry {
+    fn new(breaker: Breaker, now: u64) -> Self {
+        Self {
+            breaker,
+            used: AtomicBool::new(false),
+            seen: AtomicU64::new(now),
+            evicting: AtomicBool::new(false),
+        }
+    }
+
     #[inline]
     fn touch(&self) {
         if !self.used.load(Ordering::Relaxed) {
             self.used.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a call in flight on this key's breaker, unless a sweep is
+    /// dropping the key: then nothing is counted and the call must find
+    /// the key again (under the shard's write lock, once the sweep is
+    /// done with it).
+    ///
+    /// The count is raised before the flag is read, and the sweep sets the
+    /// flag before it reads the count (all sequentially consistent): one of
+    /// the two sees the other, so either the sweep keeps the key or the
+    /// call does not use it. Never both missed.
+    #[inline]
+    fn enter(&self) -> bool {
+        self.touch();
+        self.breaker.core.enter();
+        if self.evicting.load(Ordering::SeqCst) {
+            self.breaker.core.leave_uncounted();
+            return false;
+        }
+        true
     }
 }
 
@@ -122,8 +172,13 @@ impl<K: Key> Builder<K> {
             shared: Arc::new(Shared {
                 name,
                 template: self.template,
-                shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
-                hasher: RandomState::new(),
+                shards: (0..SHARDS)
+                    .map(|_| Shard {
+                        map: Swap::new(HashMap::default()),
+                        write: Mutex::new(()),
+                    })
+                    .collect(),
+                hasher: Hasher::default(),
                 len: AtomicUsize::new(0),
                 max_keys: self.max_keys,
                 idle_timeout: self.idle_timeout.map(saturating_nanos),
@@ -135,14 +190,6 @@ impl<K: Key> Builder<K> {
             }),
         }
     }
-}
-
-fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
 // ===== impl KeyedBreaker =====
@@ -178,16 +225,29 @@ impl<K: Key> KeyedBreaker<K> {
 
     /// The breaker of `key`, made now if it has none. Past the cap, the
     /// overflow breaker (see the [module docs](super)).
+    ///
+    /// The handle is the key's breaker while the registry keeps the key:
+    /// calls made through it directly (not through the registry's layer)
+    /// do not mark the key used, and once the key is dropped for being idle
+    /// the handle is a breaker of its own that the registry no longer
+    /// shows. Ask the registry again rather than keeping it.
     pub fn get(&self, key: &K) -> Breaker {
-        Breaker {
-            core: self.with_core(key, Arc::clone),
+        let shard = &self.shared.shards[self.shard(key)];
+        if let Some(entry) = shard.map.load().get(key) {
+            entry.touch();
+            return entry.breaker.clone();
         }
+        let (core, counted) = self.enter_new(key, shard);
+        if counted {
+            core.leave_uncounted();
+        }
+        Breaker { core }
     }
 
     /// The breaker of `key` if it has one; makes nothing.
     pub fn find(&self, key: &K) -> Option<Breaker> {
         let shard = &self.shared.shards[self.shard(key)];
-        read(shard).get(key).map(|e| e.breaker.clone())
+        shard.map.load().get(key).map(|e| e.breaker.clone())
     }
 
     /// The breaker new keys share once the cap is reached.
@@ -284,8 +344,8 @@ impl<K: Key> KeyedBreaker<K> {
     fn breakers(&self) -> Vec<(K, Breaker)> {
         let mut all = Vec::with_capacity(self.len());
         for shard in self.shared.shards.iter() {
-            let shard = read(shard);
-            all.extend(shard.iter().map(|(k, e)| (k.clone(), e.breaker.clone())));
+            let map = shard.map.load();
+            all.extend(map.iter().map(|(k, e)| (k.clone(), e.breaker.clone())));
         }
         all
     }
@@ -295,31 +355,14 @@ impl<K: Key> KeyedBreaker<K> {
         (self.shared.hasher.hash_one(key) as usize) & (SHARDS - 1)
     }
 
-    /// `f` of the breaker of `key` (made if it has none; the overflow
-    /// breaker past the cap), under a shard's lock: `f` must be a plain
-    /// read or a reference count.
-    #[inline]
-    fn with_core<R>(&self, key: &K, f: impl Fn(&Arc<Core>) -> R) -> R {
-        let shard = &self.shared.shards[self.shard(key)];
-        {
-            let map = read(shard);
-            if let Some(entry) = map.get(key) {
-                entry.touch();
-                return f(&entry.breaker.core);
-            }
-        }
-        self.with_new(key, shard, &f)
-    }
-
-    /// The first call of `key`, or one past the cap.
+    /// The breaker of a key the call did not find in the map (or found
+    /// being evicted): found again under the shard's write lock, or made,
+    /// or the overflow breaker past the cap. With whether the call is
+    /// counted in flight on it (never on the overflow breaker, which no
+    /// sweep drops).
     #[cold]
     #[inline(never)]
-    fn with_new<R>(
-        &self,
-        key: &K,
-        shard: &RwLock<HashMap<K, Entry>>,
-        f: &dyn Fn(&Arc<Core>) -> R,
-    ) -> R {
+    fn enter_new(&self, key: &K, shard: &Shard<K>) -> (Arc<Core>, bool) {
         let shared = &*self.shared;
         let now = shared.clock.now_nanos();
         if let Some(timeout) = shared.idle_timeout {
@@ -336,12 +379,16 @@ impl<K: Key> KeyedBreaker<K> {
         if shared.len.load(Ordering::Acquire) >= shared.max_keys {
             // Full: not worth building a breaker that cannot be kept (a
             // flood of new keys costs a lookup each, nothing more).
-            if let Some(entry) = read(shard).get(key) {
-                entry.touch();
-                return f(&entry.breaker.core);
+            let _write = lock(&shard.write);
+            if let Some(entry) = shard.map.load().get(key) {
+                // Under the write lock no sweep is deciding this shard's
+                // keys, so the key is not being evicted.
+                let entered = entry.enter();
+                debug_assert!(entered);
+                return (entry.breaker.core.clone(), entered);
             }
             shared.overflowed.fetch_add(1, Ordering::Relaxed);
-            return f(&shared.overflow.core);
+            return (shared.overflow.core.clone(), false);
         }
         // Built with no lock held; a racing thread that inserts first wins
         // and this one is dropped unused.
@@ -352,10 +399,12 @@ impl<K: Key> KeyedBreaker<K> {
             .renamed(format!("{}[{text}]", shared.name).into())
             .keyed(&shared.name)
             .build();
-        let mut map = write(shard);
+        let write = lock(&shard.write);
+        let map = shard.map.load();
         if let Some(entry) = map.get(key) {
-            entry.touch();
-            return f(&entry.breaker.core);
+            let entered = entry.enter();
+            debug_assert!(entered);
+            return (entry.breaker.core.clone(), entered);
         }
         let room = shared
             .len
@@ -364,30 +413,31 @@ impl<K: Key> KeyedBreaker<K> {
             })
             .is_ok();
         if !room {
-            drop(map);
+            drop(write);
             shared.overflowed.fetch_add(1, Ordering::Relaxed);
-            return f(&shared.overflow.core);
+            return (shared.overflow.core.clone(), false);
         }
-        let out = f(&breaker.core);
+        // Counted in flight before anyone can see it; not marked used (its
+        // creation time is its last use).
+        let entered = breaker.core.enter();
+        let entry = Arc::new(Entry::new(breaker, now));
+        let core = entry.breaker.core.clone();
         #[cfg(feature = "metrics")]
-        let joined = breaker.core.cfg.keyed.as_ref().map(|m| m.join());
-        map.insert(
-            key.clone(),
-            Entry {
-                breaker,
-                used: AtomicBool::new(false),
-                seen: AtomicU64::new(now),
-            },
-        );
+        let joined = core.cfg.keyed.as_ref().map(|m| m.join());
+        let mut next = HashMap::clone(&map);
+        next.insert(key.clone(), entry);
+        shard.map.store(next);
         drop(map);
+        drop(write);
         #[cfg(feature = "metrics")]
         if let Some(joined) = joined {
             joined.report();
         }
-        out
+        (core, entered)
     }
 
-    /// Drops the closed keys not used since `timeout` before `now`.
+    /// Drops the closed keys not used since `timeout` before `now`, and
+    /// with no call in flight.
     fn sweep(&self, now: u64) -> usize {
         let Some(timeout) = self.shared.idle_timeout else {
             return 0;
@@ -400,28 +450,52 @@ impl<K: Key> KeyedBreaker<K> {
         #[cfg(feature = "metrics")]
         let mut left = Vec::new();
         for shard in self.shared.shards.iter() {
-            let mut map = write(shard);
-            map.retain(|_, entry| {
-                if entry.used.swap(false, Ordering::Relaxed)
-                    || entry.breaker.core.state() != State::Closed
-                {
+            let write = lock(&shard.write);
+            let map = shard.map.load();
+            let mut doomed = Vec::new();
+            for (key, entry) in map.iter() {
+                let core = &entry.breaker.core;
+                if entry.used.swap(false, Ordering::Relaxed) || core.state() != State::Closed {
                     // Used, or not closed (an open key must never be
                     // forgotten: that would readmit a failing upstream):
                     // a closed key is idle from here at the earliest.
                     entry.seen.store(now, Ordering::Relaxed);
-                    return true;
+                    continue;
                 }
-                let keep = now.saturating_sub(entry.seen.load(Ordering::Relaxed)) < timeout;
-                if !keep {
-                    dropped += 1;
-                    evicted.push(entry.breaker.clone());
+                if now.saturating_sub(entry.seen.load(Ordering::Relaxed)) < timeout {
+                    continue;
+                }
+                // Idle by its calls' starts; dropped only if no call is in
+                // flight. The flag first, then the count (see
+                // `Entry::enter`); then the state, which a call that ended
+                // since may have changed (it records before it leaves).
+                entry.evicting.store(true, Ordering::SeqCst);
+                if core.in_flight() != 0 || core.state() != State::Closed {
+                    entry.evicting.store(false, Ordering::SeqCst);
+                    entry.seen.store(now, Ordering::Relaxed);
+                    continue;
+                }
+                doomed.push(key.clone());
+            }
+            if doomed.is_empty() {
+                continue;
+            }
+            let mut next = HashMap::clone(&map);
+            for key in &doomed {
+                if let Some(entry) = next.remove(key) {
                     #[cfg(feature = "metrics")]
                     if let Some(member) = &entry.breaker.core.cfg.keyed {
                         left.push(member.leave());
                     }
+                    evicted.push(entry);
                 }
-                keep
-            });
+            }
+            dropped += doomed.len();
+            shard.map.store(next);
+            drop(map);
+            drop(write);
+            // Keys are cloned under the lock: dropped after it.
+            drop(doomed);
         }
         self.shared.len.fetch_sub(dropped, Ordering::AcqRel);
         self.shared
@@ -436,18 +510,60 @@ impl<K: Key> KeyedBreaker<K> {
     }
 
     /// Admission for one call of `key`: the lease and the started ticket,
-    /// or the rejection. Under the shard's lock only a credit this thread
-    /// holds is taken back, or a reference count; the breaker is asked
-    /// for admission after the lock is released (an admission may make a
-    /// transition, which wakes and logs).
+    /// or the rejection. The key's breaker is found in a snapshot of the
+    /// map (no lock, no shared write), its call counted in flight, and
+    /// only then asked for admission, with no lock held (an admission may
+    /// make a transition, which wakes and logs).
     #[inline]
     pub(super) fn admit(&self, key: &K) -> Result<(Lease<Core>, Ticket), Rejection> {
-        let lease = self
-            .with_core(key, |core| Lease::reuse(core).ok_or_else(|| core.clone()))
-            .unwrap_or_else(Lease::from_arc);
-        let mut ticket = lease.admit()?;
+        let shard = &self.shared.shards[self.shard(key)];
+        let found = {
+            let map = shard.map.load();
+            match map.get(key) {
+                Some(entry) if entry.enter() => Some(
+                    Lease::reuse(&entry.breaker.core).ok_or_else(|| entry.breaker.core.clone()),
+                ),
+                _ => None,
+            }
+        };
+        let (lease, counted) = match found {
+            Some(lease) => (lease.unwrap_or_else(Lease::from_arc), true),
+            None => {
+                let (core, counted) = self.enter_new(key, shard);
+                (Lease::from_arc(core), counted)
+            }
+        };
+        let mut ticket = match lease.admit() {
+            Ok(ticket) => ticket,
+            Err(rejected) => {
+                if counted {
+                    lease.leave_uncounted();
+                }
+                return Err(rejected);
+            }
+        };
         lease.start(&mut ticket);
+        if counted {
+            ticket = ticket.counted();
+        }
         Ok((lease, ticket))
+    }
+
+    /// The breaker of `key` with a call counted in flight on it, for the
+    /// model checker (which runs no leases): the same finding as `admit`.
+    #[cfg(all(test, tower_recovery_loom))]
+    pub(crate) fn enter_for_model(&self, key: &K) -> (Breaker, bool) {
+        let shard = &self.shared.shards[self.shard(key)];
+        {
+            let map = shard.map.load();
+            if let Some(entry) = map.get(key) {
+                if entry.enter() {
+                    return (entry.breaker.clone(), true);
+                }
+            }
+        }
+        let (core, counted) = self.enter_new(key, shard);
+        (Breaker { core }, counted)
     }
 }
 
