@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `GET /health` | `application/health+json` (IETF draft-inadarei-api-health-check); 200 for pass and warn, 503 for fail and while draining |
 //! | `GET /livez` | 200 while the process runs, draining or not |
-//! | `GET /readyz` | 200 once startup passed and until draining begins, else 503 |
+//! | `GET /readyz` | 200 once startup passed (and, in a fleet, its standing states were applied here) and until draining begins, else 503 |
 //! | `GET /reliability` | breakers (keyed registries summed up), recoveries, monitor and drain, as JSON |
 //! | `POST /reliability/auto-recovery/{name}/trigger` | 202 with the trigger outcome |
 //! | `POST /reliability/circuit-breaker/{name}/reset` | 200; resets the breaker and its recovery |
@@ -30,6 +30,13 @@
 //! then sent to every replica, which applies it at once and lists it in
 //! its own `/reliability`; the answer says how many replicas were
 //! subscribed to receive it, or 503 when it could be applied here only.
+//! A fleet-scope force-open or disable *stands* until a fleet-scope reset:
+//! replicas that join or return later are put in it (before `/readyz`
+//! answers 200), `/reliability`'s `fleet.dependencies.{name}.standing`
+//! shows it with the replicas that diverge from it (reset here alone
+//! since: allowed, reported), and a local reset, force-open or disable of
+//! a dependency with a standing state says so in its answer
+//! (`fleet.standing`, `fleet.diverges`).
 //!
 //! # Changing a running breaker
 //!
@@ -130,8 +137,11 @@ impl Admin {
 
     /// Reports this replica's fleet: a `fleet` section in `/reliability`
     /// (replicas alive, who holds each lease, how many replicas see each
-    /// dependency down) and, in `/health`, whether a dependency that is
-    /// down is down for the whole fleet or only here.
+    /// dependency down, the fleet-wide manual states that stand and the
+    /// replicas that diverge from them) and, in `/health`, whether a
+    /// dependency that is down is down for the whole fleet or only here.
+    /// `/readyz` answers 503 until the fleet's standing states were
+    /// applied here ([`Fleet::standing_applied`](crate::fleet::Fleet::standing_applied)).
     #[cfg(feature = "fleet")]
     #[cfg_attr(docsrs, doc(cfg(feature = "fleet")))]
     pub fn fleet(mut self, fleet: &crate::fleet::Fleet) -> Self {
@@ -423,6 +433,17 @@ async fn livez() -> Response {
     )
 }
 
+/// Whether this replica's fleet, if any, has applied its standing states
+/// (a replica that joins takes no traffic for a dependency the fleet cut
+/// off).
+fn fleet_standing_applied(_admin: &Admin) -> bool {
+    #[cfg(feature = "fleet")]
+    if let Some(fleet) = &_admin.fleet {
+        return fleet.standing_applied();
+    }
+    true
+}
+
 async fn readyz(State(admin): AdminState) -> Response {
     let (code, reason) = if admin.drain.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, Some("draining"))
@@ -430,6 +451,11 @@ async fn readyz(State(admin): AdminState) -> Response {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Some("waiting for required dependencies"),
+        )
+    } else if !fleet_standing_applied(&admin) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("applying the fleet's standing states"),
         )
     } else {
         (StatusCode::OK, None)

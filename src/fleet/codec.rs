@@ -132,6 +132,16 @@ pub(crate) fn decode_command(line: &str) -> Option<Command> {
     })
 }
 
+/// A dependency's standing state, as a coordinator that stores strings
+/// keeps it: `field` the dependency, `value` its command's line. `None`
+/// for anything odd (not UTF-8, not a command line, a trigger, no number,
+/// or a line about another dependency than its field).
+pub(crate) fn decode_standing(field: &[u8], value: &[u8]) -> Option<Command> {
+    let command = decode_command(std::str::from_utf8(value).ok()?)?;
+    (command.action.is_manual_state() && command.id != 0 && command.dependency.as_bytes() == field)
+        .then_some(command)
+}
+
 /// A heartbeat as lines: the replica first, then one per dependency.
 pub(crate) fn encode_heartbeat(beat: &Heartbeat) -> String {
     let mut out = join(&[VERSION, &beat.replica, &beat.sent_at_ms.to_string()]);
@@ -217,6 +227,58 @@ mod tests {
         assert_eq!(decode_command("v2\t1\t2\tm\texplode\tpod"), None);
         assert_eq!(decode_command("v2\tx\t2\tm\treset\tpod"), None);
         assert_eq!(decode_command("v1\tm\treset\tpod"), None);
+    }
+
+    #[test]
+    fn standing_states_decode_and_odd_ones_are_skipped() {
+        let mut c = Command::new("model\tserver", Action::ForceOpen, "pod-1");
+        c.id = 1_700_000_000_123;
+        c.sent_at_ms = 1_700_000_000_000;
+        let line = encode_command(&c);
+        assert_eq!(
+            decode_standing(b"model\tserver", line.as_bytes()),
+            Some(c.clone())
+        );
+        for action in [Action::Reset, Action::Disable] {
+            let mut d = c.clone();
+            d.action = action;
+            assert_eq!(
+                decode_standing(b"model\tserver", encode_command(&d).as_bytes()),
+                Some(d)
+            );
+        }
+        // Filed under another dependency: a forged or misplaced line.
+        assert_eq!(decode_standing(b"asr", line.as_bytes()), None);
+        // A trigger does not stand; a line without a number orders nothing.
+        let mut t = c.clone();
+        t.action = Action::Trigger;
+        assert_eq!(
+            decode_standing(b"model\tserver", encode_command(&t).as_bytes()),
+            None
+        );
+        let mut z = c.clone();
+        z.id = 0;
+        assert_eq!(
+            decode_standing(b"model\tserver", encode_command(&z).as_bytes()),
+            None
+        );
+        // Not UTF-8, not a line, numbers out of range: skipped, no panic.
+        for value in [
+            &b"\xff\xfe"[..],
+            b"",
+            b"v2",
+            b"v2\t\t\t\t\t",
+            b"v2\t99999999999999999999999\t1\tm\tforce_open\tp",
+            b"v2\t-1\t1\tm\tforce_open\tp",
+            b"v2\t1\t1\tm\tforce_open\tp\textra",
+            b"\\\\\\",
+        ] {
+            assert_eq!(decode_standing(b"m", value), None, "{value:?}");
+        }
+        assert_eq!(
+            decode_standing(b"m", b"v2\t5\t1\tm\tdisable\tp").map(|c| (c.id, c.action)),
+            Some((5, Action::Disable))
+        );
     }
 
     #[test]

@@ -38,6 +38,13 @@
 //!   dependencies' breaker and recovery states, with a time to live, so
 //!   replicas that died vanish. [`Fleet::status`] says which replicas are
 //!   alive, how many see each dependency down, and who holds each lease.
+//! - **Fleet-wide commands, and states that stand.** An admin action may
+//!   target the fleet ([`Fleet::broadcast`], `?scope=fleet` on the admin
+//!   POSTs): every replica applies it at once, and one that was away
+//!   applies it on its return (if sent in the last 5 minutes). A
+//!   fleet-wide force-open or disable also *stands* until a fleet-wide
+//!   reset: a replica that joins later, or returns after any absence, is
+//!   put in it (see [Standing states](#standing-states)).
 //!
 //! ```no_run
 //! # #[cfg(feature = "redis")]
@@ -68,10 +75,61 @@
 //! a pause) before it loses the lease. Heartbeats go out every 2 s and live
 //! 6 s.
 //!
+//! # Standing states
+//!
+//! An operator who force-opens (or disables) a dependency for the whole
+//! fleet means every replica, including the ones that start afterwards: a
+//! pod restarted, a scale-up, a replica that was cut off from Redis longer
+//! than the catch-up window. So a fleet-wide force-open or disable is kept
+//! as the dependency's *standing state* ([`Coordinator::standing`]; in
+//! Redis a hash, `{ns}:standing`), written in the same atomic step that
+//! numbers the command; a fleet-wide reset replaces it (a trigger is
+//! one-off and does not touch it). It has no time to live: it stands until
+//! an operator resets it fleet-wide (it is lost only with Redis's data: run
+//! Redis with persistence if it must survive a Redis restart).
+//!
+//! - **When a replica applies it.** On joining: after it subscribed to the
+//!   commands and before anything else, so before its first heartbeat that
+//!   lists the dependency (a dependency is left out of the heartbeat until
+//!   then) and before [`Fleet::standing_applied`] is true, which `/readyz`
+//!   waits for with `Admin::fleet` (a replica takes no traffic for a
+//!   dependency the fleet cut off; measured: 2-5 ms after the replica
+//!   started, with Redis on the same host). A recovery built after the
+//!   fleet joined wakes it to apply its dependency's state. On every
+//!   return (reconnection), the same way, before its first heartbeat.
+//!   In between, commands come live, in order; the standing states are
+//!   read again every heartbeat interval for the report only (a read must
+//!   not overtake a command queued on the subscription). If the
+//!   coordinator cannot be reached, the replica is not kept unready:
+//!   [`Fleet::standing_applied`] turns true at the failed attempt, and the
+//!   states are applied on reconnection.
+//! - **Order.** Commands are numbered by the coordinator, and a standing
+//!   state is always the highest-numbered manual-state command of its
+//!   dependency. Each replica applies a dependency's manual-state commands
+//!   only in increasing number, whether one comes live, from the catch-up
+//!   or as the standing state: so a standing state read just before a
+//!   fleet-wide reset, with the reset delivered after, ends reset; a reset
+//!   and a force-open sent while a replica joins end forced open, without
+//!   closing it on the way; and when two operators act at once, every
+//!   replica (the senders included) ends in the state of the later one.
+//! - **A standing reset** (the latest command was a fleet-wide reset) only
+//!   clears a state the fleet had put this replica in while it was away; a
+//!   replica that joins after it does nothing.
+//! - **Local decisions are not fought.** A replica-local reset (or
+//!   force-open, disable) while a fleet state stands is applied as asked;
+//!   the standing state is applied once per command number, so later reads
+//!   and reconnections do not undo it. It is reported instead:
+//!   [`Standing::diverges`], `/reliability`'s
+//!   `fleet.dependencies.{name}.standing` (`diverges_here`,
+//!   `replicas_diverging` by the replicas' heartbeats), the local POST's
+//!   answer, and a `warn` line. A new fleet-wide command (a new number) is
+//!   applied again.
+//!
 //! # Another engine
 //!
 //! [`Coordinator`] is the whole contract: leases with fencing tokens,
-//! outcomes, a subscription and heartbeats. [`RedisCoordinator`] is the one
+//! outcomes, a subscription, numbered commands with their log and
+//! standing states, and heartbeats. [`RedisCoordinator`] is the one
 //! shipped (feature `redis`).
 //!
 //! [`TriggerOutcome::RunningElsewhere`]: crate::recovery::TriggerOutcome::RunningElsewhere
@@ -86,6 +144,7 @@ mod redis;
 pub(crate) mod report;
 #[cfg(feature = "admin")]
 pub(crate) mod scope;
+mod standing;
 
 use std::fmt;
 use std::future::Future;
@@ -96,6 +155,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
+use crate::circuit_breaker::State as BreakerState;
 use crate::recovery::{RecoveryState, WeakRecovery};
 use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::{Mutex, lock};
@@ -106,6 +166,7 @@ pub(crate) use self::agent::Guard;
 pub use self::redis::{InvalidRedisUrl, RedisBuilder, RedisCoordinator};
 #[cfg(feature = "admin")]
 pub(crate) use self::scope::fleet_scope;
+use self::standing::{Manual, Step, Via};
 
 /// Gauge: 1 while this replica reaches its coordinator, else 0 (`replica`).
 pub const FLEET_CONNECTED: &str = "tower_recovery_fleet_connected";
@@ -179,7 +240,24 @@ pub trait Coordinator: Send + Sync + 'static {
     /// Sends `command` to every replica subscribed now (this one
     /// included), numbered after the commands before it, and keeps it
     /// among the recent ones. Returns how many received it.
+    ///
+    /// A coordinator that keeps [standing states](Self::standing) keeps a
+    /// reset, force-open or disable as its dependency's standing state too,
+    /// in the same atomic step as its numbering (so that the standing state
+    /// is always the latest of them by number).
     fn broadcast<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<usize, Unavailable>>;
+
+    /// The standing manual states: for each dependency, the latest fleet
+    /// command that set one ([`Action::ForceOpen`], [`Action::Disable`]) or
+    /// cleared it ([`Action::Reset`]), kept with no expiry (an operator's
+    /// decision), its time read by this replica's clock as in
+    /// [`recent_commands`](Self::recent_commands). What a replica applies
+    /// when it joins or returns, however long it was away. The default
+    /// keeps none: a replica that joins later is not put in the fleet's
+    /// state.
+    fn standing(&self) -> BoxFuture<'_, Result<Vec<Command>, Unavailable>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 
     /// The latest commands broadcast (at most 64), oldest first, with
     /// their numbers: what a replica that was away applies on its return
@@ -455,6 +533,21 @@ impl Action {
             _ => return None,
         })
     }
+
+    /// Whether it sets or clears a manual state that stands for the fleet
+    /// (reset, force-open, disable), unlike a trigger, which is one-off.
+    pub fn is_manual_state(&self) -> bool {
+        !matches!(self, Action::Trigger)
+    }
+
+    /// The breaker state it puts a breaker in, for one that stands.
+    pub(crate) fn breaker_state(&self) -> Option<BreakerState> {
+        match self {
+            Action::ForceOpen => Some(BreakerState::ForcedOpen),
+            Action::Disable => Some(BreakerState::Disabled),
+            Action::Reset | Action::Trigger => None,
+        }
+    }
 }
 
 /// Outcomes and commands as they are published, from
@@ -697,6 +790,8 @@ struct Entry {
     name: Arc<str>,
     recovery: std::sync::OnceLock<WeakRecovery>,
     view: watch::Sender<View>,
+    /// Its fleet-wide manual state, as this replica knows it.
+    manual: Manual,
 }
 
 /// What this replica knows of a dependency's lease and outcomes.
@@ -875,9 +970,13 @@ impl Inner {
 
     /// This replica's heartbeat, read from its recoveries with no lock of
     /// the fleet held.
+    /// A dependency is in it once its standing state was applied (or the
+    /// coordinator was found unreachable): a replica that joins never
+    /// reports a dependency as it was before the fleet's state.
     pub(crate) fn beat(&self) -> Heartbeat {
         let entries: Vec<(Arc<str>, Option<WeakRecovery>)> = lock(&self.deps)
             .iter()
+            .filter(|e| e.manual.settled)
             .map(|e| (e.name.clone(), e.recovery.get().cloned()))
             .collect();
         let dependencies = entries
@@ -908,9 +1007,14 @@ impl Inner {
         Heartbeat::new(self.replica.clone(), sent_at_ms, dependencies)
     }
 
-    /// Applies a command another replica broadcast (this replica's own
-    /// were applied where they were made), with no lock held while the
-    /// breaker and recovery act.
+    /// Applies a command broadcast to the fleet, delivered live or found
+    /// on a catch-up, with no lock held while the breaker and recovery
+    /// act. Another replica's is applied as it says; this replica's own
+    /// was applied where it was made, and its manual state is only made
+    /// good again if another replica's earlier one was applied here since
+    /// (two operators at once: the later by number wins everywhere). A
+    /// manual-state command older than one applied here for the
+    /// dependency (found standing first) changes nothing.
     pub(crate) fn apply(&self, command: Command) {
         // Seen already (delivered live and found again on a catch-up, or
         // the other way round).
@@ -919,47 +1023,170 @@ impl Inner {
         {
             return;
         }
-        if command.from == self.replica {
+        let ours = command.from == self.replica;
+        if ours && !command.action.is_manual_state() {
             return;
         }
-        let recovery = {
-            let deps = lock(&self.deps);
-            deps.iter()
+        let found = {
+            let mut deps = lock(&self.deps);
+            deps.iter_mut()
                 .find(|e| e.name == command.dependency)
-                .and_then(|e| e.recovery.get().cloned())
+                .and_then(|e| {
+                    let recovery = e.recovery.get().cloned()?;
+                    let step = if command.action.is_manual_state() {
+                        e.manual.decide(&command, ours, Via::Delivered)
+                    } else {
+                        Step::Full
+                    };
+                    Some((recovery, step))
+                })
+        };
+        if let Some((recovery, step)) = found {
+            self.act(command, step, &recovery, false);
         }
-        .and_then(|weak| weak.upgrade());
-        let Some(recovery) = recovery else { return };
+    }
+
+    /// Notes each dependency's standing state, as read from the
+    /// coordinator, for the report; applies it (only if newer than what was
+    /// applied here) to the dependencies `apply_to` says whose recovery is
+    /// attached, with no lock held while the breakers act, and marks them
+    /// settled.
+    pub(crate) fn sync_standing(&self, records: &[Command], apply_to: ApplyTo) {
+        let mut todo = Vec::new();
+        {
+            let mut deps = lock(&self.deps);
+            for e in deps.iter_mut() {
+                let record = standing::record_for(records, &e.name);
+                e.manual.read(record);
+                let Some(recovery) = e.recovery.get() else {
+                    continue;
+                };
+                let apply = match apply_to {
+                    ApplyTo::All => true,
+                    ApplyTo::Unsettled => !e.manual.settled,
+                    ApplyTo::ReportOnly => false,
+                };
+                if !apply {
+                    continue;
+                }
+                if let Some(record) = record {
+                    let ours = record.from == self.replica;
+                    let step = e.manual.decide(record, ours, Via::Standing);
+                    if step == Step::Converge {
+                        todo.push((record.clone(), recovery.clone()));
+                    }
+                }
+                e.manual.settled = true;
+            }
+        }
+        for (command, recovery) in todo {
+            self.act(command, Step::Converge, &recovery, true);
+        }
+        self.changed.send_replace(());
+    }
+
+    /// The coordinator could not be reached: the dependencies attached are
+    /// settled as they are (a replica is not kept unready by a Redis
+    /// outage); their standing states are applied on reconnection.
+    pub(crate) fn settle_unreachable(&self) {
+        let mut changed = false;
+        for e in lock(&self.deps).iter_mut() {
+            if e.recovery.get().is_some() && !e.manual.settled {
+                e.manual.settled = true;
+                changed = true;
+            }
+        }
+        if changed {
+            self.changed.send_replace(());
+        }
+    }
+
+    /// Whether a dependency's recovery attached since the standing states
+    /// were last read.
+    pub(crate) fn unsettled(&self) -> bool {
+        lock(&self.deps)
+            .iter()
+            .any(|e| e.recovery.get().is_some() && !e.manual.settled)
+    }
+
+    /// Whether every dependency registered is settled.
+    fn all_settled(&self) -> bool {
+        lock(&self.deps).iter().all(|e| e.manual.settled)
+    }
+
+    /// Carries out `step` of `command` on the dependency's breaker and
+    /// recovery (no lock of the fleet is held), logs and reports what it
+    /// did, if anything.
+    fn act(&self, command: Command, step: Step, recovery: &WeakRecovery, standing: bool) {
+        let Some(recovery) = recovery.upgrade() else {
+            return;
+        };
         let breaker = recovery.breaker();
         let name = &*command.dependency;
-        let result = match (command.action, &breaker) {
-            (Action::Reset, _) => {
-                if let Some(b) = &breaker {
-                    b.reset();
+        let result = match step {
+            Step::Skip | Step::Note => None,
+            Step::Full => Some(match (command.action, &breaker) {
+                (Action::Reset, _) => {
+                    if let Some(b) = &breaker {
+                        b.reset();
+                    }
+                    recovery.reset();
+                    "reset".to_string()
                 }
-                recovery.reset();
-                "reset".to_string()
-            }
-            (Action::ForceOpen, Some(b)) => {
-                b.force_open();
-                "forced open".to_string()
-            }
-            (Action::Disable, Some(b)) => {
-                b.disable();
-                "disabled".to_string()
-            }
-            (Action::Trigger, _) => recovery.trigger_manual().as_str().to_string(),
-            (_, None) => "no breaker here".to_string(),
+                (Action::ForceOpen, Some(b)) => {
+                    b.force_open();
+                    "forced open".to_string()
+                }
+                (Action::Disable, Some(b)) => {
+                    b.disable();
+                    "disabled".to_string()
+                }
+                (Action::Trigger, _) => recovery.trigger_manual().as_str().to_string(),
+                (_, None) => "no breaker here".to_string(),
+            }),
+            Step::Converge => match (command.action, &breaker) {
+                (Action::Reset, Some(b))
+                    if matches!(b.state(), BreakerState::ForcedOpen | BreakerState::Disabled) =>
+                {
+                    b.reset();
+                    recovery.reset();
+                    Some("reset".to_string())
+                }
+                (Action::ForceOpen, Some(b)) if b.state() != BreakerState::ForcedOpen => {
+                    b.force_open();
+                    Some("forced open".to_string())
+                }
+                (Action::Disable, Some(b)) if b.state() != BreakerState::Disabled => {
+                    b.disable();
+                    Some("disabled".to_string())
+                }
+                _ => None,
+            },
         };
-        tracing::warn!(
-            dependency = name,
-            from = &*command.from,
-            action = command.action.as_str(),
-            result = result.as_str(),
-            "Fleet command from replica '{}': {} '{name}' ({result})",
-            command.from,
-            command.action.as_str()
-        );
+        let Some(result) = result else { return };
+        if standing {
+            tracing::warn!(
+                dependency = name,
+                from = &*command.from,
+                action = command.action.as_str(),
+                command = command.id,
+                result = result.as_str(),
+                "Fleet standing state from replica '{}': {} '{name}' ({result})",
+                command.from,
+                command.action.as_str()
+            );
+        } else {
+            tracing::warn!(
+                dependency = name,
+                from = &*command.from,
+                action = command.action.as_str(),
+                command = command.id,
+                result = result.as_str(),
+                "Fleet command from replica '{}': {} '{name}' ({result})",
+                command.from,
+                command.action.as_str()
+            );
+        }
         {
             let mut applied = lock(&self.applied);
             if applied.len() == APPLIED_KEPT {
@@ -969,6 +1196,7 @@ impl Inner {
                 command,
                 result,
                 at: std::time::SystemTime::now(),
+                standing,
             });
         }
         self.changed.send_replace(());
@@ -981,6 +1209,21 @@ impl Inner {
     pub(crate) fn wake(&self) -> &Notify {
         &self.wake
     }
+}
+
+/// Which dependencies a read of the standing states is applied to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ApplyTo {
+    /// Every one: the replica just subscribed (joined, or returned), and
+    /// the commands sent since are delivered after.
+    All,
+    /// Those whose recovery attached since the last read.
+    Unsettled,
+    /// None, the report only: the commands of the dependencies applied
+    /// already come live, in order (a read must not overtake one queued on
+    /// the subscription, and a subscriber loses none without losing its
+    /// connection, when it returns through `All`).
+    ReportOnly,
 }
 
 /// Fleet commands kept for the report.
@@ -996,6 +1239,10 @@ pub struct Applied {
     pub result: String,
     /// When (wall clock).
     pub at: std::time::SystemTime,
+    /// Applied as the dependency's standing state, read when this replica
+    /// joined or returned (or on a periodic read), rather than as it was
+    /// sent.
+    pub standing: bool,
 }
 
 /// Stops the background task when the last handle goes.
@@ -1076,6 +1323,34 @@ impl Fleet {
         }
     }
 
+    /// Whether every dependency registered here (each recovery built with
+    /// [`fleet`](crate::recovery::Builder::fleet)) has been put in the
+    /// fleet's standing state, if one stands for it: the standing states
+    /// were read and applied since it registered, or the coordinator could
+    /// not be reached at the attempt (then they are applied when it is
+    /// reached). `/readyz` answers 503 until then (with `Admin::fleet`),
+    /// so that a replica that joins takes no traffic for a dependency the
+    /// fleet cut off. See [Standing states](crate::fleet#standing-states).
+    pub fn standing_applied(&self) -> bool {
+        self.inner().all_settled()
+    }
+
+    /// Waits until [`standing_applied`](Self::standing_applied): await it
+    /// after building the recoveries, before serving, when no `/readyz`
+    /// gates the traffic. It waits at most about the coordinator's
+    /// connection timeout when the coordinator is unreachable.
+    pub async fn wait_standing_applied(&self) {
+        let mut rx = self.inner().changed.subscribe();
+        loop {
+            if self.standing_applied() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Registers a recovery's dependency; its view of the lease follows.
     ///
     /// # Panics
@@ -1092,6 +1367,7 @@ impl Fleet {
                 name: name.clone(),
                 recovery: std::sync::OnceLock::new(),
                 view: tx,
+                manual: Manual::default(),
             });
         }
         self.inner().wake.notify_one();
@@ -1124,13 +1400,33 @@ impl Fleet {
             (link.connected, link.since, link.error.clone())
         };
         let replicas = lock(&inner.replicas).clone();
-        let views: Vec<(Arc<str>, View)> = lock(&inner.deps)
+        type Read = (Arc<str>, View, Manual, Option<WeakRecovery>);
+        let views: Vec<Read> = lock(&inner.deps)
             .iter()
-            .map(|e| (e.name.clone(), e.view.borrow().clone()))
+            .map(|e| {
+                (
+                    e.name.clone(),
+                    e.view.borrow().clone(),
+                    e.manual.clone(),
+                    e.recovery.get().cloned(),
+                )
+            })
             .collect();
         let dependencies = views
             .into_iter()
-            .map(|(name, view)| {
+            .map(|(name, view, manual, recovery)| {
+                // The breaker is read with no lock of the fleet held.
+                let standing = manual
+                    .known
+                    .clone()
+                    .filter(|c| c.action.breaker_state().is_some())
+                    .map(|command| Standing {
+                        applied_here: manual.applied(command.id),
+                        breaker_here: recovery
+                            .and_then(|r| r.upgrade())
+                            .and_then(|r| r.breaker_state()),
+                        command,
+                    });
                 let reporting = replicas
                     .iter()
                     .filter(|r| r.dependencies.iter().any(|d| d.name == name))
@@ -1146,6 +1442,7 @@ impl Fleet {
                     last_outcome: view.last.map(|(p, _)| p),
                     reporting,
                     down_on,
+                    standing,
                 }
             })
             .collect();
@@ -1159,6 +1456,7 @@ impl Fleet {
             replicas,
             dependencies,
             commands_applied: lock(&inner.applied).iter().cloned().collect(),
+            standing_applied: inner.all_settled(),
         }
     }
 }
@@ -1186,8 +1484,11 @@ pub struct FleetStatus {
     /// Each dependency this replica coordinates.
     pub dependencies: Vec<DependencyStatus>,
     /// The last fleet commands other replicas sent that this one applied
-    /// (up to 16), oldest first.
+    /// (up to 16), oldest first: as they were sent, or found standing.
     pub commands_applied: Vec<Applied>,
+    /// Whether every dependency registered here was put in the fleet's
+    /// standing state ([`Fleet::standing_applied`]).
+    pub standing_applied: bool,
 }
 
 /// One dependency in a [`FleetStatus`].
@@ -1204,6 +1505,41 @@ pub struct DependencyStatus {
     pub reporting: usize,
     /// Replicas alive that see it down.
     pub down_on: Vec<Arc<str>>,
+    /// The fleet-wide manual state standing for it (a fleet-scope
+    /// force-open or disable not reset since), as last read from the
+    /// coordinator or delivered since.
+    pub standing: Option<Standing>,
+}
+
+/// A fleet-wide manual state that stands for a dependency: set by a
+/// fleet-scope force-open or disable, cleared only by a fleet-scope reset
+/// (never by a time to live: an operator's decision). Every replica that
+/// joins or returns is put in it.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Standing {
+    /// The command that set it ([`Action::ForceOpen`] or
+    /// [`Action::Disable`]): its number, the replica it was sent from, and
+    /// when (by the coordinator's clock, read by this replica's).
+    pub command: Command,
+    /// Whether this replica applied it (as it was sent, found standing, or
+    /// a later manual-state command was applied here).
+    pub applied_here: bool,
+    /// This replica's breaker's state now, if its recovery watches one.
+    pub breaker_here: Option<BreakerState>,
+}
+
+impl Standing {
+    /// Whether this replica applied it and its breaker is not in that state
+    /// now: it was reset (or set otherwise) here alone since, which is
+    /// allowed (the fleet does not fight an operator's local decision) and
+    /// reported.
+    pub fn diverges(&self) -> bool {
+        self.applied_here
+            && self
+                .breaker_here
+                .is_some_and(|b| Some(b) != self.command.action.breaker_state())
+    }
 }
 
 impl DependencyStatus {
@@ -1235,12 +1571,17 @@ impl fmt::Debug for Member {
 }
 
 impl Member {
-    /// Ties the recovery to its entry, for heartbeats.
+    /// Ties the recovery to its entry, for heartbeats and fleet
+    /// commands, and wakes the fleet's task to apply the dependency's
+    /// standing state.
     pub(crate) fn attach(&self, recovery: WeakRecovery) {
-        let deps = lock(&self.fleet.inner().deps);
-        if let Some(e) = deps.iter().find(|e| e.name == self.name) {
-            let _ = e.recovery.set(recovery);
+        {
+            let deps = lock(&self.fleet.inner().deps);
+            if let Some(e) = deps.iter().find(|e| e.name == self.name) {
+                let _ = e.recovery.set(recovery);
+            }
         }
+        self.fleet.inner().wake.notify_one();
     }
 
     pub(crate) fn inner(&self) -> &Arc<Inner> {

@@ -1,14 +1,15 @@
 //! The fleet's background task: keeps a subscription to the outcomes,
-//! catches up on what was published while it was away, refreshes the lease
-//! holders it shows, sends this replica's heartbeat and reads the others'.
-//! It reconnects, with a growing delay, while the coordinator is away.
+//! applies the fleet's standing states, catches up on what was published
+//! while it was away, refreshes the lease holders it shows, sends this
+//! replica's heartbeat and reads the others'. It reconnects, with a
+//! growing delay, while the coordinator is away.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::Inner;
+use super::{ApplyTo, Inner};
 
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
@@ -47,6 +48,20 @@ pub(super) async fn run(inner: Arc<Inner>) {
                 continue;
             }
         };
+        // Subscribed first, then the standing states read: a manual-state
+        // command sent after the read is delivered (or found below), one
+        // sent before it is in the read; each is applied in order of
+        // number, whichever way it comes. Before the first heartbeat (in
+        // `catch_up`): a replica that joins never reports a dependency as
+        // it was before the fleet's state. If they cannot be read,
+        // subscribe again.
+        if !read_standing(&inner, ApplyTo::All).await {
+            drop(subscription);
+            if !pause(&inner, &mut retry).await {
+                return;
+            }
+            continue;
+        }
         // Subscribed first, then caught up: nothing published in between
         // is missed (and a duplicate changes nothing).
         catch_up(&inner).await;
@@ -113,13 +128,24 @@ pub(super) async fn run(inner: Arc<Inner>) {
                 },
                 _ = poll.tick() => {
                     refresh_holders(&inner).await;
+                    // (a recovery attached, its wake-up not seen yet)
+                    if inner.unsettled() && !read_standing(&inner, ApplyTo::Unsettled).await {
+                        inner.settle_unreachable();
+                    }
                     if Instant::now() >= next_beat {
+                        // The standing states as they are now, for the
+                        // report only (what changes them comes live).
+                        read_standing(&inner, ApplyTo::ReportOnly).await;
                         beat(&inner).await;
                         next_beat = Instant::now() + inner.settings.heartbeat_every;
                     }
                 }
                 () = woken => {
-                    // A dependency registered: catch up on it.
+                    // A recovery attached: its dependency is put in the
+                    // fleet's standing state, then caught up on.
+                    if inner.unsettled() && !read_standing(&inner, ApplyTo::Unsettled).await {
+                        inner.settle_unreachable();
+                    }
                     let now_known = inner.names().len();
                     if now_known != known {
                         known = now_known;
@@ -132,8 +158,10 @@ pub(super) async fn run(inner: Arc<Inner>) {
 }
 
 /// Waits before subscribing again (the delay grows), or until woken.
-/// Returns `false` when the fleet stopped.
+/// Returns `false` when the fleet stopped. The dependencies registered are
+/// settled meanwhile: their standing states are applied on reconnection.
 async fn pause(inner: &Inner, retry: &mut Duration) -> bool {
+    inner.settle_unreachable();
     let woken = inner.wake().notified();
     tokio::pin!(woken);
     woken.as_mut().enable();
@@ -216,6 +244,26 @@ async fn catch_up_commands(inner: &Inner) -> bool {
         }
     }
     true
+}
+
+/// Reads the standing states and applies them as `apply_to` says. Returns
+/// whether they were read. A failed read is tried again once at once, unreported: the first
+/// call after the coordinator came back may fail on a connection from
+/// before (which a coordinator then drops), and the pause before
+/// subscribing again may have grown to seconds meanwhile.
+async fn read_standing(inner: &Inner, apply_to: ApplyTo) -> bool {
+    let mut read = inner.coordinator.standing().await;
+    if read.is_err() {
+        read = inner.coordinator.standing().await;
+    }
+    inner.observe(&read);
+    match read {
+        Ok(records) => {
+            inner.sync_standing(&records, apply_to);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 async fn refresh_holders(inner: &Inner) {

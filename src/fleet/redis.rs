@@ -10,13 +10,17 @@
 //! | `{ns}:replica:{replica}` | a replica's heartbeat, with an expiry |
 //! | `{ns}:command:seq` | the last command number given (at least the server's clock in ms) |
 //! | `{ns}:command:log` | the latest 64 command lines, newest first |
+//! | `{ns}:standing` | a hash: per dependency, the line of its latest reset, force-open or disable (no expiry) |
 //! | channel `{ns}:outcomes` | every outcome accepted |
 //! | channel `{ns}:commands` | fleet commands (`?scope=fleet`) |
 //!
-//! Taking, renewing and releasing a lease and publishing an outcome are
-//! Lua scripts, so each is atomic: a lease is renewed or released only by
-//! the replica whose value it holds; an outcome is accepted only while its
-//! token is the latest granted for the dependency.
+//! Taking, renewing and releasing a lease, publishing an outcome and
+//! broadcasting a command are Lua scripts, so each is atomic: a lease is
+//! renewed or released only by the replica whose value it holds; an
+//! outcome is accepted only while its token is the latest granted for the
+//! dependency; a command's number, its place in the log, the dependency's
+//! standing state and its publication are one step, so the standing state
+//! is always the latest manual-state command by number.
 //!
 //! A token is one more than the last one granted, and at least the Redis
 //! server's clock in milliseconds: a Redis that restarts without the
@@ -89,7 +93,17 @@ return 1
 /// milliseconds: after a restart that lost the counter, commands are still
 /// numbered after the ones the replicas saw before (and not taken for
 /// those).
+/// A reset, force-open or disable (`ARGV[4]` is `1`) is also the
+/// dependency's (`ARGV[3]`) standing state. A standing key of another type
+/// (not written by this crate) is replaced before anything is written, so
+/// that the script never stops half-way.
 const BROADCAST: &str = r"
+if ARGV[4] == '1' then
+  local kind = redis.call('TYPE', KEYS[3]).ok
+  if kind ~= 'hash' and kind ~= 'none' then
+    redis.call('DEL', KEYS[3])
+  end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id = redis.call('INCR', KEYS[1])
@@ -100,7 +114,21 @@ end
 local line = 'v2' .. '\t' .. string.format('%d', id) .. '\t' .. string.format('%d', now) .. '\t' .. ARGV[1]
 redis.call('LPUSH', KEYS[2], line)
 redis.call('LTRIM', KEYS[2], 0, 63)
+if ARGV[4] == '1' then
+  redis.call('HSET', KEYS[3], ARGV[3], line)
+end
 return redis.call('PUBLISH', ARGV[2], line)
+";
+
+/// The standing states (none if the key is not a hash), with the server's
+/// clock (in milliseconds) to read their times by.
+const STANDING: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then
+  return {now, {}}
+end
+return {now, redis.call('HGETALL', KEYS[1])}
 ";
 
 /// The kept commands, with the server's clock (in milliseconds) to read
@@ -169,6 +197,7 @@ impl RedisBuilder {
                 publish: Script::new(PUBLISH),
                 broadcast: Script::new(BROADCAST),
                 recent: Script::new(RECENT),
+                standing: Script::new(STANDING),
             }),
         })
     }
@@ -181,6 +210,7 @@ struct Scripts {
     publish: Script,
     broadcast: Script,
     recent: Script,
+    standing: Script,
 }
 
 /// A [`Coordinator`] on Redis (a single server, or a primary).
@@ -265,6 +295,13 @@ impl RedisCoordinator {
 fn parse_value(value: &str) -> Option<(u64, &str)> {
     let (token, replica) = value.split_once(':')?;
     Some((token.parse().ok()?, replica))
+}
+
+/// This replica's clock, in milliseconds since the Unix epoch.
+fn local_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn expires(pttl: i64) -> Option<Duration> {
@@ -447,8 +484,15 @@ impl Coordinator for RedisCoordinator {
                 .broadcast
                 .key(self.key("command", "seq"))
                 .key(self.key("command", "log"))
+                .key(format!("{}:standing", self.ns))
                 .arg(codec::encode_command_fields(command))
                 .arg(&self.commands)
+                .arg(&*command.dependency)
+                .arg(if command.action.is_manual_state() {
+                    "1"
+                } else {
+                    "0"
+                })
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| self.failed(e))?;
@@ -470,16 +514,37 @@ impl Coordinator for RedisCoordinator {
                 .map_err(|e| self.failed(e))?;
             // The times are the server's: read by this replica's clock
             // (which may be off from it).
-            let local_now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            let offset = local_now - server_now;
+            let offset = local_now_ms().saturating_sub(server_now);
             // Newest first in the list: oldest first here. A line this
             // version cannot read is skipped.
             Ok(lines
                 .iter()
                 .rev()
                 .filter_map(|l| codec::decode_command(std::str::from_utf8(l).ok()?))
+                .map(|mut c| {
+                    c.sent_at_ms = (c.sent_at_ms as i64).saturating_add(offset).max(0) as u64;
+                    c
+                })
+                .collect())
+        })
+    }
+
+    fn standing(&self) -> BoxFuture<'_, Result<Vec<Command>, Unavailable>> {
+        Box::pin(async move {
+            let mut conn = self.conn().await?;
+            // Bytes, as for the log: an odd field or value is skipped, it
+            // does not fail the read.
+            let (server_now, pairs): (i64, Vec<Vec<u8>>) = self
+                .scripts
+                .standing
+                .key(format!("{}:standing", self.ns))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            let offset = local_now_ms().saturating_sub(server_now);
+            Ok(pairs
+                .chunks_exact(2)
+                .filter_map(|pair| codec::decode_standing(&pair[0], &pair[1]))
                 .map(|mut c| {
                     c.sent_at_ms = (c.sent_at_ms as i64).saturating_add(offset).max(0) as u64;
                     c

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{FleetStatus, Holder, MemberStatus, Outcome, Published};
+use super::{DependencyStatus, FleetStatus, Holder, MemberStatus, Outcome, Published};
 
 fn holder_json(h: &Holder) -> Value {
     json!({
@@ -29,6 +29,45 @@ fn outcome_json(p: &Published, show: bool) -> Value {
     })
 }
 
+/// A dependency's standing state: the command that set it, whether this
+/// replica applied it and is in it now, and the replicas alive that are
+/// not (by their last heartbeat; this one as it is now).
+fn standing_json(s: &FleetStatus, d: &DependencyStatus) -> Value {
+    let Some(st) = &d.standing else {
+        return Value::Null;
+    };
+    let want = st.command.action.breaker_state().map(|b| b.as_str());
+    let mut diverging: Vec<&str> = s
+        .replicas
+        .iter()
+        .filter(|r| r.replica != s.replica)
+        .filter_map(|r| {
+            let beat = r.dependencies.iter().find(|x| x.name == d.name)?;
+            let breaker = beat.breaker.as_deref()?;
+            (Some(breaker) != want).then_some(&*r.replica)
+        })
+        .collect();
+    if st.diverges() {
+        diverging.push(&s.replica);
+    }
+    diverging.sort_unstable();
+    json!({
+        "action": st.command.action.as_str(),
+        "command": st.command.id,
+        "from": &*st.command.from,
+        // (a forged time must not overflow)
+        "since": crate::util::rfc3339(
+            std::time::UNIX_EPOCH
+                .checked_add(std::time::Duration::from_millis(st.command.sent_at_ms))
+                .unwrap_or(std::time::UNIX_EPOCH)
+        ),
+        "applied_here": st.applied_here,
+        "breaker_here": st.breaker_here.map(|b| b.as_str()),
+        "diverges_here": st.diverges(),
+        "replicas_diverging": diverging,
+    })
+}
+
 /// `/reliability`'s `fleet` section.
 pub(crate) fn fleet_json(s: &FleetStatus, show: bool) -> Value {
     let mut deps = Map::new();
@@ -42,6 +81,7 @@ pub(crate) fn fleet_json(s: &FleetStatus, show: bool) -> Value {
                 "replicas_seeing_it_down": d.down_on.len(),
                 "down_on": d.down_on.iter().map(|r| &**r).collect::<Vec<_>>(),
                 "down_everywhere": d.down_everywhere(),
+                "standing": standing_json(s, d),
             }),
         );
     }
@@ -72,6 +112,7 @@ pub(crate) fn fleet_json(s: &FleetStatus, show: bool) -> Value {
         "recovering_locally": !s.connected && s.fallback == super::Fallback::Local,
         "lease_ttl_seconds": s.lease_ttl.as_secs_f64(),
         "replicas_alive": s.replicas.len(),
+        "standing_applied": s.standing_applied,
         "replicas": replicas,
         "dependencies": deps,
         "commands_applied": s.commands_applied.iter().map(|a| json!({
@@ -79,6 +120,8 @@ pub(crate) fn fleet_json(s: &FleetStatus, show: bool) -> Value {
             "action": a.command.action.as_str(),
             "from": &*a.command.from,
             "result": a.result,
+            "command": a.command.id,
+            "standing": a.standing,
             "at": crate::util::rfc3339(a.at),
         })).collect::<Vec<_>>(),
     })
@@ -178,9 +221,11 @@ mod tests {
                     .filter(|(_, down)| *down)
                     .map(|(r, _)| Arc::from(*r))
                     .collect(),
+                standing: None,
             }],
             replicas,
             commands_applied: Vec::new(),
+            standing_applied: true,
         }
     }
 
@@ -203,6 +248,55 @@ mod tests {
         let mut s = status("a", &[("a", true), ("b", true)]);
         s.connected = false;
         assert_eq!(scope(&s, "model_server"), "unknown");
+    }
+
+    #[test]
+    fn a_standing_state_lists_the_replicas_diverging_from_it() {
+        use crate::circuit_breaker::State;
+        use crate::fleet::{Action, Command, Standing};
+
+        let mut s = status(
+            "a",
+            &[("a", false), ("b", false), ("c", false), ("d", false)],
+        );
+        let breakers = [Some("forced_open"), Some("closed"), Some("open"), None];
+        for (r, b) in s.replicas.iter_mut().zip(breakers) {
+            r.dependencies[0].breaker = b.map(Arc::from);
+        }
+        let mut command = Command::new("model_server", Action::ForceOpen, "b");
+        command.id = 42;
+        command.sent_at_ms = u64::MAX; // forged: must not overflow
+        s.dependencies[0].standing = Some(Standing {
+            command,
+            applied_here: true,
+            breaker_here: Some(State::ForcedOpen),
+        });
+        let json = super::fleet_json(&s, false);
+        let standing = &json["dependencies"]["model_server"]["standing"];
+        assert_eq!(standing["action"], "force_open");
+        assert_eq!(standing["command"], 42);
+        assert_eq!(standing["diverges_here"], false);
+        // b reset alone, c's breaker opened on its own since: both
+        // diverge; d reports no breaker; a (this one) is in it.
+        assert_eq!(
+            standing["replicas_diverging"],
+            serde_json::json!(["b", "c"])
+        );
+        // This replica as it is now, not as its heartbeat said.
+        s.dependencies[0].standing.as_mut().unwrap().breaker_here = Some(State::Closed);
+        let json = super::fleet_json(&s, false);
+        let standing = &json["dependencies"]["model_server"]["standing"];
+        assert_eq!(standing["diverges_here"], true);
+        assert_eq!(
+            standing["replicas_diverging"],
+            serde_json::json!(["a", "b", "c"])
+        );
+        // Not applied here yet (joining): pending, not diverging.
+        s.dependencies[0].standing.as_mut().unwrap().applied_here = false;
+        assert!(!s.dependencies[0].standing.as_ref().unwrap().diverges());
+        s.dependencies[0].standing = None;
+        let json = super::fleet_json(&s, false);
+        assert!(json["dependencies"]["model_server"]["standing"].is_null());
     }
 
     #[test]

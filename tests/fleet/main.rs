@@ -7,6 +7,7 @@
 mod redis_server;
 mod review3;
 mod review4;
+mod standing;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -953,16 +954,19 @@ async fn a_replica_away_during_a_fleet_command_applies_it_on_its_return() {
         "each once: the catch-up skips what was delivered live"
     );
 
-    // A replica joining now does not replay the fleet's history.
+    // A replica joining now does not replay the fleet's history; it is
+    // put in the state that stands (the force-open, not reset since).
     let c = replica(&redis, "c", &calls, &go_rx, Fallback::Local);
     connected(&c.fleet, true).await;
+    c.fleet.wait_standing_applied().await;
+    assert_eq!(c.breaker.state(), State::ForcedOpen);
     // A command after it joined reaches it: everything before was read.
     a.fleet
         .broadcast("model_server", Action::Trigger)
         .await
         .unwrap();
     eventually(Duration::from_secs(1), "c got the new command", || {
-        (!c.fleet.status().commands_applied.is_empty()).then_some(())
+        (c.fleet.status().commands_applied.len() == 2).then_some(())
     })
     .await;
     let c_actions: Vec<_> = c
@@ -970,13 +974,12 @@ async fn a_replica_away_during_a_fleet_command_applies_it_on_its_return() {
         .status()
         .commands_applied
         .iter()
-        .map(|x| x.command.action)
+        .map(|x| (x.command.action, x.standing))
         .collect();
     assert_eq!(
         c_actions,
-        [Action::Trigger],
-        "no history replayed on joining"
+        [(Action::ForceOpen, true), (Action::Trigger, false)],
+        "no history replayed on joining, only the standing state"
     );
-    assert_eq!(c.breaker.state(), State::Closed);
     drop(b_recovery);
 }
