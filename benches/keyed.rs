@@ -1,7 +1,8 @@
 //! Keyed breakers on the generic Tower call path (a clone per caller,
 //! `ready()`, `call()`, the response future moved and awaited), against
 //! the plain breaker and the bare service, in one run: 1 key, and 1,000
-//! keys in round robin (each call a different key than the last).
+//! keys in round robin (each call a different key than the last), without
+//! and with a recovery per key.
 //!
 //! `cargo bench --bench keyed`.
 
@@ -13,6 +14,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use tower::{Layer, Service, ServiceExt};
 use tower_recovery::circuit_breaker::Breaker;
 use tower_recovery::circuit_breaker::keyed::KeyedBreaker;
+use tower_recovery::recovery::Recovery;
 
 mod support;
 use support::{block_on, inner};
@@ -89,6 +91,30 @@ fn closed(c: &mut Criterion, threads: usize) {
         run(&svc, 1, u64::from(keys), keys);
         assert_eq!(keyed.len(), keys as usize);
         g.bench_function(format!("keyed_{keys}"), |b| {
+            b.iter_custom(|n| run(&svc, threads, n, keys))
+        });
+        assert_eq!(keyed.overflowed(), 0);
+    }
+    // The same with a recovery per key: made with each key (in a runtime,
+    // before measuring), parked while its breaker stays closed.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for keys in [1u32, 1_000] {
+        let keyed = KeyedBreaker::<u32>::builder(Breaker::builder("bench"))
+            .max_keys(keys as usize)
+            .recovery(|_: &u32| Recovery::builder("bench", || async { Ok::<_, String>(()) }))
+            .build();
+        let svc = keyed.layer(|req: &Req| req.0).layer(bare());
+        {
+            // On this thread, where the runtime is entered.
+            let _runtime = rt.enter();
+            block_on(caller(svc.clone(), u64::from(keys), keys, 0));
+        }
+        assert_eq!(keyed.len(), keys as usize);
+        assert_eq!(keyed.summary(0).without_recovery, 0);
+        g.bench_function(format!("keyed_{keys}_recovery"), |b| {
             b.iter_custom(|n| run(&svc, threads, n, keys))
         });
         assert_eq!(keyed.overflowed(), 0);

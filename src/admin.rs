@@ -690,15 +690,45 @@ fn keyed_breaker_json(b: &Snapshot) -> Value {
     })
 }
 
-/// The keyed registries: totals by state and the keys not closed (bounded).
-fn keyed_json(reliability: &Reliability) -> Value {
+/// A keyed registry's recovery (of a key or of its overflow breaker): its
+/// state and counts (its configuration is the registry's factory's).
+fn keyed_recovery_json(r: &Status, show: bool) -> Value {
+    json!({
+        "state": r.state.as_str(),
+        "attempts": r.attempt,
+        "max_attempts": r.max_attempts,
+        "last_error": if show { r.last_error.clone() } else { None },
+        "successes": r.recoveries,
+        "failures": r.failed_attempts,
+        "exhaustions": r.exhausted_cycles,
+        "mttr_seconds": r.mttr.map(secs),
+        "cooldown_remaining_seconds": r.cooldown_remaining.map(secs),
+        "next_retry_in_seconds": r.next_retry_in.map(secs),
+    })
+}
+
+/// The keyed registries: totals by state and the keys not closed (bounded),
+/// each with its recovery.
+fn keyed_json(reliability: &Reliability, show: bool) -> Value {
     let mut keyed = Map::new();
     for s in reliability.keyed(KEYED_LISTED) {
         let listed: Map<String, Value> = s
             .not_closed
             .iter()
-            .map(|b| (b.name.to_string(), keyed_breaker_json(b)))
+            .zip(&s.not_closed_recovery)
+            .map(|(b, r)| {
+                let mut breaker = keyed_breaker_json(b);
+                breaker["recovery"] = r
+                    .as_ref()
+                    .map_or(Value::Null, |r| keyed_recovery_json(r, show));
+                (b.name.to_string(), breaker)
+            })
             .collect();
+        let mut overflow = keyed_breaker_json(&s.overflow);
+        overflow["recovery"] = s
+            .overflow_recovery
+            .as_ref()
+            .map_or(Value::Null, |r| keyed_recovery_json(r, show));
         keyed.insert(
             s.name.to_string(),
             json!({
@@ -711,9 +741,14 @@ fn keyed_json(reliability: &Reliability) -> Value {
                     "forced_open": s.forced_open,
                     "disabled": s.disabled,
                 },
+                "recoveries": {
+                    "recovering": s.recovering,
+                    "exhausted": s.exhausted,
+                    "without_recovery": s.without_recovery,
+                },
                 "not_closed": listed,
                 "not_closed_unlisted": s.not_closed_unlisted,
-                "overflow": keyed_breaker_json(&s.overflow),
+                "overflow": overflow,
                 "overflowed_calls": s.overflowed,
                 "evicted": s.evicted,
             }),
@@ -745,7 +780,7 @@ async fn reliability(State(admin): AdminState, headers: HeaderMap) -> Response {
         "status": report.status.as_str(),
         "started": report.started,
         "circuit_breakers": breakers,
-        "keyed_breakers": keyed_json(&admin.reliability),
+        "keyed_breakers": keyed_json(&admin.reliability, show),
         "recovery": recoveries,
         "health_monitor": {
             "running": report.monitor_running,

@@ -1783,6 +1783,13 @@ impl Core {
     pub(crate) fn watch(&self) -> watch::Receiver<Signal> {
         self.signal.subscribe()
     }
+
+    /// The latest signal published (what a recovery spawned now would
+    /// take as already seen).
+    #[cfg(feature = "recovery")]
+    pub(crate) fn signal_now(&self) -> Signal {
+        *self.signal.borrow()
+    }
 }
 
 impl crate::lease::Leased for Core {

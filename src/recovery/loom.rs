@@ -18,6 +18,7 @@ use crate::sync::atomic::{AtomicBool, AtomicU32};
 fn shared() -> Arc<Shared> {
     Arc::new(Shared {
         name: "loom".into(),
+        label: "loom".into(),
         cfg: Config {
             mode: super::Mode::Strict,
             max_attempts: 3,
@@ -38,6 +39,7 @@ fn shared() -> Arc<Shared> {
         }),
         wake: Notify::new(),
         changed: Notify::new(),
+        busy: AtomicBool::new(false),
         stopped: AtomicBool::new(false),
         layer_failures: AtomicU32::new(0),
         layer_down: AtomicBool::new(false),

@@ -438,6 +438,12 @@ impl Machine {
         }
     }
 
+    /// Whether anything is under way: a cycle, a cooldown (even one whose
+    /// time is up, until the next event ends it) or an exhaustion.
+    pub(crate) fn is_busy(&self) -> bool {
+        !matches!(self.phase, Phase::Idle)
+    }
+
     /// The state at `now`: a cooldown whose time is up reads as `Idle`
     /// (what the next event will find), without changing anything.
     pub(crate) fn state(&self, now: Instant) -> RecoveryState {

@@ -617,6 +617,10 @@ fn is_down(state: crate::circuit_breaker::State) -> bool {
 
 pub(crate) struct Shared {
     name: Arc<str>,
+    /// The `dependency` label of its metrics: its name, or its keyed
+    /// registry's.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    label: Arc<str>,
     cfg: Config,
     breaker: Option<(WeakBreaker, watch::Receiver<Signal>)>,
     state: Mutex<State>,
@@ -624,6 +628,10 @@ pub(crate) struct Shared {
     wake: Notify,
     /// Wakes waiters on the state (`wait_*`).
     changed: Notify,
+    /// The machine is not idle (a cycle, a cooldown, an exhaustion): set
+    /// under the state lock after every event, read without it (a keyed
+    /// registry keeps such a key, see `Recovery::is_busy`).
+    busy: AtomicBool,
     stopped: AtomicBool,
     /// Consecutive failures seen by `RecoveryTriggerLayer`s and `call`.
     layer_failures: AtomicU32,
@@ -773,6 +781,16 @@ impl Recovery {
     #[cfg_attr(docsrs, doc(cfg(feature = "fleet")))]
     pub fn fleet_status(&self) -> Option<crate::fleet::MemberStatus> {
         self.shared().fleet.as_ref().map(|m| m.status())
+    }
+
+    /// Whether a cycle, a cooldown or an exhaustion is under way, as the
+    /// machine last published it (one load, no lock: a keyed registry's
+    /// sweep asks it under a shard's lock). It may lag the truth by what
+    /// the task has not handled yet (a breaker's opening, a cooldown whose
+    /// time is up): it errs on neither side for long, and a registry's
+    /// sweep also checks the breaker, which covers the opening.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.shared().busy.load(Ordering::SeqCst)
     }
 
     /// The watched breaker, if it watches one that still exists.
@@ -954,6 +972,7 @@ impl Shared {
             state.sync(signal, now);
             let reply = state.machine.on(event, now);
             state.effects.extend(reply.effects);
+            self.publish(&state);
             (reply.outcome, !state.effects.is_empty())
         };
         if wake {
@@ -961,6 +980,12 @@ impl Shared {
         }
         self.changed.notify_waiters();
         self.in_fleet(outcome)
+    }
+
+    /// Publishes whether the machine is busy (called under the state lock
+    /// after it changed).
+    fn publish(&self, state: &State) {
+        self.busy.store(state.machine.is_busy(), Ordering::SeqCst);
     }
 
     /// A status computed on a copy of the machine, with pending breaker
@@ -1044,6 +1069,11 @@ pub struct Builder {
     cfg: Config,
     cooldown: Duration,
     breaker: Option<Breaker>,
+    /// The breaker's signal the recovery takes as seen: openings after it
+    /// are its to recover (default: the signal when it is spawned).
+    since: Option<Signal>,
+    /// The `dependency` label of its metrics (default: its name).
+    label: Option<Arc<str>>,
     alert: Option<AlertHook>,
     sinks: Vec<Box<dyn Alert>>,
     #[cfg(feature = "fleet")]
@@ -1077,6 +1107,8 @@ impl Builder {
             },
             cooldown: Duration::from_secs(60),
             breaker: None,
+            since: None,
+            label: None,
             alert: None,
             sinks: Vec::new(),
             #[cfg(feature = "fleet")]
@@ -1135,7 +1167,38 @@ impl Builder {
     /// The recovery holds only a weak reference to the breaker.
     pub fn watch(mut self, breaker: &Breaker) -> Self {
         self.breaker = Some(breaker.clone());
+        self.since = None;
         self
+    }
+
+    /// Watches `breaker` as [`watch`](Self::watch) does, taking `since`
+    /// (a signal it published earlier) as what was seen already: an
+    /// opening between then and the spawn is this recovery's to recover.
+    pub(crate) fn watch_since(mut self, breaker: &Breaker, since: Signal) -> Self {
+        self.breaker = Some(breaker.clone());
+        self.since = Some(since);
+        self
+    }
+
+    /// Renames the recovery (a keyed registry names it after its key's
+    /// breaker).
+    pub(crate) fn renamed(mut self, name: Arc<str>) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// Labels its metrics `label` rather than its name (a keyed
+    /// registry's: one series per registry, not per key).
+    pub(crate) fn metrics_label(mut self, label: Arc<str>) -> Self {
+        self.label = Some(label);
+        self
+    }
+
+    /// Drops the fleet it was given, if any: whether there was one.
+    #[cfg(feature = "fleet")]
+    pub(crate) fn without_fleet(mut self) -> (Self, bool) {
+        let had = self.fleet.take().is_some();
+        (self, had)
     }
 
     /// Called when a cycle ends exhausted, on the recovery's task: once per
@@ -1178,13 +1241,14 @@ impl Builder {
             let rx = b.watch();
             (b.downgrade(), rx)
         });
-        let seen = breaker.as_ref().map_or(Seen::default(), |(_, rx)| {
-            let signal = *rx.borrow();
-            Seen {
-                generation: signal.word >> 3,
-                opens: signal.opens,
-                heals: signal.heals,
-            }
+        // What was seen of the breaker: its signal now, or the one given.
+        let seen_signal = breaker
+            .as_ref()
+            .map(|(_, rx)| self.since.unwrap_or_else(|| *rx.borrow()));
+        let seen = seen_signal.map_or(Seen::default(), |signal| Seen {
+            generation: signal.word >> 3,
+            opens: signal.opens,
+            heals: signal.heals,
         });
         let jitter_seed = {
             use std::hash::{BuildHasher, Hasher};
@@ -1201,17 +1265,24 @@ impl Builder {
             },
             jitter_seed,
         });
-        if let Some(b) = &self.breaker {
+        if let (Some(b), Some(seen)) = (&self.breaker, seen_signal) {
             // A breaker already open when the recovery starts: the
             // dependency is down (an opening before we watched is not ours
             // to recover, but a check or trigger will find it down).
-            if is_down(b.state()) {
+            let state = if self.since.is_some() {
+                seen.state()
+            } else {
+                b.state()
+            };
+            if is_down(state) {
                 let _ = machine.on(Event::BreakerState { down: true }, Instant::now());
             }
         }
         #[cfg(feature = "fleet")]
         let member = self.fleet.as_ref().map(|f| f.register(self.name.clone()));
+        let busy = machine.is_busy();
         let shared = Arc::new(Shared {
+            label: self.label.unwrap_or_else(|| self.name.clone()),
             name: self.name,
             cfg: self.cfg,
             breaker,
@@ -1222,6 +1293,7 @@ impl Builder {
             }),
             wake: Notify::new(),
             changed: Notify::new(),
+            busy: AtomicBool::new(busy),
             stopped: AtomicBool::new(false),
             layer_failures: AtomicU32::new(0),
             layer_down: AtomicBool::new(false),

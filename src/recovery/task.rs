@@ -152,6 +152,7 @@ pub(super) async fn run(shared: Arc<Shared>, user: User) {
             state.sync(latest, now);
             let reply = state.machine.on(Event::Tick, now);
             state.effects.extend(reply.effects);
+            shared.publish(&state);
             (std::mem::take(&mut state.effects), state.machine.deadline())
         };
         let acted = !effects.is_empty();
@@ -266,6 +267,7 @@ pub(super) async fn run(shared: Arc<Shared>, user: User) {
                 state.sync(latest, now);
                 let reply = state.machine.on(event, now);
                 state.effects.extend(reply.effects);
+                shared.publish(&state);
                 let current = state.machine.cycle() == cycle;
                 #[cfg(feature = "fleet")]
                 let after = state.machine.state(now);
@@ -398,8 +400,11 @@ fn carry_out(shared: &Arc<Shared>, user: &User, effect: Effect, running: &mut Op
         Effect::Log(log) => self::log(shared, log, name, max),
         Effect::Outage(_lasted) => {
             #[cfg(feature = "metrics")]
-            metrics::histogram!(crate::metrics::OUTAGE_DURATION, "dependency" => name.to_string())
-                .record(_lasted.as_secs_f64());
+            metrics::histogram!(
+                crate::metrics::OUTAGE_DURATION,
+                "dependency" => shared.label.to_string()
+            )
+            .record(_lasted.as_secs_f64());
         }
     }
 }
@@ -492,7 +497,7 @@ fn log(shared: &Shared, log: Log, name: &str, max: u32) {
 fn count(_shared: &Shared, _what: &'static str) {
     #[cfg(feature = "metrics")]
     {
-        let name = _shared.name.to_string();
+        let name = _shared.label.to_string();
         if _what == "attempt" {
             metrics::counter!(crate::metrics::RECOVERY_ATTEMPTS, "dependency" => name).increment(1);
         } else {

@@ -4,6 +4,7 @@
 #![cfg(all(feature = "circuit-breaker", feature = "webhook"))]
 
 mod metrics;
+mod recovery;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

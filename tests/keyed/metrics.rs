@@ -127,3 +127,119 @@ fn a_registry_has_no_breaker_state_series_that_reads_closed() {
         .collect();
     assert_eq!(state, Vec::<f64>::new(), "a registry-wide state series");
 }
+
+#[test]
+fn keys_recoveries_add_to_the_registrys_series_and_none_is_per_key() {
+    use tower_recovery::circuit_breaker::State;
+    use tower_recovery::recovery::{Backoff, Mode, Recovery};
+
+    let recorder = TestRecorder(Arc::new(Registry::atomic()));
+    // The recoveries' tasks record on this thread: a current-thread
+    // runtime driven inside the local recorder's scope.
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let keyed = KeyedBreaker::<u32>::builder(
+                Breaker::builder("host")
+                    .consecutive_failures(1)
+                    .open_duration(Duration::from_secs(3600)),
+            )
+            .max_keys(3)
+            .recovery(|key: &u32| {
+                // Key 0's first attempt fails; every other attempt succeeds.
+                let key = *key;
+                let tried = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                Recovery::builder("host", move || {
+                    let first = !tried.swap(true, Ordering::SeqCst);
+                    async move {
+                        if key == 0 && first {
+                            Err("refused")
+                        } else {
+                            Ok(())
+                        }
+                    }
+                })
+                .mode(Mode::Strict)
+                .backoff(Backoff::new(Duration::from_millis(10), 1.0))
+            })
+            .overflow_recovery(Recovery::builder("overflow", || async {
+                Ok::<_, String>(())
+            }))
+            .build();
+            for key in 0..4 {
+                keyed.get(&key).try_acquire().unwrap().failure();
+            }
+            for key in 0..3 {
+                keyed.recovery(&key).unwrap().wait_idle_or_cooling().await;
+                assert_eq!(keyed.get(&key).state(), State::Closed);
+            }
+            keyed
+                .overflow_recovery()
+                .unwrap()
+                .wait_idle_or_cooling()
+                .await;
+        });
+    });
+    let counter = |name: &str, dependency: &str, outcome: Option<&str>| {
+        recorder
+            .0
+            .get_counter_handles()
+            .iter()
+            .find(|(k, _)| {
+                k.name() == name
+                    && k.labels()
+                        .any(|l| l.key() == "dependency" && l.value() == dependency)
+                    && outcome
+                        .is_none_or(|o| k.labels().any(|l| l.key() == "outcome" && l.value() == o))
+            })
+            .map(|(_, c)| c.load(Ordering::SeqCst))
+    };
+    // Three keys: four attempts (key 0's twice), one failed, three
+    // outages ended, in the registry's series.
+    assert_eq!(counter(names::RECOVERY_ATTEMPTS, "host", None), Some(4));
+    assert_eq!(
+        counter(names::RECOVERY_OUTCOMES, "host", Some("failure")),
+        Some(1)
+    );
+    assert_eq!(
+        counter(names::RECOVERY_OUTCOMES, "host", Some("success")),
+        Some(3)
+    );
+    let outages = recorder
+        .0
+        .get_histogram_handles()
+        .iter()
+        .find(|(k, _)| {
+            k.name() == names::OUTAGE_DURATION && k.labels().any(|l| l.value() == "host")
+        })
+        .map(|(_, h)| h.data().len());
+    assert_eq!(outages, Some(3));
+    // The overflow breaker's recovery has its one series, as its breaker.
+    assert_eq!(
+        counter(names::RECOVERY_ATTEMPTS, "host[overflow]", None),
+        Some(1)
+    );
+    // No series names a key.
+    let labels: Vec<String> = recorder
+        .0
+        .get_counter_handles()
+        .keys()
+        .chain(recorder.0.get_gauge_handles().keys())
+        .chain(recorder.0.get_histogram_handles().keys())
+        .flat_map(|k| {
+            k.labels()
+                .map(|l| l.value().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for key in 0..4 {
+        assert!(
+            labels.iter().all(|v| v != &format!("host[{key}]")),
+            "a series for key {key}: {labels:?}"
+        );
+    }
+}

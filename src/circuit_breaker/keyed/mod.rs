@@ -134,16 +134,111 @@
 //! and `tower_recovery_keyed_breakers{keyed, state}` counts the keys in
 //! each state. Transition log lines name the key's breaker.
 //!
-//! # Not done
+//! # A recovery per key
 //!
-//! A recovery per key: a recovery is a background task with its own
-//! action; for many keys, a recovery watching the overflow breaker, or a
-//! health check per known upstream, is the way for now.
+//! With the `recovery` feature, [`Builder::recovery`] gives each key a
+//! [`Recovery`](crate::recovery::Recovery) of its own: when a key's breaker
+//! opens, that key's recovery runs its action (reconnect to that host,
+//! refresh that tenant's credentials) with the attempts, backoff, cooldown
+//! and adaptive rules of any recovery, and its success closes that key's
+//! breaker. The factory returns a configured builder for the key, so the
+//! action knows its key; the registry completes it: it watches the key's
+//! breaker, takes its name (`{name}[{key}]`), labels its metrics with the
+//! registry's name, and spawns it.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use tower_recovery::circuit_breaker::keyed::KeyedBreaker;
+//! use tower_recovery::circuit_breaker::{Breaker, State};
+//! use tower_recovery::recovery::{Recovery, RecoveryState};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let reconnects = Arc::new(AtomicU32::new(0));
+//! let counted = reconnects.clone();
+//! let upstreams = KeyedBreaker::builder(Breaker::builder("upstream").consecutive_failures(1))
+//!     .recovery(move |host: &String| {
+//!         let (host, counted) = (host.clone(), counted.clone());
+//!         Recovery::builder("upstream", move || {
+//!             let (host, counted) = (host.clone(), counted.clone());
+//!             async move {
+//!                 // Reconnect to `host`, probe it...
+//!                 assert_eq!(host, "down.internal");
+//!                 counted.fetch_add(1, Ordering::SeqCst);
+//!                 Ok::<_, std::io::Error>(())
+//!             }
+//!         })
+//!         .max_attempts(5)
+//!     })
+//!     .build();
+//!
+//! let (down, up) = ("down.internal".to_string(), "up.internal".to_string());
+//! upstreams.get(&up).try_acquire().unwrap().success();
+//! upstreams.get(&down).try_acquire().unwrap().failure();
+//! assert_eq!(upstreams.get(&down).state(), State::Open);
+//!
+//! // The failing key's recovery runs, and closes its breaker...
+//! let recovery = upstreams.recovery(&down).unwrap();
+//! assert_eq!(recovery.name(), "upstream[down.internal]");
+//! recovery.wait_idle_or_cooling().await;
+//! assert_eq!(upstreams.get(&down).state(), State::Closed);
+//! assert_eq!(reconnects.load(Ordering::SeqCst), 1);
+//! // ...and the healthy key's never ran.
+//! assert_eq!(upstreams.recovery(&up).unwrap().status().state, RecoveryState::Idle);
+//! # }
+//! ```
+//!
+//! How it fits the rest:
+//!
+//! - **Made with the key's breaker**, on the key's first call, before the
+//!   key is published, so it sees the breaker's first opening like any
+//!   recovery watching from the start (a recovery made later, at the first
+//!   opening, would need someone on the request path to notice that
+//!   opening and would take a breaker already open as "down before I
+//!   watched", not as its own outage). The factory runs and the task is
+//!   spawned with no lock held; nothing of it is on the path of later
+//!   calls, which find the key and its breaker as before (the `keyed`
+//!   bench measures this). What it costs is memory and a parked task per
+//!   key: a recovery's handle and task hold about 2.3 KiB
+//!   (`tests/breaker_memory.rs`), besides the breaker's 3.
+//! - **One per key.** Threads racing on a new key each build a breaker and
+//!   a recovery, and one inserts; the others' recoveries are dropped
+//!   (their tasks end) before their breakers were seen by anyone, so their
+//!   actions never run.
+//! - **Dropped with its key**, when the key is evicted for being idle (its
+//!   task ends). A key whose recovery is at work (a cycle running, even
+//!   one triggered by hand on a closed breaker, the cooldown after one, an
+//!   exhaustion) is kept like an open one, whatever its breaker's state:
+//!   a cycle the breaker started begins with the breaker open (which keeps
+//!   the key), the recovery marks itself busy before it closes the
+//!   breaker, and clears the mark only when its cooldown is over; a sweep
+//!   reads the breaker's state, then the mark. So a sweep drops only a
+//!   closed breaker with an idle recovery, and with it the recovery's
+//!   history (its flapping window: the next outage of that key starts a
+//!   fresh recovery).
+//! - **Outside a tokio runtime** (a [`KeyedBreaker::get`] from a plain
+//!   thread) a key's first call cannot spawn: the key gets its breaker and
+//!   no recovery while it is kept (logged once, counted in
+//!   [`Summary::without_recovery`]); nothing panics on the request path.
+//! - **The overflow breaker** gets a recovery only from
+//!   [`Builder::overflow_recovery`] (named `{name}[overflow]`, made at the
+//!   first call routed to it): it stands for whichever keys came past the
+//!   cap, so no key's action fits it.
+//! - **Metrics** of the keys' recoveries add to the series of the
+//!   registry's name (`dependency` label), like their breakers' (one
+//!   series per registry, never per key); their log lines name the key.
+//! - **Seen** in [`KeyedBreaker::summary`] (keys recovering, exhausted,
+//!   without a recovery; each listed key's recovery status) and in
+//!   `/reliability`; [`KeyedBreaker::recovery`] gives a key's handle (to
+//!   trigger or reset it by hand).
 
 mod key;
 mod layer;
 #[cfg(feature = "metrics")]
 mod member;
+#[cfg(feature = "recovery")]
+mod recovery;
 mod registry;
 mod service;
 
@@ -211,4 +306,28 @@ pub struct Summary {
     pub overflowed: u64,
     /// Keys dropped for being idle.
     pub evicted: u64,
+    /// Keys whose recovery is running a cycle.
+    #[cfg(feature = "recovery")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "recovery")))]
+    pub recovering: usize,
+    /// Keys whose recovery is exhausted (every attempt of its last cycle
+    /// failed).
+    #[cfg(feature = "recovery")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "recovery")))]
+    pub exhausted: usize,
+    /// Keys without a recovery in a registry that gives keys one: their
+    /// first call was made outside a tokio runtime, or the factory (or the
+    /// spawn) panicked. Logged when it happens.
+    #[cfg(feature = "recovery")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "recovery")))]
+    pub without_recovery: usize,
+    /// The recovery of each breaker in `not_closed`, in the same order
+    /// (`None` for a key without one).
+    #[cfg(feature = "recovery")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "recovery")))]
+    pub not_closed_recovery: Vec<Option<crate::recovery::Status>>,
+    /// The overflow breaker's recovery, once made.
+    #[cfg(feature = "recovery")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "recovery")))]
+    pub overflow_recovery: Option<crate::recovery::Status>,
 }

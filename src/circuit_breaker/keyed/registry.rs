@@ -6,6 +6,8 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "recovery")]
+use super::recovery::{Factory, Recoveries};
 use super::{Key, KeyedCircuitBreakerLayer, Summary};
 use crate::circuit_breaker::core::{Core, Ticket};
 use crate::circuit_breaker::{Breaker, Builder as BreakerBuilder, Rejection, Snapshot, State};
@@ -60,6 +62,9 @@ struct Shared<K> {
     clock: Clock,
     /// When the last sweep for idle keys ran (clock nanoseconds).
     last_sweep: AtomicU64,
+    /// The keys' recoveries and the overflow breaker's.
+    #[cfg(feature = "recovery")]
+    recoveries: Recoveries<K>,
 }
 
 /// Part of the key map. Calls read it without a lock (a snapshot of the
@@ -70,9 +75,14 @@ struct Shard<K> {
     write: Mutex<()>,
 }
 
-/// A key's breaker, and what idle eviction needs to know of it.
+/// A key's breaker (and recovery), and what idle eviction needs to know of
+/// it.
 struct Entry {
     breaker: Breaker,
+    /// The key's recovery, made with its breaker (before the entry is
+    /// published), dropped with the entry.
+    #[cfg(feature = "recovery")]
+    recovery: Option<crate::recovery::Recovery>,
     /// Set by each call (a load, and a store only when it was clear),
     /// cleared by a sweep: no clock is read per call.
     used: AtomicBool,
@@ -86,13 +96,28 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(breaker: Breaker, now: u64) -> Self {
+    fn new(made: Made, now: u64) -> Self {
         Self {
-            breaker,
+            breaker: made.breaker,
+            #[cfg(feature = "recovery")]
+            recovery: made.recovery,
             used: AtomicBool::new(false),
             seen: AtomicU64::new(now),
             evicting: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the key's recovery is at work (a cycle, a cooldown, an
+    /// exhaustion): such a key is kept like an open one. One load.
+    #[inline]
+    fn recovering(&self) -> bool {
+        #[cfg(feature = "recovery")]
+        return self
+            .recovery
+            .as_ref()
+            .is_some_and(crate::recovery::Recovery::is_busy);
+        #[cfg(not(feature = "recovery"))]
+        false
     }
 
     #[inline]
@@ -123,13 +148,37 @@ impl Entry {
     }
 }
 
+/// A new key's breaker and recovery, built with no lock held, before the
+/// key is published.
+struct Made {
+    breaker: Breaker,
+    #[cfg(feature = "recovery")]
+    recovery: Option<crate::recovery::Recovery>,
+}
+
 /// Configures a [`KeyedBreaker`]. Made by [`KeyedBreaker::builder`].
-#[derive(Debug)]
 pub struct Builder<K> {
     template: BreakerBuilder,
     max_keys: usize,
     idle_timeout: Option<Duration>,
+    #[cfg(feature = "recovery")]
+    recovery: Option<Factory<K>>,
+    #[cfg(feature = "recovery")]
+    overflow_recovery: Option<crate::recovery::Builder>,
     _key: std::marker::PhantomData<fn() -> K>,
+}
+
+impl<K> fmt::Debug for Builder<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Builder");
+        d.field("template", &self.template)
+            .field("max_keys", &self.max_keys)
+            .field("idle_timeout", &self.idle_timeout);
+        #[cfg(feature = "recovery")]
+        d.field("recovery", &self.recovery.is_some())
+            .field("overflow_recovery", &self.overflow_recovery);
+        d.finish()
+    }
 }
 
 impl<K: Key> Builder<K> {
@@ -156,6 +205,43 @@ impl<K: Key> Builder<K> {
     /// Keys are never dropped for being idle; only the cap bounds memory.
     pub fn no_idle_timeout(mut self) -> Self {
         self.idle_timeout = None;
+        self
+    }
+
+    /// Gives each key a [`Recovery`](crate::recovery::Recovery) of its
+    /// own, made with the key's breaker from the builder `factory` returns
+    /// for the key: the action it runs knows its key (capture it), and the
+    /// rest of its configuration (attempts, backoff, mode, alerts) is
+    /// yours. The registry completes the builder: it watches the key's
+    /// breaker, it is named like it (`{name}[{key}]`, whatever name the
+    /// builder had), its metrics are labelled by the registry's name, and
+    /// it is spawned. See the [module docs](super#a-recovery-per-key).
+    ///
+    /// `factory` runs on the first call of a key, with no lock held; when
+    /// threads race on a new key it may run for each of them, and the
+    /// recoveries of all but one are dropped before anyone could use
+    /// their breaker (so their actions never run). A fleet given to its
+    /// builders is ignored (logged): a key's recovery is this replica's.
+    #[cfg(feature = "recovery")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "recovery")))]
+    pub fn recovery<F>(mut self, factory: F) -> Self
+    where
+        F: Fn(&K) -> crate::recovery::Builder + Send + Sync + 'static,
+    {
+        self.recovery = Some(Arc::new(factory));
+        self
+    }
+
+    /// Gives the overflow breaker (`{name}[overflow]`) a recovery:
+    /// `recovery` completed as a key's is (it watches the overflow breaker
+    /// and takes its name; its metrics keep that name, one series), made
+    /// at the first call routed to the overflow breaker. The keys' factory
+    /// is not used for it: the overflow breaker stands for whichever keys
+    /// came past the cap, so no key's action fits it.
+    #[cfg(feature = "recovery")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "recovery")))]
+    pub fn overflow_recovery(mut self, recovery: crate::recovery::Builder) -> Self {
+        self.overflow_recovery = Some(recovery);
         self
     }
 
@@ -187,6 +273,8 @@ impl<K: Key> Builder<K> {
                 evicted: AtomicU64::new(0),
                 last_sweep: AtomicU64::new(clock.now_nanos()),
                 clock,
+                #[cfg(feature = "recovery")]
+                recoveries: Recoveries::new(self.recovery, self.overflow_recovery),
             }),
         }
     }
@@ -208,6 +296,10 @@ impl<K: Key> KeyedBreaker<K> {
             template,
             max_keys: 1_000,
             idle_timeout: Some(Duration::from_secs(600)),
+            #[cfg(feature = "recovery")]
+            recovery: None,
+            #[cfg(feature = "recovery")]
+            overflow_recovery: None,
             _key: std::marker::PhantomData,
         }
     }
@@ -223,8 +315,10 @@ impl<K: Key> KeyedBreaker<K> {
         KeyedCircuitBreakerLayer::new(self.clone(), extract)
     }
 
-    /// The breaker of `key`, made now if it has none. Past the cap, the
-    /// overflow breaker (see the [module docs](super)).
+    /// The breaker of `key`, made now if it has none (with its recovery, if
+    /// the registry gives keys one: see the [module
+    /// docs](super#a-recovery-per-key)). Past the cap, the overflow
+    /// breaker (see the [module docs](super)).
     ///
     /// The handle is the key's breaker while the registry keeps the key:
     /// calls made through it directly (not through the registry's layer)
@@ -253,6 +347,27 @@ impl<K: Key> KeyedBreaker<K> {
     /// The breaker new keys share once the cap is reached.
     pub fn overflow(&self) -> &Breaker {
         &self.shared.overflow
+    }
+
+    /// The recovery of `key` if it has a breaker with one (see
+    /// [`Builder::recovery`]); makes nothing.
+    ///
+    /// As with [`get`](Self::get), ask again rather than keeping it: a
+    /// handle kept keeps its task running after the key is dropped for
+    /// being idle, watching a breaker the registry no longer has.
+    #[cfg(feature = "recovery")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "recovery")))]
+    pub fn recovery(&self, key: &K) -> Option<crate::recovery::Recovery> {
+        let shard = &self.shared.shards[self.shard(key)];
+        shard.map.load().get(key)?.recovery.clone()
+    }
+
+    /// The overflow breaker's recovery (see [`Builder::overflow_recovery`]),
+    /// once the first call routed to the overflow breaker made it.
+    #[cfg(feature = "recovery")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "recovery")))]
+    pub fn overflow_recovery(&self) -> Option<crate::recovery::Recovery> {
+        self.shared.recoveries.overflow().cloned()
     }
 
     /// Keys with a breaker of their own.
@@ -307,11 +422,30 @@ impl<K: Key> KeyedBreaker<K> {
             overflow: self.shared.overflow.snapshot(),
             overflowed: self.overflowed(),
             evicted: self.evicted(),
+            #[cfg(feature = "recovery")]
+            recovering: 0,
+            #[cfg(feature = "recovery")]
+            exhausted: 0,
+            #[cfg(feature = "recovery")]
+            without_recovery: 0,
+            #[cfg(feature = "recovery")]
+            not_closed_recovery: Vec::new(),
+            #[cfg(feature = "recovery")]
+            overflow_recovery: self
+                .shared
+                .recoveries
+                .overflow()
+                .map(crate::recovery::Recovery::status),
         };
-        let mut not_closed = Vec::new();
-        for (_, breaker) in self.breakers() {
+        // Each breaker not closed, with its recovery's status.
+        #[cfg(feature = "recovery")]
+        type Listed = (Breaker, Option<crate::recovery::Status>);
+        #[cfg(not(feature = "recovery"))]
+        type Listed = (Breaker, ());
+        let mut not_closed: Vec<Listed> = Vec::new();
+        for entry in self.entries() {
             summary.keys += 1;
-            let state = breaker.state();
+            let state = entry.breaker.state();
             match state {
                 State::Closed => summary.closed += 1,
                 State::Open => summary.open += 1,
@@ -319,14 +453,42 @@ impl<K: Key> KeyedBreaker<K> {
                 State::ForcedOpen => summary.forced_open += 1,
                 State::Disabled => summary.disabled += 1,
             }
+            #[cfg(feature = "recovery")]
+            let recovery = {
+                use crate::recovery::RecoveryState;
+                let status = match &entry.recovery {
+                    None => {
+                        if self.shared.recoveries.per_key() {
+                            summary.without_recovery += 1;
+                        }
+                        None
+                    }
+                    // Closed, and its recovery settled: idle (not worth
+                    // a status, which copies the recovery's machine).
+                    Some(r) if state == State::Closed && !r.is_busy() => None,
+                    Some(r) => Some(r.status()),
+                };
+                match status.as_ref().map(|s| s.state) {
+                    Some(RecoveryState::Recovering) => summary.recovering += 1,
+                    Some(RecoveryState::Exhausted) => summary.exhausted += 1,
+                    _ => {}
+                }
+                status
+            };
+            #[cfg(not(feature = "recovery"))]
+            let recovery = ();
             if state != State::Closed {
-                not_closed.push(breaker);
+                not_closed.push((entry.breaker.clone(), recovery));
             }
         }
-        not_closed.sort_unstable_by(|a, b| a.name().cmp(b.name()));
+        not_closed.sort_unstable_by(|a, b| a.0.name().cmp(b.0.name()));
         summary.not_closed_unlisted = not_closed.len().saturating_sub(max_listed);
         not_closed.truncate(max_listed);
-        summary.not_closed = not_closed.iter().map(Breaker::snapshot).collect();
+        summary.not_closed = not_closed.iter().map(|(b, _)| b.snapshot()).collect();
+        #[cfg(feature = "recovery")]
+        {
+            summary.not_closed_recovery = not_closed.into_iter().map(|(_, r)| r).collect();
+        }
         summary
     }
 
@@ -338,6 +500,15 @@ impl<K: Key> KeyedBreaker<K> {
         let now = self.shared.clock.now_nanos();
         self.shared.last_sweep.store(now, Ordering::Relaxed);
         self.sweep(now)
+    }
+
+    /// Every entry, taken shard by shard (each from a snapshot, no lock).
+    fn entries(&self) -> Vec<Arc<Entry>> {
+        let mut all = Vec::with_capacity(self.len());
+        for shard in self.shared.shards.iter() {
+            all.extend(shard.map.load().values().cloned());
+        }
+        all
     }
 
     /// Copies of every key and breaker handle, taken shard by shard.
@@ -379,32 +550,33 @@ impl<K: Key> KeyedBreaker<K> {
         if shared.len.load(Ordering::Acquire) >= shared.max_keys {
             // Full: not worth building a breaker that cannot be kept (a
             // flood of new keys costs a lookup each, nothing more).
-            let _write = lock(&shard.write);
-            if let Some(entry) = shard.map.load().get(key) {
-                // Under the write lock no sweep is deciding this shard's
-                // keys, so the key is not being evicted.
-                let entered = entry.enter();
-                debug_assert!(entered);
-                return (entry.breaker.core.clone(), entered);
-            }
-            shared.overflowed.fetch_add(1, Ordering::Relaxed);
-            return (shared.overflow.core.clone(), false);
+            let found = {
+                let _write = lock(&shard.write);
+                shard.map.load().get(key).map(|entry| {
+                    // Under the write lock no sweep is deciding this
+                    // shard's keys, so the key is not being evicted.
+                    let entered = entry.enter();
+                    debug_assert!(entered);
+                    (entry.breaker.core.clone(), entered)
+                })
+            };
+            return found.unwrap_or_else(|| self.enter_overflow());
         }
-        // Built with no lock held; a racing thread that inserts first wins
-        // and this one is dropped unused.
-        let text = key_text(key);
-        let breaker = shared
-            .template
-            .clone()
-            .renamed(format!("{}[{text}]", shared.name).into())
-            .keyed(&shared.name)
-            .build();
+        // Built (and its recovery spawned) with no lock held; a racing
+        // thread that inserts first wins and this one is dropped unused.
+        let made = self.make(key);
         let write = lock(&shard.write);
         let map = shard.map.load();
         if let Some(entry) = map.get(key) {
             let entered = entry.enter();
             debug_assert!(entered);
-            return (entry.breaker.core.clone(), entered);
+            let found = (entry.breaker.core.clone(), entered);
+            drop(map);
+            drop(write);
+            // No one saw this breaker, so its recovery has nothing to
+            // recover: dropped (its task stops) with no lock held.
+            drop(made);
+            return found;
         }
         let room = shared
             .len
@@ -413,14 +585,15 @@ impl<K: Key> KeyedBreaker<K> {
             })
             .is_ok();
         if !room {
+            drop(map);
             drop(write);
-            shared.overflowed.fetch_add(1, Ordering::Relaxed);
-            return (shared.overflow.core.clone(), false);
+            drop(made);
+            return self.enter_overflow();
         }
         // Counted in flight before anyone can see it; not marked used (its
         // creation time is its last use).
-        let entered = breaker.core.enter();
-        let entry = Arc::new(Entry::new(breaker, now));
+        let entered = made.breaker.core.enter();
+        let entry = Arc::new(Entry::new(made, now));
         let core = entry.breaker.core.clone();
         #[cfg(feature = "metrics")]
         let joined = core.cfg.keyed.as_ref().map(|m| m.join());
@@ -434,6 +607,41 @@ impl<K: Key> KeyedBreaker<K> {
             joined.report();
         }
         (core, entered)
+    }
+
+    /// A new key's breaker, named `{name}[{key}]`, and its recovery if the
+    /// registry makes them. No lock is held: the recovery's factory is the
+    /// user's code.
+    fn make(&self, key: &K) -> Made {
+        let shared = &*self.shared;
+        let name: Arc<str> = format!("{}[{}]", shared.name, key_text(key)).into();
+        let breaker = shared
+            .template
+            .clone()
+            .renamed(name.clone())
+            .keyed(&shared.name)
+            .build();
+        #[cfg(feature = "recovery")]
+        let recovery = shared
+            .recoveries
+            .for_key(&shared.name, key, &name, &breaker);
+        Made {
+            breaker,
+            #[cfg(feature = "recovery")]
+            recovery,
+        }
+    }
+
+    /// A call routed to the overflow breaker (no lock held): counted, and
+    /// the overflow breaker's recovery made first if it is to have one.
+    fn enter_overflow(&self) -> (Arc<Core>, bool) {
+        let shared = &*self.shared;
+        shared.overflowed.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "recovery")]
+        shared
+            .recoveries
+            .for_overflow(&shared.name, &shared.overflow);
+        (shared.overflow.core.clone(), false)
     }
 
     /// Drops the closed keys not used since `timeout` before `now`, and
@@ -455,10 +663,15 @@ impl<K: Key> KeyedBreaker<K> {
             let mut doomed = Vec::new();
             for (key, entry) in map.iter() {
                 let core = &entry.breaker.core;
-                if entry.used.swap(false, Ordering::Relaxed) || core.state() != State::Closed {
+                if entry.used.swap(false, Ordering::Relaxed)
+                    || core.state() != State::Closed
+                    || entry.recovering()
+                {
                     // Used, or not closed (an open key must never be
-                    // forgotten: that would readmit a failing upstream):
-                    // a closed key is idle from here at the earliest.
+                    // forgotten: that would readmit a failing upstream),
+                    // or its recovery at work (a cycle, the cooldown after
+                    // one, which a fresh recovery would not keep): a
+                    // closed key is idle from here at the earliest.
                     entry.seen.store(now, Ordering::Relaxed);
                     continue;
                 }
@@ -468,9 +681,13 @@ impl<K: Key> KeyedBreaker<K> {
                 // Idle by its calls' starts; dropped only if no call is in
                 // flight. The flag first, then the count (see
                 // `Entry::enter`); then the state, which a call that ended
-                // since may have changed (it records before it leaves).
+                // since may have changed (it records before it leaves),
+                // and the recovery's, which follows the state: it is busy
+                // from its breaker's opening (after it, on its task) until
+                // after the cooldown that follows its closing the breaker,
+                // and the state is read first (acquiring the closing).
                 entry.evicting.store(true, Ordering::SeqCst);
-                if core.in_flight() != 0 || core.state() != State::Closed {
+                if core.in_flight() != 0 || core.state() != State::Closed || entry.recovering() {
                     entry.evicting.store(false, Ordering::SeqCst);
                     entry.seen.store(now, Ordering::Relaxed);
                     continue;
