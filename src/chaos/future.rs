@@ -9,7 +9,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use super::{Injected, OnFault};
+use super::{Chaos, Injected, OnFault};
 
 pin_project! {
     #[project = KindProj]
@@ -45,6 +45,8 @@ pin_project! {
         },
         Fail {
             injected: Option<Injected>,
+            // Counts the answer: an error or a response.
+            chaos: Chaos,
         },
     }
 }
@@ -68,15 +70,19 @@ impl<F, O> ResponseFuture<F, O> {
         }
     }
 
+    /// A call with a delay, a fault or both: `Ok(future)` is the inner
+    /// service's, `Err` the fault and the handle that counts its answer.
     pub(crate) fn planned(
-        future: Option<F>,
-        injected: Option<Injected>,
+        then: Result<F, (Injected, Chaos)>,
         delay: Option<Duration>,
         on_fault: O,
     ) -> Self {
-        let then = match future {
-            Some(future) => Then::Call { future },
-            None => Then::Fail { injected },
+        let then = match then {
+            Ok(future) => Then::Call { future },
+            Err((injected, chaos)) => Then::Fail {
+                injected: Some(injected),
+                chaos,
+            },
         };
         Self {
             kind: Kind::Planned {
@@ -117,11 +123,13 @@ where
                 let result = ready!(future.poll(cx));
                 Poll::Ready(result.map_err(|e| this.on_fault.convert(e)))
             }
-            ThenProj::Fail { injected } => {
+            ThenProj::Fail { injected, chaos } => {
                 let injected = injected
                     .take()
                     .expect("ResponseFuture polled after completion");
-                Poll::Ready(this.on_fault.fault(injected))
+                let answer = this.on_fault.fault(injected);
+                chaos.answered(answer.is_ok());
+                Poll::Ready(answer)
             }
         }
     }
