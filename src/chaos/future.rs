@@ -22,9 +22,40 @@ pin_project! {
         },
         // A delay or a fault was drawn: boxed, off the common path.
         Planned {
-            planned: Pin<Box<Planned<F>>>,
+            planned: PlannedBox<F>,
         },
     }
+}
+
+/// The boxed plan of a call with a delay or a fault, dropped out of line:
+/// dropping a future of the common path (`Called`) stays a check of its
+/// kind, however much a plan holds (with the plan's drop inlined, the
+/// whole future's drop glue grew out of line, and every call paid a
+/// function call for it, chaos off or on).
+struct PlannedBox<F>(Option<Pin<Box<Planned<F>>>>);
+
+impl<F> PlannedBox<F> {
+    fn get(&mut self) -> Pin<&mut Planned<F>> {
+        self.0
+            .as_mut()
+            .expect("a plan is taken only when it is dropped")
+            .as_mut()
+    }
+}
+
+impl<F> Drop for PlannedBox<F> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(planned) = self.0.take() {
+            drop_cold(planned);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn drop_cold<T>(value: T) {
+    drop(value);
 }
 
 pin_project! {
@@ -86,10 +117,10 @@ impl<F, O> ResponseFuture<F, O> {
         };
         Self {
             kind: Kind::Planned {
-                planned: Box::pin(Planned {
+                planned: PlannedBox(Some(Box::pin(Planned {
                     delay: delay.map(tokio::time::sleep),
                     then,
-                }),
+                }))),
             },
             on_fault,
         }
@@ -111,7 +142,7 @@ where
                 let result = ready!(future.poll(cx));
                 return Poll::Ready(result.map_err(|e| this.on_fault.convert(e)));
             }
-            KindProj::Planned { planned } => planned.as_mut().project(),
+            KindProj::Planned { planned } => planned.get().project(),
         };
         let mut delay = then.delay;
         if let Some(sleep) = delay.as_mut().as_pin_mut() {
