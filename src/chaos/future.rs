@@ -102,17 +102,25 @@ impl<F, O> ResponseFuture<F, O> {
     }
 
     /// A call with a delay, a fault or both: `Ok(future)` is the inner
-    /// service's, `Err` the fault and the handle that counts its answer.
+    /// service's, `Err` the fault. Out of line, with what it records, so
+    /// that the common path stays as small as it was.
+    #[inline(never)]
     pub(crate) fn planned(
-        then: Result<F, (Injected, Chaos)>,
+        then: Result<F, Injected>,
         delay: Option<Duration>,
         on_fault: O,
+        chaos: &Chaos,
     ) -> Self {
+        #[cfg(feature = "metrics")]
+        if delay.is_some() {
+            chaos.count_delayed();
+        }
         let then = match then {
             Ok(future) => Then::Call { future },
-            Err((injected, chaos)) => Then::Fail {
+            Err(injected) => Then::Fail {
                 injected: Some(injected),
-                chaos,
+                // Counts the answer.
+                chaos: chaos.clone(),
             },
         };
         Self {

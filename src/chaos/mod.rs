@@ -688,6 +688,15 @@ impl Chaos {
         self.shared.draw(state)
     }
 
+    /// Records a delayed call in `tower_recovery_chaos_injected_total`
+    /// (its count in the snapshot is taken by the draw). Called from the
+    /// planned path, out of line: in `draw`, it made every call on save
+    /// more registers.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn count_delayed(&self) {
+        self.shared.count_injected(Fault::Latency);
+    }
+
     /// Counts a failed call as answered: with a response (the
     /// [`OnFault`]'s `Ok`) or with an error.
     pub(crate) fn answered(&self, response: bool) {
@@ -769,8 +778,6 @@ impl Shared {
         let latency = self.latency_nanos.load(Ordering::Relaxed);
         if latency > 0 && high < self.latency_threshold.load(Ordering::Relaxed) {
             self.delayed.fetch_add(1, Ordering::Relaxed);
-            #[cfg(feature = "metrics")]
-            self.count_injected(Fault::Latency);
             plan.delay = Some(Duration::from_nanos(latency));
         }
         if low < self.error_threshold.load(Ordering::Relaxed) {

@@ -74,10 +74,10 @@ where
         }
         // A failed call never reaches the inner service.
         let then = match plan.fault {
-            Some(injected) => Err((injected, self.chaos.clone())),
+            Some(injected) => Err(injected),
             None => Ok(self.inner.call(req)),
         };
-        ResponseFuture::planned(then, plan.delay, self.on_fault.clone())
+        ResponseFuture::planned(then, plan.delay, self.on_fault.clone(), &self.chaos)
     }
 }
 
