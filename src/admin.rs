@@ -9,7 +9,7 @@
 //! | `GET /health` | `application/health+json` (IETF draft-inadarei-api-health-check); 200 for pass and warn, 503 for fail and while draining |
 //! | `GET /livez` | 200 while the process runs, draining or not |
 //! | `GET /readyz` | 200 once startup passed (and, in a fleet, its standing states were applied here) and until draining begins, else 503 |
-//! | `GET /reliability` | breakers (keyed registries summed up), recoveries, monitor and drain, as JSON |
+//! | `GET /reliability` | breakers (keyed registries summed up), recoveries, monitor, drain and chaos rehearsals, as JSON |
 //! | `POST /reliability/auto-recovery/{name}/trigger` | 202 with the trigger outcome |
 //! | `POST /reliability/circuit-breaker/{name}/reset` | 200; resets the breaker and its recovery |
 //! | `GET /reliability/circuit-breaker/{name}` | the breaker's state, effective configuration and recent events |
@@ -57,7 +57,13 @@
 //!
 //! With the `chaos` feature, `Admin::chaos_router` serves `GET /chaos` and
 //! `GET`/`POST`/`DELETE /chaos/{name}` under the same rules (see
-//! [`chaos`](crate::chaos)).
+//! [`chaos`](crate::chaos)). The chaos handles added to the set
+//! (`health::Builder::chaos`) are reported: `/reliability` gains a `chaos`
+//! section (per handle: active or not, its faults, when it started, the
+//! time left, the calls seen and the faults injected by kind), and
+//! `/health` a `chaos_active` flag and a `chaos` map (name -> `active` or
+//! `off`); while a rehearsal is active its `status` is `warn` at least,
+//! never `fail` for it, so its code stays 200 unless something else fails.
 //!
 //! # Security
 //!
@@ -390,6 +396,21 @@ async fn health(State(admin): AdminState, headers: HeaderMap) -> Response {
         "root_causes": root_causes,
         "draining": draining,
     });
+    #[cfg(feature = "chaos")]
+    {
+        // A rehearsal active: the failures seen may be injected (the
+        // status is `warn` at least, never `fail` for it; the code stays).
+        let chaos: Map<String, Value> = report
+            .chaos
+            .iter()
+            .map(|c| {
+                let state = if c.active { "active" } else { "off" };
+                (c.name.to_string(), json!(state))
+            })
+            .collect();
+        body["chaos_active"] = json!(report.chaos.iter().any(|c| c.active));
+        body["chaos"] = Value::Object(chaos);
+    }
     #[cfg(feature = "fleet")]
     if let Some(fleet) = &admin.fleet {
         // Each dependency seen down here: down for the fleet, or only here.
@@ -793,6 +814,19 @@ async fn reliability(State(admin): AdminState, headers: HeaderMap) -> Response {
             "grace_period_seconds": secs(admin.drain.grace_period()),
         },
     });
+    #[cfg(feature = "chaos")]
+    let body = {
+        let mut body = body;
+        // The handles added with `health::Builder::chaos`, as `GET /chaos`
+        // shows them.
+        let chaos: Map<String, Value> = report
+            .chaos
+            .iter()
+            .map(|c| (c.name.to_string(), crate::chaos::admin::state_json(c)))
+            .collect();
+        body["chaos"] = Value::Object(chaos);
+        body
+    };
     #[cfg(feature = "fleet")]
     let body = {
         let mut body = body;

@@ -21,6 +21,8 @@
 //! | `tower_recovery_drain_completed_total` | counter | | drains completed |
 //! | `tower_recovery_health_check_duration_seconds` | histogram | `dependency` | check latency |
 //! | `tower_recovery_health_checks_total` | counter | `dependency`, `status` | checks run by the monitor |
+//! | `tower_recovery_chaos_active` | gauge | `chaos` | 1 while a chaos rehearsal is on, else 0 |
+//! | `tower_recovery_chaos_injected_total` | counter | `chaos`, `fault` | faults injected: `error`, `response` (a failed call answered with an error, or with a response), `latency` (a delayed call) |
 
 /// Breaker failures observed.
 pub const BREAKER_FAILURES: &str = "tower_recovery_breaker_failures_total";
@@ -57,6 +59,19 @@ pub const DRAIN_COMPLETED: &str = "tower_recovery_drain_completed_total";
 pub const CHECK_DURATION: &str = "tower_recovery_health_check_duration_seconds";
 /// Health checks run by the monitor.
 pub const CHECKS: &str = "tower_recovery_health_checks_total";
+/// Gauge: 1 while a `chaos::Chaos` handle's rehearsal is on, 0 once it is
+/// stopped or has ended (`chaos`: the handle's name). Set when the
+/// rehearsal starts, stops or ends: a rehearsal past its end reads 1 until
+/// its timer or the next call through its layer ends it (at once inside a
+/// Tokio runtime).
+pub const CHAOS_ACTIVE: &str = "tower_recovery_chaos_active";
+/// Faults a `chaos::Chaos` handle injected (`chaos`: the handle's name;
+/// `fault`: `error` or `response` for a failed call, counted when it is
+/// answered with an error or a response, `latency` for a delayed call,
+/// counted when drawn). A call delayed and then failed counts twice. Calls
+/// chaos lets through count nothing. Labelled by the handle's name only,
+/// never by anything of a request's.
+pub const CHAOS_INJECTED: &str = "tower_recovery_chaos_injected_total";
 
 /// Describes every metric above to the recorder in use: its unit and help
 /// text (Prometheus exporters render them as `# HELP` lines).
@@ -143,6 +158,15 @@ pub fn describe() {
         Unit::Count,
         "Health checks run by the monitor, by dependency and status"
     );
+    describe_gauge!(
+        CHAOS_ACTIVE,
+        "1 while a chaos rehearsal injects faults, else 0, by chaos handle"
+    );
+    describe_counter!(
+        CHAOS_INJECTED,
+        Unit::Count,
+        "Faults injected by a chaos rehearsal (error, response, latency), by chaos handle and fault"
+    );
 }
 
 /// Metric handles registered with the recorder in use, re-registered when
@@ -151,12 +175,12 @@ pub fn describe() {
 /// use now. Handles for up to four recorders are kept (past that, the
 /// fourth's are used). A recorder is known by its address: a local recorder
 /// replaced by another at the same address keeps the first one's handles.
-#[cfg(any(feature = "circuit-breaker", feature = "drain"))]
+#[cfg(any(feature = "circuit-breaker", feature = "drain", feature = "chaos"))]
 pub(crate) struct Bound<T> {
     slots: [std::sync::OnceLock<(usize, T)>; 4],
 }
 
-#[cfg(any(feature = "circuit-breaker", feature = "drain"))]
+#[cfg(any(feature = "circuit-breaker", feature = "drain", feature = "chaos"))]
 impl<T> Bound<T> {
     pub(crate) const fn new() -> Self {
         Self {
@@ -206,7 +230,7 @@ impl<T> Bound<T> {
     }
 }
 
-#[cfg(any(feature = "circuit-breaker", feature = "drain"))]
+#[cfg(any(feature = "circuit-breaker", feature = "drain", feature = "chaos"))]
 impl<T> std::fmt::Debug for Bound<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bound").finish_non_exhaustive()

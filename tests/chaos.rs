@@ -20,7 +20,7 @@ use tower_recovery::admin::Admin;
 use tower_recovery::chaos::{Chaos, Faults, Injected};
 use tower_recovery::circuit_breaker::{Breaker, Rejected, State};
 use tower_recovery::drain::Drain;
-use tower_recovery::health::Reliability;
+use tower_recovery::health::{BuildError, Dependency, HealthCheck, HealthStatus, Reliability};
 
 // ===== helpers =====
 
@@ -305,7 +305,24 @@ impl Server {
     /// `admin`'s rules, on loopback.
     async fn start(chaos: &Chaos, admin: Admin) -> Self {
         let hits = Arc::new(AtomicUsize::new(0));
-        let app: Router = Router::new()
+        let app = Self::fir(chaos, &hits).merge(admin.chaos_router([chaos]));
+        Self::serve(app, hits).await
+    }
+
+    /// As [`start`](Self::start), with the chaos routes over the set's
+    /// handles and the admin routes (`/health`, `/reliability`) next to
+    /// them.
+    async fn start_reported(chaos: &Chaos, reliability: &Reliability, admin: Admin) -> Self {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let app = Self::fir(chaos, &hits)
+            .merge(admin.chaos_router(reliability.chaos_handles()))
+            .merge(admin.router());
+        Self::serve(app, hits).await
+    }
+
+    /// `/fir`, counting its hits, behind `chaos`'s layer.
+    fn fir(chaos: &Chaos, hits: &Arc<AtomicUsize>) -> Router {
+        Router::new()
             .route(
                 "/fir",
                 get({
@@ -317,7 +334,9 @@ impl Server {
                 }),
             )
             .route_layer(chaos.layer().fault_with_response())
-            .merge(admin.chaos_router([chaos]));
+    }
+
+    async fn serve(app: Router, hits: Arc<AtomicUsize>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -520,6 +539,309 @@ async fn bad_bodies_are_refused_naming_the_field() {
     );
     assert!(!chaos.is_active(), "no bad body switched anything on");
     assert_eq!(server.get("/fir").await.0, 200);
+}
+
+// ===== rehearsals where operators look: /health and /reliability =====
+
+/// One handle's state in `/reliability` (and `GET /chaos/{name}`), field
+/// by field: a field added or renamed fails here.
+#[derive(Debug, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChaosDoc {
+    name: String,
+    active: bool,
+    error_rate: Option<f64>,
+    latency_ms: Option<f64>,
+    latency_rate: Option<f64>,
+    status: Option<u16>,
+    duration_seconds: Option<f64>,
+    started_at: Option<String>,
+    remaining_seconds: Option<f64>,
+    since_start_seconds: Option<f64>,
+    calls: u64,
+    injected: u64,
+    delayed: u64,
+    faults_injected: KindsDoc,
+}
+
+#[derive(Debug, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KindsDoc {
+    error: u64,
+    response: u64,
+    latency: u64,
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 `YYYY-MM-DDTHH:MM:SSZ`.
+fn unix_seconds(rfc3339: &str) -> u64 {
+    let b = rfc3339.as_bytes();
+    assert!(
+        b.len() == 20 && b[4] == b'-' && b[10] == b'T' && b[19] == b'Z',
+        "not RFC 3339 in UTC: {rfc3339}"
+    );
+    let n = |range: std::ops::Range<usize>| rfc3339[range].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    (days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)) as u64
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A set with a model server (its check passes, its breaker closed) and
+/// two chaos handles, as an application adds them.
+fn reported_set(chaos: &Chaos, upstream: &Chaos) -> Reliability {
+    let breaker = Breaker::new("model_server");
+    Reliability::builder()
+        .dependency(
+            Dependency::new(
+                "model_server",
+                HealthCheck::new(|| async { Ok::<(), String>(()) }),
+            )
+            .breaker(&breaker),
+        )
+        .chaos(chaos)
+        .chaos(upstream)
+        .build()
+        .unwrap()
+}
+
+/// During an incident, `/health` and `/reliability` must say that failures
+/// are injected: a rehearsal started over HTTP on an axum server, its
+/// failed calls answered with the response override (`/fir`) and with an
+/// error (a client stack), then stopped; the code of `/health` stays 200.
+#[tokio::test]
+async fn a_rehearsal_shows_in_health_and_reliability_while_it_runs() {
+    let chaos = Chaos::new("model_server");
+    let upstream = Chaos::new("upstream");
+    let reliability = reported_set(&chaos, &upstream);
+    reliability.check_all().await;
+    let admin = Admin::new(&reliability, &Drain::default()).token(TOKEN);
+    let server = Server::start_reported(&chaos, &reliability, admin).await;
+
+    // Before: nothing injected, nothing said.
+    let health = server.json("/health").await;
+    assert_eq!(health["status"], json!("pass"), "{health}");
+    assert_eq!(health["chaos_active"], json!(false));
+    assert_eq!(
+        health["chaos"],
+        json!({"model_server": "off", "upstream": "off"})
+    );
+    let report = server.json("/reliability").await;
+    let before: ChaosDoc = serde_json::from_value(report["chaos"]["model_server"].clone()).unwrap();
+    assert_eq!(
+        before,
+        ChaosDoc {
+            name: "model_server".into(),
+            active: false,
+            error_rate: None,
+            latency_ms: None,
+            latency_rate: None,
+            status: None,
+            duration_seconds: None,
+            started_at: None,
+            remaining_seconds: None,
+            since_start_seconds: None,
+            calls: 0,
+            injected: 0,
+            delayed: 0,
+            faults_injected: KindsDoc {
+                error: 0,
+                response: 0,
+                latency: 0
+            },
+        }
+    );
+
+    // The model server's rehearsal: every call answers 418 after 1 ms.
+    let asked = now_unix();
+    let (status, body) = server
+        .post(
+            Some(TOKEN),
+            r#"{"error_rate": 1, "status": 418, "latency_ms": 1, "duration_seconds": 600}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for _ in 0..5 {
+        assert_eq!(server.get("/fir").await.0, 418);
+    }
+    assert_eq!(server.hits.load(Ordering::SeqCst), 0, "never reached");
+
+    // The upstream's: a client stack whose failed calls are errors.
+    let (status, body) = server
+        .send(
+            reqwest::Method::POST,
+            "/chaos/upstream",
+            Some(TOKEN),
+            r#"{"error_rate": 1}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, inner) = counted();
+    let mut client = ServiceBuilder::new().layer(upstream.layer()).service(inner);
+    assert_eq!(failures(&mut client, 3).await, 3);
+
+    // /health: warn, with the rehearsals named; the code stays 200 and the
+    // dependency's own check still passes.
+    let (code, text) = server.get("/health").await;
+    assert_eq!(code, 200, "{text}");
+    let health: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(health["status"], json!("warn"), "{health}");
+    assert_eq!(health["chaos_active"], json!(true));
+    assert_eq!(
+        health["chaos"],
+        json!({"model_server": "active", "upstream": "active"})
+    );
+    assert_eq!(
+        health["checks"]["model_server:connectivity"][0]["status"],
+        json!("pass")
+    );
+    assert_eq!(health["circuit_breakers"]["model_server"], json!("closed"));
+
+    // /reliability: each handle, its faults, its times and its counts.
+    let report = server.json("/reliability").await;
+    assert_eq!(report["status"], json!("warn"));
+    let model: ChaosDoc = serde_json::from_value(report["chaos"]["model_server"].clone()).unwrap();
+    let started_at = model.started_at.as_deref().expect("started_at");
+    let started = unix_seconds(started_at);
+    assert!(
+        (asked..=now_unix()).contains(&started),
+        "started at {started_at}, asked at {asked}"
+    );
+    let remaining = model.remaining_seconds.unwrap();
+    let since = model.since_start_seconds.unwrap();
+    assert!(
+        remaining > 540.0 && remaining <= 600.0,
+        "{remaining} s left of 600"
+    );
+    assert!((0.0..60.0).contains(&since), "{since} s since the start");
+    assert_eq!(
+        model,
+        ChaosDoc {
+            name: "model_server".into(),
+            active: true,
+            error_rate: Some(1.0),
+            latency_ms: Some(1.0),
+            latency_rate: Some(1.0),
+            status: Some(418),
+            duration_seconds: Some(600.0),
+            started_at: Some(started_at.to_string()),
+            remaining_seconds: Some(remaining),
+            since_start_seconds: Some(since),
+            calls: 5,
+            injected: 5,
+            delayed: 5,
+            faults_injected: KindsDoc {
+                error: 0,
+                response: 5,
+                latency: 5
+            },
+        }
+    );
+    let up: ChaosDoc = serde_json::from_value(report["chaos"]["upstream"].clone()).unwrap();
+    assert!(up.active);
+    assert_eq!(
+        (up.duration_seconds, up.remaining_seconds, up.status),
+        (None, None, None),
+        "until stopped"
+    );
+    assert_eq!((up.calls, up.injected, up.delayed), (3, 3, 0));
+    assert_eq!(
+        up.faults_injected,
+        KindsDoc {
+            error: 3,
+            response: 0,
+            latency: 0
+        }
+    );
+    // The chaos route shows the same counts.
+    let shown: ChaosDoc = serde_json::from_value(server.json("/chaos/upstream").await).unwrap();
+    assert_eq!(shown.faults_injected, up.faults_injected);
+
+    // Stopped: pass again; the last rehearsal's counts and start stay.
+    let (status, _) = server
+        .send(reqwest::Method::DELETE, "/chaos", Some(TOKEN), "")
+        .await;
+    assert_eq!(status, 200);
+    let health = server.json("/health").await;
+    assert_eq!(health["status"], json!("pass"), "{health}");
+    assert_eq!(health["chaos_active"], json!(false));
+    assert_eq!(
+        health["chaos"],
+        json!({"model_server": "off", "upstream": "off"})
+    );
+    let report = server.json("/reliability").await;
+    assert_eq!(report["status"], json!("pass"));
+    let after: ChaosDoc = serde_json::from_value(report["chaos"]["model_server"].clone()).unwrap();
+    assert!(!after.active);
+    assert_eq!(after.remaining_seconds, None);
+    assert_eq!(after.started_at.as_deref(), Some(started_at));
+    assert_eq!(after.faults_injected, model.faults_injected);
+    assert_eq!(server.get("/fir").await, (200, "draft".into()));
+}
+
+/// On paused time: the report counts the time left down, and the
+/// rehearsal's end takes the `warn` away.
+#[tokio::test(start_paused = true)]
+async fn the_report_follows_a_rehearsal_to_its_end() {
+    let chaos = Chaos::new("model_server");
+    let upstream = Chaos::new("upstream");
+    let reliability = reported_set(&chaos, &upstream);
+    reliability.check_all().await;
+    assert_eq!(reliability.status(), HealthStatus::Pass);
+
+    chaos.start(
+        Faults::new()
+            .latency(Duration::from_millis(100))
+            .duration(Duration::from_secs(60)),
+    );
+    let report = reliability.report();
+    assert_eq!(report.status, HealthStatus::Warn, "a rehearsal is on");
+    let names: Vec<&str> = report.chaos.iter().map(|c| &*c.name).collect();
+    assert_eq!(names, ["model_server", "upstream"], "in the order added");
+    assert!(report.chaos[0].active && !report.chaos[1].active);
+    assert_eq!(report.chaos[0].remaining, Some(Duration::from_secs(60)));
+
+    tokio::time::advance(Duration::from_secs(45)).await;
+    let report = reliability.report();
+    assert_eq!(report.chaos[0].remaining, Some(Duration::from_secs(15)));
+    assert_eq!(report.chaos[0].since_start, Some(Duration::from_secs(45)));
+    assert_eq!(report.status, HealthStatus::Warn);
+
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let report = reliability.report();
+    assert!(!report.chaos[0].active, "over");
+    assert_eq!(report.chaos[0].remaining, None);
+    assert_eq!(report.status, HealthStatus::Pass);
+    assert!(!chaos.is_active());
+}
+
+#[test]
+fn two_chaos_handles_of_one_name_are_refused() {
+    let a = Chaos::new("model_server");
+    let b = Chaos::new("model_server");
+    let err = Reliability::builder()
+        .chaos(&a)
+        .chaos(&b)
+        .build()
+        .unwrap_err();
+    assert_eq!(err, BuildError::DuplicateChaos("model_server".into()));
+    assert_eq!(
+        err.to_string(),
+        "chaos handle name \"model_server\" is added twice"
+    );
+    // One handle added twice, too: reports list them by name.
+    assert!(Reliability::builder().chaos(&a).chaos(&a).build().is_err());
 }
 
 // ===== a reqwest client stack =====

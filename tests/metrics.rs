@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use metrics_util::registry::{AtomicStorage, Registry};
-use tower::{ServiceExt, service_fn};
+use tower::{BoxError, ServiceExt, service_fn};
 use tower_recovery::circuit_breaker::{Breaker, State};
 use tower_recovery::drain::Drain;
 use tower_recovery::health::{Dependency, HealthCheck, Monitor, Reliability};
@@ -186,4 +186,173 @@ async fn a_trip_a_recovery_checks_and_a_drain_are_recorded() {
     assert_eq!(report.finished, 1);
     assert_eq!(s.gauge(names::DRAIN_IN_FLIGHT, &[]), 0.0);
     assert_eq!(s.counter(names::DRAIN_COMPLETED, &[]), 1);
+}
+
+impl TestRecorder {
+    /// The series of `name`, as their labels.
+    fn series(&self, name: &str) -> Vec<Vec<(String, String)>> {
+        let mut series: Vec<_> = self
+            .0
+            .get_counter_handles()
+            .into_keys()
+            .chain(self.0.get_gauge_handles().into_keys())
+            .filter(|k| k.name() == name)
+            .map(|k| {
+                k.labels()
+                    .map(|l| (l.key().to_string(), l.value().to_string()))
+                    .collect()
+            })
+            .collect();
+        series.sort();
+        series
+    }
+}
+
+/// A rehearsal's gauge and its injected faults by kind, labelled by the
+/// handle's name only; calls that chaos lets through count nothing.
+#[cfg(feature = "chaos")]
+#[tokio::test(start_paused = true)]
+async fn chaos_rehearsals_are_recorded_by_handle_and_kind() {
+    use std::convert::Infallible;
+    use tower::{Layer, Service};
+    use tower_recovery::chaos::{Chaos, Faults, Injected};
+
+    let s = TestRecorder(Arc::new(Registry::atomic()));
+    // This thread's recorder (the test above installs the global one); the
+    // runtime runs on this thread too, so the rehearsal's timer records
+    // here.
+    let _local = metrics::set_default_local_recorder(&s);
+    let chaos = Chaos::new("model_server");
+    let mut errors = chaos
+        .layer()
+        .layer(service_fn(|_: u32| async { Ok::<_, BoxError>("draft") }));
+    let mut responses =
+        chaos
+            .layer()
+            .fault_with_response()
+            .layer(service_fn(|_: http::Request<()>| async {
+                Ok::<_, Infallible>(http::Response::new(String::new()))
+            }));
+    let active = [("chaos", "model_server")];
+    let injected = |fault: &'static str| [("chaos", "model_server"), ("fault", fault)];
+    let counts = || {
+        (
+            s.counter(names::CHAOS_INJECTED, &injected("error")),
+            s.counter(names::CHAOS_INJECTED, &injected("response")),
+            s.counter(names::CHAOS_INJECTED, &injected("latency")),
+        )
+    };
+
+    // Off: calls go through, and nothing is recorded.
+    for _ in 0..10 {
+        errors.ready().await.unwrap().call(0).await.unwrap();
+    }
+    assert!(s.series(names::CHAOS_INJECTED).is_empty());
+    assert!(s.series(names::CHAOS_ACTIVE).is_empty());
+
+    // On: failed after 100 ms, with an error (3) or a response (2).
+    chaos.start(
+        Faults::new()
+            .error_rate(1.0)
+            .latency(Duration::from_millis(100)),
+    );
+    assert_eq!(s.gauge(names::CHAOS_ACTIVE, &active), 1.0);
+    for i in 0..3 {
+        let err = errors.ready().await.unwrap().call(i).await.unwrap_err();
+        assert!(err.is::<Injected>());
+    }
+    for _ in 0..2 {
+        let answer = responses
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 503);
+    }
+    assert_eq!(counts(), (3, 2, 5));
+    // Dropped during its added latency: delayed, never answered.
+    drop(errors.ready().await.unwrap().call(9));
+    assert_eq!(counts(), (3, 2, 6));
+    let snapshot = chaos.snapshot();
+    assert_eq!(
+        (snapshot.errors, snapshot.responses, snapshot.delayed),
+        (3, 2, 6),
+        "the snapshot counts as the metrics do"
+    );
+    assert_eq!(snapshot.injected, 6, "drawn to fail");
+
+    // Labelled by the handle's name and the kind only.
+    let model = |fault: &str| {
+        vec![
+            ("chaos".to_string(), "model_server".to_string()),
+            ("fault".to_string(), fault.to_string()),
+        ]
+    };
+    assert_eq!(
+        s.series(names::CHAOS_INJECTED),
+        [model("error"), model("latency"), model("response")]
+    );
+
+    // Stopped: 0, and calls through count nothing.
+    chaos.stop();
+    assert_eq!(s.gauge(names::CHAOS_ACTIVE, &active), 0.0);
+    for _ in 0..10 {
+        errors.ready().await.unwrap().call(0).await.unwrap();
+    }
+    assert_eq!(counts(), (3, 2, 6));
+    // On with nothing drawn: active, still nothing counted.
+    chaos.start(Faults::new());
+    assert_eq!(s.gauge(names::CHAOS_ACTIVE, &active), 1.0);
+    for _ in 0..10 {
+        errors.ready().await.unwrap().call(0).await.unwrap();
+    }
+    assert_eq!(counts(), (3, 2, 6));
+
+    // A rehearsal that ends itself: its timer sets 0, with no call.
+    chaos.start(
+        Faults::new()
+            .error_rate(1.0)
+            .duration(Duration::from_secs(10)),
+    );
+    assert_eq!(s.gauge(names::CHAOS_ACTIVE, &active), 1.0);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for _ in 0..100 {
+        if s.gauge(names::CHAOS_ACTIVE, &active) == 0.0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(s.gauge(names::CHAOS_ACTIVE, &active), 0.0, "ended");
+    assert_eq!(counts(), (3, 2, 6));
+}
+
+/// The help texts reach an exporter with the series.
+#[cfg(feature = "chaos")]
+#[test]
+fn chaos_metrics_are_described() {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    use tower_recovery::chaos::{Chaos, Faults};
+
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let chaos = Chaos::new("rehearsal");
+    metrics::with_local_recorder(&recorder, || {
+        names::describe();
+        chaos.start(Faults::new().error_rate(1.0));
+    });
+    let text = handle.render();
+    assert!(
+        text.contains("# HELP tower_recovery_chaos_active 1 while a chaos rehearsal"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# HELP tower_recovery_chaos_injected_total Faults injected"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tower_recovery_chaos_active{chaos=\"rehearsal\"} 1"),
+        "{text}"
+    );
 }

@@ -254,6 +254,9 @@ async fn main() -> Result<(), BoxError> {
             .recovery(&asr_recovery),
         )
         .dependency(Dependency::new("database", db_check).recovery(&db_recovery))
+        // Rehearsals show in /health and /reliability.
+        .chaos(&model_chaos)
+        .chaos(&asr_chaos)
         .build()?;
 
     // The admin routes answer from now on, during the startup gate too.
@@ -273,7 +276,7 @@ async fn main() -> Result<(), BoxError> {
     let admin = fleet::admin(Admin::new(&reliability, &drain).token(&token), &fleet);
     let router = handlers::routes(app)
         .layer(drain.layer())
-        .merge(admin.chaos_router([&model_chaos, &asr_chaos]))
+        .merge(admin.chaos_router(reliability.chaos_handles()))
         .merge(admin.router())
         .route(
             "/metrics",

@@ -56,9 +56,17 @@ impl Admin {
     /// | `DELETE /chaos/{name}` | stops it; 200 with the state |
     ///
     /// A state is `{"name", "active", "error_rate", "latency_ms",
-    /// "latency_rate", "status", "duration_seconds", "remaining_seconds",
-    /// "since_start_seconds", "calls", "injected", "delayed"}` (the faults
-    /// of the current or last rehearsal; `null` before the first).
+    /// "latency_rate", "status", "duration_seconds", "started_at",
+    /// "remaining_seconds", "since_start_seconds", "calls", "injected",
+    /// "delayed", "faults_injected": {"error", "response", "latency"}}` (the
+    /// faults of the current or last rehearsal, `null` before the first;
+    /// `started_at` in RFC 3339; the counts since the last start, `injected`
+    /// the calls drawn to fail, `faults_injected` by kind as in
+    /// [`Snapshot`]). `/reliability` lists the same states under `chaos`
+    /// for the handles added to the set with
+    /// [`health::Builder::chaos`](crate::health::Builder::chaos): pass
+    /// [`Reliability::chaos_handles`](crate::health::Reliability::chaos_handles)
+    /// here, and the handles switched over HTTP are the ones reported.
     ///
     /// The body of `POST /chaos/{name}` is a JSON object with any of
     /// `error_rate` (0 to 1), `latency_ms` (0 to 3,600,000), `latency_rate`
@@ -84,10 +92,11 @@ impl Admin {
     /// use tower_recovery::health::Reliability;
     ///
     /// let model = Chaos::new("model_server");
-    /// let admin = Admin::new(&Reliability::builder().build().unwrap(), &Drain::default())
-    ///     .token("s3cret");
+    /// // Added to the set: reported in `/health` and `/reliability`.
+    /// let reliability = Reliability::builder().chaos(&model).build().unwrap();
+    /// let admin = Admin::new(&reliability, &Drain::default()).token("s3cret");
     /// let app: Router = Router::new()
-    ///     .merge(admin.chaos_router([&model]))
+    ///     .merge(admin.chaos_router(reliability.chaos_handles()))
     ///     .merge(admin.router());
     /// ```
     ///
@@ -129,7 +138,9 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
     response
 }
 
-fn state_json(s: &Snapshot) -> Value {
+/// One handle's state: what `GET /chaos/{name}` answers and `/reliability`
+/// lists under `chaos`.
+pub(crate) fn state_json(s: &Snapshot) -> Value {
     let f = s.faults;
     json!({
         "name": s.name.as_ref(),
@@ -139,11 +150,18 @@ fn state_json(s: &Snapshot) -> Value {
         "latency_rate": f.map(|f| f.latency_rate),
         "status": f.and_then(|f| f.status).map(|s| s.as_u16()),
         "duration_seconds": f.and_then(|f| f.duration).map(|d| d.as_secs_f64()),
+        "started_at": s.started_at.map(crate::util::rfc3339),
         "remaining_seconds": s.remaining.map(|d| d.as_secs_f64()),
         "since_start_seconds": s.since_start.map(|d| d.as_secs_f64()),
         "calls": s.calls,
         "injected": s.injected,
         "delayed": s.delayed,
+        // The names of `tower_recovery_chaos_injected_total`'s `fault`.
+        "faults_injected": {
+            "error": s.errors,
+            "response": s.responses,
+            "latency": s.delayed,
+        },
     })
 }
 

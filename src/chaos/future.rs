@@ -9,7 +9,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use super::{Injected, OnFault};
+use super::{Chaos, Injected, OnFault};
 
 pin_project! {
     #[project = KindProj]
@@ -22,9 +22,40 @@ pin_project! {
         },
         // A delay or a fault was drawn: boxed, off the common path.
         Planned {
-            planned: Pin<Box<Planned<F>>>,
+            planned: PlannedBox<F>,
         },
     }
+}
+
+/// The boxed plan of a call with a delay or a fault, dropped out of line:
+/// dropping a future of the common path (`Called`) stays a check of its
+/// kind, however much a plan holds (with the plan's drop inlined, the
+/// whole future's drop glue grew out of line, and every call paid a
+/// function call for it, chaos off or on).
+struct PlannedBox<F>(Option<Pin<Box<Planned<F>>>>);
+
+impl<F> PlannedBox<F> {
+    fn get(&mut self) -> Pin<&mut Planned<F>> {
+        self.0
+            .as_mut()
+            .expect("a plan is taken only when it is dropped")
+            .as_mut()
+    }
+}
+
+impl<F> Drop for PlannedBox<F> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(planned) = self.0.take() {
+            drop_cold(planned);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn drop_cold<T>(value: T) {
+    drop(value);
 }
 
 pin_project! {
@@ -45,6 +76,8 @@ pin_project! {
         },
         Fail {
             injected: Option<Injected>,
+            // Counts the answer: an error or a response.
+            chaos: Chaos,
         },
     }
 }
@@ -68,22 +101,34 @@ impl<F, O> ResponseFuture<F, O> {
         }
     }
 
+    /// A call with a delay, a fault or both: `Ok(future)` is the inner
+    /// service's, `Err` the fault. Out of line, with what it records, so
+    /// that the common path stays as small as it was.
+    #[inline(never)]
     pub(crate) fn planned(
-        future: Option<F>,
-        injected: Option<Injected>,
+        then: Result<F, Injected>,
         delay: Option<Duration>,
         on_fault: O,
+        chaos: &Chaos,
     ) -> Self {
-        let then = match future {
-            Some(future) => Then::Call { future },
-            None => Then::Fail { injected },
+        #[cfg(feature = "metrics")]
+        if delay.is_some() {
+            chaos.count_delayed();
+        }
+        let then = match then {
+            Ok(future) => Then::Call { future },
+            Err(injected) => Then::Fail {
+                injected: Some(injected),
+                // Counts the answer.
+                chaos: chaos.clone(),
+            },
         };
         Self {
             kind: Kind::Planned {
-                planned: Box::pin(Planned {
+                planned: PlannedBox(Some(Box::pin(Planned {
                     delay: delay.map(tokio::time::sleep),
                     then,
-                }),
+                }))),
             },
             on_fault,
         }
@@ -105,7 +150,7 @@ where
                 let result = ready!(future.poll(cx));
                 return Poll::Ready(result.map_err(|e| this.on_fault.convert(e)));
             }
-            KindProj::Planned { planned } => planned.as_mut().project(),
+            KindProj::Planned { planned } => planned.get().project(),
         };
         let mut delay = then.delay;
         if let Some(sleep) = delay.as_mut().as_pin_mut() {
@@ -117,11 +162,13 @@ where
                 let result = ready!(future.poll(cx));
                 Poll::Ready(result.map_err(|e| this.on_fault.convert(e)))
             }
-            ThenProj::Fail { injected } => {
+            ThenProj::Fail { injected, chaos } => {
                 let injected = injected
                     .take()
                     .expect("ResponseFuture polled after completion");
-                Poll::Ready(this.on_fault.fault(injected))
+                let answer = this.on_fault.fault(injected);
+                chaos.answered(answer.is_ok());
+                Poll::Ready(answer)
             }
         }
     }

@@ -82,7 +82,8 @@
 //! Off, a call costs one relaxed atomic load more than the inner service's
 //! (`benches/chaos.rs` measures it). On, it costs a few atomic operations
 //! (a shared random sequence and counters) and, if the rehearsal has an end,
-//! a clock read; a delay allocates its timer. Settings are atomics, read
+//! a clock read; a delay or a fault allocates its future's state, and
+//! records its metric (feature `metrics`). Settings are atomics, read
 //! without a lock; a call that races [`Chaos::start`] may see some settings
 //! of the old rehearsal and some of the new one, and one that races
 //! [`Chaos::stop`] may still be failed.
@@ -100,6 +101,72 @@
 //! serves `GET /chaos` and `GET`/`POST`/`DELETE /chaos/{name}` behind the
 //! admin routes' bearer token, so an operator can start and stop a
 //! rehearsal on a running service.
+//!
+//! # Where operators look
+//!
+//! A rehearsal's failures look like an outage's: a breaker opens, a
+//! recovery runs, error rates climb on the dashboards. Whoever is paged
+//! during one (or reads the graphs after it) must be able to tell that the
+//! failures were injected, where they already look:
+//!
+//! - Add the handle to the dependency set with
+//!   [`health::Builder::chaos`](crate::health::Builder::chaos) (feature
+//!   `health`). [`Reliability::report`](crate::health::Reliability::report)
+//!   then lists it ([`Snapshot`]: active or not, the faults, when it
+//!   started, the time left, the calls seen and the faults injected by
+//!   kind), and while it is active the aggregate status is `warn` at
+//!   least, never `fail` because of it. With `admin`, `/reliability` shows
+//!   each handle under `chaos`, and `/health` says `"chaos_active": true`
+//!   and names it (its code stays 200 unless something else fails). Pass
+//!   [`Reliability::chaos_handles`](crate::health::Reliability::chaos_handles)
+//!   to the chaos routes, so that the handles switched over HTTP are the
+//!   ones reported.
+//! - With the `metrics` feature, `tower_recovery_chaos_active{chaos}` is 1
+//!   while a rehearsal is on and `tower_recovery_chaos_injected_total{chaos,
+//!   fault}` counts its faults (`error`, `response`, `latency`; see
+//!   [`metrics`](crate::metrics)). They are labelled by the handle's name
+//!   only, never by anything of a request's, and counted on injected calls
+//!   only: off, or for a call it lets through, chaos records nothing.
+//!
+//! The set only reads the handles: it never starts, stops or ends a
+//! rehearsal, and reading a report changes nothing.
+//!
+//! A failed call counts as `error` or `response` by what the [`OnFault`]
+//! answered (`Err` or `Ok`), when it is answered; a delayed call counts as
+//! `latency` when it is drawn (a call delayed then failed counts as both).
+//!
+#![cfg_attr(feature = "health", doc = "```")]
+#![cfg_attr(not(feature = "health"), doc = "```ignore")]
+//! use std::time::Duration;
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//! use tower_recovery::chaos::{Chaos, Faults};
+//! use tower_recovery::health::{HealthStatus, Reliability};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let chaos = Chaos::new("model_server");
+//! let reliability = Reliability::builder().chaos(&chaos).build().unwrap();
+//! let mut client = ServiceBuilder::new()
+//!     .layer(chaos.layer())
+//!     .service(service_fn(|_: ()| async { Ok::<_, std::io::Error>("draft") }));
+//! assert_eq!(reliability.status(), HealthStatus::Pass);
+//!
+//! chaos.start(Faults::new().error_rate(1.0).duration(Duration::from_secs(300)));
+//! for _ in 0..3 {
+//!     assert!(client.ready().await.unwrap().call(()).await.is_err());
+//! }
+//! let report = reliability.report();
+//! assert_eq!(report.status, HealthStatus::Warn, "failures are being injected");
+//! let rehearsal = &report.chaos[0];
+//! assert!(rehearsal.active);
+//! assert_eq!(rehearsal.remaining, Some(Duration::from_secs(300)));
+//! assert_eq!((rehearsal.calls, rehearsal.errors, rehearsal.responses), (3, 3, 0));
+//!
+//! chaos.stop();
+//! assert_eq!(reliability.status(), HealthStatus::Pass);
+//! assert_eq!(reliability.report().chaos[0].errors, 3, "the last rehearsal's counts stay");
+//! # }
+//! ```
 
 mod error;
 mod fault;
@@ -108,12 +175,12 @@ mod layer;
 mod service;
 
 #[cfg(feature = "admin")]
-mod admin;
+pub(crate) mod admin;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 use tokio::time::Instant;
@@ -352,6 +419,14 @@ struct Shared {
     calls: AtomicU64,
     injected: AtomicU64,
     delayed: AtomicU64,
+    /// Failed calls answered with an error, and with a response (the
+    /// [`OnFault`]'s `Err` and `Ok`), counted as they are answered.
+    errors: AtomicU64,
+    responses: AtomicU64,
+    /// The handles of `tower_recovery_chaos_*`, registered with the
+    /// recorder in use at each event (re-registered when it changes).
+    #[cfg(feature = "metrics")]
+    metrics: crate::metrics::Bound<Metrics>,
     /// The writers' side: serialises start, stop and end, and keeps what
     /// readers of the settings (not calls) see.
     control: Mutex<Control>,
@@ -363,6 +438,8 @@ struct Control {
     faults: Option<Faults>,
     /// When the current or last rehearsal started.
     started: Option<Instant>,
+    /// The same, on the wall clock (for reports).
+    started_at: Option<SystemTime>,
     /// The task that ends a rehearsal with a duration.
     timer: Option<tokio::task::AbortHandle>,
 }
@@ -391,6 +468,8 @@ pub struct Snapshot {
     pub active: bool,
     /// The faults of the current rehearsal, or of the last one.
     pub faults: Option<Faults>,
+    /// When the current or last rehearsal started, on the wall clock.
+    pub started_at: Option<SystemTime>,
     /// How long since the current or last rehearsal started.
     pub since_start: Option<Duration>,
     /// While active with a duration: how long until it ends itself.
@@ -401,6 +480,15 @@ pub struct Snapshot {
     pub injected: u64,
     /// Calls delayed on purpose, since the last start.
     pub delayed: u64,
+    /// Of the failed calls, those answered with an error (the
+    /// [`OnFault`]'s `Err`, as [`FaultWithError`] answers), since the last
+    /// start. Counted when the call is answered: one dropped during its
+    /// added latency is in [`injected`](Self::injected) only.
+    pub errors: u64,
+    /// Of the failed calls, those answered with a response (the
+    /// [`OnFault`]'s `Ok`: the response override of [`FaultWithResponse`]),
+    /// since the last start. Counted as [`errors`](Self::errors) are.
+    pub responses: u64,
 }
 
 impl Chaos {
@@ -421,6 +509,10 @@ impl Chaos {
                 calls: AtomicU64::new(0),
                 injected: AtomicU64::new(0),
                 delayed: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+                responses: AtomicU64::new(0),
+                #[cfg(feature = "metrics")]
+                metrics: crate::metrics::Bound::new(),
                 control: Mutex::new(Control::default()),
             }),
         }
@@ -483,11 +575,16 @@ impl Chaos {
         shared.calls.store(0, Ordering::Relaxed);
         shared.injected.store(0, Ordering::Relaxed);
         shared.delayed.store(0, Ordering::Relaxed);
+        shared.errors.store(0, Ordering::Relaxed);
+        shared.responses.store(0, Ordering::Relaxed);
         let on = generation << 1 | ON;
         shared.state.store(on, Ordering::Release);
         control.faults = Some(faults);
         control.started = Some(now);
+        control.started_at = Some(SystemTime::now());
         drop(control);
+        // The recorder is someone else's code: called with no lock held.
+        shared.sync_active_gauge();
         if let Some(timer) = old_timer {
             timer.abort();
         }
@@ -531,6 +628,7 @@ impl Chaos {
             timer.abort();
         }
         if state & ON != 0 {
+            shared.sync_active_gauge();
             shared.log_off("stopped");
         }
     }
@@ -569,11 +667,14 @@ impl Chaos {
             name: shared.name.clone(),
             active,
             faults: control.faults,
+            started_at: control.started_at,
             since_start: control.started.map(|s| now.saturating_duration_since(s)),
             remaining,
             calls: shared.calls.load(Ordering::Relaxed),
             injected: shared.injected.load(Ordering::Relaxed),
             delayed: shared.delayed.load(Ordering::Relaxed),
+            errors: shared.errors.load(Ordering::Relaxed),
+            responses: shared.responses.load(Ordering::Relaxed),
         }
     }
 
@@ -585,6 +686,71 @@ impl Chaos {
             return Plan::NONE;
         }
         self.shared.draw(state)
+    }
+
+    /// Records a delayed call in `tower_recovery_chaos_injected_total`
+    /// (its count in the snapshot is taken by the draw). Called from the
+    /// planned path, out of line: in `draw`, it made every call on save
+    /// more registers.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn count_delayed(&self) {
+        self.shared.count_injected(Fault::Latency);
+    }
+
+    /// Counts a failed call as answered: with a response (the
+    /// [`OnFault`]'s `Ok`) or with an error.
+    pub(crate) fn answered(&self, response: bool) {
+        let shared = &self.shared;
+        let count = if response {
+            &shared.responses
+        } else {
+            &shared.errors
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        shared.count_injected(if response {
+            Fault::Response
+        } else {
+            Fault::Error
+        });
+    }
+}
+
+/// The `fault` label of `tower_recovery_chaos_injected_total`.
+#[cfg(feature = "metrics")]
+#[derive(Clone, Copy)]
+enum Fault {
+    Error,
+    Latency,
+    Response,
+}
+
+/// Metric handles of one handle's name, for one recorder.
+#[cfg(feature = "metrics")]
+struct Metrics {
+    active: metrics::Gauge,
+    error: metrics::Counter,
+    latency: metrics::Counter,
+    response: metrics::Counter,
+}
+
+#[cfg(feature = "metrics")]
+impl Metrics {
+    /// Labelled by the handle's name only: nothing of a request's.
+    fn new(name: &str) -> Self {
+        let injected = |fault: &'static str| {
+            metrics::counter!(
+                crate::metrics::CHAOS_INJECTED,
+                "chaos" => name.to_string(),
+                "fault" => fault
+            )
+        };
+        Self {
+            active: metrics::gauge!(crate::metrics::CHAOS_ACTIVE, "chaos" => name.to_string()),
+            error: injected("error"),
+            latency: injected("latency"),
+            response: injected("response"),
+        }
     }
 }
 
@@ -640,8 +806,48 @@ impl Shared {
                 Some(d) => format!("its {} s are over", d.as_secs_f64()),
                 None => "its time is over".to_string(),
             };
+            self.sync_active_gauge();
             self.log_off(&why);
         }
+    }
+
+    /// Sets `tower_recovery_chaos_active` to the on bit (1 from a start, 0
+    /// from a stop or an end). Called after each change, with no lock held
+    /// (the recorder is someone else's code); it reads the bit again after
+    /// setting, so that of two changes racing, the gauge ends at the later
+    /// one's value.
+    fn sync_active_gauge(&self) {
+        #[cfg(feature = "metrics")]
+        self.with_metrics(|m| {
+            let mut on = self.state.load(Ordering::Acquire) & ON != 0;
+            loop {
+                m.active.set(if on { 1.0 } else { 0.0 });
+                let now = self.state.load(Ordering::Acquire) & ON != 0;
+                if now == on {
+                    break;
+                }
+                on = now;
+            }
+        });
+    }
+
+    /// `tower_recovery_chaos_injected_total` of `fault`: injected calls
+    /// only, never one that chaos lets through.
+    #[cfg(feature = "metrics")]
+    fn count_injected(&self, fault: Fault) {
+        self.with_metrics(|m| {
+            match fault {
+                Fault::Error => &m.error,
+                Fault::Latency => &m.latency,
+                Fault::Response => &m.response,
+            }
+            .increment(1)
+        });
+    }
+
+    #[cfg(feature = "metrics")]
+    fn with_metrics(&self, f: impl FnOnce(&Metrics)) {
+        self.metrics.with(|| Metrics::new(&self.name), f);
     }
 
     fn log_off(&self, why: &str) {
@@ -834,6 +1040,8 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(chaos.shared.state.load(Ordering::Relaxed) & ON, ON);
         assert!(!chaos.is_active(), "reads as ended, changes nothing");
+        let snapshot = chaos.snapshot();
+        assert!(!snapshot.active && snapshot.remaining.is_none());
         assert_eq!(chaos.shared.state.load(Ordering::Relaxed) & ON, ON);
         assert!(chaos.plan().fault.is_none());
         assert_eq!(chaos.shared.state.load(Ordering::Relaxed) & ON, 0);

@@ -73,8 +73,11 @@ where
             return ResponseFuture::called(self.inner.call(req), self.on_fault.clone());
         }
         // A failed call never reaches the inner service.
-        let future = plan.fault.is_none().then(|| self.inner.call(req));
-        ResponseFuture::planned(future, plan.fault, plan.delay, self.on_fault.clone())
+        let then = match plan.fault {
+            Some(injected) => Err(injected),
+            None => Ok(self.inner.call(req)),
+        };
+        ResponseFuture::planned(then, plan.delay, self.on_fault.clone(), &self.chaos)
     }
 }
 

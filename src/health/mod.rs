@@ -62,7 +62,11 @@
 //!
 //! Any required dependency failing -> `fail`; any optional one failing, or
 //! any breaker not closed -> `warn`; else `pass`. A dependency not checked yet
-//! counts as `warn`.
+//! counts as `warn`. With the `chaos` feature, a rehearsal active on a
+//! handle added with [`Builder::chaos`] makes it at least `warn` too: the
+//! failures seen then may be injected, and whoever reads the status should
+//! be told (never `fail`: a rehearsal alone does not make the service
+//! unhealthy; its injected failures do, where they reach a check).
 
 mod check;
 mod monitor;
@@ -255,6 +259,9 @@ pub enum BuildError {
     /// Dependencies need each other in a cycle (listed in order, the first
     /// repeated at the end): none could recover first.
     Cycle(Vec<String>),
+    /// Two chaos handles added with [`Builder::chaos`] share a name (or
+    /// one was added twice): reports list them by name.
+    DuplicateChaos(String),
 }
 
 impl fmt::Display for BuildError {
@@ -271,6 +278,9 @@ impl fmt::Display for BuildError {
                 "dependencies need each other in a cycle: {}",
                 path.join(" -> ")
             ),
+            BuildError::DuplicateChaos(name) => {
+                write!(f, "chaos handle name {name:?} is added twice")
+            }
         }
     }
 }
@@ -284,6 +294,8 @@ pub struct Builder {
     history: Option<usize>,
     #[cfg(feature = "circuit-breaker")]
     keyed: Vec<Arc<dyn crate::circuit_breaker::keyed::View>>,
+    #[cfg(feature = "chaos")]
+    chaos: Vec<crate::chaos::Chaos>,
 }
 
 impl Builder {
@@ -306,6 +318,20 @@ impl Builder {
         self
     }
 
+    /// Adds a chaos handle, reported by [`Reliability::report`] (in
+    /// [`HealthReport::chaos`]), `/health` and `/reliability`, so that
+    /// whoever looks there during a rehearsal sees that failures are
+    /// injected. While its rehearsal is active the aggregate status is at
+    /// least `warn`. [`Reliability::chaos_handles`] gives them back, for
+    /// `Admin::chaos_router`. The set only reads the handle: it never
+    /// starts or stops it.
+    #[cfg(feature = "chaos")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "chaos")))]
+    pub fn chaos(mut self, chaos: &crate::chaos::Chaos) -> Self {
+        self.chaos.push(chaos.clone());
+        self
+    }
+
     /// Results kept per dependency (default 100).
     pub fn history_size(mut self, size: usize) -> Self {
         self.history = Some(size);
@@ -322,6 +348,15 @@ impl Builder {
         for dep in &self.deps {
             if !names.insert(dep.name.clone()) {
                 return Err(BuildError::DuplicateName(dep.name.to_string()));
+            }
+        }
+        #[cfg(feature = "chaos")]
+        {
+            let mut names = std::collections::HashSet::new();
+            for chaos in &self.chaos {
+                if !names.insert(chaos.name()) {
+                    return Err(BuildError::DuplicateChaos(chaos.name().to_string()));
+                }
             }
         }
         let needs = prerequisite_indices(&self.deps)?;
@@ -342,6 +377,8 @@ impl Builder {
                 monitor: Mutex::new(None),
                 #[cfg(feature = "circuit-breaker")]
                 keyed: self.keyed,
+                #[cfg(feature = "chaos")]
+                chaos: self.chaos,
             }),
         };
         #[cfg(feature = "recovery")]
@@ -492,6 +529,8 @@ struct Inner {
     monitor: Mutex<Option<MonitorInfo>>,
     #[cfg(feature = "circuit-breaker")]
     keyed: Vec<Arc<dyn crate::circuit_breaker::keyed::View>>,
+    #[cfg(feature = "chaos")]
+    chaos: Vec<crate::chaos::Chaos>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -529,6 +568,15 @@ impl Reliability {
             .iter()
             .map(|keyed| call_out(|| keyed.summary(max_listed)))
             .collect()
+    }
+
+    /// The chaos handles added with [`Builder::chaos`], in the order they
+    /// were added: give them to `Admin::chaos_router` so that the handles
+    /// switched over HTTP are the ones reported.
+    #[cfg(feature = "chaos")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "chaos")))]
+    pub fn chaos_handles(&self) -> impl Iterator<Item = &crate::chaos::Chaos> {
+        self.inner.chaos.iter()
     }
 
     /// Results kept per dependency.
@@ -703,6 +751,19 @@ impl Reliability {
             dependencies[index].root_cause = root_cause(&self.inner.needs, index, &mut |p| down[p])
                 .map(|root| dependencies[root].name.clone());
         }
+        // The chaos handles, with no lock of the set held; a rehearsal
+        // active makes the aggregate `warn` at least.
+        #[cfg(feature = "chaos")]
+        let chaos: Vec<_> = self
+            .inner
+            .chaos
+            .iter()
+            .map(|c| call_out(|| c.snapshot()))
+            .collect();
+        #[cfg(feature = "chaos")]
+        if chaos.iter().any(|c| c.active) {
+            status = status.max(HealthStatus::Warn);
+        }
         let monitor = *lock(&self.inner.monitor);
         HealthReport {
             status,
@@ -710,6 +771,8 @@ impl Reliability {
             monitor_running: monitor.is_some_and(|m| m.running),
             monitor_interval: monitor.map(|m| m.interval),
             dependencies,
+            #[cfg(feature = "chaos")]
+            chaos,
         }
     }
 }
@@ -785,9 +848,9 @@ impl Reliability {
     }
 }
 
-/// Calls another component (a breaker, a recovery). No lock of this module
-/// may be held then; the unit tests check it here.
-#[cfg(any(feature = "circuit-breaker", feature = "recovery"))]
+/// Calls another component (a breaker, a recovery, a chaos handle). No
+/// lock of this module may be held then; the unit tests check it here.
+#[cfg(any(feature = "circuit-breaker", feature = "recovery", feature = "chaos"))]
 #[inline]
 fn call_out<T>(call: impl FnOnce() -> T) -> T {
     #[cfg(all(test, feature = "circuit-breaker", feature = "recovery"))]
@@ -904,6 +967,12 @@ pub struct HealthReport {
     pub monitor_interval: Option<Duration>,
     /// Per dependency, in the order they were added.
     pub dependencies: Vec<DependencyReport>,
+    /// Per chaos handle added with [`Builder::chaos`], in the order they
+    /// were added: whether its rehearsal is active, what it injects and
+    /// what it has injected.
+    #[cfg(feature = "chaos")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "chaos")))]
+    pub chaos: Vec<crate::chaos::Snapshot>,
 }
 
 #[cfg(all(test, feature = "circuit-breaker", feature = "recovery"))]
@@ -929,14 +998,14 @@ mod tests {
     async fn report_holds_no_lock_while_asking_breakers_and_recoveries() {
         let breaker = Breaker::new("db");
         let recovery = Recovery::builder("db", || async { Ok::<(), String>(()) }).spawn();
-        let set = Reliability::builder()
-            .dependency(
-                Dependency::new("db", HealthCheck::new(|| async { Ok::<(), String>(()) }))
-                    .breaker(&breaker)
-                    .recovery(&recovery),
-            )
-            .build()
-            .unwrap();
+        let set = Reliability::builder().dependency(
+            Dependency::new("db", HealthCheck::new(|| async { Ok::<(), String>(()) }))
+                .breaker(&breaker)
+                .recovery(&recovery),
+        );
+        #[cfg(feature = "chaos")]
+        let set = set.chaos(&crate::chaos::Chaos::new("db"));
+        let set = set.build().unwrap();
         set.check_all().await;
         let calls = Arc::new(AtomicU32::new(0));
         let held = Arc::new(AtomicU32::new(0));
@@ -960,10 +1029,12 @@ mod tests {
         ON_CALL_OUT.with(|hook| hook.borrow_mut().take());
         assert!(report.dependencies[0].breaker.is_some());
         assert!(report.dependencies[0].recovery.is_some());
+        #[cfg(feature = "chaos")]
+        assert_eq!(report.chaos.len(), 1);
         assert_eq!(
             calls.load(Ordering::SeqCst),
-            2,
-            "the breaker and the recovery were asked"
+            2 + u32::from(cfg!(feature = "chaos")),
+            "the breaker, the recovery (and the chaos handle) were asked"
         );
         assert_eq!(
             held.load(Ordering::SeqCst),

@@ -33,6 +33,7 @@ async fn health_document_and_status_codes() {
     );
     assert_eq!(doc.circuit_breakers["model_server"], "closed");
     assert_eq!(doc.recovery["database"], "idle");
+    assert!(!doc.chaos_active && doc.chaos.is_empty(), "no chaos added");
     assert!(!doc.draining);
 
     // Optional failing: warn, still 200.
@@ -124,6 +125,7 @@ async fn reliability_document_field_by_field() {
     );
     assert_eq!((b.rejected, b.transitions), (0, 1));
     assert!(doc.keyed_breakers.is_empty(), "no keyed registry added");
+    assert!(doc.chaos.is_empty(), "no chaos handle added");
     assert_eq!(b.failure_rate, None, "no window");
     assert_eq!(
         (b.metrics_only, b.would_have_rejected, b.traffic_share),

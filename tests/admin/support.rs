@@ -141,6 +141,10 @@ pub(crate) struct HealthDoc {
     pub(crate) recovery: HashMap<String, String>,
     pub(crate) root_causes: HashMap<String, String>,
     pub(crate) draining: bool,
+    /// No chaos handle is added to the set here (`tests/chaos.rs` adds
+    /// some): `false` and empty.
+    pub(crate) chaos_active: bool,
+    pub(crate) chaos: HashMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,6 +245,8 @@ pub(crate) struct ReliabilityDoc {
     pub(crate) recovery: HashMap<String, RecoveryDoc>,
     pub(crate) health_monitor: MonitorDoc,
     pub(crate) graceful_shutdown: ShutdownDoc,
+    /// Its shape is pinned by `tests/chaos.rs`.
+    pub(crate) chaos: HashMap<String, serde_json::Value>,
 }
 
 /// A keyed registry's breaker in `/reliability` (its configuration is the
