@@ -7,6 +7,7 @@
 mod redis_server;
 mod review3;
 mod review4;
+mod review_standing;
 mod standing;
 
 use std::sync::Arc;

@@ -9,13 +9,13 @@ use tower_recovery::fleet::{BoxFuture, Holder, Lease, Published, Subscription, U
 use super::*;
 
 /// A replica with a breaker and a recovery that watches it.
-struct Member {
-    fleet: Fleet,
-    breaker: Breaker,
-    _recovery: Recovery,
+pub(super) struct Member {
+    pub(super) fleet: Fleet,
+    pub(super) breaker: Breaker,
+    pub(super) _recovery: Recovery,
 }
 
-fn member(coordinator: impl Coordinator, id: &str, beat: Duration) -> Member {
+pub(super) fn member(coordinator: impl Coordinator, id: &str, beat: Duration) -> Member {
     let fleet = Fleet::builder(coordinator)
         .replica_id(id)
         .lease_ttl(Duration::from_millis(900))
@@ -42,7 +42,7 @@ fn via_relay(relay: &Relay) -> RedisCoordinator {
 }
 
 /// What the admin route does for `?scope=fleet`: applied here, then sent.
-async fn fleet_wide(m: &Member, action: Action) -> usize {
+pub(super) async fn fleet_wide(m: &Member, action: Action) -> usize {
     match action {
         Action::ForceOpen => m.breaker.force_open(),
         Action::Disable => m.breaker.disable(),
@@ -67,7 +67,7 @@ async fn standing_applied(m: &Member) {
 }
 
 /// The standing state `m` knows for the model server: action and number.
-fn standing_of(m: &Member) -> Option<(Action, u64)> {
+pub(super) fn standing_of(m: &Member) -> Option<(Action, u64)> {
     m.fleet.status().dependencies[0]
         .standing
         .as_ref()
@@ -84,7 +84,7 @@ fn applied(m: &Member) -> Vec<(Action, bool)> {
 }
 
 /// `replica`'s heartbeat entry for the model server, as stored in Redis.
-async fn beat_of(raw: &RedisCoordinator, replica: &str) -> Option<(u64, Option<String>)> {
+pub(super) async fn beat_of(raw: &RedisCoordinator, replica: &str) -> Option<(u64, Option<String>)> {
     raw.replicas()
         .await
         .ok()?
@@ -102,7 +102,7 @@ async fn beat_of(raw: &RedisCoordinator, replica: &str) -> Option<(u64, Option<S
 /// Waits until `replica` has sent two heartbeats after `after_ms` (each is
 /// preceded by a read of the standing states, so at least one read was
 /// made wholly after it); returns the breaker state the last one reports.
-async fn two_beats_after(raw: &RedisCoordinator, replica: &str, after_ms: u64) -> String {
+pub(super) async fn two_beats_after(raw: &RedisCoordinator, replica: &str, after_ms: u64) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = Vec::new();
     loop {
@@ -122,7 +122,7 @@ async fn two_beats_after(raw: &RedisCoordinator, replica: &str, after_ms: u64) -
     }
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -131,7 +131,7 @@ fn now_ms() -> u64 {
 
 /// One command to the private Redis over a plain socket; the reply's
 /// first line.
-fn raw_command(port: u16, args: &[&str]) -> String {
+pub(super) fn raw_command(port: u16, args: &[&str]) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
@@ -761,7 +761,7 @@ async fn two_operators_at_once_end_every_replica_in_the_later_state() {
 }
 
 /// One command to the private Redis, with arguments as bytes.
-fn raw_bytes(port: u16, args: &[&[u8]]) -> Vec<u8> {
+pub(super) fn raw_bytes(port: u16, args: &[&[u8]]) -> Vec<u8> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
