@@ -3,9 +3,11 @@
 
 use std::sync::Mutex;
 
+use tower_recovery::fleet::{BoxFuture, Holder, Lease, Published, Subscription, Unavailable};
+
 use super::standing::{
     Member, beat_of, fleet_wide, member, now_ms, raw_bytes, raw_command, standing_of,
-    two_beats_after,
+    two_beats_after, via_relay,
 };
 use super::*;
 
@@ -328,10 +330,10 @@ async fn review_a_forged_huge_standing_number_blocks_every_later_command() {
     );
     let a = member(coordinator(&redis), "a", Duration::from_millis(100));
     connected(&a.fleet, true).await;
-    eventually(Duration::from_secs(2), "a disabled (as the line says)", || {
-        (a.breaker.state() == State::Disabled).then_some(())
-    })
-    .await;
+    tokio::time::timeout(Duration::from_secs(10), a.fleet.wait_standing_applied())
+        .await
+        .expect("never settled");
+    // (on the merged code a is disabled now, as the forged line says)
     // The operator puts it right: a fleet-wide reset, then a force-open.
     let b = member(coordinator(&redis), "b", Duration::from_millis(100));
     connected(&b.fleet, true).await;
@@ -344,6 +346,129 @@ async fn review_a_forged_huge_standing_number_blocks_every_later_command() {
         State::ForcedOpen,
         "a ignores every later fleet command (its heartbeat: {state}; it reports standing {:?})",
         standing_of(&a)
+    );
+}
+
+/// A coordinator whose subscription goes through `sub` (a relay the test
+/// cuts) and every other call straight to Redis: the state a replica is in
+/// for up to its reconnection back-off (2 s) after a Redis blip, when the
+/// admin POST's calls reconnect at once and the subscription has not yet.
+struct Split {
+    direct: RedisCoordinator,
+    sub: RedisCoordinator,
+}
+
+impl Coordinator for Split {
+    fn acquire<'a>(
+        &'a self,
+        dependency: &'a str,
+        replica: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Acquire, Unavailable>> {
+        self.direct.acquire(dependency, replica, ttl)
+    }
+    fn renew<'a>(
+        &'a self,
+        lease: &'a Lease,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, Unavailable>> {
+        self.direct.renew(lease, ttl)
+    }
+    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<bool, Unavailable>> {
+        self.direct.release(lease)
+    }
+    fn holder<'a>(
+        &'a self,
+        dependency: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Holder>, Unavailable>> {
+        self.direct.holder(dependency)
+    }
+    fn publish<'a>(
+        &'a self,
+        lease: &'a Lease,
+        outcome: &'a Outcome,
+    ) -> BoxFuture<'a, Result<bool, Unavailable>> {
+        self.direct.publish(lease, outcome)
+    }
+    fn last_outcome<'a>(
+        &'a self,
+        dependency: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Published>, Unavailable>> {
+        self.direct.last_outcome(dependency)
+    }
+    fn subscribe(&self) -> BoxFuture<'_, Result<Subscription, Unavailable>> {
+        self.sub.subscribe()
+    }
+    fn broadcast<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<usize, Unavailable>> {
+        self.direct.broadcast(command)
+    }
+    fn recent_commands(&self) -> BoxFuture<'_, Result<Vec<Command>, Unavailable>> {
+        self.direct.recent_commands()
+    }
+    fn standing(&self) -> BoxFuture<'_, Result<Vec<Command>, Unavailable>> {
+        self.direct.standing()
+    }
+    fn heartbeat<'a>(
+        &'a self,
+        beat: &'a Heartbeat,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), Unavailable>> {
+        self.direct.heartbeat(beat, ttl)
+    }
+    fn replicas(&self) -> BoxFuture<'_, Result<Vec<Heartbeat>, Unavailable>> {
+        self.direct.replicas()
+    }
+}
+
+/// The sender's own command, found standing (or in the log) when its
+/// subscription comes back, is "made good again" (`Step::Converge`): an
+/// operator's local reset made after the fleet-wide force-open, while the
+/// sender's subscription was still reconnecting, is undone, though the
+/// module docs promise "later reads and reconnections do not undo it".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_the_senders_own_standing_command_undoes_a_later_local_reset() {
+    let Some(redis) = RedisServer::start_or_skip("review_standing_own_echo") else {
+        return;
+    };
+    let a = member(coordinator(&redis), "a", Duration::from_millis(100));
+    let relay = Relay::start(redis.port).await;
+    let b = member(
+        Split {
+            direct: coordinator(&redis),
+            sub: via_relay(&relay),
+        },
+        "b",
+        Duration::from_millis(100),
+    );
+    connected(&a.fleet, true).await;
+    connected(&b.fleet, true).await;
+    // b's subscription drops (its other calls still reach Redis).
+    relay.cut();
+    connected(&b.fleet, false).await;
+    // The operator forces the model server open fleet-wide from b...
+    assert_eq!(fleet_wide(&b, Action::ForceOpen).await, 1);
+    eventually(Duration::from_secs(2), "a forced open", || {
+        (a.breaker.state() == State::ForcedOpen).then_some(())
+    })
+    .await;
+    // ...then resets b alone (a canary, say): allowed, reported.
+    b.breaker.reset();
+    relay.restore();
+    connected(&b.fleet, true).await;
+    let raw = coordinator(&redis);
+    let state = two_beats_after(&raw, "b", now_ms()).await;
+    let applied: Vec<_> = b
+        .fleet
+        .status()
+        .commands_applied
+        .iter()
+        .map(|x| (x.command.action, x.standing, x.command.from.to_string(), x.result.clone()))
+        .collect();
+    println!("review: b applied {applied:?}");
+    assert_eq!(
+        b.breaker.state(),
+        State::Closed,
+        "b's local reset, made after the fleet command, was undone on its return (heartbeat: {state}; applied: {applied:?})"
     );
 }
 

@@ -33,7 +33,7 @@ pub(super) fn member(coordinator: impl Coordinator, id: &str, beat: Duration) ->
     }
 }
 
-fn via_relay(relay: &Relay) -> RedisCoordinator {
+pub(super) fn via_relay(relay: &Relay) -> RedisCoordinator {
     RedisCoordinator::builder(format!("redis://127.0.0.1:{}/", relay.port))
         .namespace(NS)
         .timeout(Duration::from_millis(300))
