@@ -7,8 +7,8 @@
 mod redis_server;
 mod review3;
 mod review4;
-mod review_standing;
 mod standing;
+mod standing_faults;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

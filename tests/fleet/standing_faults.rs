@@ -1,5 +1,6 @@
-//! Review of the standing states (merge of `fleet-standing`, 7eadc90 and
-//! df807f8). Each test here shows a defect: it fails on the merged code.
+//! Standing states under faults: Redis stalling, odd or forged data in the
+//! standing hash, stale heartbeats, and the sender's own command coming
+//! back after a resubscribe.
 
 use std::sync::Mutex;
 
@@ -22,8 +23,8 @@ use super::*;
 /// for the report only: the replica serves the dependency the fleet cut
 /// off, for good, and its own report says it does not diverge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_a_failed_read_for_a_late_recovery_while_subscribed_is_never_applied() {
-    let Some(redis) = RedisServer::start_or_skip("review_standing_late_read") else {
+async fn a_failed_read_for_a_late_recovery_while_subscribed_is_retried() {
+    let Some(redis) = RedisServer::start_or_skip("standing_late_read") else {
         return;
     };
     let raw = coordinator(&redis);
@@ -72,7 +73,7 @@ async fn review_a_failed_read_for_a_late_recovery_while_subscribed_is_never_appl
     let status = j.status();
     let standing = status.dependencies[0].standing.clone();
     println!(
-        "review: j's breaker {:?}, its heartbeat says {state}, standing_applied {}, its report: {:?}",
+        "j's breaker {:?}, its heartbeat says {state}, standing_applied {}, its report: {:?}",
         breaker.state(),
         status.standing_applied,
         standing
@@ -134,8 +135,8 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Probe {
 /// one dependency the window is the same, only shorter: a `/readyz` served
 /// on another worker thread can see it.)
 #[tokio::test]
-async fn review_ready_before_the_standing_state_is_applied() {
-    let Some(redis) = RedisServer::start_or_skip("review_standing_ready_early") else {
+async fn not_ready_before_every_standing_state_is_applied() {
+    let Some(redis) = RedisServer::start_or_skip("standing_ready_early") else {
         return;
     };
     // (a global no-op subscriber first: tokio-rs/tracing#3611)
@@ -189,7 +190,7 @@ async fn review_ready_before_the_standing_state_is_applied() {
     })
     .await;
     let seen = std::mem::take(&mut probe.0.lock().unwrap().seen);
-    println!("review: (ready, breakers) while each standing state was applied: {seen:?}");
+    println!("(ready, breakers) while each standing state was applied: {seen:?}");
     assert_eq!(seen.len(), 2, "{seen:?}");
     for (ready, states) in &seen {
         assert!(
@@ -206,7 +207,7 @@ async fn review_ready_before_the_standing_state_is_applied() {
 /// (until each has sent a heartbeat since, up to a heartbeat interval: 2 s
 /// by default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_replicas_diverging_lists_replicas_that_are_in_the_state() {
+async fn replicas_diverging_ignores_heartbeats_older_than_the_command() {
     use axum::body::Body;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
@@ -214,7 +215,7 @@ async fn review_replicas_diverging_lists_replicas_that_are_in_the_state() {
     use tower_recovery::drain::Drain;
     use tower_recovery::health::{Dependency, HealthCheck, Reliability};
 
-    let Some(redis) = RedisServer::start_or_skip("review_standing_diverging") else {
+    let Some(redis) = RedisServer::start_or_skip("standing_diverging") else {
         return;
     };
     // The default heartbeat interval.
@@ -279,8 +280,8 @@ async fn review_replicas_diverging_lists_replicas_that_are_in_the_state() {
 /// heartbeats), and a replica whose timeout is shorter than one read never
 /// joins at all (the join drops its subscription and starts over).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_a_huge_standing_hash_keeps_a_replica_out() {
-    let Some(redis) = RedisServer::start_or_skip("review_standing_huge") else {
+async fn a_huge_standing_hash_does_not_keep_a_replica_out() {
+    let Some(redis) = RedisServer::start_or_skip("standing_huge") else {
         return;
     };
     let key = format!("{NS}:standing");
@@ -288,7 +289,10 @@ async fn review_a_huge_standing_hash_keeps_a_replica_out() {
     for i in 0..20 {
         let field = format!("junk{i}");
         assert_eq!(
-            raw_bytes(redis.port, &[b"HSET", key.as_bytes(), field.as_bytes(), &junk]),
+            raw_bytes(
+                redis.port,
+                &[b"HSET", key.as_bytes(), field.as_bytes(), &junk]
+            ),
             b":1\r\n"
         );
     }
@@ -318,8 +322,8 @@ async fn review_a_huge_standing_hash_keeps_a_replica_out() {
 /// against exactly this, a forged huge token; the numbers are at least the
 /// Redis server's clock in milliseconds, so a bound is at hand.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_a_forged_huge_standing_number_blocks_every_later_command() {
-    let Some(redis) = RedisServer::start_or_skip("review_standing_huge_number") else {
+async fn a_forged_huge_standing_number_does_not_block_later_commands() {
+    let Some(redis) = RedisServer::start_or_skip("standing_huge_number") else {
         return;
     };
     let key = format!("{NS}:standing");
@@ -333,7 +337,7 @@ async fn review_a_forged_huge_standing_number_blocks_every_later_command() {
     tokio::time::timeout(Duration::from_secs(10), a.fleet.wait_standing_applied())
         .await
         .expect("never settled");
-    // (on the merged code a is disabled now, as the forged line says)
+    // (a forged line must not become the number later commands are compared to)
     // The operator puts it right: a fleet-wide reset, then a force-open.
     let b = member(coordinator(&redis), "b", Duration::from_millis(100));
     connected(&b.fleet, true).await;
@@ -426,8 +430,8 @@ impl Coordinator for Split {
 /// sender's subscription was still reconnecting, is undone, though the
 /// module docs promise "later reads and reconnections do not undo it".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_the_senders_own_standing_command_undoes_a_later_local_reset() {
-    let Some(redis) = RedisServer::start_or_skip("review_standing_own_echo") else {
+async fn the_senders_own_standing_command_does_not_undo_a_later_local_reset() {
+    let Some(redis) = RedisServer::start_or_skip("standing_own_echo") else {
         return;
     };
     let a = member(coordinator(&redis), "a", Duration::from_millis(100));
@@ -462,9 +466,16 @@ async fn review_the_senders_own_standing_command_undoes_a_later_local_reset() {
         .status()
         .commands_applied
         .iter()
-        .map(|x| (x.command.action, x.standing, x.command.from.to_string(), x.result.clone()))
+        .map(|x| {
+            (
+                x.command.action,
+                x.standing,
+                x.command.from.to_string(),
+                x.result.clone(),
+            )
+        })
         .collect();
-    println!("review: b applied {applied:?}");
+    println!("b applied {applied:?}");
     assert_eq!(
         b.breaker.state(),
         State::Closed,
