@@ -130,7 +130,11 @@ pub(super) async fn run(inner: Arc<Inner>) {
                     refresh_holders(&inner).await;
                     // (a recovery attached, its wake-up not seen yet)
                     if inner.unsettled() && !read_standing(&inner, ApplyTo::Unsettled).await {
+                        // Settled as it is (not kept unready by an
+                        // outage), and subscribed again: the standing
+                        // states are read and applied on that return.
                         inner.settle_unreachable();
+                        break;
                     }
                     if Instant::now() >= next_beat {
                         // The standing states as they are now, for the
@@ -142,9 +146,11 @@ pub(super) async fn run(inner: Arc<Inner>) {
                 }
                 () = woken => {
                     // A recovery attached: its dependency is put in the
-                    // fleet's standing state, then caught up on.
+                    // fleet's standing state, then caught up on. If they
+                    // cannot be read: as above, subscribed again.
                     if inner.unsettled() && !read_standing(&inner, ApplyTo::Unsettled).await {
                         inner.settle_unreachable();
+                        break;
                     }
                     let now_known = inner.names().len();
                     if now_known != known {
