@@ -1050,9 +1050,11 @@ impl Inner {
     /// coordinator, for the report; applies it (only if newer than what was
     /// applied here) to the dependencies `apply_to` says whose recovery is
     /// attached, with no lock held while the breakers act, and marks them
-    /// settled.
+    /// settled once every state is applied (never before: `/readyz`
+    /// answers by it).
     pub(crate) fn sync_standing(&self, records: &[Command], apply_to: ApplyTo) {
         let mut todo = Vec::new();
+        let mut settle: Vec<Arc<str>> = Vec::new();
         {
             let mut deps = lock(&self.deps);
             for e in deps.iter_mut() {
@@ -1076,11 +1078,20 @@ impl Inner {
                         todo.push((record.clone(), recovery.clone()));
                     }
                 }
-                e.manual.settled = true;
+                if !e.manual.settled {
+                    settle.push(e.name.clone());
+                }
             }
         }
         for (command, recovery) in todo {
             self.act(command, Step::Converge, &recovery, true);
+        }
+        if !settle.is_empty() {
+            for e in lock(&self.deps).iter_mut() {
+                if settle.contains(&e.name) {
+                    e.manual.settled = true;
+                }
+            }
         }
         self.changed.send_replace(());
     }
