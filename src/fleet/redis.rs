@@ -27,7 +27,9 @@
 //! counter (no persistence, or a crash before its last snapshot) still
 //! grants tokens newer than the ones granted before, so a holder from
 //! before the restart stays fenced. (Redis 5 or newer: the script reads
-//! `TIME` before it writes.)
+//! `TIME` before it writes.) Command numbers are given the same way; a
+//! line read back (from the log or the standing states) whose number is
+//! more than a day ahead of the server's clock is skipped as forged.
 
 use std::fmt;
 use std::sync::Arc;
@@ -297,6 +299,19 @@ fn parse_value(value: &str) -> Option<(u64, &str)> {
     Some((token.parse().ok()?, replica))
 }
 
+/// How far a command's number may be ahead of the server's clock (in
+/// milliseconds) to be believed: numbers are the server's clock when given,
+/// or one more than the last (a burst of commands, or a server clock set
+/// back). A number further ahead is forged or corrupted, and is skipped: a
+/// replica would take it as the latest, and apply no real command after it.
+const NUMBER_AHEAD_MAX_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Whether a command number read back is within what the server could
+/// have given by `server_now` (its clock in milliseconds).
+fn plausible_number(id: u64, server_now: i64) -> bool {
+    id <= (server_now.max(0) as u64).saturating_add(NUMBER_AHEAD_MAX_MS)
+}
+
 /// This replica's clock, in milliseconds since the Unix epoch.
 fn local_now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -521,6 +536,7 @@ impl Coordinator for RedisCoordinator {
                 .iter()
                 .rev()
                 .filter_map(|l| codec::decode_command(std::str::from_utf8(l).ok()?))
+                .filter(|c| plausible_number(c.id, server_now))
                 .map(|mut c| {
                     c.sent_at_ms = (c.sent_at_ms as i64).saturating_add(offset).max(0) as u64;
                     c
@@ -545,6 +561,7 @@ impl Coordinator for RedisCoordinator {
             Ok(pairs
                 .chunks_exact(2)
                 .filter_map(|pair| codec::decode_standing(&pair[0], &pair[1]))
+                .filter(|c| plausible_number(c.id, server_now))
                 .map(|mut c| {
                     c.sent_at_ms = (c.sent_at_ms as i64).saturating_add(offset).max(0) as u64;
                     c
