@@ -255,7 +255,16 @@ pub trait Coordinator: Send + Sync + 'static {
     /// when it joins or returns, however long it was away. The default
     /// keeps none: a replica that joins later is not put in the fleet's
     /// state.
-    fn standing(&self) -> BoxFuture<'_, Result<Vec<Command>, Unavailable>> {
+    ///
+    /// Only the `dependencies` named are asked for (those of this
+    /// replica): a coordinator need not return others, and skips a record
+    /// too large to be one of its own (odd data must not stall it or keep
+    /// a replica out).
+    fn standing<'a>(
+        &'a self,
+        dependencies: &'a [Arc<str>],
+    ) -> BoxFuture<'a, Result<Vec<Command>, Unavailable>> {
+        let _ = dependencies;
         Box::pin(async { Ok(Vec::new()) })
     }
 

@@ -258,9 +258,12 @@ async fn catch_up_commands(inner: &Inner) -> bool {
 /// before (which a coordinator then drops), and the pause before
 /// subscribing again may have grown to seconds meanwhile.
 async fn read_standing(inner: &Inner, apply_to: ApplyTo) -> bool {
-    let mut read = inner.coordinator.standing().await;
+    // This replica's dependencies only: a standing hash of any size costs
+    // one field each.
+    let names = inner.names();
+    let mut read = inner.coordinator.standing(&names).await;
     if read.is_err() {
-        read = inner.coordinator.standing().await;
+        read = inner.coordinator.standing(&names).await;
     }
     inner.observe(&read);
     match read {

@@ -122,15 +122,27 @@ end
 return redis.call('PUBLISH', ARGV[2], line)
 ";
 
-/// The standing states (none if the key is not a hash), with the server's
-/// clock (in milliseconds) to read their times by.
+/// The standing states of the dependencies named (`ARGV`), as field and
+/// value pairs (none if the key is not a hash), with the server's clock (in
+/// milliseconds) to read their times by. Only the fields asked for are
+/// read, and a value longer than any line this crate writes (8 KiB) is
+/// skipped unread: a hash of any size, or a huge value, costs the server
+/// no more than a few small reads.
 const STANDING: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then
   return {now, {}}
 end
-return {now, redis.call('HGETALL', KEYS[1])}
+local out = {}
+for _, f in ipairs(ARGV) do
+  local n = redis.call('HSTRLEN', KEYS[1], f)
+  if n > 0 and n <= 8192 then
+    table.insert(out, f)
+    table.insert(out, redis.call('HGET', KEYS[1], f))
+  end
+end
+return {now, out}
 ";
 
 /// The kept commands, with the server's clock (in milliseconds) to read
@@ -545,15 +557,19 @@ impl Coordinator for RedisCoordinator {
         })
     }
 
-    fn standing(&self) -> BoxFuture<'_, Result<Vec<Command>, Unavailable>> {
+    fn standing<'a>(
+        &'a self,
+        dependencies: &'a [Arc<str>],
+    ) -> BoxFuture<'a, Result<Vec<Command>, Unavailable>> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
             // Bytes, as for the log: an odd field or value is skipped, it
             // does not fail the read.
-            let (server_now, pairs): (i64, Vec<Vec<u8>>) = self
-                .scripts
-                .standing
-                .key(format!("{}:standing", self.ns))
+            let mut script = self.scripts.standing.key(format!("{}:standing", self.ns));
+            for name in dependencies {
+                script.arg(&**name);
+            }
+            let (server_now, pairs): (i64, Vec<Vec<u8>>) = script
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| self.failed(e))?;

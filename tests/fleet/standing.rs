@@ -486,13 +486,16 @@ impl Coordinator for Gated {
             self.inner.recent_commands().await
         })
     }
-    fn standing(&self) -> BoxFuture<'_, Result<Vec<Command>, Unavailable>> {
+    fn standing<'a>(
+        &'a self,
+        dependencies: &'a [Arc<str>],
+    ) -> BoxFuture<'a, Result<Vec<Command>, Unavailable>> {
         Box::pin(async move {
             if !self.held.swap(false, Ordering::SeqCst) {
-                return self.inner.standing().await;
+                return self.inner.standing(dependencies).await;
             }
             let early = if self.read_first {
-                Some(self.inner.standing().await)
+                Some(self.inner.standing(dependencies).await)
             } else {
                 None
             };
@@ -501,7 +504,7 @@ impl Coordinator for Gated {
             let _ = go.wait_for(|g| *g).await;
             match early {
                 Some(read) => read,
-                None => self.inner.standing().await,
+                None => self.inner.standing(dependencies).await,
             }
         })
     }

@@ -286,8 +286,14 @@ async fn a_huge_standing_hash_does_not_keep_a_replica_out() {
     };
     let key = format!("{NS}:standing");
     let junk = vec![b'x'; 5 << 20];
+    // Nineteen fields of junk, and one where this replica's dependency's
+    // line would be.
     for i in 0..20 {
-        let field = format!("junk{i}");
+        let field = if i == 0 {
+            "model_server".to_string()
+        } else {
+            format!("junk{i}")
+        };
         assert_eq!(
             raw_bytes(
                 redis.port,
@@ -409,8 +415,11 @@ impl Coordinator for Split {
     fn recent_commands(&self) -> BoxFuture<'_, Result<Vec<Command>, Unavailable>> {
         self.direct.recent_commands()
     }
-    fn standing(&self) -> BoxFuture<'_, Result<Vec<Command>, Unavailable>> {
-        self.direct.standing()
+    fn standing<'a>(
+        &'a self,
+        dependencies: &'a [Arc<str>],
+    ) -> BoxFuture<'a, Result<Vec<Command>, Unavailable>> {
+        self.direct.standing(dependencies)
     }
     fn heartbeat<'a>(
         &'a self,
