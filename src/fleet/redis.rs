@@ -550,7 +550,10 @@ impl Coordinator for RedisCoordinator {
                 .filter_map(|l| codec::decode_command(std::str::from_utf8(l).ok()?))
                 .filter(|c| plausible_number(c.id, server_now))
                 .map(|mut c| {
-                    c.sent_at_ms = (c.sent_at_ms as i64).saturating_add(offset).max(0) as u64;
+                    // (not after the server's now: a forged time would
+                    // hide every heartbeat from `replicas_diverging`)
+                    let sent = c.sent_at_ms.min(server_now.max(0) as u64) as i64;
+                    c.sent_at_ms = sent.saturating_add(offset).max(0) as u64;
                     c
                 })
                 .collect())
@@ -579,7 +582,10 @@ impl Coordinator for RedisCoordinator {
                 .filter_map(|pair| codec::decode_standing(&pair[0], &pair[1]))
                 .filter(|c| plausible_number(c.id, server_now))
                 .map(|mut c| {
-                    c.sent_at_ms = (c.sent_at_ms as i64).saturating_add(offset).max(0) as u64;
+                    // (not after the server's now: a forged time would
+                    // hide every heartbeat from `replicas_diverging`)
+                    let sent = c.sent_at_ms.min(server_now.max(0) as u64) as i64;
+                    c.sent_at_ms = sent.saturating_add(offset).max(0) as u64;
                     c
                 })
                 .collect())

@@ -31,7 +31,8 @@ fn outcome_json(p: &Published, show: bool) -> Value {
 
 /// A dependency's standing state: the command that set it, whether this
 /// replica applied it and is in it now, and the replicas alive that are
-/// not (by their last heartbeat; this one as it is now).
+/// not (by their last heartbeat, if it was sent since the command: an
+/// older one says nothing of the state; this one as it is now).
 fn standing_json(s: &FleetStatus, d: &DependencyStatus) -> Value {
     let Some(st) = &d.standing else {
         return Value::Null;
@@ -41,6 +42,7 @@ fn standing_json(s: &FleetStatus, d: &DependencyStatus) -> Value {
         .replicas
         .iter()
         .filter(|r| r.replica != s.replica)
+        .filter(|r| r.sent_at_ms >= st.command.sent_at_ms)
         .filter_map(|r| {
             let beat = r.dependencies.iter().find(|x| x.name == d.name)?;
             let breaker = beat.breaker.as_deref()?;
@@ -262,10 +264,11 @@ mod tests {
         let breakers = [Some("forced_open"), Some("closed"), Some("open"), None];
         for (r, b) in s.replicas.iter_mut().zip(breakers) {
             r.dependencies[0].breaker = b.map(Arc::from);
+            r.sent_at_ms = 2_000;
         }
         let mut command = Command::new("model_server", Action::ForceOpen, "b");
         command.id = 42;
-        command.sent_at_ms = u64::MAX; // forged: must not overflow
+        command.sent_at_ms = 1_000;
         s.dependencies[0].standing = Some(Standing {
             command,
             applied_here: true,
@@ -282,6 +285,29 @@ mod tests {
             standing["replicas_diverging"],
             serde_json::json!(["b", "c"])
         );
+        // A heartbeat sent before the command says nothing of it: not
+        // listed (c's, here).
+        s.replicas[2].sent_at_ms = 999;
+        let json = super::fleet_json(&s, false);
+        assert_eq!(
+            json["dependencies"]["model_server"]["standing"]["replicas_diverging"],
+            serde_json::json!(["b"])
+        );
+        s.replicas[2].sent_at_ms = 2_000;
+        // A forged time must not overflow.
+        s.dependencies[0]
+            .standing
+            .as_mut()
+            .unwrap()
+            .command
+            .sent_at_ms = u64::MAX;
+        let _ = super::fleet_json(&s, false);
+        s.dependencies[0]
+            .standing
+            .as_mut()
+            .unwrap()
+            .command
+            .sent_at_ms = 1_000;
         // This replica as it is now, not as its heartbeat said.
         s.dependencies[0].standing.as_mut().unwrap().breaker_here = Some(State::Closed);
         let json = super::fleet_json(&s, false);
