@@ -247,6 +247,19 @@ pub trait Coordinator: Send + Sync + 'static {
     /// is always the latest of them by number).
     fn broadcast<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<usize, Unavailable>>;
 
+    /// As [`broadcast`](Self::broadcast), and also returns the number the
+    /// command was given (0: none), first. What [`Fleet::broadcast`]
+    /// calls: with a number, the sender's own manual-state command is
+    /// settled here when the send returns, so that finding it again (its
+    /// echo, the standing states read on a return) does not undo what
+    /// this replica did since. The default numbers nothing.
+    fn broadcast_numbered<'a>(
+        &'a self,
+        command: &'a Command,
+    ) -> BoxFuture<'a, Result<(u64, usize), Unavailable>> {
+        Box::pin(async move { Ok((0, self.broadcast(command).await?)) })
+    }
+
     /// The standing manual states: for each dependency, the latest fleet
     /// command that set one ([`Action::ForceOpen`], [`Action::Disable`]) or
     /// cleared it ([`Action::Reset`]), kept with no expiry (an operator's
@@ -1055,6 +1068,32 @@ impl Inner {
         }
     }
 
+    /// This replica's own command, as the coordinator numbered it when
+    /// the send returned: a manual-state one is settled for its dependency
+    /// (noted as seen, so that its echo and the standing states read later
+    /// do not apply it again over a local action taken since), and made
+    /// good again only if another replica's earlier one was applied here
+    /// meanwhile. The fleet's last command seen is left alone: commands
+    /// numbered before it may still be on their way.
+    pub(crate) fn settle_own(&self, command: Command) {
+        if command.id == 0 || !command.action.is_manual_state() {
+            return;
+        }
+        let found = {
+            let mut deps = lock(&self.deps);
+            deps.iter_mut()
+                .find(|e| e.name == command.dependency)
+                .and_then(|e| {
+                    let recovery = e.recovery.get().cloned()?;
+                    let step = e.manual.decide(&command, true, Via::Delivered);
+                    Some((recovery, step))
+                })
+        };
+        if let Some((recovery, step)) = found {
+            self.act(command, step, &recovery, false);
+        }
+    }
+
     /// Notes each dependency's standing state, as read from the
     /// coordinator, for the report; applies it (only if newer than what was
     /// applied here) to the dependencies `apply_to` says whose recovery is
@@ -1401,14 +1440,23 @@ impl Fleet {
 
     /// Sends an admin action on `dependency` to every replica of the fleet
     /// (each applies it at once, and reports it in its [`status`](Self::status)).
-    /// This replica is not sent it: apply it here yourself. Returns how
-    /// many replicas were subscribed to receive it, this one included.
+    /// Apply it here yourself first: this replica does not apply its own
+    /// command as the others do. A reset, force-open or disable is settled
+    /// here when the send returns, by its number (the fleet's state is
+    /// made good again only if another replica's earlier command was
+    /// applied here meanwhile); its echo and later reads of the standing
+    /// states then change nothing, so a local action taken after it is not
+    /// undone. Returns how many replicas were subscribed to receive it,
+    /// this one included.
     pub async fn broadcast(&self, dependency: &str, action: Action) -> Result<usize, Unavailable> {
         let inner = self.inner();
-        let command = Command::new(dependency, action, inner.replica.clone());
-        let sent = inner.coordinator.broadcast(&command).await;
+        let mut command = Command::new(dependency, action, inner.replica.clone());
+        let sent = inner.coordinator.broadcast_numbered(&command).await;
         inner.observe(&sent);
-        sent
+        let (id, received) = sent?;
+        command.id = id;
+        inner.settle_own(command);
+        Ok(received)
     }
 
     /// A point-in-time view of the fleet, as this replica knows it.
@@ -1503,8 +1551,11 @@ pub struct FleetStatus {
     pub replicas: Vec<Heartbeat>,
     /// Each dependency this replica coordinates.
     pub dependencies: Vec<DependencyStatus>,
-    /// The last fleet commands other replicas sent that this one applied
-    /// (up to 16), oldest first: as they were sent, or found standing.
+    /// The last fleet commands this replica applied (up to 16), oldest
+    /// first: as they were sent, or found standing. Another replica's, or
+    /// this one's own when its state had to be made good again (another
+    /// replica's earlier command applied here meanwhile, or found standing
+    /// after a restart under the same replica id).
     pub commands_applied: Vec<Applied>,
     /// Whether every dependency registered here was put in the fleet's
     /// standing state ([`Fleet::standing_applied`]).

@@ -90,7 +90,7 @@ return 1
 /// A command gets the next number (so that a replica that was away can
 /// tell which it missed) and the time it is sent, by the server's clock
 /// (not the sender's, which may be off), is kept among the latest 64, and
-/// is published.
+/// is published. Returns the number and how many received it.
 /// Like a fencing token, the number is at least the server's clock in
 /// milliseconds: after a restart that lost the counter, commands are still
 /// numbered after the ones the replicas saw before (and not taken for
@@ -119,7 +119,7 @@ redis.call('LTRIM', KEYS[2], 0, 63)
 if ARGV[4] == '1' then
   redis.call('HSET', KEYS[3], ARGV[3], line)
 end
-return redis.call('PUBLISH', ARGV[2], line)
+return {string.format('%d', id), redis.call('PUBLISH', ARGV[2], line)}
 ";
 
 /// The standing states of the dependencies named (`ARGV`), as field and
@@ -504,9 +504,16 @@ impl Coordinator for RedisCoordinator {
     }
 
     fn broadcast<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<usize, Unavailable>> {
+        Box::pin(async move { Ok(self.broadcast_numbered(command).await?.1) })
+    }
+
+    fn broadcast_numbered<'a>(
+        &'a self,
+        command: &'a Command,
+    ) -> BoxFuture<'a, Result<(u64, usize), Unavailable>> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            let received: usize = self
+            let (id, received): (String, usize) = self
                 .scripts
                 .broadcast
                 .key(self.key("command", "seq"))
@@ -523,7 +530,7 @@ impl Coordinator for RedisCoordinator {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| self.failed(e))?;
-            Ok(received)
+            Ok((id.parse().unwrap_or(0), received))
         })
     }
 

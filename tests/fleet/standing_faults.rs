@@ -412,6 +412,12 @@ impl Coordinator for Split {
     fn broadcast<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<usize, Unavailable>> {
         self.direct.broadcast(command)
     }
+    fn broadcast_numbered<'a>(
+        &'a self,
+        command: &'a Command,
+    ) -> BoxFuture<'a, Result<(u64, usize), Unavailable>> {
+        self.direct.broadcast_numbered(command)
+    }
     fn recent_commands(&self) -> BoxFuture<'_, Result<Vec<Command>, Unavailable>> {
         self.direct.recent_commands()
     }
