@@ -102,7 +102,12 @@
 //!   not overtake a command queued on the subscription). If the
 //!   coordinator cannot be reached, the replica is not kept unready:
 //!   [`Fleet::standing_applied`] turns true at the failed attempt, and the
-//!   states are applied on reconnection.
+//!   states are applied when it subscribes again (a read that fails while
+//!   subscribed, for a recovery built after joining, drops the
+//!   subscription and goes through that return at once). Only this
+//!   replica's dependencies are read; odd data (a value too large to be a
+//!   line of this crate's, a number more than a day ahead of the
+//!   coordinator's clock) is skipped, and never keeps a replica out.
 //! - **Order.** Commands are numbered by the coordinator, and a standing
 //!   state is always the highest-numbered manual-state command of its
 //!   dependency. Each replica applies a dependency's manual-state commands
@@ -112,6 +117,9 @@
 //!   and a force-open sent while a replica joins end forced open, without
 //!   closing it on the way; and when two operators act at once, every
 //!   replica (the senders included) ends in the state of the later one.
+//!   A sender settles its own command by its number when the send
+//!   returns ([`Fleet::broadcast`]): its echo, or the standing state read
+//!   after a resubscribe, does not undo a local action taken since.
 //! - **A standing reset** (the latest command was a fleet-wide reset) only
 //!   clears a state the fleet had put this replica in while it was away; a
 //!   replica that joins after it does nothing.
@@ -121,7 +129,8 @@
 //!   and reconnections do not undo it. It is reported instead:
 //!   [`Standing::diverges`], `/reliability`'s
 //!   `fleet.dependencies.{name}.standing` (`diverges_here`,
-//!   `replicas_diverging` by the replicas' heartbeats), the local POST's
+//!   `replicas_diverging` by the replicas' heartbeats sent since the
+//!   command), the local POST's
 //!   answer, and a `warn` line. A new fleet-wide command (a new number) is
 //!   applied again.
 //!
