@@ -318,3 +318,81 @@ fn a_call_ending_during_a_sweep_is_seen_in_flight_or_recorded() {
         assert_eq!(found, Some(State::Open));
     });
 }
+
+// ===== review of b277977: races the two models above do not cover =====
+
+/// As `idle_key`, with a breaker that opens on the `failures`th consecutive
+/// failure (so that a single failure is recorded without a trip, which the
+/// sweep's state re-check cannot see).
+fn idle_key_opening_after(failures: u32) -> (super::keyed::KeyedBreaker<u8>, ManualClock) {
+    let clock = ManualClock::new();
+    let keyed = super::keyed::KeyedBreaker::<u8>::builder(
+        Breaker::builder("loom")
+            .consecutive_failures(failures)
+            .clock(clock.clone()),
+    )
+    .idle_timeout(Duration::from_secs(1))
+    .build();
+    drop(keyed.get(&1));
+    clock.advance(Duration::from_secs(2));
+    (keyed, clock)
+}
+
+/// One failing call of the key through the registry, as `admit` makes it.
+fn fail_once(keyed: &super::keyed::KeyedBreaker<u8>) {
+    let (b, counted) = keyed.enter_for_model(&1);
+    let ticket = b.core.admit().expect("closed");
+    let ticket = if counted { ticket.counted() } else { ticket };
+    b.core.complete(ticket, crate::classify::Outcome::Failure);
+}
+
+/// A call that starts and ends while a sweep decides its key (after the
+/// sweep cleared the key's `used` mark, before it set `evicting`) is not
+/// seen by the sweep at all: its `touch` comes after the sweep's
+/// `used.swap`, its `enter` reads `evicting` clear, and it has left before
+/// the sweep reads the in-flight count. Its outcome is recorded on the
+/// breaker the sweep then drops. With a trip at two failures, two failing
+/// calls in a row must open the key's breaker whatever the order of the
+/// sweep (sweep first: both on the new breaker; call first: the key is
+/// used and kept); here the first failure is lost and the key stays closed.
+#[test]
+fn review_a_call_racing_a_sweep_records_on_the_kept_breaker() {
+    model(|| {
+        let (keyed, _clock) = idle_key_opening_after(2);
+        let caller = {
+            let keyed = keyed.clone();
+            thread::spawn(move || fail_once(&keyed))
+        };
+        keyed.evict_idle();
+        caller.join().unwrap();
+        fail_once(&keyed);
+        assert_eq!(
+            keyed.find(&1).map(|b| b.state()),
+            Some(State::Open),
+            "two consecutive failures of the key, one of them recorded on a dropped breaker"
+        );
+    });
+}
+
+/// `get` reads the snapshot with no check of `evicting`: a handle got
+/// while a sweep drops the key is the dropped breaker, and what is done
+/// through it (an operator forcing the key open) is lost. Before b277977
+/// `get` touched the key under the shard's read lock, which the sweep's
+/// write lock excluded: the key was either kept (used) or made anew.
+#[test]
+fn review_a_breaker_forced_open_through_get_during_a_sweep_is_kept() {
+    model(|| {
+        let (keyed, _clock) = idle_key();
+        let operator = {
+            let keyed = keyed.clone();
+            thread::spawn(move || keyed.get(&1).force_open())
+        };
+        keyed.evict_idle();
+        operator.join().unwrap();
+        assert_eq!(
+            keyed.find(&1).map(|b| b.state()),
+            Some(State::ForcedOpen),
+            "the key was forced open through `get`"
+        );
+    });
+}
