@@ -606,3 +606,186 @@ async fn sweeps_racing_calls_on_two_threads_drop_no_key_in_flight() {
     keyed.evict_idle();
     assert!(keyed.is_empty(), "a count was left behind");
 }
+
+// ===== review of b277977 =====
+
+/// Paths the commit's own test does not take: a metrics-only breaker's
+/// shadow admissions (admitted while open, finished and dropped), a
+/// half-open probe and the call rejected for want of a permit, slow-call
+/// timing (the ticket's start carries the `COUNTED` bit), and an inner
+/// service that panics in `call`. Each gives its count back: once idle,
+/// every key is dropped.
+#[tokio::test(start_paused = true)]
+async fn review_shadow_admissions_probes_slow_calls_and_panics_leave_nothing_in_flight() {
+    let shadow = KeyedBreaker::<u32>::builder(
+        Breaker::builder("shadow")
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(1))
+            .metrics_only(),
+    )
+    .idle_timeout(Duration::from_secs(60))
+    .build();
+    let strict = KeyedBreaker::<u32>::builder(
+        Breaker::builder("strict")
+            .count_window(1)
+            .minimum_calls(1)
+            .failure_rate(1.0)
+            .half_open_permits(1)
+            .slow_calls(Duration::from_secs(30), 1.0)
+            .open_duration(Duration::from_secs(1)),
+    )
+    .idle_timeout(Duration::from_secs(60))
+    .build();
+    // 0: success, 1: failure, 2: pending until told, 3: panic in `call`.
+    let inner = |release: Arc<tokio::sync::Notify>| {
+        service_fn(move |(_, how): (u32, u8)| {
+            assert!(how != 3, "the inner service panics in call");
+            let release = release.clone();
+            async move {
+                match how {
+                    0 => Ok(()),
+                    1 => Err(std::io::Error::other("upstream failed")),
+                    _ => {
+                        release.notified().await;
+                        Ok(())
+                    }
+                }
+            }
+        })
+    };
+    let release = Arc::new(tokio::sync::Notify::new());
+    let mut shadowed = ServiceBuilder::new()
+        .layer(shadow.layer(|req: &(u32, u8)| req.0))
+        .service(inner(release.clone()));
+    let mut guarded = ServiceBuilder::new()
+        .layer(strict.layer(|req: &(u32, u8)| req.0))
+        .service(inner(release.clone()));
+
+    // Metrics-only: open, then a call admitted in the shadow of the open
+    // state (finished), and one dropped unfinished; then a probe closes it.
+    assert!(shadowed.ready().await.unwrap().call((1, 1)).await.is_err());
+    assert_eq!(shadow.get(&1).state(), State::Open);
+    shadowed.ready().await.unwrap().call((1, 0)).await.unwrap();
+    drop(shadowed.ready().await.unwrap().call((1, 2)));
+    assert_eq!(shadow.get(&1).snapshot().shadow_rejected, 2);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    shadowed.ready().await.unwrap().call((1, 0)).await.unwrap();
+    assert_eq!(shadow.get(&1).state(), State::Closed);
+
+    // Strict: open, then one probe held while a second call is refused
+    // (no permit), then the probe succeeds.
+    assert!(guarded.ready().await.unwrap().call((1, 1)).await.is_err());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let probe = tokio::spawn(guarded.ready().await.unwrap().call((1, 2)));
+    tokio::task::yield_now().await;
+    let refused = guarded.ready().await.unwrap().call((1, 0)).await.unwrap_err();
+    assert!(refused.downcast_ref::<Rejected>().is_some());
+    release.notify_waiters();
+    probe.await.unwrap().unwrap();
+    assert_eq!(strict.get(&1).state(), State::Closed);
+    // A panic in the inner service's `call`, after admission.
+    let svc = guarded.ready().await.unwrap();
+    let panicked =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(svc.call((2, 3)))));
+    assert!(panicked.is_err());
+    assert_eq!(strict.get(&2).state(), State::Closed);
+    // A slow call (its ticket's start is masked of `COUNTED` when timed):
+    // it opens the breaker; a probe closes it again.
+    let slow = tokio::spawn(guarded.ready().await.unwrap().call((3, 2)));
+    tokio::task::yield_now().await;
+    tokio::time::advance(Duration::from_secs(31)).await;
+    release.notify_waiters();
+    slow.await.unwrap().unwrap();
+    assert_eq!(strict.get(&3).state(), State::Open, "a slow call is slow");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    guarded.ready().await.unwrap().call((3, 0)).await.unwrap();
+    assert_eq!(strict.get(&3).state(), State::Closed);
+
+    for keyed in [&shadow, &strict] {
+        assert_eq!(keyed.evict_idle(), 0, "just used");
+    }
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(shadow.evict_idle(), 1, "a shadow admission left a count behind");
+    assert_eq!(strict.evict_idle(), 3, "a probe, refusal, panic or slow call left a count behind");
+}
+
+/// A key whose `Clone` panics once asked to: user code that the commit now
+/// runs under a shard's write lock, after the sweep has marked keys
+/// `evicting` (`doomed.push(key.clone())`, `HashMap::clone`).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Touchy(u32);
+
+static TOUCHY_PANICS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Clone for Touchy {
+    fn clone(&self) -> Self {
+        assert!(
+            !TOUCHY_PANICS.load(Ordering::SeqCst),
+            "Touchy::clone asked to panic"
+        );
+        Touchy(self.0)
+    }
+}
+
+impl std::fmt::Display for Touchy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "touchy-{}", self.0)
+    }
+}
+
+/// A sweep that unwinds (a key's `Clone` panicked while it copied the
+/// doomed keys) leaves the key it had marked `evicting` in the map: the
+/// shard lock ignores poisoning, and nothing clears the flag. Every later
+/// call of that key misses on the lock-free path and, under the write lock,
+/// finds an entry `Entry::enter` refuses: a debug build panics on
+/// `debug_assert!(entered)` in `enter_new`; a release build runs the call
+/// *uncounted*, so a sweep drops the key with the call in flight and the
+/// failure it then records opens a breaker the registry has forgotten.
+#[tokio::test(start_paused = true)]
+async fn review_a_sweep_that_unwinds_leaves_no_key_marked_evicting() {
+    let clock = tower_recovery::clock::ManualClock::new();
+    let keyed = KeyedBreaker::<Touchy>::builder(
+        Breaker::builder("touchy")
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(3600))
+            .clock(clock.clone()),
+    )
+    .idle_timeout(Duration::from_secs(60))
+    .build();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let released = release.clone();
+    let mut svc = ServiceBuilder::new()
+        .layer(keyed.layer(|req: &u32| Touchy(*req)))
+        .service(service_fn(move |_: u32| {
+            let release = released.clone();
+            async move {
+                release.notified().await;
+                Err::<(), _>(std::io::Error::other("upstream failed"))
+            }
+        }));
+    drop(keyed.get(&Touchy(1)));
+    clock.advance(Duration::from_secs(61));
+    // The sweep marks the idle key, then panics copying it.
+    TOUCHY_PANICS.store(true, Ordering::SeqCst);
+    let swept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| keyed.evict_idle()));
+    TOUCHY_PANICS.store(false, Ordering::SeqCst);
+    assert!(swept.is_err(), "the sweep unwound");
+    assert_eq!(keyed.len(), 1);
+
+    // A call of the key: admitted, counted, and so kept while in flight.
+    let svc = svc.ready().await.unwrap();
+    let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| svc.call(1)))
+        .expect("a call of a key a panicked sweep left behind is admitted");
+    let call = tokio::spawn(call);
+    tokio::task::yield_now().await;
+    keyed.evict_idle();
+    clock.advance(Duration::from_secs(61));
+    keyed.evict_idle();
+    release.notify_waiters();
+    assert!(call.await.unwrap().is_err());
+    assert_eq!(
+        keyed.find(&Touchy(1)).map(|b| b.state()),
+        Some(State::Open),
+        "the call's failure opened a breaker the registry dropped in flight"
+    );
+}
