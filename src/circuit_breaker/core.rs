@@ -817,8 +817,16 @@ impl Core {
     #[inline]
     fn leave(&self, ticket: Ticket) {
         if ticket.start & COUNTED != 0 {
-            self.leave_uncounted();
+            self.leave_counted();
         }
+    }
+
+    /// Out of line: the plain breaker's completion, which never takes
+    /// this branch, stays small enough for its future to inline it.
+    #[cold]
+    #[inline(never)]
+    fn leave_counted(&self) {
+        self.leave_uncounted();
     }
 
     /// Calls counted in flight now (0 outside a registry).

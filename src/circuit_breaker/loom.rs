@@ -319,7 +319,7 @@ fn a_call_ending_during_a_sweep_is_seen_in_flight_or_recorded() {
     });
 }
 
-// ===== review of b277977: races the two models above do not cover =====
+// ===== keyed registry: a call or a `get` racing the sweep's decision =====
 
 /// As `idle_key`, with a breaker that opens on the `failures`th consecutive
 /// failure (so that a single failure is recorded without a trip, which the
@@ -356,7 +356,7 @@ fn fail_once(keyed: &super::keyed::KeyedBreaker<u8>) {
 /// sweep (sweep first: both on the new breaker; call first: the key is
 /// used and kept); here the first failure is lost and the key stays closed.
 #[test]
-fn review_a_call_racing_a_sweep_records_on_the_kept_breaker() {
+fn a_call_racing_a_sweep_records_on_the_kept_breaker() {
     model(|| {
         let (keyed, _clock) = idle_key_opening_after(2);
         let caller = {
@@ -380,7 +380,7 @@ fn review_a_call_racing_a_sweep_records_on_the_kept_breaker() {
 /// `get` touched the key under the shard's read lock, which the sweep's
 /// write lock excluded: the key was either kept (used) or made anew.
 #[test]
-fn review_a_breaker_forced_open_through_get_during_a_sweep_is_kept() {
+fn a_breaker_forced_open_through_get_during_a_sweep_is_kept() {
     model(|| {
         let (keyed, _clock) = idle_key();
         let operator = {

@@ -607,7 +607,7 @@ async fn sweeps_racing_calls_on_two_threads_drop_no_key_in_flight() {
     assert!(keyed.is_empty(), "a count was left behind");
 }
 
-// ===== review of b277977 =====
+// ===== every path a call ends by, and a sweep that unwinds =====
 
 /// Paths the commit's own test does not take: a metrics-only breaker's
 /// shadow admissions (admitted while open, finished and dropped), a
@@ -616,7 +616,7 @@ async fn sweeps_racing_calls_on_two_threads_drop_no_key_in_flight() {
 /// service that panics in `call`. Each gives its count back: once idle,
 /// every key is dropped.
 #[tokio::test(start_paused = true)]
-async fn review_shadow_admissions_probes_slow_calls_and_panics_leave_nothing_in_flight() {
+async fn shadow_admissions_probes_slow_calls_and_panics_leave_nothing_in_flight() {
     let shadow = KeyedBreaker::<u32>::builder(
         Breaker::builder("shadow")
             .consecutive_failures(1)
@@ -678,7 +678,13 @@ async fn review_shadow_admissions_probes_slow_calls_and_panics_leave_nothing_in_
     tokio::time::advance(Duration::from_secs(1)).await;
     let probe = tokio::spawn(guarded.ready().await.unwrap().call((1, 2)));
     tokio::task::yield_now().await;
-    let refused = guarded.ready().await.unwrap().call((1, 0)).await.unwrap_err();
+    let refused = guarded
+        .ready()
+        .await
+        .unwrap()
+        .call((1, 0))
+        .await
+        .unwrap_err();
     assert!(refused.downcast_ref::<Rejected>().is_some());
     release.notify_waiters();
     probe.await.unwrap().unwrap();
@@ -705,8 +711,16 @@ async fn review_shadow_admissions_probes_slow_calls_and_panics_leave_nothing_in_
         assert_eq!(keyed.evict_idle(), 0, "just used");
     }
     tokio::time::advance(Duration::from_secs(60)).await;
-    assert_eq!(shadow.evict_idle(), 1, "a shadow admission left a count behind");
-    assert_eq!(strict.evict_idle(), 3, "a probe, refusal, panic or slow call left a count behind");
+    assert_eq!(
+        shadow.evict_idle(),
+        1,
+        "a shadow admission left a count behind"
+    );
+    assert_eq!(
+        strict.evict_idle(),
+        3,
+        "a probe, refusal, panic or slow call left a count behind"
+    );
 }
 
 /// A key whose `Clone` panics once asked to: user code that the commit now
@@ -742,7 +756,7 @@ impl std::fmt::Display for Touchy {
 /// *uncounted*, so a sweep drops the key with the call in flight and the
 /// failure it then records opens a breaker the registry has forgotten.
 #[tokio::test(start_paused = true)]
-async fn review_a_sweep_that_unwinds_leaves_no_key_marked_evicting() {
+async fn a_sweep_that_unwinds_leaves_no_key_marked_evicting() {
     let clock = tower_recovery::clock::ManualClock::new();
     let keyed = KeyedBreaker::<Touchy>::builder(
         Breaker::builder("touchy")

@@ -122,9 +122,17 @@ impl Entry {
 
     #[inline]
     fn touch(&self) {
+        // A load first: a key called by many threads is written once per
+        // sweep, not once per call. The model checker takes the swap: it
+        // lets a load read a `true` that an earlier sweep's clearing has
+        // long overwritten, which no real machine does a sweep interval
+        // later (see the note on the sweep's second look at the mark).
+        #[cfg(not(tower_recovery_loom))]
         if !self.used.load(Ordering::Relaxed) {
             self.used.store(true, Ordering::Relaxed);
         }
+        #[cfg(tower_recovery_loom)]
+        self.used.swap(true, Ordering::Relaxed);
     }
 
     /// Counts a call in flight on this key's breaker, unless a sweep is
@@ -145,6 +153,18 @@ impl Entry {
             return false;
         }
         true
+    }
+}
+
+/// The sweep's marks on the keys it is dropping from one shard: cleared
+/// when dropped unless emptied first (the shard's new map stored).
+struct Unmark<'a, K>(Vec<(&'a K, &'a Entry)>);
+
+impl<K> Drop for Unmark<'_, K> {
+    fn drop(&mut self) {
+        for (_, entry) in &self.0 {
+            entry.evicting.store(false, Ordering::SeqCst);
+        }
     }
 }
 
@@ -327,21 +347,29 @@ impl<K: Key> KeyedBreaker<K> {
     /// shows. Ask the registry again rather than keeping it.
     pub fn get(&self, key: &K) -> Breaker {
         let shard = &self.shared.shards[self.shard(key)];
-        if let Some(entry) = shard.map.load().get(key) {
-            entry.touch();
-            return entry.breaker.clone();
-        }
-        let (core, counted) = self.enter_new(key, shard);
+        // Found as a call finds it (so that a sweep dropping the key at
+        // this moment cannot hand out the breaker it drops: an operator's
+        // `force_open` on it would be lost), then given back at once.
+        let (core, counted) = match self.lookup(shard, key, Arc::clone) {
+            Some(core) => (core, true),
+            None => self.enter_new(key, shard),
+        };
         if counted {
             core.leave_uncounted();
         }
         Breaker { core }
     }
 
-    /// The breaker of `key` if it has one; makes nothing.
+    /// The breaker of `key` if it has one (and is not being dropped this
+    /// moment); makes nothing.
     pub fn find(&self, key: &K) -> Option<Breaker> {
         let shard = &self.shared.shards[self.shard(key)];
-        shard.map.load().get(key).map(|e| e.breaker.clone())
+        shard
+            .map
+            .load()
+            .get(key)
+            .filter(|e| !e.evicting.load(Ordering::SeqCst))
+            .map(|e| e.breaker.clone())
     }
 
     /// The breaker new keys share once the cap is reached.
@@ -549,7 +577,12 @@ impl<K: Key> KeyedBreaker<K> {
         }
         if shared.len.load(Ordering::Acquire) >= shared.max_keys {
             // Full: not worth building a breaker that cannot be kept (a
-            // flood of new keys costs a lookup each, nothing more).
+            // flood of new keys costs a lookup each, nothing more: the
+            // lock only for a key found being dropped).
+            let present = shard.map.load().contains_key(key);
+            if !present {
+                return self.enter_overflow();
+            }
             let found = {
                 let _write = lock(&shard.write);
                 shard.map.load().get(key).map(|entry| {
@@ -578,6 +611,9 @@ impl<K: Key> KeyedBreaker<K> {
             drop(made);
             return found;
         }
+        // The new map first (its keys' `Clone` may panic), then the slot.
+        let mut next = HashMap::clone(&map);
+        let new_key = key.clone();
         let room = shared
             .len
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -587,6 +623,7 @@ impl<K: Key> KeyedBreaker<K> {
         if !room {
             drop(map);
             drop(write);
+            drop((next, new_key));
             drop(made);
             return self.enter_overflow();
         }
@@ -597,8 +634,7 @@ impl<K: Key> KeyedBreaker<K> {
         let core = entry.breaker.core.clone();
         #[cfg(feature = "metrics")]
         let joined = core.cfg.keyed.as_ref().map(|m| m.join());
-        let mut next = HashMap::clone(&map);
-        next.insert(key.clone(), entry);
+        next.insert(new_key, entry);
         shard.map.store(next);
         drop(map);
         drop(write);
@@ -660,7 +696,11 @@ impl<K: Key> KeyedBreaker<K> {
         for shard in self.shared.shards.iter() {
             let write = lock(&shard.write);
             let map = shard.map.load();
-            let mut doomed = Vec::new();
+            // Keys marked for dropping, unmarked again if anything below
+            // unwinds before the map without them is stored (a key's
+            // `Clone` runs here): a key left marked would never again be
+            // found by a call's lookup.
+            let mut doomed = Unmark(Vec::new());
             for (key, entry) in map.iter() {
                 let core = &entry.breaker.core;
                 if entry.used.swap(false, Ordering::Relaxed)
@@ -686,20 +726,29 @@ impl<K: Key> KeyedBreaker<K> {
                 // from its breaker's opening (after it, on its task) until
                 // after the cooldown that follows its closing the breaker,
                 // and the state is read first (acquiring the closing).
+                //
+                // Last, the mark again: a call that found the key after the
+                // mark was cleared above and ended before the flag was set
+                // left no count, but its mark (its end, read by the count's
+                // read-modify-write, is ordered after it).
                 entry.evicting.store(true, Ordering::SeqCst);
-                if core.in_flight() != 0 || core.state() != State::Closed || entry.recovering() {
+                if core.in_flight() != 0
+                    || core.state() != State::Closed
+                    || entry.recovering()
+                    || entry.used.swap(false, Ordering::Relaxed)
+                {
                     entry.evicting.store(false, Ordering::SeqCst);
                     entry.seen.store(now, Ordering::Relaxed);
                     continue;
                 }
-                doomed.push(key.clone());
+                doomed.0.push((key, &**entry));
             }
-            if doomed.is_empty() {
+            if doomed.0.is_empty() {
                 continue;
             }
             let mut next = HashMap::clone(&map);
-            for key in &doomed {
-                if let Some(entry) = next.remove(key) {
+            for (key, _) in &doomed.0 {
+                if let Some(entry) = next.remove(*key) {
                     #[cfg(feature = "metrics")]
                     if let Some(member) = &entry.breaker.core.cfg.keyed {
                         left.push(member.leave());
@@ -707,12 +756,15 @@ impl<K: Key> KeyedBreaker<K> {
                     evicted.push(entry);
                 }
             }
-            dropped += doomed.len();
+            dropped += doomed.0.len();
             shard.map.store(next);
-            drop(map);
-            drop(write);
-            // Keys are cloned under the lock: dropped after it.
+            // Stored: the marks stay (a call still holding the old map
+            // must not use a dropped key).
+            doomed.0.clear();
             drop(doomed);
+            drop(write);
+            // The old map (its keys) once no lock is held.
+            drop(map);
         }
         self.shared.len.fetch_sub(dropped, Ordering::AcqRel);
         self.shared
@@ -734,15 +786,9 @@ impl<K: Key> KeyedBreaker<K> {
     #[inline]
     pub(super) fn admit(&self, key: &K) -> Result<(Lease<Core>, Ticket), Rejection> {
         let shard = &self.shared.shards[self.shard(key)];
-        let found = {
-            let map = shard.map.load();
-            match map.get(key) {
-                Some(entry) if entry.enter() => Some(
-                    Lease::reuse(&entry.breaker.core).ok_or_else(|| entry.breaker.core.clone()),
-                ),
-                _ => None,
-            }
-        };
+        let found = self.lookup(shard, key, |core| {
+            Lease::reuse(core).ok_or_else(|| core.clone())
+        });
         let (lease, counted) = match found {
             Some(lease) => (lease.unwrap_or_else(Lease::from_arc), true),
             None => {
@@ -766,20 +812,29 @@ impl<K: Key> KeyedBreaker<K> {
         Ok((lease, ticket))
     }
 
+    /// The lock-free half of finding a key, shared by calls, `get` and the
+    /// model checker: in the shard's snapshot, counted in flight unless a
+    /// sweep is dropping it; `f` of its breaker, with the snapshot held
+    /// (`f` must be a plain read or a reference count). `None`: not found,
+    /// or being dropped (the caller goes on to `enter_new`).
+    #[inline]
+    fn lookup<R>(&self, shard: &Shard<K>, key: &K, f: impl FnOnce(&Arc<Core>) -> R) -> Option<R> {
+        let map = shard.map.load();
+        match map.get(key) {
+            Some(entry) if entry.enter() => Some(f(&entry.breaker.core)),
+            _ => None,
+        }
+    }
+
     /// The breaker of `key` with a call counted in flight on it, for the
     /// model checker (which runs no leases): the same finding as `admit`.
     #[cfg(all(test, tower_recovery_loom))]
     pub(crate) fn enter_for_model(&self, key: &K) -> (Breaker, bool) {
         let shard = &self.shared.shards[self.shard(key)];
-        {
-            let map = shard.map.load();
-            if let Some(entry) = map.get(key) {
-                if entry.enter() {
-                    return (entry.breaker.clone(), true);
-                }
-            }
-        }
-        let (core, counted) = self.enter_new(key, shard);
+        let (core, counted) = match self.lookup(shard, key, Arc::clone) {
+            Some(core) => (core, true),
+            None => self.enter_new(key, shard),
+        };
         (Breaker { core }, counted)
     }
 }
