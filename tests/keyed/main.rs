@@ -5,6 +5,7 @@
 
 mod metrics;
 mod recovery;
+mod review;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
