@@ -977,7 +977,7 @@ async fn a_rehearsals_timer_task_does_not_outlive_its_handles() {
     );
 }
 
-// ===== review (keyed-recovery / chaos-report) =====
+// ===== counts across a restart =====
 
 /// A failed call drawn by one rehearsal and answered after a restart is
 /// counted as an `error` of the new rehearsal, whose `injected` (reset by
@@ -985,7 +985,7 @@ async fn a_rehearsals_timer_task_does_not_outlive_its_handles() {
 /// answered with an error than were ever drawn to fail, and names a fault
 /// the new rehearsal (which injects nothing) never injected.
 #[tokio::test(start_paused = true)]
-async fn review_an_answer_of_the_last_rehearsal_is_not_counted_in_the_next() {
+async fn an_answer_of_the_last_rehearsal_is_not_counted_in_the_next() {
     let chaos = Chaos::new("model_server");
     let (_, inner) = counted();
     let mut svc = ServiceBuilder::new().layer(chaos.layer()).service(inner);

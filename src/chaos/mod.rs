@@ -448,12 +448,16 @@ struct Control {
 pub(crate) struct Plan {
     pub(crate) delay: Option<Duration>,
     pub(crate) fault: Option<Injected>,
+    /// The state word of the rehearsal that drew it: its failed call's
+    /// answer is counted only in that rehearsal's snapshot.
+    pub(crate) state: u64,
 }
 
 impl Plan {
     const NONE: Self = Self {
         delay: None,
         fault: None,
+        state: 0,
     };
 }
 
@@ -697,16 +701,24 @@ impl Chaos {
         self.shared.count_injected(Fault::Latency);
     }
 
-    /// Counts a failed call as answered: with a response (the
-    /// [`OnFault`]'s `Ok`) or with an error.
-    pub(crate) fn answered(&self, response: bool) {
+    /// Counts a failed call, drawn by the rehearsal switched on as `state`,
+    /// as answered: with a response (the [`OnFault`]'s `Ok`) or with an
+    /// error. The snapshot counts it only while its rehearsal is the
+    /// current one (on, or the last one, switched off since): an answer
+    /// of an earlier rehearsal, after a restart, is not the new one's.
+    pub(crate) fn answered(&self, response: bool, state: u64) {
         let shared = &self.shared;
-        let count = if response {
-            &shared.responses
-        } else {
-            &shared.errors
-        };
-        count.fetch_add(1, Ordering::Relaxed);
+        let now = shared.state.load(Ordering::Relaxed);
+        // On: the same word. Off since (stopped or ended): the next
+        // generation, with the on bit clear.
+        if now == state || now == ((state >> 1) + 1) << 1 {
+            let count = if response {
+                &shared.responses
+            } else {
+                &shared.errors
+            };
+            count.fetch_add(1, Ordering::Relaxed);
+        }
         #[cfg(feature = "metrics")]
         shared.count_injected(if response {
             Fault::Response
@@ -774,7 +786,10 @@ impl Shared {
         let draw = splitmix64(self.rng.fetch_add(GAMMA, Ordering::Relaxed));
         let (low, high) = (draw & 0xffff_ffff, draw >> 32);
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let mut plan = Plan::NONE;
+        let mut plan = Plan {
+            state,
+            ..Plan::NONE
+        };
         let latency = self.latency_nanos.load(Ordering::Relaxed);
         if latency > 0 && high < self.latency_threshold.load(Ordering::Relaxed) {
             self.delayed.fetch_add(1, Ordering::Relaxed);
