@@ -357,7 +357,7 @@ fn chaos_metrics_are_described() {
     );
 }
 
-// ===== review (chaos-report) =====
+// ===== the active gauge =====
 
 /// The last handle of a rehearsal that is on goes (its service and its
 /// handle dropped, a stack rebuilt): nothing injects any more, the timer
@@ -365,7 +365,7 @@ fn chaos_metrics_are_described() {
 /// good.
 #[cfg(feature = "chaos")]
 #[tokio::test(start_paused = true)]
-async fn review_the_active_gauge_is_not_left_at_one_when_the_handle_goes() {
+async fn the_active_gauge_is_not_left_at_one_when_the_handle_goes() {
     use tower_recovery::chaos::{Chaos, Faults};
 
     let s = TestRecorder(Arc::new(Registry::atomic()));

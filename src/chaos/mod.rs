@@ -878,11 +878,19 @@ impl Shared {
 }
 
 impl Drop for Shared {
-    /// The last handle is gone: its timer need not sleep out the rehearsal.
+    /// The last handle is gone: its timer need not sleep out the
+    /// rehearsal, and nothing injects any more, so a rehearsal that was on
+    /// is off (`tower_recovery_chaos_active` reads 0, set with no lock
+    /// held).
     fn drop(&mut self) {
         let control = self.control.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Some(timer) = control.timer.take() {
             timer.abort();
+        }
+        let state = self.state.get_mut();
+        if *state & ON != 0 {
+            *state = ((*state >> 1) + 1) << 1;
+            self.sync_active_gauge();
         }
     }
 }
