@@ -396,7 +396,7 @@ async fn the_active_gauge_is_not_left_at_one_when_the_handle_goes() {
 /// stop or end.
 #[cfg(feature = "chaos")]
 #[tokio::test(start_paused = true)]
-async fn review_a_recorder_in_use_after_the_start_sees_the_rehearsal_active() {
+async fn a_recorder_in_use_after_the_start_sees_the_rehearsal_active() {
     use tower::{Layer, Service};
     use tower_recovery::chaos::{Chaos, Faults};
 

@@ -833,17 +833,22 @@ impl Shared {
     /// one's value.
     fn sync_active_gauge(&self) {
         #[cfg(feature = "metrics")]
-        self.with_metrics(|m| {
-            let mut on = self.state.load(Ordering::Acquire) & ON != 0;
-            loop {
-                m.active.set(if on { 1.0 } else { 0.0 });
-                let now = self.state.load(Ordering::Acquire) & ON != 0;
-                if now == on {
-                    break;
-                }
-                on = now;
+        self.with_metrics(|m| self.set_active(m));
+    }
+
+    /// Sets `m`'s active gauge to the on bit, reading it again after
+    /// setting (see [`sync_active_gauge`](Self::sync_active_gauge)).
+    #[cfg(feature = "metrics")]
+    fn set_active(&self, m: &Metrics) {
+        let mut on = self.state.load(Ordering::Acquire) & ON != 0;
+        loop {
+            m.active.set(if on { 1.0 } else { 0.0 });
+            let now = self.state.load(Ordering::Acquire) & ON != 0;
+            if now == on {
+                break;
             }
-        });
+            on = now;
+        }
     }
 
     /// `tower_recovery_chaos_injected_total` of `fault`: injected calls
@@ -860,9 +865,20 @@ impl Shared {
         });
     }
 
+    /// Runs `f` with the handles of the recorder in use. Handles first
+    /// bound to a recorder (installed, or in use, during a rehearsal) have
+    /// their `tower_recovery_chaos_active` set from the on bit: the gauge
+    /// is otherwise set only by a start, a stop or an end.
     #[cfg(feature = "metrics")]
     fn with_metrics(&self, f: impl FnOnce(&Metrics)) {
-        self.metrics.with(|| Metrics::new(&self.name), f);
+        self.metrics.with(
+            || {
+                let metrics = Metrics::new(&self.name);
+                self.set_active(&metrics);
+                metrics
+            },
+            f,
+        );
     }
 
     fn log_off(&self, why: &str) {
