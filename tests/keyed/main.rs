@@ -4,8 +4,8 @@
 #![cfg(all(feature = "circuit-breaker", feature = "webhook"))]
 
 mod metrics;
+mod overflow_recovery;
 mod recovery;
-mod review;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -223,8 +223,11 @@
 //!   [`Summary::without_recovery`]); nothing panics on the request path.
 //! - **The overflow breaker** gets a recovery only from
 //!   [`Builder::overflow_recovery`] (named `{name}[overflow]`, made at the
-//!   first call routed to it): it stands for whichever keys came past the
-//!   cap, so no key's action fits it.
+//!   first call routed to it from inside a tokio runtime): it stands for
+//!   whichever keys came past the cap, so no key's action fits it. If the
+//!   overflow breaker is already open when its recovery is made (opened by
+//!   calls made outside a runtime), that outage is the recovery's own: it
+//!   starts a cycle at once.
 //! - **Metrics** of the keys' recoveries add to the series of the
 //!   registry's name (`dependency` label), like their breakers' (one
 //!   series per registry, never per key); their log lines name the key.
