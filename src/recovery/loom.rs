@@ -89,7 +89,7 @@ fn concurrent_triggers_start_one_cycle() {
     });
 }
 
-// ===== review (keyed-recovery): the busy mark against a sweep =====
+// ===== the busy mark against a keyed registry's sweep =====
 
 /// What a keyed registry's sweep reads, in its order: the breaker's state,
 /// then the recovery's busy mark. The recovery's task, meanwhile, ends a
@@ -99,7 +99,7 @@ fn concurrent_triggers_start_one_cycle() {
 /// must read the recovery busy unless its machine is idle for good (a
 /// zero cooldown: over at the `Tick`, before the close).
 #[test]
-fn review_a_sweep_reading_the_breaker_closed_by_its_recovery_reads_it_busy() {
+fn a_sweep_reading_the_breaker_closed_by_its_recovery_reads_it_busy() {
     use super::machine::Event;
     use crate::circuit_breaker::{Breaker, State as BreakerState};
     use crate::sync::atomic::Ordering;
@@ -170,8 +170,8 @@ fn review_a_sweep_reading_the_breaker_closed_by_its_recovery_reads_it_busy() {
             if closed && !busy {
                 assert!(
                     // With a zero cooldown the `Tick` ends it before the
-                    // close (the module docs say the mark is cleared only
-                    // after the close): harmless, the machine is idle.
+                    // close (as the keyed module docs say): harmless, the
+                    // machine is idle.
                     // Dropping this allowance fails the model (1 of its
                     // executions), so the model does reach the close.
                     cooldown.is_zero(),
