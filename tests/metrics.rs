@@ -356,3 +356,68 @@ fn chaos_metrics_are_described() {
         "{text}"
     );
 }
+
+// ===== the active gauge =====
+
+/// The last handle of a rehearsal that is on goes (its service and its
+/// handle dropped, a stack rebuilt): nothing injects any more, the timer
+/// is aborted by the drop, and `tower_recovery_chaos_active` reads 1 for
+/// good.
+#[cfg(feature = "chaos")]
+#[tokio::test(start_paused = true)]
+async fn the_active_gauge_is_not_left_at_one_when_the_handle_goes() {
+    use tower_recovery::chaos::{Chaos, Faults};
+
+    let s = TestRecorder(Arc::new(Registry::atomic()));
+    let _local = metrics::set_default_local_recorder(&s);
+    let active = [("chaos", "dropped")];
+    let chaos = Chaos::new("dropped");
+    chaos.start(
+        Faults::new()
+            .error_rate(1.0)
+            .duration(Duration::from_secs(10)),
+    );
+    assert_eq!(s.gauge(names::CHAOS_ACTIVE, &active), 1.0);
+    drop(chaos);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        s.gauge(names::CHAOS_ACTIVE, &active),
+        0.0,
+        "no handle is left to inject anything, and the rehearsal's 10 s are long over"
+    );
+}
+
+/// A recorder in use from some point on (installed, or replaced) while a
+/// rehearsal is on: the injected faults are counted in it, but the gauge
+/// registered with them reads 0, "not active", until the next start,
+/// stop or end.
+#[cfg(feature = "chaos")]
+#[tokio::test(start_paused = true)]
+async fn a_recorder_in_use_after_the_start_sees_the_rehearsal_active() {
+    use tower::{Layer, Service};
+    use tower_recovery::chaos::{Chaos, Faults};
+
+    let chaos = Chaos::new("late");
+    let mut svc = chaos
+        .layer()
+        .layer(service_fn(|_: u32| async { Ok::<_, BoxError>("draft") }));
+    let first = TestRecorder(Arc::new(Registry::atomic()));
+    metrics::with_local_recorder(&first, || chaos.start(Faults::new().error_rate(1.0)));
+
+    let s = TestRecorder(Arc::new(Registry::atomic()));
+    let _local = metrics::set_default_local_recorder(&s);
+    for i in 0..3 {
+        assert!(svc.ready().await.unwrap().call(i).await.is_err());
+    }
+    let injected = [("chaos", "late"), ("fault", "error")];
+    assert_eq!(s.counter(names::CHAOS_INJECTED, &injected), 3);
+    assert!(chaos.is_active());
+    assert_eq!(
+        s.gauge(names::CHAOS_ACTIVE, &[("chaos", "late")]),
+        1.0,
+        "3 faults injected while the gauge says no rehearsal is on"
+    );
+}

@@ -78,6 +78,9 @@ pin_project! {
             injected: Option<Injected>,
             // Counts the answer: an error or a response.
             chaos: Chaos,
+            // The state word of the rehearsal that drew the fault: the
+            // answer is counted in its snapshot only.
+            state: u64,
         },
     }
 }
@@ -110,6 +113,7 @@ impl<F, O> ResponseFuture<F, O> {
         delay: Option<Duration>,
         on_fault: O,
         chaos: &Chaos,
+        state: u64,
     ) -> Self {
         #[cfg(feature = "metrics")]
         if delay.is_some() {
@@ -121,6 +125,7 @@ impl<F, O> ResponseFuture<F, O> {
                 injected: Some(injected),
                 // Counts the answer.
                 chaos: chaos.clone(),
+                state,
             },
         };
         Self {
@@ -162,12 +167,16 @@ where
                 let result = ready!(future.poll(cx));
                 Poll::Ready(result.map_err(|e| this.on_fault.convert(e)))
             }
-            ThenProj::Fail { injected, chaos } => {
+            ThenProj::Fail {
+                injected,
+                chaos,
+                state,
+            } => {
                 let injected = injected
                     .take()
                     .expect("ResponseFuture polled after completion");
                 let answer = this.on_fault.fault(injected);
-                chaos.answered(answer.is_ok());
+                chaos.answered(answer.is_ok(), *state);
                 Poll::Ready(answer)
             }
         }

@@ -448,12 +448,16 @@ struct Control {
 pub(crate) struct Plan {
     pub(crate) delay: Option<Duration>,
     pub(crate) fault: Option<Injected>,
+    /// The state word of the rehearsal that drew it: its failed call's
+    /// answer is counted only in that rehearsal's snapshot.
+    pub(crate) state: u64,
 }
 
 impl Plan {
     const NONE: Self = Self {
         delay: None,
         fault: None,
+        state: 0,
     };
 }
 
@@ -697,16 +701,24 @@ impl Chaos {
         self.shared.count_injected(Fault::Latency);
     }
 
-    /// Counts a failed call as answered: with a response (the
-    /// [`OnFault`]'s `Ok`) or with an error.
-    pub(crate) fn answered(&self, response: bool) {
+    /// Counts a failed call, drawn by the rehearsal switched on as `state`,
+    /// as answered: with a response (the [`OnFault`]'s `Ok`) or with an
+    /// error. The snapshot counts it only while its rehearsal is the
+    /// current one (on, or the last one, switched off since): an answer
+    /// of an earlier rehearsal, after a restart, is not the new one's.
+    pub(crate) fn answered(&self, response: bool, state: u64) {
         let shared = &self.shared;
-        let count = if response {
-            &shared.responses
-        } else {
-            &shared.errors
-        };
-        count.fetch_add(1, Ordering::Relaxed);
+        let now = shared.state.load(Ordering::Relaxed);
+        // On: the same word. Off since (stopped or ended): the next
+        // generation, with the on bit clear.
+        if now == state || now == ((state >> 1) + 1) << 1 {
+            let count = if response {
+                &shared.responses
+            } else {
+                &shared.errors
+            };
+            count.fetch_add(1, Ordering::Relaxed);
+        }
         #[cfg(feature = "metrics")]
         shared.count_injected(if response {
             Fault::Response
@@ -774,7 +786,10 @@ impl Shared {
         let draw = splitmix64(self.rng.fetch_add(GAMMA, Ordering::Relaxed));
         let (low, high) = (draw & 0xffff_ffff, draw >> 32);
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let mut plan = Plan::NONE;
+        let mut plan = Plan {
+            state,
+            ..Plan::NONE
+        };
         let latency = self.latency_nanos.load(Ordering::Relaxed);
         if latency > 0 && high < self.latency_threshold.load(Ordering::Relaxed) {
             self.delayed.fetch_add(1, Ordering::Relaxed);
@@ -818,17 +833,22 @@ impl Shared {
     /// one's value.
     fn sync_active_gauge(&self) {
         #[cfg(feature = "metrics")]
-        self.with_metrics(|m| {
-            let mut on = self.state.load(Ordering::Acquire) & ON != 0;
-            loop {
-                m.active.set(if on { 1.0 } else { 0.0 });
-                let now = self.state.load(Ordering::Acquire) & ON != 0;
-                if now == on {
-                    break;
-                }
-                on = now;
+        self.with_metrics(|m| self.set_active(m));
+    }
+
+    /// Sets `m`'s active gauge to the on bit, reading it again after
+    /// setting (see [`sync_active_gauge`](Self::sync_active_gauge)).
+    #[cfg(feature = "metrics")]
+    fn set_active(&self, m: &Metrics) {
+        let mut on = self.state.load(Ordering::Acquire) & ON != 0;
+        loop {
+            m.active.set(if on { 1.0 } else { 0.0 });
+            let now = self.state.load(Ordering::Acquire) & ON != 0;
+            if now == on {
+                break;
             }
-        });
+            on = now;
+        }
     }
 
     /// `tower_recovery_chaos_injected_total` of `fault`: injected calls
@@ -845,9 +865,20 @@ impl Shared {
         });
     }
 
+    /// Runs `f` with the handles of the recorder in use. Handles first
+    /// bound to a recorder (installed, or in use, during a rehearsal) have
+    /// their `tower_recovery_chaos_active` set from the on bit: the gauge
+    /// is otherwise set only by a start, a stop or an end.
     #[cfg(feature = "metrics")]
     fn with_metrics(&self, f: impl FnOnce(&Metrics)) {
-        self.metrics.with(|| Metrics::new(&self.name), f);
+        self.metrics.with(
+            || {
+                let metrics = Metrics::new(&self.name);
+                self.set_active(&metrics);
+                metrics
+            },
+            f,
+        );
     }
 
     fn log_off(&self, why: &str) {
@@ -863,11 +894,19 @@ impl Shared {
 }
 
 impl Drop for Shared {
-    /// The last handle is gone: its timer need not sleep out the rehearsal.
+    /// The last handle is gone: its timer need not sleep out the
+    /// rehearsal, and nothing injects any more, so a rehearsal that was on
+    /// is off (`tower_recovery_chaos_active` reads 0, set with no lock
+    /// held).
     fn drop(&mut self) {
         let control = self.control.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Some(timer) = control.timer.take() {
             timer.abort();
+        }
+        let state = self.state.get_mut();
+        if *state & ON != 0 {
+            *state = ((*state >> 1) + 1) << 1;
+            self.sync_active_gauge();
         }
     }
 }

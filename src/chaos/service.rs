@@ -77,7 +77,13 @@ where
             Some(injected) => Err(injected),
             None => Ok(self.inner.call(req)),
         };
-        ResponseFuture::planned(then, plan.delay, self.on_fault.clone(), &self.chaos)
+        ResponseFuture::planned(
+            then,
+            plan.delay,
+            self.on_fault.clone(),
+            &self.chaos,
+            plan.state,
+        )
     }
 }
 

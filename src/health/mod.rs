@@ -671,8 +671,12 @@ impl Reliability {
         *lock(&self.inner.monitor) = info;
     }
 
-    /// The aggregate status: any required fail -> fail; any optional fail or
-    /// breaker not closed -> warn; else pass.
+    /// The aggregate status of [`report`](Self::report): any required fail
+    /// -> fail; any optional fail, check not run yet or warning, breaker
+    /// not closed, or dependency degraded -> warn; with the `chaos`
+    /// feature, a chaos handle added with [`Builder::chaos`] whose
+    /// rehearsal is active -> warn at least (a rehearsal never makes it
+    /// fail); else pass.
     pub fn status(&self) -> HealthStatus {
         self.report().status
     }

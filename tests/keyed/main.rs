@@ -4,6 +4,7 @@
 #![cfg(all(feature = "circuit-breaker", feature = "webhook"))]
 
 mod metrics;
+mod overflow_recovery;
 mod recovery;
 
 use std::sync::Arc;

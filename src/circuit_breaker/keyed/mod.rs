@@ -189,6 +189,23 @@
 //! # }
 //! ```
 //!
+//! <div class="warning">
+//!
+//! The factory runs once per key (and once per thread racing on a new
+//! key), and keys come from requests: whatever its builders carry is
+//! multiplied by the number of keys. Probes their actions make, alerts
+//! and webhooks they send, a health check per recovery: each key's
+//! outage sends its own, so a client choosing keys (a header, a host)
+//! chooses how many. Keep such side effects keyed on what you control, or
+//! cap keys with [`Builder::max_keys`]. A factory that captures the
+//! registry itself (a [`KeyedBreaker`] clone, to look at other keys)
+//! makes a reference cycle (the registry holds the factory, which holds
+//! the registry): the registry, its breakers and its recoveries' tasks
+//! are never freed. Capture only what the action needs, never the
+//! registry.
+//!
+//! </div>
+//!
 //! How it fits the rest:
 //!
 //! - **Made with the key's breaker**, on the key's first call, before the
@@ -211,20 +228,31 @@
 //!   one triggered by hand on a closed breaker, the cooldown after one, an
 //!   exhaustion) is kept like an open one, whatever its breaker's state:
 //!   a cycle the breaker started begins with the breaker open (which keeps
-//!   the key), the recovery marks itself busy before it closes the
-//!   breaker, and clears the mark only when its cooldown is over; a sweep
-//!   reads the breaker's state, then the mark. So a sweep drops only a
-//!   closed breaker with an idle recovery, and with it the recovery's
-//!   history (its flapping window: the next outage of that key starts a
-//!   fresh recovery).
+//!   the key), the recovery is marked busy from then on, and the mark is
+//!   cleared when its cooldown is over; a sweep reads the breaker's state,
+//!   then the mark. So a sweep drops only a closed breaker with an idle
+//!   recovery, and with it the recovery's history (its flapping window:
+//!   the next outage of that key starts a fresh recovery). With a cooldown
+//!   (the default: [`cooldown`](crate::recovery::Builder::cooldown) and
+//!   the adaptive mode's minimum are more than zero) the mark is still set
+//!   when the recovery closes the breaker, and stays set until the
+//!   cooldown is over. With a zero cooldown (`cooldown(Duration::ZERO)`,
+//!   in either mode, or an adaptive minimum of zero) it is over at once,
+//!   before the recovery closes the breaker: the mark is cleared first. A
+//!   sweep between the two still reads the breaker open and keeps the
+//!   key; one after the close may drop it, the recovery being idle (its
+//!   history goes with it, as above).
 //! - **Outside a tokio runtime** (a [`KeyedBreaker::get`] from a plain
 //!   thread) a key's first call cannot spawn: the key gets its breaker and
 //!   no recovery while it is kept (logged once, counted in
 //!   [`Summary::without_recovery`]); nothing panics on the request path.
 //! - **The overflow breaker** gets a recovery only from
 //!   [`Builder::overflow_recovery`] (named `{name}[overflow]`, made at the
-//!   first call routed to it): it stands for whichever keys came past the
-//!   cap, so no key's action fits it.
+//!   first call routed to it from inside a tokio runtime): it stands for
+//!   whichever keys came past the cap, so no key's action fits it. If the
+//!   overflow breaker is already open when its recovery is made (opened by
+//!   calls made outside a runtime), that outage is the recovery's own: it
+//!   starts a cycle at once.
 //! - **Metrics** of the keys' recoveries add to the series of the
 //!   registry's name (`dependency` label), like their breakers' (one
 //!   series per registry, never per key); their log lines name the key.

@@ -6,7 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, OnceLock};
 
 use super::Key;
-use crate::circuit_breaker::Breaker;
+use crate::circuit_breaker::{Breaker, State};
 use crate::recovery::{Builder as RecoveryBuilder, Recovery};
 use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::{Mutex, lock};
@@ -148,6 +148,16 @@ impl<K: Key> Recoveries<K> {
         }));
         match made {
             Ok(recovery) => {
+                // Opened before its recovery could be made (by calls made
+                // outside a runtime): the outage under way is still the
+                // overflow breaker's, and no one else recovers it. An
+                // opening after `since` started a cycle already, which
+                // this trigger joins.
+                if matches!(overflow.state(), State::Open | State::HalfOpen) {
+                    recovery.trigger_automatic(
+                        "the overflow breaker was open when its recovery was made",
+                    );
+                }
                 let _ = self.overflow.set(recovery);
             }
             Err(_) => tracing::error!(

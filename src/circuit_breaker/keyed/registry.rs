@@ -255,7 +255,9 @@ impl<K: Key> Builder<K> {
     /// Gives the overflow breaker (`{name}[overflow]`) a recovery:
     /// `recovery` completed as a key's is (it watches the overflow breaker
     /// and takes its name; its metrics keep that name, one series), made
-    /// at the first call routed to the overflow breaker. The keys' factory
+    /// at the first call routed to the overflow breaker from inside a
+    /// tokio runtime (starting a cycle at once if the overflow breaker is
+    /// open by then). The keys' factory
     /// is not used for it: the overflow breaker stands for whichever keys
     /// came past the cap, so no key's action fits it.
     #[cfg(feature = "recovery")]
