@@ -68,7 +68,11 @@ async fn standing_applied(m: &Member) {
 
 /// The standing state `m` knows for the model server: action and number.
 pub(super) fn standing_of(m: &Member) -> Option<(Action, u64)> {
-    m.fleet.status().dependencies[0]
+    m.fleet
+        .status()
+        .dependencies
+        .iter()
+        .find(|d| &*d.name == "model_server")?
         .standing
         .as_ref()
         .map(|s| (s.command.action, s.command.id))
@@ -194,7 +198,12 @@ async fn a_fleet_wide_force_open_stands_for_replicas_that_join_later() {
         "a applied its own command again: {on_model_server:?}"
     );
     assert!(
-        a.fleet.status().dependencies[0]
+        a.fleet
+            .status()
+            .dependencies
+            .iter()
+            .find(|d| &*d.name == "model_server")
+            .unwrap()
             .standing
             .as_ref()
             .unwrap()
@@ -275,7 +284,9 @@ async fn a_replica_away_past_the_catch_up_window_applies_the_standing_state_on_i
     // is back (its time in the log set ten minutes back).
     relay.cut();
     connected(&b.fleet, false).await;
-    assert_eq!(fleet_wide(&a, Action::ForceOpen).await, 1);
+    // (Not asserted: how many subscribers the command reached; Redis may
+    // count the cut subscription until it notices the close.)
+    fleet_wide(&a, Action::ForceOpen).await;
     let (_, id) = eventually(Duration::from_secs(2), "a's own echo", || standing_of(&a)).await;
     let old = now_ms() - 10 * 60 * 1000;
     let line = format!("v2\t{id}\t{old}\tmodel_server\tforce_open\ta");
@@ -303,7 +314,9 @@ async fn a_replica_away_past_the_catch_up_window_applies_the_standing_state_on_i
     // it missed clears the state the fleet had put it in.
     relay.cut();
     connected(&b.fleet, false).await;
-    assert_eq!(fleet_wide(&a, Action::Reset).await, 1);
+    // (Not asserted: how many subscribers the command reached; Redis may
+    // count the cut subscription until it notices the close.)
+    fleet_wide(&a, Action::Reset).await;
     for _ in 0..64 {
         a.fleet.broadcast("asr", Action::Trigger).await.unwrap();
     }

@@ -253,23 +253,33 @@ async fn replicas_diverging_ignores_heartbeats_older_than_the_command() {
     let router = Admin::new(&reliability, &Drain::default())
         .fleet(&a.fleet)
         .router::<()>();
-    let response = router
-        .oneshot(
-            http::Request::get("/reliability")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let r: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    let standing = &r["fleet"]["dependencies"]["model_server"]["standing"];
+    // A heartbeat b sent after the command but before it applied it still
+    // says closed: b is listed for up to one heartbeat interval (100 ms
+    // here). Once a has b's next heartbeat, it is not.
     assert_eq!(b.breaker.state(), State::ForcedOpen);
-    assert_eq!(
-        standing["replicas_diverging"],
-        serde_json::json!([]),
-        "b is forced open, as the fleet stands: {standing}"
-    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let response = router
+            .clone()
+            .oneshot(
+                http::Request::get("/reliability")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let r: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let standing = &r["fleet"]["dependencies"]["model_server"]["standing"];
+        if standing["replicas_diverging"] == serde_json::json!([]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b is forced open, as the fleet stands: {standing}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A standing hash of ~100 MB (forged: Redis access is the trust boundary,
@@ -465,7 +475,9 @@ async fn the_senders_own_standing_command_does_not_undo_a_later_local_reset() {
     relay.cut();
     connected(&b.fleet, false).await;
     // The operator forces the model server open fleet-wide from b...
-    assert_eq!(fleet_wide(&b, Action::ForceOpen).await, 1);
+    // (Not asserted: how many subscribers the command reached; Redis may
+    // count the cut subscription until it notices the close.)
+    fleet_wide(&b, Action::ForceOpen).await;
     eventually(Duration::from_secs(2), "a forced open", || {
         (a.breaker.state() == State::ForcedOpen).then_some(())
     })
